@@ -1,0 +1,31 @@
+# The two entry points a newcomer needs: `make demo` (the whole DAG on generated data) and `make test`.
+# Both create or reuse a virtualenv inside the repo and install what is missing; the second run is quick.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.spikemo-installed
+DEBIAN_PACKAGES := ffmpeg espeak-ng
+
+.PHONY: demo test install system-packages
+
+demo: install
+	$(VENV)/bin/spikemo demo
+
+test: install
+	$(PY) -m pytest -q
+
+install: system-packages $(STAMP)
+
+system-packages:
+	@missing=""; for tool in ffmpeg espeak-ng; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing" >&2; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
