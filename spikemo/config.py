@@ -74,8 +74,10 @@ class FeaturesConfig(Section):
     visual: EncoderConfig = EncoderConfig(name="facemesh")
     frames_per_clip: int = Field(8, ge=1)
     sample_rate: int = Field(16000, ge=8000)
-    shard_size: int = Field(256, ge=1)
+    shard_size: int = Field(256, ge=1, description="Utterances per cache shard (unit of resumption and of flow tasks).")
     batch_size: int = Field(64, ge=1)
+    decode_workers: int = Field(2, ge=1, description="Threads decoding media ahead of the encoder.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @field_validator("modalities")
     @classmethod
@@ -114,6 +116,8 @@ class TrainConfig(Section):
     batch_dialogues: int = Field(64, ge=1)
     lr: float = 1e-4
     weight_decay: float = 1e-5
+    lr_plateau_factor: float = Field(0.5, gt=0, lt=1, description="ReduceLROnPlateau factor on dev weighted-F1.")
+    lr_plateau_patience: int = Field(3, ge=0, description="Epochs without dev improvement before the LR drops.")
     loss_weights: LossWeights = LossWeights()
     patience: int = Field(10, ge=1)
     seed: int = 0

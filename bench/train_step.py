@@ -1,0 +1,110 @@
+"""Training-step benchmark: median ms per step (forward, backward, Adam) and peak RSS on a MELD-shaped batch.
+
+64 dialogues whose lengths are drawn from MELD train's dialogue-length histogram (the longest set to 24),
+text 384-d, audio 88-d, visual 96-d, default ModelConfig (the released MELD settings), 2 threads.
+Each variant runs in a fresh subprocess so memory peaks do not mix. Prints one JSON line, with ratios
+against the released code's ~20 s per step and 17 GB peak on a 2-core CPU.
+
+    python bench/train_step.py [--steps 5] [--variants text,all]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from spikemo.config import MELD_LABELS, LossWeights, ModelConfig
+from spikemo.losses import SpikEmoLoss
+from spikemo.model.batch import IGNORE_INDEX, DialogueBatch
+from spikemo.model.spikemo import SpikEmo
+
+REFERENCE_STEP_S = 20.0
+REFERENCE_PEAK_GB = 17.0
+DIALOGUES = 64
+MAX_LENGTH = 24
+INPUT_DIMS = {"text": 384, "audio": 88, "visual": 96}
+VARIANTS = {"text": ["text"], "all": ["text", "audio", "visual"]}
+# MELD train: number of dialogues with 1, 2, ..., 24 utterances.
+MELD_LENGTH_COUNTS = [70, 60, 54, 48, 67, 61, 74, 67, 50, 57, 55, 54, 36, 41, 43, 51, 30, 28, 27, 20, 20, 13, 7, 5]
+
+
+def meld_shaped_batch(modalities: list[str], seed: int = 0) -> DialogueBatch:
+    generator = torch.Generator().manual_seed(seed)
+    weights = torch.tensor(MELD_LENGTH_COUNTS, dtype=torch.float)
+    lengths = torch.multinomial(weights, DIALOGUES, replacement=True, generator=generator) + 1
+    lengths[0] = MAX_LENGTH
+    utterance_mask = torch.arange(MAX_LENGTH)[None, :] < lengths[:, None]
+    features = {
+        m: torch.randn(DIALOGUES, MAX_LENGTH, INPUT_DIMS[m], generator=generator) * utterance_mask[..., None]
+        for m in modalities
+    }
+    labels = torch.randint(len(MELD_LABELS), (DIALOGUES, MAX_LENGTH), generator=generator)
+    return DialogueBatch(
+        features=features,
+        modality_mask={m: utterance_mask.clone() for m in modalities},
+        utterance_mask=utterance_mask,
+        party=torch.randint(3, (DIALOGUES, MAX_LENGTH), generator=generator),
+        labels=labels.masked_fill(~utterance_mask, IGNORE_INDEX),
+    )
+
+
+def measure(modalities: list[str], steps: int) -> dict[str, float]:
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    batch = meld_shaped_batch(modalities)
+    config = ModelConfig(dialogue_context=["audio", "visual"])
+    model = SpikEmo(config, {m: INPUT_DIMS[m] for m in modalities}, len(MELD_LABELS))
+    criterion = SpikEmoLoss(LossWeights(), len(MELD_LABELS))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-5)
+    model.train()
+    timings = []
+    for _ in range(steps + 1):  # the first step warms up allocators and kernels
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = criterion(model(batch), batch).total
+        loss.backward()
+        optimizer.step()
+        timings.append(time.perf_counter() - start)
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {
+        "step_ms": round(statistics.median(timings[1:]) * 1000, 1),
+        "peak_rss_gb": round(peak_gb, 3),
+        "utterances": int(batch.utterance_mask.sum()),
+        "loss": round(loss.item(), 4),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--variants", default="text,all")
+    parser.add_argument("--worker", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(measure(VARIANTS[args.worker], args.steps)))
+        return
+    result: dict[str, object] = {
+        "bench": "train_step",
+        "dialogues": DIALOGUES,
+        "max_utterances": MAX_LENGTH,
+        "threads": 2,
+        "reference": {"step_s": REFERENCE_STEP_S, "peak_gb": REFERENCE_PEAK_GB},
+    }
+    for variant in args.variants.split(","):
+        command = [sys.executable, __file__, "--worker", variant, "--steps", str(args.steps)]
+        figures = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+        figures["time_ratio"] = round(figures["step_ms"] / 1000 / REFERENCE_STEP_S, 3)
+        figures["memory_ratio"] = round(figures["peak_rss_gb"] / REFERENCE_PEAK_GB, 3)
+        result[variant] = figures
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

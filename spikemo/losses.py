@@ -1,0 +1,76 @@
+"""SpikEmo's training objective: weighted cross-entropy, self-adjusting Dice and Soft-HGR.
+
+- ce: mean cross-entropy over labelled utterances.
+- dice: self-adjusting Dice loss (Li et al. 2020, "Dice Loss for Data-imbalanced NLP Tasks") on the gold
+  class probability p: with p~ = (1 - p)^alpha * p, loss = 1 - (2 p~ + gamma) / (p~ + 1 + gamma), averaged.
+- soft_hgr: negative Soft-HGR maximal correlation (Wang et al. 2019) between every pair of the modalities'
+  fused features f, g, on the real utterances where all modalities are present: with centred features,
+  -(E[f . g] - tr(cov(f) cov(g)) / 2), averaged over pairs. Needs two modalities and two such utterances.
+A weight of 0 disables a term: it is neither computed nor reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spikemo.config import LossWeights
+from spikemo.model.batch import IGNORE_INDEX, DialogueBatch
+from spikemo.model.spikemo import SpikEmoOutput
+
+
+@dataclass
+class LossBreakdown:
+    total: torch.Tensor  # scalar, weighted sum
+    terms: dict[str, torch.Tensor]  # enabled terms, unweighted
+
+
+def self_adjusting_dice_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
+    """logits [N, C], targets [N] -> per-utterance self-adjusting Dice loss [N]."""
+    gold_probability = torch.softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    weighted = (1 - gold_probability) ** alpha * gold_probability
+    return 1 - (2 * weighted + gamma) / (weighted + 1 + gamma)
+
+
+def soft_hgr_loss(features: list[torch.Tensor]) -> torch.Tensor:
+    """features: per modality [N, H] (same rows) -> negative Soft-HGR averaged over modality pairs."""
+    centred = [f.float() - f.float().mean(0, keepdim=True) for f in features]
+    num_samples = centred[0].shape[0]
+    covariances = [f.T @ f / (num_samples - 1) for f in centred]
+    pair_losses = []
+    for i, j in combinations(range(len(centred)), 2):
+        correlation = (centred[i] * centred[j]).sum(-1).mean()
+        pair_losses.append(-(correlation - (covariances[i] * covariances[j].T).sum() / 2))
+    return torch.stack(pair_losses).mean()
+
+
+class SpikEmoLoss(nn.Module):
+    def __init__(self, weights: LossWeights, num_classes: int, dice_alpha: float = 1.5, dice_gamma: float = 0.5):
+        super().__init__()
+        self.weights = weights
+        self.num_classes = num_classes
+        self.dice_alpha = dice_alpha
+        self.dice_gamma = dice_gamma
+
+    def forward(self, output: SpikEmoOutput, batch: DialogueBatch) -> LossBreakdown:
+        labelled = batch.labels != IGNORE_INDEX
+        logits = output.logits[labelled]
+        targets = batch.labels[labelled]
+        terms: dict[str, torch.Tensor] = {}
+        count = max(targets.numel(), 1)  # a batch without labels gives zero, not NaN
+        if self.weights.ce > 0:
+            terms["ce"] = F.cross_entropy(logits.float(), targets, reduction="sum") / count
+        if self.weights.dice > 0:
+            terms["dice"] = self_adjusting_dice_loss(logits, targets, self.dice_alpha, self.dice_gamma).sum() / count
+        if self.weights.soft_hgr > 0 and len(output.modality_features) > 1:
+            complete = batch.utterance_mask.clone()
+            for modality in output.modality_features:
+                complete &= batch.modality_mask[modality]
+            if int(complete.sum()) > 1:
+                terms["soft_hgr"] = soft_hgr_loss([f[complete] for f in output.modality_features.values()])
+        total = sum((getattr(self.weights, name) * value for name, value in terms.items()), logits.new_zeros(()))
+        return LossBreakdown(total=total, terms=terms)

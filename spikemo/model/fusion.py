@@ -1,0 +1,86 @@
+"""Cross-modal fusion (MultiAttn, Shi & Huang 2023): each modality attends in turn to every other one.
+
+A layer for query modality m: for each other modality o (in a fixed order), post-norm residual
+multi-head cross-attention from m to o; then a post-norm residual feed-forward block. Keys are the
+utterances of the same dialogue where modality o is present; a query with no such key gets a zero update.
+The per-head Q/K/V linears of the released code are one linear each here (same function, one matmul).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spikemo.config import ModelConfig
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"model_dim {dim} is not divisible by fusion_heads {heads}")
+        self.heads = heads
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.output = nn.Linear(dim, dim)
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """queries, keys [B, L, D]; key_mask [B, L] bool -> [B, L, D]."""
+        batch, length, dim = queries.shape
+
+        def split(x: torch.Tensor) -> torch.Tensor:
+            return x.view(batch, length, self.heads, dim // self.heads).transpose(1, 2)
+
+        has_key = key_mask.any(-1)  # [B]
+        allowed = (key_mask | ~has_key[:, None])[:, None, None, :]  # avoid all-masked rows (NaN)
+        attended = F.scaled_dot_product_attention(
+            split(self.query(queries)), split(self.key(keys)), split(self.value(keys)), attn_mask=allowed
+        )
+        attended = attended.transpose(1, 2).reshape(batch, length, dim)
+        return self.output(attended) * has_key[:, None, None]
+
+
+class FusionLayer(nn.Module):
+    def __init__(self, num_sources: int, config: ModelConfig):
+        super().__init__()
+        dim = config.model_dim
+        self.attentions = nn.ModuleList(CrossAttention(dim, config.fusion_heads) for _ in range(num_sources))
+        self.attention_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(num_sources))
+        self.feed_forward = nn.Sequential(
+            nn.Linear(dim, config.fusion_hidden), nn.ReLU(), nn.Linear(config.fusion_hidden, dim), nn.Dropout(config.dropout)
+        )
+        self.feed_forward_norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, sources: list[torch.Tensor], source_masks: list[torch.Tensor]) -> torch.Tensor:
+        for attention, norm, source, mask in zip(self.attentions, self.attention_norms, sources, source_masks):
+            x = norm(x + self.dropout(attention(x, source, mask)))
+        return self.feed_forward_norm(x + self.dropout(self.feed_forward(x)))
+
+
+class MultiAttnFusion(nn.Module):
+    """Per-modality stacks of ``fusion_layers`` cross-attention layers; identity for one modality."""
+
+    def __init__(self, modalities: list[str], config: ModelConfig):
+        super().__init__()
+        self.modalities = list(modalities)
+        num_sources = len(self.modalities) - 1
+        self.stacks = nn.ModuleDict()
+        if num_sources:
+            for modality in self.modalities:
+                self.stacks[modality] = nn.ModuleList(FusionLayer(num_sources, config) for _ in range(config.fusion_layers))
+
+    def forward(self, features: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """features: modality -> [B, L, D]; present: modality -> [B, L] bool (real and available)."""
+        if not self.stacks:
+            return dict(features)
+        fused = {}
+        for modality in self.modalities:
+            others = [other for other in self.modalities if other != modality]
+            x = features[modality]
+            for layer in self.stacks[modality]:
+                x = layer(x, [features[o] for o in others], [present[o] for o in others])
+            fused[modality] = x
+        return fused

@@ -1,0 +1,65 @@
+"""Figures and tables that describe a training run: confusion matrix, learning curves, firing rates.
+
+Figures use matplotlib's object API (no pyplot, no global backend state).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+
+def confusion_matrix_figure(matrix: Sequence[Sequence[int]], labels: list[str], title: str) -> Figure:
+    counts = np.asarray(matrix, dtype=float)
+    row_share = counts / np.clip(counts.sum(axis=1, keepdims=True), 1, None)
+    figure = Figure(figsize=(1.0 + 0.8 * len(labels), 0.8 + 0.7 * len(labels)))
+    axes = figure.subplots()
+    image = axes.imshow(row_share, cmap="Blues", vmin=0, vmax=1)
+    axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    axes.set_yticks(range(len(labels)), labels)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title)
+    for (row, column), count in np.ndenumerate(counts):
+        colour = "white" if row_share[row, column] > 0.5 else "black"
+        axes.text(column, row, f"{int(count)}", ha="center", va="center", fontsize=8, color=colour)
+    figure.colorbar(image, ax=axes, fraction=0.046, label="share of true class")
+    figure.tight_layout()
+    return figure
+
+
+def learning_curves_figure(history: list[dict[str, Any]]) -> Figure:
+    frame = pd.DataFrame(history).set_index("epoch")
+    loss_columns = [c for c in frame.columns if c.startswith("train_loss")]
+    score_columns = [c for c in ("dev_weighted_f1", "dev_macro_f1", "dev_accuracy") if c in frame.columns]
+    figure = Figure(figsize=(11, 4))
+    loss_axes, score_axes = figure.subplots(1, 2)
+    frame[loss_columns].plot(ax=loss_axes, marker=".")
+    loss_axes.set_title("training loss terms")
+    loss_axes.set_xlabel("epoch")
+    frame[score_columns].plot(ax=score_axes, marker=".")
+    score_axes.set_title("dev scores (%)")
+    score_axes.set_xlabel("epoch")
+    figure.tight_layout()
+    return figure
+
+
+def firing_rates_figure(rates: dict[str, float]) -> Figure:
+    names = list(rates)
+    figure = Figure(figsize=(8, 0.6 + 0.3 * len(names)))
+    axes = figure.subplots()
+    axes.barh(names, [rates[name] for name in names], color="tab:orange")
+    axes.set_xlabel("mean firing rate (spikes per neuron per timestep)")
+    axes.set_xlim(0, max(0.05, max(rates.values(), default=0) * 1.15))
+    axes.invert_yaxis()
+    axes.set_title("spiking layers (test split)")
+    figure.tight_layout()
+    return figure
+
+
+def per_class_table(per_class: dict[str, dict[str, float]]) -> pd.DataFrame:
+    return pd.DataFrame(per_class).T.rename_axis("label").reset_index()

@@ -1,0 +1,265 @@
+"""MLflow: where runs are stored, what a training run logs, the pyfunc model, registration and gating.
+
+Default store (no server): ``sqlite:///<workdir>/mlflow.db`` with artifacts under ``<workdir>/mlartifacts``,
+so the Model Registry works offline. ``MLFLOW_TRACKING_URI`` or ``tracking.tracking_uri`` point elsewhere.
+
+Gating: every finished run registers a new version of ``spikemo-<dataset>``. The alias ``champion``
+moves to it only if its weighted-F1 on the gating split beats the current champion's (a tie keeps the
+champion); otherwise the new version gets ``challenger``. Scores and the decision are version tags.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+from spikemo import reports
+from spikemo.bundle import ModelSpec, save_bundle
+from spikemo.config import SpikEmoConfig
+from spikemo.errors import ConfigError
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PYFUNC_MODEL_FILE = Path(__file__).with_name("pyfunc_model.py")
+SECRET_WORDS = re.compile(r"(token|secret|password|passwd|api[_-]?key|credential)", re.IGNORECASE)
+URL_PASSWORD = re.compile(r"(?<=://)([^:/@]+):([^@/]+)@")
+
+
+def tracking_uri(config: SpikEmoConfig) -> str:
+    if config.tracking.tracking_uri:
+        return config.tracking.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(config.workdir / 'mlflow.db').resolve()}"
+
+
+def registered_model_name(config: SpikEmoConfig) -> str:
+    return config.tracking.registered_model or f"spikemo-{config.data.dataset_name}"
+
+
+def connect(config: SpikEmoConfig) -> MlflowClient:
+    """Point MLflow at the configured store and make sure the experiment exists."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    uri = tracking_uri(config)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(uri, uri)
+    if client.get_experiment_by_name(config.tracking.experiment) is None:
+        artifacts = None
+        if not (config.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+            artifacts = (config.workdir / "mlartifacts").resolve().as_uri()
+        try:
+            client.create_experiment(config.tracking.experiment, artifact_location=artifacts)
+        except MlflowException:
+            if client.get_experiment_by_name(config.tracking.experiment) is None:
+                raise
+    mlflow.set_experiment(config.tracking.experiment)
+    return client
+
+
+def redact(value: Any) -> Any:
+    """Hide passwords inside URLs (``postgresql://user:pw@host``) before anything is logged."""
+    if isinstance(value, str):
+        return URL_PASSWORD.sub(lambda match: f"{match.group(1)}:***@", value)
+    return value
+
+
+def loggable_params(config: SpikEmoConfig) -> dict[str, str]:
+    params = {}
+    for key, value in config.flat().items():
+        if SECRET_WORDS.search(key):
+            continue
+        text = json.dumps(value) if isinstance(value, (list, dict)) else str(redact(value))
+        params[key] = text[:6000]
+    return params
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@contextmanager
+def training_run(config: SpikEmoConfig, device: str, encoder_fingerprints: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run that logs the resolved config on start and ends FAILED if the body raises."""
+    connect(config)
+    tags = {
+        "spikemo.dataset": config.data.dataset_name,
+        "spikemo.git_commit": git_commit(),
+        "spikemo.device": device,
+        "spikemo.host_python": platform.python_version(),
+        **{f"spikemo.encoder.{modality}": fingerprint for modality, fingerprint in encoder_fingerprints.items()},
+    }
+    run = mlflow.start_run(run_name=f"{config.data.dataset_name}-{'-'.join(config.features.modalities)}", tags=tags)
+    try:
+        mlflow.log_params(loggable_params(config))
+        config_yaml = json.loads(config.model_dump_json())
+        config_yaml["tracking"]["tracking_uri"] = redact(config_yaml["tracking"]["tracking_uri"])
+        mlflow.log_dict(config_yaml, "config/resolved_config.yaml")
+        yield run
+    except BaseException as error:
+        mlflow.set_tag("spikemo.failure", f"{type(error).__name__}: {error}"[:5000])
+        mlflow.end_run(status=RunStatus.to_string(RunStatus.FAILED))
+        raise
+    mlflow.end_run(status=RunStatus.to_string(RunStatus.FINISHED))
+
+
+def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+    mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=epoch)
+
+
+def log_inputs(manifest: pd.DataFrame, manifest_path: Path, caches: dict[str, dict[str, Any]]) -> None:
+    """The manifest and each feature cache as MLflow datasets (digest, rows, label distribution)."""
+    dataset = str(manifest["dataset"].iloc[0])
+    label_counts = manifest.groupby(["split", "label"]).size()
+    for split, rows in manifest.groupby("split"):
+        frame = rows[["utterance_key", "speaker", "label", "media_fingerprint"]].reset_index(drop=True)
+        source = mlflow.data.from_pandas(frame, source=str(manifest_path), targets="label", name=f"{dataset}-{split}")
+        mlflow.log_input(source, context=str(split), tags={"labels": json.dumps(label_counts[split].to_dict())})
+    for modality, cache in caches.items():
+        frame = pd.DataFrame({"utterance_key": manifest["utterance_key"], "modality": modality})
+        source = mlflow.data.from_pandas(
+            frame, source=str(cache["path"]), name=f"{dataset}-{modality}-{cache['encoder']}", digest=cache["fingerprint"][:32]
+        )
+        mlflow.log_input(source, context="features", tags={"encoder": cache["encoder"], "dim": str(cache["dim"])})
+
+
+def log_evaluation(history: list[dict[str, Any]], metrics: dict[str, dict[str, Any]], labels: list[str], firing_rates: dict[str, float], energy: dict[str, float]) -> None:
+    """Final metrics per split, plots and reports as artifacts."""
+    for split, scores in metrics.items():
+        mlflow.log_metrics({f"{split}_{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))})
+        mlflow.log_figure(reports.confusion_matrix_figure(scores["confusion_matrix"], labels, f"{split} confusion matrix"), f"plots/{split}_confusion_matrix.png")
+        mlflow.log_table(reports.per_class_table(scores["per_class"]), f"reports/{split}_per_class.json")
+    if history:
+        mlflow.log_figure(reports.learning_curves_figure(history), "plots/learning_curves.png")
+    if firing_rates:
+        mlflow.log_figure(reports.firing_rates_figure(firing_rates), "plots/firing_rates.png")
+        mlflow.log_metrics({f"test_firing_rate.{name}": rate for name, rate in firing_rates.items()})
+    if energy:
+        mlflow.log_metrics({f"test_{key}": float(value) for key, value in energy.items()})
+    mlflow.log_dict({str(i): label for i, label in enumerate(labels)}, "label_map.json")
+
+
+PREDICTION_INPUT = Schema(
+    [
+        ColSpec("string", "dialogue_id"),
+        ColSpec("long", "utterance_index"),
+        ColSpec("string", "speaker"),
+        ColSpec("string", "text"),
+        ColSpec("string", "media_path", required=False),
+        ColSpec("double", "media_start", required=False),
+        ColSpec("double", "media_end", required=False),
+    ]
+)
+
+
+def prediction_signature(labels: list[str]) -> ModelSignature:
+    outputs = [ColSpec("string", "dialogue_id"), ColSpec("long", "utterance_index"), ColSpec("string", "label")]
+    outputs += [ColSpec("double", f"prob_{label}") for label in labels]
+    params = ParamSchema([ParamSpec("media_root", "string", "")])
+    return ModelSignature(inputs=PREDICTION_INPUT, outputs=Schema(outputs), params=params)
+
+
+def pip_requirements() -> list[str]:
+    """Exact pins of what the pyfunc imports, read from the installed spikemo's metadata (no inference)."""
+    pinned = [requirement.split(";")[0].strip() for requirement in metadata.requires("spikemo") or [] if "extra ==" not in requirement]
+    return [requirement for requirement in pinned if requirement]
+
+
+@dataclass
+class Registration:
+    name: str
+    version: str
+    alias: str
+    score: float
+    champion_score: float | None
+    model_uri: str
+
+
+def log_and_register(model: Any, spec: ModelSpec, config: SpikEmoConfig, gating_score: float) -> Registration:
+    """Log the pyfunc model in the active run, register a version and apply champion gating."""
+    name = registered_model_name(config)
+    with tempfile.TemporaryDirectory() as scratch:
+        bundle = save_bundle(model, spec, Path(scratch) / "bundle")
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(PYFUNC_MODEL_FILE),
+            artifacts={"bundle": str(bundle)},
+            code_paths=[str(Path(__file__).parent)],
+            signature=prediction_signature(spec.labels),
+            pip_requirements=pip_requirements(),
+            registered_model_name=name,
+        )
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    alias, champion_score = gate_champion(client, name, version, gating_score, config.tracking.gating_split)
+    return Registration(name, version, alias, gating_score, champion_score, f"models:/{name}/{version}")
+
+
+def gate_champion(client: MlflowClient, name: str, version: str, score: float, split: str) -> tuple[str, float | None]:
+    """Move ``champion`` to ``version`` if ``score`` beats the champion's; otherwise mark it ``challenger``."""
+    score_tag = f"gating_{split}_weighted_f1"
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        champion = None
+    champion_score = None
+    if champion is not None and champion.version != version:
+        recorded = champion.tags.get(score_tag)
+        champion_score = float(recorded) if recorded is not None else float("-inf")
+    promote = champion_score is None or score > champion_score
+    alias = CHAMPION if promote else CHALLENGER
+    client.set_registered_model_alias(name, alias, version)
+    client.set_model_version_tag(name, version, score_tag, f"{score:.6f}")
+    client.set_model_version_tag(name, version, "gating_champion_score", "none" if champion_score is None else f"{champion_score:.6f}")
+    decision = "promoted: no champion yet" if champion_score is None else (
+        f"promoted: {score:.4f} > champion v{champion.version} {champion_score:.4f}" if promote
+        else f"kept champion v{champion.version}: {score:.4f} <= {champion_score:.4f}"
+    )
+    client.set_model_version_tag(name, version, "gating_decision", decision)
+    return alias, champion_score
+
+
+def resolve_model_uri(uri: str) -> str:
+    """Check that a ``models:/name@alias`` or ``models:/name/version`` URI exists; one-line error if not."""
+    match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", uri)
+    if not match:
+        return uri
+    name, alias, version = match.groups()
+    client = MlflowClient()
+    try:
+        if alias:
+            client.get_model_version_by_alias(name, alias)
+        else:
+            client.get_model_version(name, version)
+    except MlflowException:
+        what = f"alias {alias!r}" if alias else f"version {version}"
+        raise ConfigError(
+            f"{uri}: no registered model {name!r} with {what} in {mlflow.get_tracking_uri()}; "
+            "list models with the MLflow UI (`spikemo ui`) or check --workdir / MLFLOW_TRACKING_URI"
+        ) from None
+    return uri

@@ -1,0 +1,17 @@
+"""Dialogue datasets from the feature caches, the SpikEmo training loop, evaluation and checkpoints."""
+
+from spikemo.training.data import DialogueData, DialogueDataset, build_dialogue_data, collate_dialogues
+from spikemo.training.evaluation import evaluate, predict
+from spikemo.training.loop import NonFiniteLossError, TrainResult, train_model
+
+__all__ = [
+    "DialogueData",
+    "DialogueDataset",
+    "NonFiniteLossError",
+    "TrainResult",
+    "build_dialogue_data",
+    "collate_dialogues",
+    "evaluate",
+    "predict",
+    "train_model",
+]

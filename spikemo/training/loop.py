@@ -1,0 +1,349 @@
+"""Training SpikEmo: Adam, ReduceLROnPlateau and early stopping on DEV weighted-F1, resumable checkpoints.
+
+The test split never influences training or selection: it is evaluated once, after training, with the
+weights selected on dev. Under ``torchrun`` the model is wrapped in DistributedDataParallel, each rank
+trains on its share of the dialogues, evaluation predictions are all-reduced, and only rank 0 writes
+checkpoints and calls ``on_epoch_end``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim import Adam
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from spikemo.config import SpikEmoConfig
+from spikemo.errors import DataError, SpikemoError
+from spikemo.losses import SpikEmoLoss
+from spikemo.model.snn_stats import SpikeMonitor
+from spikemo.model.spikemo import SpikEmo
+from spikemo.training.checkpoint import (
+    SelectionState,
+    load_model_checkpoint,
+    load_training_checkpoint,
+    save_model_checkpoint,
+    save_training_checkpoint,
+)
+from spikemo.training.data import DialogueData, DialogueDataset, LengthBucketBatchSampler, build_dialogue_data, collate_dialogues
+from spikemo.training.distributed import (
+    DistributedContext,
+    all_reduce_min,
+    all_reduce_sum,
+    barrier,
+    distributed_context,
+    gather_predictions,
+)
+from spikemo.training.evaluation import autocast_for, predict
+from spikemo.training.metrics import classification_metrics
+
+log = logging.getLogger(__name__)
+
+SELECTION_METRIC = "weighted_f1"
+LAST_CHECKPOINT = "last.safetensors"
+BEST_CHECKPOINT_PATTERN = "best-epoch{epoch:04d}.safetensors"
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+class NonFiniteLossError(SpikemoError):
+    """The training loss became NaN or infinite; the run cannot continue."""
+
+
+@dataclass
+class TrainResult:
+    model: SpikEmo  # on the training device, in eval mode, with the weights selected on dev
+    history: list[dict[str, float]]
+    best_epoch: int  # 0-based
+    dev_metrics: dict[str, Any]
+    test_metrics: dict[str, Any] | None  # None when the manifest has no test split
+    input_dims: dict[str, int]
+    label_names: list[str]
+    firing_rates: dict[str, float]  # SpikeMonitor on the test split (dev without one); empty if not spiking
+    energy: dict[str, float]
+    checkpoint_path: Path  # best-epochNNNN.safetensors: selected weights + spec (epoch, dims, labels, model config)
+    device: str
+
+
+def train_model(
+    config: SpikEmoConfig,
+    manifest: pd.DataFrame,
+    features: Mapping[str, pd.DataFrame],
+    label_names: list[str],
+    run_dir: Path,
+    on_epoch_end: EpochCallback | None = None,
+    resume: bool = True,
+) -> TrainResult:
+    """Train on ``train``, select on ``dev``, evaluate the selected weights once on ``test``.
+
+    ``features`` maps each modality to its feature table (``utterance_key``, ``status``, ``embedding``).
+    Checkpoints go to ``run_dir/checkpoints``; with ``resume`` a run continues after its last completed
+    epoch. ``on_epoch_end(epoch, metrics)`` is called (rank 0 only) after that epoch's checkpoint is written.
+    Raises ``DataError`` for unusable inputs and ``NonFiniteLossError`` when the loss diverges.
+    """
+    data = build_dialogue_data(manifest, features, len(label_names))
+    for split in ("train", "dev"):
+        if split not in data.splits:
+            raise DataError(f"the manifest has no {split!r} split; training needs train and dev (selection uses dev)")
+    if not (data.splits["dev"].labels >= 0).any():
+        raise DataError("the dev split has no labelled utterance; model selection needs dev labels")
+    with distributed_context(config.train.device) as context:
+        run = _TrainingRun(config, data, label_names, Path(run_dir), context)
+        return run.execute(on_epoch_end, resume)
+
+
+class _TrainingRun:
+    def __init__(
+        self,
+        config: SpikEmoConfig,
+        data: DialogueData,
+        label_names: list[str],
+        run_dir: Path,
+        context: DistributedContext,
+    ) -> None:
+        self.config = config
+        self.train_config = config.train
+        self.data = data
+        self.label_names = list(label_names)
+        self.context = context
+        self.checkpoint_dir = run_dir / "checkpoints"
+        seed_everything(self.train_config.seed)
+        self.model = SpikEmo(config.model, data.input_dims, len(label_names)).to(context.device)
+        self.network: torch.nn.Module = (
+            DistributedDataParallel(self.model, device_ids=[context.device.index] if context.device.type == "cuda" else None)
+            if context.is_distributed
+            else self.model
+        )
+        self.loss = SpikEmoLoss(self.train_config.loss_weights, len(label_names))
+        self.loss_terms = [name for name, weight in self.train_config.loss_weights.model_dump().items() if weight > 0]
+        self.optimizer = Adam(self.model.parameters(), lr=self.train_config.lr, weight_decay=self.train_config.weight_decay)
+        self.scheduler = ReduceLROnPlateau(
+            self.optimizer,
+            mode="max",
+            factor=self.train_config.lr_plateau_factor,
+            patience=self.train_config.lr_plateau_patience,
+        )
+        train_set = data.splits["train"]
+        self.train_sampler = LengthBucketBatchSampler(
+            train_set.dialogue_lengths,
+            self.train_config.batch_dialogues,
+            shuffle=True,
+            seed=self.train_config.seed,
+            num_replicas=context.world_size,
+            rank=context.rank,
+        )
+        self.train_loader = DataLoader(train_set, batch_sampler=self.train_sampler, collate_fn=collate_dialogues)
+
+    def execute(self, on_epoch_end: EpochCallback | None, resume: bool) -> TrainResult:
+        selection = self._initial_selection(resume)
+        epochs = self.train_config.epochs
+        for epoch in range(selection.epoch + 1, epochs):
+            if selection.epochs_without_improvement >= self.train_config.patience:
+                break
+            metrics = {"epoch": float(epoch), **self._train_epoch(epoch)}
+            dev_scores, firing_rates, _ = self._evaluate_split(self.data.splits["dev"], monitor_spikes=True)
+            metrics.update({f"dev_{name}": float(dev_scores[name]) for name in ("weighted_f1", "macro_f1", "accuracy")})
+            metrics.update({f"firing_rate.{group}": rate for group, rate in firing_rates.items()})
+            self._select(selection, epoch, metrics)
+            if self.context.is_main:
+                log.info(
+                    "epoch %d/%d: train loss %.4f, dev weighted-F1 %.2f (best %.2f at epoch %d)",
+                    epoch + 1, epochs, metrics["train_loss"], metrics["dev_weighted_f1"],
+                    selection.best_score, selection.best_epoch + 1,
+                )
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch, metrics)
+        return self._finish(selection)
+
+    def _initial_selection(self, resume: bool) -> SelectionState:
+        last = self.checkpoint_dir / LAST_CHECKPOINT
+        if resume and last.is_file():
+            selection = load_training_checkpoint(last, self.model, self.optimizer, self.scheduler, self._run_identity())
+            if self.context.is_main:
+                log.info("resuming after epoch %d from %s", selection.epoch + 1, last)
+            return selection
+        return SelectionState(epoch=-1, best_epoch=-1, best_score=-math.inf, epochs_without_improvement=0)
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        self.network.train()
+        self.train_sampler.set_epoch(epoch)
+        device = self.context.device
+        # per loss: [sum of batch values, number of batches]; "total" first, then each enabled term
+        sums = torch.zeros(1 + len(self.loss_terms), 2, dtype=torch.float64)
+        progress = tqdm(
+            self.train_loader,
+            desc=f"epoch {epoch + 1}/{self.train_config.epochs}",
+            file=sys.stderr,
+            leave=False,
+            disable=not self.context.is_main,
+        )
+        for step, batch in enumerate(progress):
+            batch = batch.to(device, non_blocking=True)
+            with autocast_for(device):
+                breakdown = self.loss(self.network(batch), batch)
+            self._require_finite(breakdown.total, breakdown.terms, epoch, step)
+            self.optimizer.zero_grad(set_to_none=True)
+            breakdown.total.backward()
+            self.optimizer.step()
+            values = [breakdown.total, *(breakdown.terms.get(name) for name in self.loss_terms)]
+            for row, value in enumerate(values):
+                if value is not None:
+                    sums[row] += torch.tensor([value.item(), 1.0], dtype=torch.float64)
+            progress.set_postfix(loss=f"{breakdown.total.item():.4f}")
+        sums = all_reduce_sum(sums, self.context)
+        means = (sums[:, 0] / sums[:, 1].clamp(min=1)).tolist()
+        metrics = {"train_loss": means[0], "lr": float(self.optimizer.param_groups[0]["lr"])}
+        metrics.update({f"train_loss_{name}": means[1 + i] for i, name in enumerate(self.loss_terms) if sums[1 + i, 1] > 0})
+        return metrics
+
+    def _require_finite(self, total: torch.Tensor, terms: dict[str, torch.Tensor], epoch: int, step: int) -> None:
+        finite = torch.tensor([float(torch.isfinite(total.detach()).item())])
+        if all_reduce_min(finite, self.context).item() == 1.0:
+            return
+        shown = ", ".join(f"{name}={value.item():.4g}" for name, value in terms.items())
+        raise NonFiniteLossError(
+            f"epoch {epoch + 1}, step {step + 1}: training loss is not finite on some rank (this rank: "
+            f"total={total.item():.4g}, {shown}); lower train.lr or check the features for extreme values"
+        )
+
+    def _evaluate_split(
+        self, dataset: DialogueDataset, monitor_spikes: bool
+    ) -> tuple[dict[str, Any], dict[str, float], dict[str, float]]:
+        """Metrics over the whole split (each rank predicts its share) and, if asked and the model spikes,
+        SpikeMonitor's firing rates and energy estimate (averaged over ranks); empty dicts otherwise."""
+        sampler = LengthBucketBatchSampler(
+            dataset.dialogue_lengths,
+            self.train_config.batch_dialogues,
+            shuffle=False,
+            num_replicas=self.context.world_size,
+            rank=self.context.rank,
+        )
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_dialogues)
+        rows = dataset.labelled_rows([index for batch in sampler for index in batch])
+        firing_rates: dict[str, float] = {}
+        energy: dict[str, float] = {}
+        if monitor_spikes and self.model.spikformer is not None:
+            with SpikeMonitor(self.model) as monitor:
+                _, predictions = predict(self.model, loader)
+            firing_rates = self._mean_over_ranks(monitor.firing_rates())
+            energy = self._mean_over_ranks(monitor.energy())
+        else:
+            _, predictions = predict(self.model, loader)
+        everywhere = gather_predictions(rows, predictions, len(dataset.labels), self.context)
+        labelled = dataset.labels >= 0
+        metrics = classification_metrics(dataset.labels[labelled], everywhere[labelled], self.label_names)
+        return metrics, firing_rates, energy
+
+    def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+        names = sorted(values)
+        summed = all_reduce_sum(torch.tensor([values[name] for name in names], dtype=torch.float64), self.context)
+        return {name: float(total) / self.context.world_size for name, total in zip(names, summed.tolist())}
+
+    def _select(self, selection: SelectionState, epoch: int, metrics: dict[str, float]) -> None:
+        """Model selection, learning-rate schedule and early-stopping count, all on dev weighted-F1."""
+        score = metrics[f"dev_{SELECTION_METRIC}"]
+        selection.epoch = epoch
+        selection.history.append(metrics)
+        if score > selection.best_score:
+            selection.best_score = score
+            selection.best_epoch = epoch
+            selection.epochs_without_improvement = 0
+            if self.context.is_main:
+                save_model_checkpoint(self._best_path(epoch), self.model, self._best_spec(epoch, metrics))
+        else:
+            selection.epochs_without_improvement += 1
+        self.scheduler.step(score)
+        if self.context.is_main:
+            save_training_checkpoint(
+                self.checkpoint_dir / LAST_CHECKPOINT, self.model, self.optimizer, self.scheduler, selection, self._run_identity()
+            )
+            self._remove_unselected_best(selection.best_epoch)
+
+    def _best_path(self, epoch: int) -> Path:
+        return self.checkpoint_dir / BEST_CHECKPOINT_PATTERN.format(epoch=epoch)
+
+    def _remove_unselected_best(self, best_epoch: int) -> None:
+        """Best-weight files other than the one the last checkpoint names (older bests, or one written by
+        an attempt killed before its last checkpoint) are removed only once that last checkpoint exists."""
+        keep = self._best_path(best_epoch)
+        for path in self.checkpoint_dir.glob(BEST_CHECKPOINT_PATTERN.replace("{epoch:04d}", "*")):
+            if path != keep:
+                path.unlink(missing_ok=True)
+
+    def _finish(self, selection: SelectionState) -> TrainResult:
+        if selection.best_epoch < 0:
+            raise DataError(f"{self.checkpoint_dir}: no epoch was completed, so there is no model to select")
+        best_path = self._best_path(selection.best_epoch)
+        best_weights = _read_best_weights(best_path, self.context)
+        self.model.load_state_dict(best_weights)
+        test_set = self.data.splits.get("test")
+        has_test = test_set is not None and bool((test_set.labels >= 0).any())
+        dev_metrics, firing_rates, energy = self._evaluate_split(self.data.splits["dev"], monitor_spikes=not has_test)
+        test_metrics = None
+        if has_test:
+            test_metrics, firing_rates, energy = self._evaluate_split(test_set, monitor_spikes=True)
+        self.model.eval()
+        return TrainResult(
+            model=self.model,
+            history=selection.history,
+            best_epoch=selection.best_epoch,
+            dev_metrics=dev_metrics,
+            test_metrics=test_metrics,
+            input_dims=dict(self.data.input_dims),
+            label_names=self.label_names,
+            firing_rates=firing_rates,
+            energy=energy,
+            checkpoint_path=best_path,
+            device=str(self.context.device),
+        )
+
+    def _best_spec(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "dev_weighted_f1": metrics[f"dev_{SELECTION_METRIC}"],
+            "input_dims": self.data.input_dims,
+            "label_names": self.label_names,
+            "model": self.config.model.model_dump(mode="json"),
+        }
+
+    def _run_identity(self) -> dict[str, Any]:
+        """What must match for a checkpoint to be resumed: settings (epochs may grow), labels and data."""
+        digest = hashlib.sha256()
+        for split in ("train", "dev"):
+            dataset = self.data.splits[split]
+            digest.update("\n".join(dataset.utterance_keys.tolist()).encode())
+            digest.update(dataset.labels.tobytes())
+        return {
+            "model": self.config.model.model_dump(mode="json"),
+            "train": self.train_config.model_dump(mode="json", exclude={"epochs", "patience", "device"}),
+            "label_names": self.label_names,
+            "input_dims": self.data.input_dims,
+            "data_sha256": digest.hexdigest(),
+        }
+
+
+def _read_best_weights(path: Path, context: DistributedContext) -> dict[str, torch.Tensor]:
+    """The selected weights; rank 0 wrote them, so other ranks wait for it before reading."""
+    barrier(context)
+    weights, _ = load_model_checkpoint(path)
+    return weights
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

