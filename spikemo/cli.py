@@ -76,6 +76,88 @@ def cmd_ingest(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any
     return {"command": "ingest", "dataset": config.data.dataset_name, **summary}
 
 
+def cmd_make_demo_data(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
+    from spikemo.data.demo import DemoCorpusSettings, make_demo_corpus
+
+    chosen = {"dialogues": args.dialogues, "seed": args.seed, "workers": args.workers, "overwrite": args.overwrite}
+    settings = DemoCorpusSettings(**{key: value for key, value in chosen.items() if value is not None})
+    summary = make_demo_corpus(args.out, settings).to_dict()
+    print(f"demo corpus: {summary['total_clips']} clips, {summary['media_seconds']:.0f} s of media in {summary['wall_seconds']:.0f} s -> {args.out}")
+    return {"command": "make-demo-data", **summary}
+
+
+def cmd_preprocess(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
+    from spikemo.features.extract import preprocess
+
+    summary = preprocess(config)
+    for modality, counts in summary["modalities"].items():
+        print(f"{modality:<7} encoded {counts['encoded']:>6}  reused {counts['reused']:>6}  failed {counts['failed']:>5}  {counts['cache_path']}")
+    return {"command": "preprocess", "dataset": config.data.dataset_name, **summary}
+
+
+def cmd_train(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
+    from spikemo.experiment import run_experiment
+
+    summary = run_experiment(config)
+    print(
+        f"run {summary['run_id']}: dev weighted-F1 {summary['dev_weighted_f1']:.2f}, "
+        f"test weighted-F1 {_percent(summary['test_weighted_f1'])}; "
+        f"{summary['registered_model']} v{summary['model_version']} is {summary['alias']}"
+    )
+    return {"command": "train", "dataset": config.data.dataset_name, **summary}
+
+
+def cmd_evaluate(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
+    from spikemo.predict import Predictor, evaluate_predictions
+
+    tracking_connect(config)
+    predictor = Predictor.from_uri(args.model)
+    data = config.data if (config.data.root or config.data.manifest) else None
+    metrics = evaluate_predictions(predictor, data, config.cache, args.split)
+    print(f"{args.model} on {args.split}: weighted-F1 {metrics['weighted_f1']:.2f}, accuracy {metrics['accuracy']:.2f}")
+    return {"command": "evaluate", "model": args.model, "split": args.split, **metrics}
+
+
+def cmd_predict(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
+    from spikemo.predict import Predictor, read_conversations, write_predictions
+
+    tracking_connect(config)
+    predictor = Predictor.from_uri(args.model)
+    predictions = predictor.predict_frame(read_conversations(args.input), args.media_root, config.cache)
+    summary = write_predictions(predictions, args.out)
+    print(f"{summary['predicted']} of {summary['utterances']} utterances predicted -> {args.out}")
+    return {"command": "predict", "model": args.model, **summary}
+
+
+def cmd_ui(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
+    from spikemo.tracking import serve_ui
+
+    return serve_ui(config, args.host, args.port)
+
+
+def cmd_demo(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
+    from flows.demo import run_demo
+
+    return run_demo(config, args.data, args.dialogues)
+
+
+def tracking_connect(config: SpikEmoConfig) -> None:
+    from spikemo.tracking import connect
+
+    connect(config)
+
+
+def _percent(value: float | None) -> str:
+    return "n/a (no test split)" if value is None else f"{value:.2f}"
+
+
+def _modality_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides = _dataset_overrides(args)
+    if args.modalities:
+        overrides["features.modalities"] = [m.strip() for m in args.modalities.split(",") if m.strip()]
+    return overrides
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common_options()
     parser = argparse.ArgumentParser(
@@ -95,6 +177,89 @@ def build_parser() -> argparse.ArgumentParser:
     _dataset_options(ingest)
     ingest.add_argument("--out", type=Path, help="manifest path (default: <cache>/<dataset>/manifest.parquet)")
     ingest.set_defaults(handler=cmd_ingest, overrides_from=_dataset_overrides)
+
+    demo_data = commands.add_parser(
+        "make-demo-data",
+        parents=[common],
+        help="generate the multimodal demo corpus (MELD layout, speech + face video)",
+        description="Write a generated corpus in MELD's raw layout: the three CSVs and diaX_uttY.mp4 clips with "
+        "synthesized speech and an animated face whose cues follow each utterance's emotion.",
+    )
+    demo_data.add_argument("out", type=Path, help="output folder")
+    demo_data.add_argument("--dialogues", type=int, help="number of dialogues (default 60, about 500 clips)")
+    demo_data.add_argument("--seed", type=int, help="random seed (same seed, same corpus)")
+    demo_data.add_argument("--workers", type=int, help="rendering processes (default: CPU count)")
+    demo_data.add_argument("--overwrite", action="store_true", default=None, help="replace an earlier corpus in OUT")
+    demo_data.set_defaults(handler=cmd_make_demo_data, overrides_from=lambda args: {})
+
+    preprocess = commands.add_parser(
+        "preprocess",
+        parents=[common],
+        help="ingest a dataset and extract features per modality into the Parquet cache",
+        description="Ingest, then encode each requested modality with its configured encoder into the feature cache. "
+        "Only utterances missing from the cache or whose media changed are encoded.",
+    )
+    _dataset_options(preprocess)
+    preprocess.add_argument("--modalities", help="comma-separated subset of text,audio,visual (default from config: text)")
+    preprocess.set_defaults(handler=cmd_preprocess, overrides_from=_modality_overrides)
+
+    train = commands.add_parser(
+        "train",
+        parents=[common],
+        help="extract what is missing, train SpikEmo, evaluate, log to MLflow and register",
+        description="Train on the train split, select the epoch on dev weighted-F1, evaluate the selected weights "
+        "once on test, log the run to MLflow and register a model version with champion gating.",
+    )
+    _dataset_options(train)
+    train.add_argument("--modalities", help="comma-separated subset of text,audio,visual")
+    train.add_argument("--epochs", type=int, help="maximum epochs (early stopping on dev may end sooner)")
+    train.set_defaults(handler=cmd_train, overrides_from=lambda args: {**_modality_overrides(args), "train.epochs": args.epochs})
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        parents=[common],
+        help="score a registered model on one split of a dataset",
+        description="Rebuild features with the model's recorded encoders and report weighted-F1, macro-F1, "
+        "accuracy, per-class scores and the confusion matrix on the chosen split.",
+    )
+    evaluate.add_argument("--model", required=True, help="model URI, e.g. models:/spikemo-meld@champion")
+    evaluate.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    _dataset_options(evaluate)
+    evaluate.set_defaults(handler=cmd_evaluate, overrides_from=_dataset_overrides)
+
+    predict = commands.add_parser(
+        "predict",
+        parents=[common],
+        help="predict the emotion of every utterance of new conversations",
+        description="Input: a generic manifest (CSV, JSONL, Parquet; label and split optional) or a MELD CSV. "
+        "Output: one row per utterance with the predicted label and every class's probability.",
+    )
+    predict.add_argument("--model", required=True, help="model URI, e.g. models:/spikemo-meld@champion")
+    predict.add_argument("--input", required=True, type=Path, help="conversations file")
+    predict.add_argument("--media-root", type=Path, help="folder that media paths are relative to (default: the input's folder)")
+    predict.add_argument("--out", required=True, type=Path, help="output file (.jsonl or .parquet)")
+    predict.set_defaults(handler=cmd_predict, overrides_from=lambda args: {})
+
+    ui = commands.add_parser(
+        "ui",
+        parents=[common],
+        help="open the MLflow UI over the work directory's store (127.0.0.1)",
+        description="Serve the MLflow UI for the default store (or MLFLOW_TRACKING_URI) until interrupted.",
+    )
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(handler=cmd_ui, overrides_from=lambda args: {})
+
+    demo = commands.add_parser(
+        "demo",
+        parents=[common],
+        help="generate the demo corpus if absent and run the whole Prefect pipeline on it",
+        description="The newcomer's tour: demo corpus -> ingest -> features -> SpikEmo -> MLflow registry, as the "
+        "Prefect `pipeline` flow (ephemeral Prefect API, sqlite MLflow, local cache). Default config: configs/demo.yaml.",
+    )
+    demo.add_argument("--data", type=Path, help="demo corpus folder (default <workdir>/demo_corpus; generated when absent)")
+    demo.add_argument("--dialogues", type=int, help="dialogues to generate when the corpus is absent (default 60)")
+    demo.set_defaults(handler=cmd_demo, overrides_from=lambda args: {})
     return parser
 
 

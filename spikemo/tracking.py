@@ -15,7 +15,7 @@ import os
 import platform
 import re
 import subprocess
-import tempfile
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,7 +32,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from spikemo import reports
-from spikemo.bundle import ModelSpec, save_bundle
+from spikemo.bundle import SPEC_FILE, ModelSpec
 from spikemo.config import SpikEmoConfig
 from spikemo.errors import ConfigError
 
@@ -104,13 +104,12 @@ def git_commit() -> str:
 
 
 @contextmanager
-def training_run(config: SpikEmoConfig, device: str, encoder_fingerprints: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
+def training_run(config: SpikEmoConfig, encoder_fingerprints: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run that logs the resolved config on start and ends FAILED if the body raises."""
     connect(config)
     tags = {
         "spikemo.dataset": config.data.dataset_name,
         "spikemo.git_commit": git_commit(),
-        "spikemo.device": device,
         "spikemo.host_python": platform.python_version(),
         **{f"spikemo.encoder.{modality}": fingerprint for modality, fingerprint in encoder_fingerprints.items()},
     }
@@ -199,21 +198,30 @@ class Registration:
     champion_score: float | None
     model_uri: str
 
+    def summary(self) -> dict[str, Any]:
+        return {
+            "registered_model": self.name,
+            "model_version": self.version,
+            "alias": self.alias,
+            "model_uri": self.model_uri,
+            "gating_score": self.score,
+            "previous_champion_score": self.champion_score,
+        }
 
-def log_and_register(model: Any, spec: ModelSpec, config: SpikEmoConfig, gating_score: float) -> Registration:
-    """Log the pyfunc model in the active run, register a version and apply champion gating."""
+
+def log_and_register(bundle: Path, config: SpikEmoConfig, gating_score: float) -> Registration:
+    """Log a saved bundle as the active run's pyfunc model, register a version and apply champion gating."""
     name = registered_model_name(config)
-    with tempfile.TemporaryDirectory() as scratch:
-        bundle = save_bundle(model, spec, Path(scratch) / "bundle")
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(PYFUNC_MODEL_FILE),
-            artifacts={"bundle": str(bundle)},
-            code_paths=[str(Path(__file__).parent)],
-            signature=prediction_signature(spec.labels),
-            pip_requirements=pip_requirements(),
-            registered_model_name=name,
-        )
+    labels = ModelSpec.model_validate_json((bundle / SPEC_FILE).read_text(encoding="utf-8")).labels
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(PYFUNC_MODEL_FILE),
+        artifacts={"bundle": str(bundle)},
+        code_paths=[str(Path(__file__).parent)],
+        signature=prediction_signature(labels),
+        pip_requirements=pip_requirements(),
+        registered_model_name=name,
+    )
     version = str(info.registered_model_version)
     client = MlflowClient()
     alias, champion_score = gate_champion(client, name, version, gating_score, config.tracking.gating_split)
@@ -263,3 +271,16 @@ def resolve_model_uri(uri: str) -> str:
             "list models with the MLflow UI (`spikemo ui`) or check --workdir / MLFLOW_TRACKING_URI"
         ) from None
     return uri
+
+
+def serve_ui(config: SpikEmoConfig, host: str, port: int) -> dict[str, Any]:
+    """Run ``mlflow ui`` over the configured store until interrupted; bound to ``host`` (127.0.0.1 by default)."""
+    connect(config)
+    uri = tracking_uri(config)
+    url = f"http://{host}:{port}"
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    if uri == f"sqlite:///{(config.workdir / 'mlflow.db').resolve()}":
+        command += ["--default-artifact-root", (config.workdir / "mlartifacts").resolve().as_uri()]
+    print(f"MLflow UI for {redact(uri)} at {url} (Ctrl-C stops it)", file=sys.stderr)
+    subprocess.run(command, check=False)
+    return {"command": "ui", "url": url, "tracking_uri": redact(uri)}

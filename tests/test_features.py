@@ -207,7 +207,7 @@ def test_hugging_face_encoders_with_tiny_local_models(demo_manifest: Path, tiny_
     features = FeaturesConfig(
         text=EncoderConfig(name="hf-text", params={"model": str(tiny_models["bert"]), "pooling": "cls", "context_turns": 2, "speaker_names": True}),
         audio=EncoderConfig(name="hf-audio", params={"model": str(tiny_models["wav2vec2"])}),
-        visual=EncoderConfig(name="hf-image", params={"model": str(tiny_models["vit"]), "crop": "face"}),
+        visual=EncoderConfig(name="hf-image", params={"model": str(tiny_models["vit"]), "crop": "face", "face_detector": "mediapipe"}),
         frames_per_clip=3,
         batch_size=3,
     )
@@ -225,6 +225,11 @@ def test_hugging_face_encoders_with_tiny_local_models(demo_manifest: Path, tiny_
     whole_frames = features.model_copy(update={"visual": EncoderConfig(name="hf-image", params={"model": str(tiny_models["vit"]), "crop": "frame"})})
     frames = extract_modality(demo_manifest, "visual", whole_frames, cache)
     assert (frames.encoded, frames.failed) == (6, 1) and frames.fingerprint != results["visual"].fingerprint
+
+    # MTCNN is trained on photographs and finds no face in the drawn ones: every clip is a recorded failure.
+    mtcnn = features.model_copy(update={"visual": EncoderConfig(name="hf-image", params={"model": str(tiny_models["vit"])})})
+    detected = extract_modality(demo_manifest, "visual", mtcnn, cache)
+    assert (detected.encoded, detected.failed, detected.failure_reasons) == (0, 7, {"cannot open video": 1, "no face detected in any of 3 frames": 6})
 
 
 def test_cache_is_plain_parquet_with_metadata(demo_manifest: Path, tmp_path: Path) -> None:

@@ -66,10 +66,14 @@ def _reason_kind(reason: str) -> str:
     return reason.split(":", 1)[0]
 
 
-def ingest(config: DataConfig, out: Path) -> IngestResult:
-    """Read, validate and fingerprint a dataset; write the manifest and its problems table to ``out``."""
+def ingest(config: DataConfig, out: Path, require_labels: bool = True) -> IngestResult:
+    """Read, validate and fingerprint a dataset; write the manifest and its problems table to ``out``.
+
+    Without ``require_labels`` (conversations to predict) labels are optional: an absent or unknown label
+    leaves the utterance unlabelled (label and label_id null) instead of rejecting it.
+    """
     labels = config.label_names
-    raw = read_dataset(config)
+    raw = read_dataset(config, require_labels)
     for warning in raw.warnings:
         log.warning(warning)
     rows = raw.rows.copy()
@@ -88,7 +92,10 @@ def ingest(config: DataConfig, out: Path) -> IngestResult:
     flag(~integral, "utterance index is not an integer: " + rows["utterance_index"].astype(str))
     flag(rows["dialogue_id"].fillna("").astype(str) == "", "empty dialogue id")
     rows["label"], known = _match_labels(rows["label"], labels)
-    flag(~known, "unknown label: " + rows["label"].astype(str) + f" (expected one of {', '.join(labels)})")
+    if require_labels:
+        flag(~known, "unknown label: " + rows["label"].astype(str) + f" (expected one of {', '.join(labels)})")
+    else:
+        rows.loc[~known, "label"] = None
     rows["utterance_index"] = index_numeric.where(integral, -1).astype(np.int64)
 
     key_columns = ["split", "dialogue_id", "utterance_index"]
@@ -199,7 +206,7 @@ def _build_manifest(
             "party": accepted["party"],
             "text": accepted["text"],
             "label": accepted["label"],
-            "label_id": accepted["label"].map({label: i for i, label in enumerate(labels)}),
+            "label_id": accepted["label"].map({label: i for i, label in enumerate(labels)}).astype("Int32"),
             "media_path": [None if p is None else p.relative_to(root).as_posix() for p in paths],
             "media_start": accepted["media_start"],
             "media_end": accepted["media_end"],

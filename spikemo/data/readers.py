@@ -50,7 +50,7 @@ class RawDataset:
     warnings: list[str] = field(default_factory=list)
 
 
-Reader = Callable[[DataConfig], RawDataset]
+Reader = Callable[[DataConfig, bool], RawDataset]
 READERS: dict[str, Reader] = {}
 
 
@@ -62,8 +62,9 @@ def register_reader(name: str) -> Callable[[Reader], Reader]:
     return decorate
 
 
-def read_dataset(config: DataConfig) -> RawDataset:
-    return READERS[config.format](config)
+def read_dataset(config: DataConfig, require_labels: bool = True) -> RawDataset:
+    """Candidate rows of ``config``'s dataset; without ``require_labels`` a label column may be absent."""
+    return READERS[config.format](config, require_labels)
 
 
 def read_csv_strict(path: Path, required: list[str]) -> pd.DataFrame:
@@ -110,11 +111,11 @@ def _candidates(frame: pd.DataFrame, source: Path, root: Path, **columns: object
 
 MELD_FILES = {"train": "train_sent_emo.csv", "dev": "dev_sent_emo.csv", "test": "test_sent_emo.csv"}
 MELD_CLIP_DIRS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
-MELD_COLUMNS = ["Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID"]
+MELD_COLUMNS = ["Utterance", "Speaker", "Dialogue_ID", "Utterance_ID"]
 
 
 @register_reader("meld")
-def read_meld(config: DataConfig) -> RawDataset:
+def read_meld(config: DataConfig, require_labels: bool) -> RawDataset:
     """MELD's raw layout: ``{split}_sent_emo.csv`` plus optional clip folders of ``diaX_uttY.mp4``."""
     root = _require_root(config)
     present = {split: root / name for split, name in MELD_FILES.items() if (root / name).is_file()}
@@ -126,7 +127,7 @@ def read_meld(config: DataConfig) -> RawDataset:
         warnings.append(f"{root}: no clip folders ({', '.join(MELD_CLIP_DIRS.values())}); ingesting MELD text-only")
     parts = []
     for split, path in present.items():
-        frame = read_csv_strict(path, MELD_COLUMNS)
+        frame = read_csv_strict(path, MELD_COLUMNS + (["Emotion"] if require_labels else []))
         media = None
         if split in clip_dirs:
             media = MELD_CLIP_DIRS[split] + "/dia" + frame["Dialogue_ID"].str.strip() + "_utt" + frame["Utterance_ID"].str.strip() + ".mp4"
@@ -140,18 +141,18 @@ def read_meld(config: DataConfig) -> RawDataset:
                 utterance_index=frame["Utterance_ID"],
                 speaker=frame["Speaker"],
                 text=frame["Utterance"],
-                label=frame["Emotion"],
+                label=frame.get("Emotion"),
                 media_path=media,
             )
         )
     return RawDataset(pd.concat(parts, ignore_index=True), root, warnings)
 
 
-EMORYNLP_COLUMNS = ["Utterance", "Speaker", "Emotion", "Scene_ID", "Utterance_ID", "Season", "Episode"]
+EMORYNLP_COLUMNS = ["Utterance", "Speaker", "Scene_ID", "Utterance_ID", "Season", "Episode"]
 
 
 @register_reader("emorynlp")
-def read_emorynlp(config: DataConfig) -> RawDataset:
+def read_emorynlp(config: DataConfig, require_labels: bool) -> RawDataset:
     """EmoryNLP as redistributed with MELD: ``emorynlp_{split}_final.csv``; a dialogue is a scene."""
     root = _require_root(config)
     present = {s: root / f"emorynlp_{s}_final.csv" for s in SPLITS if (root / f"emorynlp_{s}_final.csv").is_file()}
@@ -160,7 +161,7 @@ def read_emorynlp(config: DataConfig) -> RawDataset:
     warnings = [f"{root}: no emorynlp_{s}_final.csv; the {s} split is empty" for s in SPLITS if s not in present]
     parts = []
     for split, path in present.items():
-        frame = read_csv_strict(path, EMORYNLP_COLUMNS)
+        frame = read_csv_strict(path, EMORYNLP_COLUMNS + (["Emotion"] if require_labels else []))
         scene = "s" + frame["Season"].str.strip() + "e" + frame["Episode"].str.strip() + "c" + frame["Scene_ID"].str.strip()
         parts.append(
             _candidates(
@@ -172,7 +173,7 @@ def read_emorynlp(config: DataConfig) -> RawDataset:
                 utterance_index=frame["Utterance_ID"],
                 speaker=frame["Speaker"].map(_emorynlp_speaker),
                 text=frame["Utterance"],
-                label=frame["Emotion"],
+                label=frame.get("Emotion"),
             )
         )
     return RawDataset(pd.concat(parts, ignore_index=True), root, warnings)
@@ -189,11 +190,11 @@ def _emorynlp_speaker(raw: str) -> str:
     return str(names)
 
 
-MANIFEST_REQUIRED = ["dialogue_id", "utterance_index", "speaker", "text", "label", "split"]
+MANIFEST_REQUIRED = ["dialogue_id", "utterance_index", "speaker", "text", "split"]
 
 
 @register_reader("manifest")
-def read_manifest_file(config: DataConfig) -> RawDataset:
+def read_manifest_file(config: DataConfig, require_labels: bool) -> RawDataset:
     """A generic manifest (CSV, JSONL or Parquet) for any conversation dataset."""
     if config.manifest is None:
         raise DataError("--format manifest needs --manifest FILE (CSV, JSONL or Parquet)")
@@ -204,11 +205,12 @@ def read_manifest_file(config: DataConfig) -> RawDataset:
     if path.is_dir():
         raise DataError(f"{path}: is a directory; --manifest takes a CSV, JSONL or Parquet file")
     suffix = path.suffix.lower()
+    required = MANIFEST_REQUIRED + (["label"] if require_labels else [])
     if suffix == ".csv":
-        frame = read_csv_strict(path, MANIFEST_REQUIRED)
+        frame = read_csv_strict(path, required)
     elif suffix in (".jsonl", ".ndjson", ".parquet"):
         frame = _read_structured(path, suffix)
-        require_columns(frame, MANIFEST_REQUIRED, path)
+        require_columns(frame, required, path)
     else:
         raise DataError(f"{path}: unknown manifest type {suffix!r}; use .csv, .jsonl or .parquet")
     text_columns = [c for c in ("dialogue_id", "utterance_index", "speaker", "text", "label", "split", "media_path") if c in frame]
@@ -224,7 +226,7 @@ def read_manifest_file(config: DataConfig) -> RawDataset:
             utterance_index=frame["utterance_index"],
             speaker=frame["speaker"],
             text=frame["text"],
-            label=frame["label"],
+            label=frame.get("label"),
             media_path=media,
             media_start=frame.get("media_start"),
             media_end=frame.get("media_end"),

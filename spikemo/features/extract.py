@@ -97,7 +97,7 @@ def plan_shards(manifest_path: Path, modality: Modality, features: FeaturesConfi
     manifest, metadata = read_manifest(Path(manifest_path))
     encoder = build_encoder(modality, features)
     cache = FeatureCache.for_encoder(Path(cache_dir), metadata["dataset"], encoder)
-    items = _work_items(manifest, metadata, encoder, features.shard_size)
+    items = work_items(manifest, metadata, encoder, features.shard_size)
     pending = _pending(items, cache)
     plans = []
     for shard, group in itertools.groupby(range(len(items)), key=lambda i: items[i].shard):
@@ -120,7 +120,7 @@ def extract_modality(
     manifest, metadata = read_manifest(Path(manifest_path))
     encoder = build_encoder(modality, features)
     cache = FeatureCache.for_encoder(Path(cache_dir), metadata["dataset"], encoder)
-    items = _work_items(manifest, metadata, encoder, features.shard_size)
+    items = work_items(manifest, metadata, encoder, features.shard_size)
     selected = None if shard_filter is None else set(shard_filter)
     pending = _pending(items, cache)
     in_scope = [i for i, item in enumerate(items) if selected is None or item.shard in selected]
@@ -179,7 +179,7 @@ def preprocess(config: SpikEmoConfig) -> dict[str, Any]:
     return {"manifest": str(manifest_path), "utterances": int(len(ingested.manifest)), "rejected": ingested.summary()["rejected"], "modalities": modalities}
 
 
-def _work_items(manifest: pd.DataFrame, metadata: dict[str, Any], encoder: Encoder, shard_size: int) -> list[WorkItem]:
+def work_items(manifest: pd.DataFrame, metadata: dict[str, Any], encoder: Encoder, shard_size: int) -> list[WorkItem]:
     shards = np.arange(len(manifest)) // shard_size
     keys = manifest["utterance_key"].tolist()
     if isinstance(encoder, TextEncoder):
@@ -217,7 +217,7 @@ def _pending(items: Sequence[WorkItem], cache: FeatureCache) -> np.ndarray:
     return np.array([item.key not in cached or cached[item.key] != item.fingerprint for item in items], dtype=bool)
 
 
-def _decoder(encoder: Encoder, features: FeaturesConfig) -> Callable[[Any], Any] | None:
+def input_decoder(encoder: Encoder, features: FeaturesConfig) -> Callable[[Any], Any] | None:
     """The function turning a work item's source into encoder input, or None when no decoding is needed."""
     if encoder.modality == "audio":
 
@@ -271,7 +271,7 @@ def _run(todo: list[WorkItem], encoder: Encoder, cache: FeatureCache, features: 
     chunk_size = features.shard_size if encoder.modality == "text" else features.batch_size
     progress = tqdm(total=len(todo), desc=f"{cache.dataset}/{encoder.modality} {encoder.name}", unit="utt", mininterval=1.0)
     with ThreadPoolExecutor(max_workers=features.decode_workers) as pool, progress:
-        stream = _decode_stream(todo, _decoder(encoder, features), pool, window=2 * features.batch_size)
+        stream = _decode_stream(todo, input_decoder(encoder, features), pool, window=2 * features.batch_size)
         for _, shard_items in itertools.groupby(todo, key=lambda item: item.shard):
             shard_size = len(list(shard_items))
             rows: list[CacheRow] = []

@@ -14,7 +14,7 @@ import mediapipe
 import numpy as np
 import torch
 import transformers
-from mediapipe.python.solutions import face_mesh, face_mesh_connections
+from mediapipe.python.solutions import face_detection, face_mesh, face_mesh_connections
 from pydantic import Field
 
 from spikemo.features.base import (
@@ -118,6 +118,7 @@ class FaceMeshEncoder(VisualEncoder):
 class HFImageParams(EncoderParams):
     model: str = Field(..., description="Hugging Face image model folder or cached id (CLIP, ViT, ...).")
     crop: Literal["face", "frame"] = Field("face", description="'face': MTCNN face crops; 'frame': whole frames.")
+    face_detector: Literal["mtcnn", "mediapipe"] = Field("mtcnn", description="MTCNN (facenet-pytorch) or MediaPipe face detection.")
     face_margin: float = Field(0.2, ge=0, description="Margin added around each face box, as a fraction of its size.")
     min_face_probability: float = Field(0.9, gt=0, lt=1)
 
@@ -142,10 +143,33 @@ class HFImageEncoder(VisualEncoder):
         return processor, model.to(self.runtime.device).eval()
 
     @functools.cached_property
-    def _detector(self) -> Any:
+    def _mtcnn(self) -> Any:
         from facenet_pytorch import MTCNN  # imported on use: it pulls in torchvision's model zoo
 
         return MTCNN(keep_all=False, select_largest=True, device=self.runtime.device)
+
+    @functools.cached_property
+    def _mediapipe_detector(self) -> face_detection.FaceDetection:
+        return face_detection.FaceDetection(model_selection=0, min_detection_confidence=self.params.min_face_probability)
+
+    def face_boxes(self, frames: np.ndarray) -> list[tuple[float, float, float, float] | None]:
+        """Per frame, the pixel box (x0, y0, x1, y1) of its most confident face, or None."""
+        if self.params.face_detector == "mtcnn":
+            boxes, probabilities = self._mtcnn.detect(list(frames))
+            return [
+                None if frame_boxes is None or frame_probabilities[0] < self.params.min_face_probability else tuple(frame_boxes[0])
+                for frame_boxes, frame_probabilities in zip(boxes, probabilities)
+            ]
+        found = []
+        for frame in frames:
+            detections = self._mediapipe_detector.process(np.ascontiguousarray(frame)).detections
+            if not detections:
+                found.append(None)
+                continue
+            box = max(detections, key=lambda d: d.score[0]).location_data.relative_bounding_box
+            height, width = frame.shape[:2]
+            found.append((box.xmin * width, box.ymin * height, (box.xmin + box.width) * width, (box.ymin + box.height) * height))
+        return found
 
     @functools.cached_property
     def dim(self) -> int:
@@ -154,7 +178,9 @@ class HFImageEncoder(VisualEncoder):
 
     def weight_files(self) -> dict[str, Path]:
         files = {f"model/{label}": path for label, path in model_files(self.model_dir).items()}
-        if self.params.crop == "face":
+        if self.params.crop == "face" and self.params.face_detector == "mediapipe":
+            files["mediapipe/face_detection_short_range.tflite"] = MEDIAPIPE_DIR / FACEMESH_MODEL_FILES[0]
+        elif self.params.crop == "face":
             mtcnn_dir = Path(importlib.util.find_spec("facenet_pytorch").origin).parent / "data"
             files.update({f"mtcnn/{name}": mtcnn_dir / name for name in ("pnet.pt", "rnet.pt", "onet.pt")})
         return files
@@ -164,12 +190,11 @@ class HFImageEncoder(VisualEncoder):
 
     def face_crops(self, frames: np.ndarray) -> list[np.ndarray]:
         """The most likely face of each frame (with margin); frames without a confident face are skipped."""
-        boxes, probabilities = self._detector.detect(list(frames))
         crops = []
-        for frame, frame_boxes, frame_probabilities in zip(frames, boxes, probabilities):
-            if frame_boxes is None or frame_probabilities[0] < self.params.min_face_probability:
+        for frame, box in zip(frames, self.face_boxes(frames)):
+            if box is None:
                 continue
-            x0, y0, x1, y1 = frame_boxes[0]
+            x0, y0, x1, y1 = box
             pad_x, pad_y = (x1 - x0) * self.params.face_margin / 2, (y1 - y0) * self.params.face_margin / 2
             height, width = frame.shape[:2]
             left, top = int(max(0, x0 - pad_x)), int(max(0, y0 - pad_y))

@@ -1,0 +1,155 @@
+"""One training experiment end to end: features → train/select on dev → test once → MLflow run → registry.
+
+Used by ``spikemo train`` and by the Prefect ``train`` flow. A run that raises is marked FAILED in MLflow
+and never registered. A killed run resumes from its last checkpoint when re-run with the same config
+and data: its work folder is keyed by a digest of both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import RunStatus
+
+from spikemo import tracking
+from spikemo.bundle import EncoderSpec, ModelSpec, save_bundle
+from spikemo.config import SpikEmoConfig
+from spikemo.data.schema import read_manifest
+from spikemo.features.extract import load_features, preprocess
+from spikemo.training.loop import train_model
+
+ACTIVE_RUN_FILE = "mlflow_run_id"
+
+
+@dataclass
+class PreparedData:
+    """A dataset ready for training: its manifest and one feature table per modality."""
+
+    manifest_path: Path
+    manifest: pd.DataFrame
+    labels: list[str]
+    features: dict[str, pd.DataFrame]
+    encoders: dict[str, EncoderSpec]
+    caches: dict[str, dict[str, Any]]
+    preprocess_summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainedRun:
+    """A finished, logged MLflow run whose model bundle waits for registration."""
+
+    run_id: str
+    bundle: Path
+    gating_score: float
+    summary: dict[str, Any]
+
+
+def prepare_data(config: SpikEmoConfig) -> PreparedData:
+    """Ingest and extract whatever the cache lacks, then load every configured modality's features."""
+    summary = preprocess(config)
+    manifest_path = Path(summary["manifest"])
+    return load_prepared(config, manifest_path, summary)
+
+
+def load_prepared(config: SpikEmoConfig, manifest_path: Path, summary: dict[str, Any]) -> PreparedData:
+    manifest, metadata = read_manifest(manifest_path)
+    features, encoders, caches = {}, {}, {}
+    for modality in config.features.modalities:
+        extracted = summary["modalities"][modality]
+        features[modality] = load_features(manifest, modality, config.features, config.cache)
+        encoders[modality] = EncoderSpec(
+            encoder=getattr(config.features, modality), fingerprint=extracted["fingerprint"], dim=extracted["dim"]
+        )
+        caches[modality] = {
+            "path": extracted["cache_path"],
+            "encoder": extracted["encoder"],
+            "fingerprint": extracted["fingerprint"],
+            "dim": extracted["dim"],
+        }
+    return PreparedData(manifest_path, manifest, metadata["labels"], features, encoders, caches, summary)
+
+
+def train_and_log(config: SpikEmoConfig, data: PreparedData) -> TrainedRun:
+    """Train, select on dev, evaluate once on test, and log it all in one MLflow run (FAILED if it raises)."""
+    run_dir = Path(config.workdir) / "runs" / _run_key(config, data)
+    _close_interrupted_run(config, run_dir)
+    fingerprints = {modality: spec.fingerprint for modality, spec in data.encoders.items()}
+    with tracking.training_run(config, fingerprints) as run:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / ACTIVE_RUN_FILE).write_text(run.info.run_id)
+        tracking.log_inputs(data.manifest, data.manifest_path, data.caches)
+        result = train_model(config, data.manifest, data.features, data.labels, run_dir, on_epoch_end=tracking.log_epoch)
+        metrics = {"dev": result.dev_metrics, **({"test": result.test_metrics} if result.test_metrics else {})}
+        tracking.log_evaluation(result.history, metrics, data.labels, result.firing_rates, result.energy)
+        mlflow.log_metric("best_epoch", result.best_epoch + 1)
+        mlflow.set_tag("spikemo.device", result.device)
+        spec = ModelSpec(
+            dataset=config.data.dataset_name, labels=data.labels, model=config.model, features=config.features, encoders=data.encoders
+        )
+        bundle = save_bundle(result.model, spec, Path(config.workdir) / "models" / run.info.run_id)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    test = result.test_metrics or {}
+    summary = {
+        "run_id": run.info.run_id,
+        "best_epoch": result.best_epoch + 1,
+        "epochs_run": len(result.history),
+        "device": result.device,
+        "dev_weighted_f1": result.dev_metrics["weighted_f1"],
+        "test_weighted_f1": test.get("weighted_f1"),
+        "test_macro_f1": test.get("macro_f1"),
+        "test_accuracy": test.get("accuracy"),
+    }
+    gating = metrics.get(config.tracking.gating_split, result.dev_metrics)["weighted_f1"]
+    return TrainedRun(run.info.run_id, bundle, gating, summary)
+
+
+def register(config: SpikEmoConfig, trained: TrainedRun) -> tracking.Registration:
+    """Log the bundle as the run's pyfunc model, register a version and gate the champion alias."""
+    tracking.connect(config)
+    with mlflow.start_run(run_id=trained.run_id):
+        registration = tracking.log_and_register(trained.bundle, config, trained.gating_score)
+        mlflow.set_tags({"spikemo.model_version": registration.version, "spikemo.alias": registration.alias})
+    return registration
+
+
+def run_experiment(config: SpikEmoConfig) -> dict[str, Any]:
+    """Everything ``spikemo train`` does: prepare data, train and log, register; the summary of it all."""
+    data = prepare_data(config)
+    trained = train_and_log(config, data)
+    registration = register(config, trained)
+    return {**trained.summary, **registration.summary()}
+
+
+def _run_key(config: SpikEmoConfig, data: PreparedData) -> str:
+    """Same config and same data (keys, labels, media and encoders) → same work folder → resumable."""
+    digest = hashlib.sha256()
+    identity = config.model_dump(mode="json", exclude={"workdir", "cache", "tracking"})
+    digest.update(json.dumps(identity, sort_keys=True).encode())
+    content = data.manifest[["utterance_key", "label_id", "media_fingerprint", "split"]].astype(str)
+    digest.update(pd.util.hash_pandas_object(content, index=False).to_numpy().tobytes())
+    digest.update(json.dumps({m: s.fingerprint for m, s in data.encoders.items()}, sort_keys=True).encode())
+    return f"{config.data.dataset_name}-{digest.hexdigest()[:16]}"
+
+
+def _close_interrupted_run(config: SpikEmoConfig, run_dir: Path) -> None:
+    """An earlier attempt killed mid-training left its MLflow run RUNNING: mark it KILLED."""
+    marker = run_dir / ACTIVE_RUN_FILE
+    if not marker.is_file():
+        return
+    tracking.connect(config)
+    client = MlflowClient()
+    run_id = marker.read_text().strip()
+    try:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, "spikemo.failure", "interrupted; training resumed in a new run")
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+    except mlflow.exceptions.MlflowException:
+        pass
