@@ -19,6 +19,7 @@ from spikemo.config import SpikEmoConfig, load_config, parse_override
 from spikemo.errors import SpikemoError
 
 log = logging.getLogger("spikemo")
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 Command = Callable[[argparse.Namespace, SpikEmoConfig], dict[str, Any]]
 
@@ -259,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--data", type=Path, help="demo corpus folder (default <workdir>/demo_corpus; generated when absent)")
     demo.add_argument("--dialogues", type=int, help="dialogues to generate when the corpus is absent (default 60)")
-    demo.set_defaults(handler=cmd_demo, overrides_from=lambda args: {})
+    demo.set_defaults(handler=cmd_demo, overrides_from=lambda args: {}, default_config=DEMO_CONFIG)
     return parser
 
 
@@ -270,7 +271,7 @@ def resolve_config(args: argparse.Namespace) -> SpikEmoConfig:
     if args.cache:
         overrides["cache"] = str(args.cache)
     overrides.update(args.overrides_from(args))
-    return load_config(args.config, overrides)
+    return load_config(args.config or getattr(args, "default_config", None), overrides)
 
 
 def main(argv: list[str] | None = None) -> int:

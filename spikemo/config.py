@@ -78,6 +78,9 @@ class FeaturesConfig(Section):
     batch_size: int = Field(64, ge=1)
     decode_workers: int = Field(2, ge=1, description="Threads decoding media ahead of the encoder.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    task_runner: Literal["threads", "dask"] = Field("threads", description="Prefect task runner of the extraction flow.")
+    task_workers: int | None = Field(None, ge=1, description="Concurrent extraction tasks (default: CPU count).")
+    dask_address: str | None = Field(None, description="Existing Dask scheduler (tcp://host:8786); default: a local cluster.")
 
     @field_validator("modalities")
     @classmethod
@@ -102,7 +105,8 @@ class ModelConfig(Section):
     fusion_hidden: int = 1024
     dropout: float = 0.1
     use_spiking: bool = True
-    dialogue_context: list[Literal["text", "audio", "visual"]] = Field(default_factory=list)
+    dialogue_context: list[Literal["text", "audio", "visual"]] = Field(default_factory=lambda: ["audio", "visual"])
+    compile_neurons: bool = Field(False, description="torch.compile each LIF neuron (fuses its time loop; first call compiles).")
 
 
 class LossWeights(Section):

@@ -273,6 +273,14 @@ def resolve_model_uri(uri: str) -> str:
     return uri
 
 
+def run_url(config: SpikEmoConfig, run_id: str, ui: str = "http://127.0.0.1:5000") -> str:
+    """Where a run opens in the MLflow UI (a tracking server's own URL, or ``spikemo ui``'s default)."""
+    uri = tracking_uri(config)
+    base = uri.rstrip("/") if uri.startswith("http") else ui
+    experiment = MlflowClient(uri).get_run(run_id).info.experiment_id
+    return f"{base}/#/experiments/{experiment}/runs/{run_id}"
+
+
 def serve_ui(config: SpikEmoConfig, host: str, port: int) -> dict[str, Any]:
     """Run ``mlflow ui`` over the configured store until interrupted; bound to ``host`` (127.0.0.1 by default)."""
     connect(config)

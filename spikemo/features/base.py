@@ -63,6 +63,10 @@ class EncoderRuntime:
         return contextlib.nullcontext()
 
 
+class FeatureFailure(Exception):
+    """An item decoded but yields no features (no face, silent audio); the message is the reason."""
+
+
 @dataclass
 class EncodedBatch:
     """Vectors for a batch, row-aligned with its inputs; rows listed in ``failures`` hold no meaning."""
@@ -179,6 +183,3 @@ def per_item(inputs: Sequence[Any], dim: int, encode_one: Callable[[Any], np.nda
             failures[index] = str(failure)
     return EncodedBatch(embeddings, failures)
 
-
-class FeatureFailure(Exception):
-    """An item decoded but yields no features (no face, silent audio); the message is the reason."""

@@ -125,7 +125,9 @@ def extract_modality(
     pending = _pending(items, cache)
     in_scope = [i for i, item in enumerate(items) if selected is None or item.shard in selected]
     todo = [items[i] for i in in_scope if pending[i]]
-    dim = (cache.stored_dim() if not todo else None) or encoder.dim
+    dim = cache.stored_dim() if not todo else None
+    if dim is None:
+        dim = encoder.dim
     result = ExtractionResult(modality, encoder.name, encoder.fingerprint, dim, cache.path, reused=len(in_scope) - len(todo))
     if todo:
         _run(todo, encoder, cache, features, result)

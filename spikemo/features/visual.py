@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
-
-import cv2  # noqa: F401  (cv2 before anything that may load decord)
-import importlib.util
 
 import mediapipe
 import numpy as np

@@ -23,13 +23,16 @@ ATTENTION_SCALE = 0.125  # Spikformer's fixed scale for spike-product attention
 
 
 def lif_neuron(config: ModelConfig, threshold_scale: float = 1.0) -> neuron.LIFNode:
-    return neuron.LIFNode(
+    lif = neuron.LIFNode(
         tau=config.tau,
         v_threshold=config.v_threshold * threshold_scale,
         surrogate_function=surrogate.ATan(),
         detach_reset=True,
         step_mode="m",
     )
+    if config.compile_neurons:
+        lif.compile(dynamic=True)
+    return lif
 
 
 class LinearNormLIF(nn.Module):

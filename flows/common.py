@@ -1,0 +1,56 @@
+"""What every flow shares: the config from deployment parameters, the task runner choice, digests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from spikemo.config import SpikEmoConfig, load_config
+from spikemo.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve_config(config_path: str | None, overrides: dict[str, Any] | None, config: dict[str, Any] | None = None) -> SpikEmoConfig:
+    """A full resolved config (as the CLI passes it), or a config file (relative to the repo) plus dotted overrides."""
+    if config is not None:
+        return SpikEmoConfig.model_validate(config) if not overrides else load_config(None, {**_flatten(config), **overrides})
+    path = None
+    if config_path:
+        path = Path(config_path)
+        if not path.is_absolute() and not path.exists():
+            path = REPO_ROOT / path
+    return load_config(path, overrides or {})
+
+
+def _flatten(tree: dict[str, Any]) -> dict[str, Any]:
+    return SpikEmoConfig.model_validate(tree).flat()
+
+
+def config_payload(config: SpikEmoConfig) -> dict[str, Any]:
+    """The config as task input: plain JSON, so Prefect can hash it and store results as JSON."""
+    return config.model_dump(mode="json")
+
+
+def digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def task_runner(config: SpikEmoConfig) -> TaskRunner:
+    """Threads by default; Dask (prefect-dask) when ``features.task_runner`` is ``dask``."""
+    features = config.features
+    workers = features.task_workers or os.cpu_count() or 1
+    if features.task_runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=workers)
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise ConfigError("features.task_runner is 'dask' but prefect-dask is not installed: pip install 'spikemo[dask]'") from None
+    if features.dask_address:
+        return DaskTaskRunner(address=features.dask_address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None})

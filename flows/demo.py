@@ -1,0 +1,60 @@
+"""``spikemo demo``: the newcomer's tour of the whole DAG on the generated corpus.
+
+Generates the demo corpus when absent, runs the ``pipeline`` flow on an ephemeral Prefect API (state
+under ``<workdir>/prefect``), a sqlite MLflow store and the local feature cache, then says where to look.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from spikemo.config import SpikEmoConfig
+
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "true",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}
+
+
+def prepare_environment(workdir: Path) -> None:
+    """Keep Prefect's local state in the work directory unless the user points it elsewhere."""
+    os.environ.setdefault("PREFECT_HOME", str((workdir / "prefect").resolve()))
+    for key, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def run_demo(config: SpikEmoConfig, data: Path | None, dialogues: int | None) -> dict[str, Any]:
+    prepare_environment(config.workdir)
+    from flows.pipeline import pipeline_flow
+    from spikemo.data.demo import DemoCorpusSettings, make_demo_corpus
+
+    corpus = Path(data) if data else config.workdir / "demo_corpus"
+    if not (corpus / "train_sent_emo.csv").is_file():
+        settings = DemoCorpusSettings(**({"dialogues": dialogues} if dialogues else {}), overwrite=True)
+        print(f"generating the demo corpus in {corpus} ...", file=sys.stderr)
+        make_demo_corpus(corpus, settings)
+    config = config.model_copy(update={"data": config.data.model_copy(update={"format": "meld", "root": corpus, "name": config.data.name or "demo"})})
+    result = pipeline_flow(config=config.model_dump(mode="json"))
+    trained = result["train"]
+    print(
+        "\n".join(
+            [
+                "",
+                f"SpikEmo on the demo corpus ({result['preprocess']['utterances']} utterances, modalities {', '.join(config.features.modalities)}):",
+                f"  dev weighted-F1  {trained['dev_weighted_f1']:.2f}",
+                f"  test weighted-F1 {trained['test_weighted_f1']:.2f}   macro-F1 {trained['test_macro_f1']:.2f}   accuracy {trained['test_accuracy']:.2f}",
+                f"  registered: {trained['model_uri']} -> alias '{trained['alias']}'",
+                "",
+                f"MLflow UI:  spikemo ui --workdir {config.workdir}      (http://127.0.0.1:5000)",
+                f"Prefect UI: PREFECT_HOME={os.environ['PREFECT_HOME']} prefect server start --host 127.0.0.1",
+                f"Predict:    spikemo predict --workdir {config.workdir} --model models:/{trained['registered_model']}@champion "
+                f"--input {corpus / 'test_sent_emo.csv'} --media-root {corpus / 'output_repeated_splits_test'} --out predictions.jsonl",
+            ]
+        )
+    )
+    return {"command": "demo", "corpus": str(corpus), **trained, "preprocess": {k: v for k, v in result["preprocess"].items() if k != "modalities"}}

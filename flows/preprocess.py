@@ -1,0 +1,117 @@
+"""The preprocess flow: ingest → one extraction task per modality and shard → Parquet feature cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
+from prefect.futures import wait
+
+from flows.common import config_payload, digest, resolve_config, task_runner
+from spikemo.config import SpikEmoConfig
+from spikemo.data.ingest import ingest
+from spikemo.data.readers import read_dataset
+from spikemo.features.extract import extract_modality, plan_shards
+
+
+def _source_state(context: Any, parameters: dict[str, Any]) -> str:
+    """Cache key of ingestion: the data config plus size and mtime of every source file and the output."""
+    config = SpikEmoConfig.model_validate(parameters["config"])
+    raw = read_dataset(config.data, require_labels=True)
+    files = sorted(set(raw.rows["source_file"]))
+    media = sorted({str(p) for p in raw.rows["media_path"].dropna()})
+    stats = []
+    for relative in files + media:
+        path = Path(relative) if Path(relative).is_absolute() else raw.root / relative
+        stat = path.stat() if path.exists() else None
+        stats.append((relative, stat.st_size if stat else None, stat.st_mtime_ns if stat else None))
+    manifest = config.cache / config.data.dataset_name / "manifest.parquet"
+    out = manifest.stat().st_mtime_ns if manifest.exists() else None
+    return digest("ingest", parameters["config"]["data"], str(config.cache), stats, out)
+
+
+@task(name="ingest", retries=1, cache_key_fn=_source_state, persist_result=True, result_serializer="json")
+def ingest_task(config: dict[str, Any]) -> dict[str, Any]:
+    resolved = SpikEmoConfig.model_validate(config)
+    result = ingest(resolved.data, resolved.cache / resolved.data.dataset_name / "manifest.parquet")
+    summary = result.summary()
+    summary["problems_by_reason"] = (
+        result.problems.assign(kind=result.problems["reason"].str.split(":").str[0]).groupby(["action", "kind"]).size().reset_index(name="rows").to_dict("records")
+    )
+    get_run_logger().info("ingested %d utterances (%d rejected)", summary["utterances"], summary["rejected"])
+    return summary
+
+
+@task(name="plan-shards", cache_policy=NONE)
+def plan_task(manifest: str, modality: str, config: dict[str, Any]) -> list[dict[str, Any]]:
+    resolved = SpikEmoConfig.model_validate(config)
+    plans = plan_shards(Path(manifest), modality, resolved.features, resolved.cache)
+    return [{"index": plan.index, "rows": plan.rows, "pending": len(plan.pending_keys)} for plan in plans]
+
+
+@task(name="extract-shard", retries=2, retry_delay_seconds=10, cache_policy=NONE, tags=["spikemo-extraction"])
+def extract_shard_task(manifest: str, modality: str, shard: int, config: dict[str, Any]) -> dict[str, Any]:
+    resolved = SpikEmoConfig.model_validate(config)
+    return extract_modality(Path(manifest), modality, resolved.features, resolved.cache, shard_filter=[shard]).summary()
+
+
+@task(name="summarise-cache", cache_policy=NONE)
+def summarise_task(manifest: str, modality: str, config: dict[str, Any], shard_results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The modality's cache after this run: encoded here, reused from earlier runs, failed."""
+    resolved = SpikEmoConfig.model_validate(config)
+    final = extract_modality(Path(manifest), modality, resolved.features, resolved.cache).summary()
+    final["encoded"] = sum(result["encoded"] for result in shard_results)
+    final["failed"] = sum(result["failed"] for result in shard_results)
+    final["missing_media"] = sum(result["missing_media"] for result in shard_results)
+    final["reused"] -= final["encoded"] + final["failed"] + final["missing_media"]
+    return final
+
+
+@flow(name="spikemo-extract", log_prints=True)
+def extract_flow(config: dict[str, Any], manifest: str) -> dict[str, dict[str, Any]]:
+    """Every configured modality, one task per shard with work left, run by the configured task runner."""
+    resolved = SpikEmoConfig.model_validate(config)
+    summaries = {}
+    for modality in resolved.features.modalities:
+        plans = plan_task(manifest, modality, config)
+        futures = [extract_shard_task.submit(manifest, modality, plan["index"], config) for plan in plans]
+        wait(futures)
+        summaries[modality] = summarise_task(manifest, modality, config, [future.result() for future in futures])
+    return summaries
+
+
+@flow(name="spikemo-preprocess", log_prints=True)
+def preprocess_flow(
+    config_path: str | None = None, overrides: dict[str, Any] | None = None, config: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Ingest a dataset and extract its features; a summary artifact lists counts and rejected rows."""
+    resolved = resolve_config(config_path, overrides, config)
+    payload = config_payload(resolved)
+    ingested = ingest_task(payload)
+    modalities = extract_flow.with_options(task_runner=task_runner(resolved))(payload, ingested["manifest"])
+    summary = {"manifest": ingested["manifest"], "utterances": ingested["utterances"], "rejected": ingested["rejected"], "modalities": modalities}
+    create_markdown_artifact(key=f"{_artifact_key(resolved)}-preprocess", markdown=_markdown(resolved, ingested, modalities), description="spikemo preprocess summary")
+    return summary
+
+
+def _artifact_key(config: SpikEmoConfig) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in config.data.dataset_name.lower())
+
+
+def _markdown(config: SpikEmoConfig, ingested: dict[str, Any], modalities: dict[str, dict[str, Any]]) -> str:
+    splits = pd.DataFrame(ingested["splits"]).T[["dialogues", "utterances", "with_media", "rejected", "media_dropped"]]
+    caches = pd.DataFrame(modalities).T[["encoder", "dim", "encoded", "reused", "failed", "missing_media", "cache_path"]]
+    problems = pd.DataFrame(ingested["problems_by_reason"] or [{"action": "-", "kind": "none", "rows": 0}])
+    return "\n\n".join(
+        [
+            f"# {config.data.dataset_name}: preprocessing",
+            f"Manifest: `{ingested['manifest']}`; problems table: `{ingested['problems']}`",
+            "## Utterances per split", splits.to_markdown(),
+            "## Rejected / media-dropped rows by reason", problems.to_markdown(index=False),
+            "## Feature caches", caches.to_markdown(),
+        ]
+    )

@@ -1,0 +1,37 @@
+"""Batch scoring: predict every utterance of a dataset with a registered model, written as Parquet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NONE
+
+from flows.common import resolve_config
+from spikemo.config import SpikEmoConfig
+from spikemo.predict import Predictor, write_predictions
+from spikemo.tracking import connect
+
+
+@task(name="score-dataset", retries=1, cache_policy=NONE)
+def score_task(model_uri: str, config: dict[str, Any], out: str) -> dict[str, Any]:
+    resolved = SpikEmoConfig.model_validate(config)
+    connect(resolved)
+    predictor = Predictor.from_uri(model_uri)
+    predictions = predictor.predict_dataset(resolved.data, resolved.cache)
+    return write_predictions(predictions, Path(out))
+
+
+@flow(name="spikemo-score", log_prints=True)
+def score_flow(
+    model_uri: str,
+    out: str,
+    config_path: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    resolved = resolve_config(config_path, overrides, config)
+    if not out.endswith(".parquet"):
+        out = f"{out}.parquet"
+    return score_task(model_uri, resolved.model_dump(mode="json"), out)

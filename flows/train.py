@@ -1,0 +1,84 @@
+"""The train flow: train → evaluate → log (one MLflow run) → register with champion gating."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
+
+from flows.common import config_payload, digest, resolve_config
+from spikemo import tracking
+from spikemo.config import SpikEmoConfig
+from spikemo.data.schema import read_manifest
+from spikemo.experiment import TrainedRun, load_prepared, register, train_and_log
+from spikemo.features.extract import preprocess
+
+
+def _training_inputs(context: Any, parameters: dict[str, Any]) -> str:
+    """Same config, same manifest content and same encoders → the finished run is reused, not retrained."""
+    config = parameters["config"]
+    manifest, _ = read_manifest(Path(parameters["preprocessed"]["manifest"]))
+    content = manifest[["utterance_key", "label_id", "media_fingerprint", "split", "text"]].astype(str)
+    data = pd.util.hash_pandas_object(content, index=False).sum()
+    encoders = {m: s["fingerprint"] for m, s in parameters["preprocessed"]["modalities"].items()}
+    return digest("train", {k: v for k, v in config.items() if k != "cache"}, int(data), encoders)
+
+
+@task(name="extract-missing", retries=1, cache_policy=NONE)
+def extract_missing_task(config: dict[str, Any]) -> dict[str, Any]:
+    return preprocess(SpikEmoConfig.model_validate(config))
+
+
+@task(name="train-evaluate-log", cache_key_fn=_training_inputs, persist_result=True, result_serializer="json")
+def train_task(config: dict[str, Any], preprocessed: dict[str, Any]) -> dict[str, Any]:
+    resolved = SpikEmoConfig.model_validate(config)
+    data = load_prepared(resolved, Path(preprocessed["manifest"]), preprocessed)
+    trained = train_and_log(resolved, data)
+    get_run_logger().info("MLflow run %s: dev weighted-F1 %.2f", trained.run_id, trained.summary["dev_weighted_f1"])
+    return {"run_id": trained.run_id, "bundle": str(trained.bundle), "gating_score": trained.gating_score, "summary": trained.summary}
+
+
+@task(name="register", cache_key_fn=lambda context, parameters: digest("register", parameters["trained"]["run_id"]), persist_result=True, result_serializer="json")
+def register_task(config: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
+    resolved = SpikEmoConfig.model_validate(config)
+    run = TrainedRun(trained["run_id"], Path(trained["bundle"]), trained["gating_score"], trained["summary"])
+    registration = register(resolved, run)
+    get_run_logger().info("%s v%s -> %s", registration.name, registration.version, registration.alias)
+    return registration.summary()
+
+
+@flow(name="spikemo-train", log_prints=True)
+def train_flow(
+    config_path: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+    preprocessed: dict[str, Any] | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Train and register; without ``preprocessed`` it first extracts whatever the cache lacks."""
+    resolved = resolve_config(config_path, overrides, config)
+    payload = config_payload(resolved)
+    preprocessed = preprocessed or extract_missing_task(payload)
+    trained = train_task.with_options(refresh_cache=force)(payload, preprocessed)
+    registration = register_task(payload, trained)
+    summary = {**trained["summary"], **registration}
+    create_markdown_artifact(key=f"{resolved.data.dataset_name.lower()}-train", markdown=_markdown(resolved, summary), description="spikemo training run")
+    return summary
+
+
+def _markdown(config: SpikEmoConfig, summary: dict[str, Any]) -> str:
+    metrics = pd.DataFrame(
+        [{"metric": key, "value": summary[key]} for key in ("dev_weighted_f1", "test_weighted_f1", "test_macro_f1", "test_accuracy") if summary.get(key) is not None]
+    )
+    link = tracking.run_url(config, summary["run_id"])
+    return "\n\n".join(
+        [
+            f"# {config.data.dataset_name}: SpikEmo training",
+            f"MLflow run: [{summary['run_id']}]({link}) · model `{summary['model_uri']}` → alias **{summary['alias']}**",
+            metrics.to_markdown(index=False, floatfmt=".2f"),
+        ]
+    )
