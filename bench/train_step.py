@@ -1,11 +1,12 @@
 """Training-step benchmark: median ms per step (forward, backward, Adam) and peak RSS on a MELD-shaped batch.
 
 64 dialogues whose lengths are drawn from MELD train's dialogue-length histogram (the longest set to 24),
-text 384-d, audio 88-d, visual 96-d, default ModelConfig (the released MELD settings), 2 threads.
+text 384-d, audio 88-d, visual 96-d, default ModelConfig (the released MELD settings) with the LIF
+neurons compiled (``--eager`` to not), 2 threads; the first step (compilation) is reported apart.
 Each variant runs in a fresh subprocess so memory peaks do not mix. Prints one JSON line, with ratios
 against the released code's ~20 s per step and 17 GB peak on a 2-core CPU.
 
-    python bench/train_step.py [--steps 5] [--variants text,all]
+    python bench/train_step.py [--steps 5] [--variants text,all] [--eager]
 """
 
 from __future__ import annotations
@@ -55,17 +56,17 @@ def meld_shaped_batch(modalities: list[str], seed: int = 0) -> DialogueBatch:
     )
 
 
-def measure(modalities: list[str], steps: int) -> dict[str, float]:
+def measure(modalities: list[str], steps: int, compile_neurons: bool) -> dict[str, float]:
     torch.set_num_threads(2)
     torch.manual_seed(0)
     batch = meld_shaped_batch(modalities)
-    config = ModelConfig(dialogue_context=["audio", "visual"])
+    config = ModelConfig(compile_neurons=compile_neurons)
     model = SpikEmo(config, {m: INPUT_DIMS[m] for m in modalities}, len(MELD_LABELS))
     criterion = SpikEmoLoss(LossWeights(), len(MELD_LABELS))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-5)
     model.train()
     timings = []
-    for _ in range(steps + 1):  # the first step warms up allocators and kernels
+    for _ in range(steps + 1):  # the first step warms up (and compiles the neurons)
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss = criterion(model(batch), batch).total
@@ -75,6 +76,7 @@ def measure(modalities: list[str], steps: int) -> dict[str, float]:
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {
         "step_ms": round(statistics.median(timings[1:]) * 1000, 1),
+        "first_step_s": round(timings[0], 1),
         "peak_rss_gb": round(peak_gb, 3),
         "utterances": int(batch.utterance_mask.sum()),
         "loss": round(loss.item(), 4),
@@ -85,20 +87,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--variants", default="text,all")
+    parser.add_argument("--eager", action="store_true", help="do not torch.compile the LIF neurons")
     parser.add_argument("--worker", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(measure(VARIANTS[args.worker], args.steps)))
+        print(json.dumps(measure(VARIANTS[args.worker], args.steps, compile_neurons=not args.eager)))
         return
     result: dict[str, object] = {
         "bench": "train_step",
         "dialogues": DIALOGUES,
         "max_utterances": MAX_LENGTH,
         "threads": 2,
+        "compile_neurons": not args.eager,
         "reference": {"step_s": REFERENCE_STEP_S, "peak_gb": REFERENCE_PEAK_GB},
     }
     for variant in args.variants.split(","):
         command = [sys.executable, __file__, "--worker", variant, "--steps", str(args.steps)]
+        command += ["--eager"] if args.eager else []
         figures = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
         figures["time_ratio"] = round(figures["step_ms"] / 1000 / REFERENCE_STEP_S, 3)
         figures["memory_ratio"] = round(figures["peak_rss_gb"] / REFERENCE_PEAK_GB, 3)

@@ -57,4 +57,4 @@ def run_demo(config: SpikEmoConfig, data: Path | None, dialogues: int | None) ->
             ]
         )
     )
-    return {"command": "demo", "corpus": str(corpus), **trained, "preprocess": {k: v for k, v in result["preprocess"].items() if k != "modalities"}}
+    return {"command": "demo", "corpus": str(corpus), **trained, "preprocess": result["preprocess"]}

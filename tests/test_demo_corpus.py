@@ -6,13 +6,13 @@ import csv
 from collections import Counter
 from pathlib import Path
 
-import cv2  # before decord (decord bundles an old zlib that breaks cv2's PNG reader)
+import cv2  # noqa: F401  (imported before decord: decord bundles an old zlib that breaks cv2)
 import mediapipe as mp
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
-import decord  # noqa: E402  (after cv2 and mediapipe on purpose)
+import decord  # after cv2 and mediapipe on purpose
 from spikemo.config import DataConfig
 from spikemo.data.demo import (
     DemoCorpusSettings,

@@ -94,11 +94,7 @@ class ExtractionResult:
 
 def plan_shards(manifest_path: Path, modality: Modality, features: FeaturesConfig, cache_dir: Path) -> list[ShardPlan]:
     """The shards of ``modality`` that still hold work; pass their indices to ``extract_modality``."""
-    manifest, metadata = read_manifest(Path(manifest_path))
-    encoder = build_encoder(modality, features)
-    cache = FeatureCache.for_encoder(Path(cache_dir), metadata["dataset"], encoder)
-    items = work_items(manifest, metadata, encoder, features.shard_size)
-    pending = _pending(items, cache)
+    _, _, items, pending = _survey(manifest_path, modality, features, cache_dir)
     plans = []
     for shard, group in itertools.groupby(range(len(items)), key=lambda i: items[i].shard):
         rows = list(group)
@@ -117,12 +113,8 @@ def extract_modality(
 ) -> ExtractionResult:
     """Encode what the cache lacks for ``modality`` (only the shards in ``shard_filter`` when given)."""
     started = time.perf_counter()
-    manifest, metadata = read_manifest(Path(manifest_path))
-    encoder = build_encoder(modality, features)
-    cache = FeatureCache.for_encoder(Path(cache_dir), metadata["dataset"], encoder)
-    items = work_items(manifest, metadata, encoder, features.shard_size)
+    encoder, cache, items, pending = _survey(manifest_path, modality, features, cache_dir)
     selected = None if shard_filter is None else set(shard_filter)
-    pending = _pending(items, cache)
     in_scope = [i for i, item in enumerate(items) if selected is None or item.shard in selected]
     todo = [items[i] for i in in_scope if pending[i]]
     dim = cache.stored_dim() if not todo else None
@@ -181,7 +173,19 @@ def preprocess(config: SpikEmoConfig) -> dict[str, Any]:
     return {"manifest": str(manifest_path), "utterances": int(len(ingested.manifest)), "rejected": ingested.summary()["rejected"], "modalities": modalities}
 
 
+def _survey(
+    manifest_path: Path, modality: Modality, features: FeaturesConfig, cache_dir: Path
+) -> tuple[Encoder, FeatureCache, list[WorkItem], np.ndarray]:
+    """The configured encoder, its cache, the manifest's work items and which of them are pending."""
+    manifest, metadata = read_manifest(Path(manifest_path))
+    encoder = build_encoder(modality, features)
+    cache = FeatureCache.for_encoder(Path(cache_dir), metadata["dataset"], encoder)
+    items = work_items(manifest, metadata, encoder, features.shard_size)
+    return encoder, cache, items, _pending(items, cache)
+
+
 def work_items(manifest: pd.DataFrame, metadata: dict[str, Any], encoder: Encoder, shard_size: int) -> list[WorkItem]:
+    """One work item per manifest row, in row order: shard index, input fingerprint and where the input comes from."""
     shards = np.arange(len(manifest)) // shard_size
     keys = manifest["utterance_key"].tolist()
     if isinstance(encoder, TextEncoder):

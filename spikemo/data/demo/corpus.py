@@ -77,7 +77,7 @@ def _prepare_folder(out: Path, overwrite: bool) -> None:
         raise ConfigError(f"{out}: exists and is not a folder; choose a new output folder")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise ConfigError(f"{out}: folder is not empty; choose a new folder or allow overwriting")
+            raise ConfigError(f"{out}: folder is not empty; choose a new folder, or overwrite it (--overwrite)")
         for folder in MELD_CLIP_DIRS.values():
             for stale in (out / folder).glob("dia*_utt*.mp4"):
                 stale.unlink()

@@ -1,0 +1,84 @@
+"""Shared fixtures: a small real-text conversation dataset and a tiny SpikEmo configuration."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from spikemo.config import SpikEmoConfig, load_config
+from spikemo.data.demo import DemoCorpusSettings, make_demo_corpus
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+TINY_MODEL = {
+    "model.model_dim": 16,
+    "model.timesteps": 2,
+    "model.spikformer_depth": 1,
+    "model.spikformer_heads": 2,
+    "model.fusion_layers": 1,
+    "model.fusion_heads": 2,
+    "model.fusion_hidden": 32,
+    "train.epochs": 3,
+    "train.batch_dialogues": 8,
+    "train.lr": 0.003,
+    "train.patience": 3,
+}
+
+
+@pytest.fixture(scope="session")
+def meld_conversations(tmp_path_factory) -> Path:
+    """60 real MELD dev dialogues as a generic manifest: 40 train, 10 dev, 10 test."""
+    frame = pd.read_csv(SHARED_DATA / "meld" / "dev_sent_emo.csv", dtype=str, keep_default_na=False)
+    frame = frame[frame["Dialogue_ID"].astype(int) < 60]
+    dialogue = frame["Dialogue_ID"].astype(int)
+    manifest = pd.DataFrame(
+        {
+            "dialogue_id": frame["Dialogue_ID"],
+            "utterance_index": frame["Utterance_ID"].astype(int),
+            "speaker": frame["Speaker"],
+            "text": frame["Utterance"],
+            "label": frame["Emotion"],
+            "split": ["train" if d < 40 else "dev" if d < 50 else "test" for d in dialogue],
+        }
+    )
+    path = tmp_path_factory.mktemp("conversations") / "meldsmall.csv"
+    manifest.to_csv(path, index=False)
+    return path
+
+
+def make_tiny_config(conversations: Path, workdir: Path, cache: Path, **overrides) -> SpikEmoConfig:
+    """A tiny SpikEmo on a generic manifest of MELD labels; ``overrides`` are dotted config keys."""
+    return load_config(
+        None,
+        {
+            "workdir": str(workdir),
+            "cache": str(cache),
+            "data.format": "manifest",
+            "data.manifest": str(conversations),
+            "data.labels": ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"],
+            **TINY_MODEL,
+            **overrides,
+        },
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """A generated multimodal corpus in MELD's layout (3 dialogues, real speech and face clips)."""
+    root = tmp_path_factory.mktemp("tiny-corpus")
+    make_demo_corpus(root, DemoCorpusSettings(dialogues=3, seed=7, workers=2, overwrite=True))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    return make_tiny_config

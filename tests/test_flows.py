@@ -1,0 +1,82 @@
+"""Prefect: the deployments file, and the whole pipeline flow end to end on a tiny generated corpus."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from prefect.client.schemas.schedules import CronSchedule
+from prefect.flows import load_flow_from_entrypoint
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_prefect_yaml_deployments_parse_and_retrain_is_scheduled():
+    document = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    deployments = {deployment["name"]: deployment for deployment in document["deployments"]}
+    assert {"preprocess", "retrain", "score"} <= set(deployments)
+    for deployment in deployments.values():
+        flow = load_flow_from_entrypoint(str(REPO / deployment["entrypoint"]))
+        flow.validate_parameters(deployment.get("parameters", {}))
+        assert deployment["work_pool"]["name"] == "spikemo-process"
+    schedules = deployments["retrain"]["schedules"]
+    assert len(schedules) == 1
+    cron = CronSchedule(cron=schedules[0]["cron"], timezone=schedules[0]["timezone"])
+    assert cron.cron == "0 3 * * 1"
+    assert "schedules" not in deployments["preprocess"]
+
+
+def _demo(workdir: Path, corpus: Path, config: Path) -> dict:
+    environment = {**os.environ, "PREFECT_HOME": str(workdir / "prefect"), "SPIKEMO_HOME": str(workdir)}
+    result = subprocess.run(
+        [sys.executable, "-m", "spikemo.cli", "demo", "--data", str(corpus), "--config", str(config), "--cache", str(workdir / "cache")],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_pipeline_flow_end_to_end_then_reuses_caches(tmp_path, tiny_corpus):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"format": "meld", "name": "tinydemo"},
+                "features": {"modalities": ["text", "audio", "visual"], "frames_per_clip": 2},
+                "model": {"model_dim": 16, "timesteps": 2, "spikformer_depth": 1, "spikformer_heads": 2, "fusion_layers": 1, "fusion_heads": 2, "fusion_hidden": 32},
+                "train": {"epochs": 2, "batch_dialogues": 2},
+                "tracking": {"experiment": "flow-test"},
+            }
+        )
+    )
+    first = _demo(tmp_path, tiny_corpus, config)
+    assert first["alias"] == "champion" and first["model_version"] == "1"
+    modalities = first["preprocess"]["modalities"]
+    assert all(modalities[m]["encoded"] > 0 for m in ("text", "audio", "visual"))
+    for modality in modalities.values():
+        assert list(Path(modality["cache_path"]).glob("*.parquet"))
+
+    second = _demo(tmp_path, tiny_corpus, config)
+    assert all(m["encoded"] == 0 and m["reused"] > 0 for m in second["preprocess"]["modalities"].values())
+    assert second["run_id"] == first["run_id"], "unchanged data and config: the training task is served from Prefect's cache"
+
+    query = (
+        "import json; from prefect.client.orchestration import get_client\n"
+        "with get_client(sync_client=True) as client:\n"
+        "    runs = client.read_flow_runs()\n"
+        "print(json.dumps([[r.name, r.state.type.value, str(r.flow_id)] for r in runs]))\n"
+    )
+    environment = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    listed = subprocess.run([sys.executable, "-c", query], capture_output=True, text=True, env=environment, timeout=300)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    states = [state for _, state, _ in json.loads(listed.stdout.strip().splitlines()[-1])]
+    assert states and all(state == "COMPLETED" for state in states)
+    assert len(states) >= 2 * 4  # pipeline, preprocess, extract, train per run

@@ -1,0 +1,224 @@
+"""SpikEmo model: shapes, masks, spiking blocks, gradients, modality subsets, spike statistics."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from spikingjelly.activation_based import functional, neuron
+
+from spikemo.config import LossWeights, ModelConfig
+from spikemo.losses import SpikEmoLoss
+from spikemo.model.batch import IGNORE_INDEX, DialogueBatch
+from spikemo.model.fusion import CrossAttention
+from spikemo.model.snn_stats import SpikeMonitor
+from spikemo.model.spikemo import SpikEmo
+from spikemo.model.spiking import LinearNormLIF, Spikformer
+
+DIMS = {"text": 6, "audio": 5, "visual": 4}
+NUM_CLASSES = 3
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    settings = dict(
+        model_dim=8,
+        timesteps=4,
+        tau=2.0,
+        spikformer_depth=1,
+        spikformer_heads=2,
+        fusion_layers=1,
+        fusion_heads=2,
+        fusion_hidden=16,
+        dialogue_context=["audio", "visual"],
+    )
+    settings.update(overrides)
+    return ModelConfig(**settings)
+
+
+def make_batch(lengths: list[int], modalities=tuple(DIMS), seed: int = 0, dtype=torch.float32) -> DialogueBatch:
+    generator = torch.Generator().manual_seed(seed)
+    max_length = max(lengths)
+    utterance_mask = torch.arange(max_length)[None, :] < torch.tensor(lengths)[:, None]
+    features = {
+        m: (torch.randn(len(lengths), max_length, DIMS[m], generator=generator) * 3).to(dtype) * utterance_mask[..., None]
+        for m in modalities
+    }
+    labels = torch.randint(NUM_CLASSES, (len(lengths), max_length), generator=generator)
+    return DialogueBatch(
+        features=features,
+        modality_mask={m: utterance_mask.clone() for m in modalities},
+        utterance_mask=utterance_mask,
+        party=torch.randint(2, (len(lengths), max_length), generator=generator),
+        labels=labels.masked_fill(~utterance_mask, IGNORE_INDEX),
+    )
+
+
+def stack_dialogues(first: DialogueBatch, second: DialogueBatch) -> DialogueBatch:
+    """Batch two single-dialogue batches, padding the shorter one with garbage that masks must hide."""
+    length = max(first.max_length, second.max_length)
+
+    def pad(x: torch.Tensor, fill) -> torch.Tensor:
+        extra = length - x.shape[1]
+        return torch.cat([x, torch.full((x.shape[0], extra, *x.shape[2:]), fill, dtype=x.dtype)], 1)
+
+    both = lambda a, b, fill: torch.cat([pad(a, fill), pad(b, fill)])  # noqa: E731
+    return DialogueBatch(
+        features={m: both(first.features[m], second.features[m], 7.0) for m in first.features},
+        modality_mask={m: both(first.modality_mask[m], second.modality_mask[m], True) for m in first.modality_mask},
+        utterance_mask=both(first.utterance_mask, second.utterance_mask, False),
+        party=both(first.party, second.party, 1),
+        labels=both(first.labels, second.labels, IGNORE_INDEX),
+    )
+
+
+def test_output_shapes_and_fused_features():
+    torch.manual_seed(0)
+    model = SpikEmo(tiny_config(), DIMS, NUM_CLASSES)
+    batch = make_batch([4, 2, 3])
+    output = model(batch)
+    assert output.logits.shape == (3, 4, NUM_CLASSES)
+    assert set(output.modality_features) == set(DIMS)
+    assert all(f.shape == (3, 4, 8) for f in output.modality_features.values())
+    assert torch.isfinite(output.logits).all()
+
+
+def test_padding_never_changes_a_real_utterance():
+    torch.manual_seed(0)
+    model = SpikEmo(tiny_config(), DIMS, NUM_CLASSES).double().eval()
+    short = make_batch([3], seed=1, dtype=torch.float64)
+    long = make_batch([6], seed=2, dtype=torch.float64)
+    alone = model(short).logits[0]
+    padded = model(stack_dialogues(short, long)).logits[0, :3]
+    torch.testing.assert_close(padded, alone)
+    assert model(stack_dialogues(long, short)).logits[1, :3].allclose(alone)
+
+
+def test_absent_modality_features_are_ignored():
+    torch.manual_seed(0)
+    model = SpikEmo(tiny_config(), DIMS, NUM_CLASSES).double().eval()
+    batch = make_batch([4, 3], seed=3, dtype=torch.float64)
+    batch.modality_mask["audio"][0, 1] = False
+    batch.modality_mask["visual"][1] = False  # a whole dialogue without video
+    reference = model(batch).logits
+    batch.features["audio"][0, 1] = 100.0
+    batch.features["visual"][1] = -50.0
+    changed = model(batch).logits
+    assert torch.isfinite(changed).all()
+    torch.testing.assert_close(changed, reference)
+
+
+def test_cross_attention_without_any_key_gives_zero_update():
+    attention = CrossAttention(dim=8, heads=2)
+    queries, keys = torch.randn(2, 3, 8), torch.randn(2, 3, 8)
+    key_mask = torch.tensor([[True, False, False], [False, False, False]])
+    out = attention(queries, keys, key_mask)
+    assert torch.isfinite(out).all()
+    assert out[1].abs().max() == 0
+    assert out[0].abs().max() > 0
+
+
+def test_constant_input_shortcut_matches_repeated_input():
+    torch.manual_seed(0)
+    config = tiny_config(spikformer_depth=2)
+    layer = LinearNormLIF(8, 8, config)
+    x = torch.randn(5, 8) * 3
+    once = layer(x)
+    layer.lif.reset()
+    repeated = layer(x.expand(config.timesteps, 5, 8).contiguous())
+    torch.testing.assert_close(once, repeated)
+
+    spikformer = Spikformer(config)
+    shortcut = spikformer(x)
+    functional.reset_net(spikformer)
+    encoded = spikformer.encode(x).expand(config.timesteps, 5, 8).contiguous()
+    for block in spikformer.blocks:
+        encoded = block(encoded)
+    torch.testing.assert_close(shortcut, spikformer.norm(encoded).mean(0))
+
+
+def test_gradient_flows_through_the_surrogate():
+    torch.manual_seed(0)
+    spikformer = Spikformer(tiny_config())
+    x = (torch.randn(6, 8) * 3).requires_grad_()
+    spikformer(x).pow(2).sum().backward()  # the Heaviside encoding alone would give a zero gradient
+    assert x.grad.abs().sum() > 0
+
+    model = SpikEmo(tiny_config(), DIMS, NUM_CLASSES)
+    batch = make_batch([4, 2])
+    SpikEmoLoss(LossWeights(), NUM_CLASSES)(model(batch), batch).total.backward()
+    for projection in model.projections.values():
+        assert torch.isfinite(projection.weight.grad).all() and projection.weight.grad.abs().sum() > 0
+
+
+def test_tiny_model_overfits_a_tiny_batch():
+    torch.manual_seed(0)
+    model = SpikEmo(tiny_config(dropout=0.0), DIMS, NUM_CLASSES)
+    batch = make_batch([5, 3, 4], seed=4)
+    criterion = SpikEmoLoss(LossWeights(soft_hgr=0.0), NUM_CLASSES)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        optimizer.zero_grad()
+        loss = criterion(model(batch), batch).total
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0]
+    predictions = model.eval()(batch).logits.argmax(-1)
+    labelled = batch.labels != IGNORE_INDEX
+    assert (predictions[labelled] == batch.labels[labelled]).float().mean() > 0.9
+
+
+SUBSETS = [list(c) for r in (1, 2, 3) for c in itertools.combinations(DIMS, r)]
+
+
+@pytest.mark.parametrize("modalities", SUBSETS, ids=["+".join(s) for s in SUBSETS])
+def test_any_modality_subset_runs(modalities):
+    torch.manual_seed(0)
+    model = SpikEmo(tiny_config(), {m: DIMS[m] for m in modalities}, NUM_CLASSES)
+    batch = make_batch([3, 2], modalities=modalities)
+    output = model(batch)
+    breakdown = SpikEmoLoss(LossWeights(), NUM_CLASSES)(output, batch)
+    assert output.logits.shape == (2, 3, NUM_CLASSES)
+    assert ("soft_hgr" in breakdown.terms) == (len(modalities) > 1)
+    breakdown.total.backward()
+
+
+def test_model_rejects_a_batch_without_its_modalities():
+    model = SpikEmo(tiny_config(), DIMS, NUM_CLASSES)
+    with pytest.raises(ValueError, match="visual"):
+        model(make_batch([2], modalities=("text", "audio")))
+
+
+def test_without_spiking_branch():
+    torch.manual_seed(0)
+    model = SpikEmo(tiny_config(use_spiking=False), DIMS, NUM_CLASSES)
+    assert model.spikformer is None
+    assert not any(isinstance(m, neuron.LIFNode) for m in model.modules())
+    assert model(make_batch([3, 1])).logits.shape == (2, 3, NUM_CLASSES)
+
+
+def test_spike_monitor_reports_every_lif_layer():
+    torch.manual_seed(0)
+    model = SpikEmo(tiny_config(spikformer_depth=2), DIMS, NUM_CLASSES)
+    lif_names = {name for name, m in model.named_modules() if isinstance(m, neuron.LIFNode)}
+    with SpikeMonitor(model) as monitor:
+        model(make_batch([4, 2]))
+        model(make_batch([3], seed=5))
+    rates = monitor.firing_rates()
+    assert set(rates) == lif_names and len(lif_names) == 2 * 7
+    assert all(0.0 <= rate <= 1.0 for rate in rates.values())
+    assert any(rate > 0 for rate in rates.values())
+    energy = monitor.energy()
+    assert energy["synaptic_ops"] > 0 and energy["dense_macs"] > 0
+    assert energy["snn_energy_mj"] == pytest.approx(energy["synaptic_ops"] * 0.9e-9)
+    assert energy["ann_energy_mj"] == pytest.approx(energy["dense_macs"] * 4.6e-9)
+    model(make_batch([2]))  # hooks are gone after the block
+    assert monitor.firing_rates() == rates
+
+
+def test_batch_to_moves_every_tensor():
+    batch = make_batch([2, 1]).to("cpu")
+    assert batch.modalities == list(DIMS)
+    assert batch.batch_size == 2 and batch.max_length == 2

@@ -1,0 +1,85 @@
+"""Prediction for new conversations from registered models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spikemo import experiment
+from spikemo.cli import main
+from spikemo.data.demo import DemoCorpusSettings, plan_demo_corpus, write_annotations
+from spikemo.predict import Predictor
+
+EMOTIONS = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory, tiny_config):
+    """A text-only SpikEmo trained on generated transcripts (annotations only: 40 dialogues, no media)."""
+    root = tmp_path_factory.mktemp("generated-text")
+    write_annotations(plan_demo_corpus(DemoCorpusSettings(dialogues=40, seed=3)), root)
+    config = tiny_config(root / "unused.csv", root / "work", root / "cache", **{
+        "data.format": "meld", "data.root": str(root), "data.manifest": None, "data.name": "gentext", "train.epochs": 8,
+    })
+    return config, experiment.run_experiment(config), root
+
+
+def test_predictions_have_the_schema_and_beat_chance(text_model, tmp_path):
+    config, summary, root = text_model
+    out = tmp_path / "predictions.jsonl"
+    code = main(["predict", "--workdir", str(config.workdir), "--cache", str(tmp_path / "cache"),
+                 "--model", "models:/spikemo-gentext@champion", "--input", str(root / "test_sent_emo.csv"), "--out", str(out)])
+    assert code == 0
+    rows = pd.read_json(out, lines=True)
+    expected = ["utterance_key", "split", "dialogue_id", "utterance_index", "speaker", "label", *[f"prob_{e}" for e in EMOTIONS], "problem"]
+    assert list(rows.columns) == expected
+    truth = pd.read_csv(root / "test_sent_emo.csv")
+    assert len(rows) == len(truth)
+    np.testing.assert_allclose(rows[[f"prob_{e}" for e in EMOTIONS]].sum(axis=1), 1.0, atol=1e-5)
+    merged = rows.merge(truth, left_on=["dialogue_id", "utterance_index"], right_on=["Dialogue_ID", "Utterance_ID"])
+    accuracy = (merged["label"] == merged["Emotion"]).mean()
+    assert accuracy > 1 / len(EMOTIONS) + 0.1, accuracy
+
+
+def test_python_api_and_pyfunc_agree(text_model):
+    config, summary, root = text_model
+    from spikemo.tracking import connect
+    import mlflow
+
+    connect(config)
+    conversations = pd.read_csv(root / "dev_sent_emo.csv").rename(
+        columns={"Dialogue_ID": "dialogue_id", "Utterance_ID": "utterance_index", "Speaker": "speaker", "Utterance": "text"}
+    )[["dialogue_id", "utterance_index", "speaker", "text"]]
+    direct = Predictor.from_uri("models:/spikemo-gentext@champion").predict_frame(conversations)
+    through_mlflow = mlflow.pyfunc.load_model("models:/spikemo-gentext/1").predict(conversations)
+    pd.testing.assert_frame_equal(direct.reset_index(drop=True), through_mlflow.reset_index(drop=True))
+
+
+def test_text_only_input_to_a_multimodal_model(tmp_path, tiny_corpus, tiny_config):
+    config = tiny_config(tmp_path / "unused.csv", tmp_path / "work", tmp_path / "cache", **{
+        "data.format": "meld", "data.root": str(tiny_corpus), "data.manifest": None, "data.name": "tinymm",
+        "features.modalities": ["text", "audio", "visual"], "features.frames_per_clip": 2, "train.epochs": 1,
+    })
+    experiment.run_experiment(config)
+    from spikemo.tracking import connect
+
+    connect(config)
+    predictor = Predictor.from_uri("models:/spikemo-tinymm@champion")
+    assert predictor.spec.modalities == ["text", "audio", "visual"]
+    conversation = pd.DataFrame({
+        "dialogue_id": ["x", "x", "x"], "utterance_index": [0, 1, 2], "speaker": ["A", "B", "A"],
+        "text": ["I can't believe you did that!", "What do you mean?", "This is wonderful news."],
+    })
+    predictions = predictor.predict_frame(conversation)
+    assert predictions["label"].notna().all() and len(predictions) == 3
+
+
+def test_cli_unknown_alias_is_one_line(text_model, capsys):
+    config, _, root = text_model
+    code = main(["predict", "--workdir", str(config.workdir), "--model", "models:/spikemo-gentext@nope",
+                 "--input", str(root / "test_sent_emo.csv"), "--out", "x.jsonl"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "alias 'nope'" in err[0]

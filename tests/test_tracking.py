@@ -1,0 +1,116 @@
+"""MLflow tracking and registry after real (tiny) training runs: what is logged, gating, loading."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from spikemo import experiment, tracking
+from spikemo.errors import ConfigError
+from spikemo.predict import Predictor
+from spikemo.training.loop import NonFiniteLossError
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, meld_conversations, tiny_config):
+    root = tmp_path_factory.mktemp("tracking")
+    config = tiny_config(meld_conversations, root / "work", root / "cache")
+    summary = experiment.run_experiment(config)
+    return config, summary
+
+
+def test_run_holds_params_metrics_artifacts_and_inputs(store):
+    config, summary = store
+    client = MlflowClient(tracking.tracking_uri(config))
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.model_dim"] == "16"
+    assert run.data.params["data.labels"].startswith('["neutral"')
+    history = client.get_metric_history(run.info.run_id, "dev_weighted_f1")
+    assert len(history) == summary["epochs_run"] >= 1
+    for key in ("test_weighted_f1", "test_macro_f1", "test_accuracy", "train_loss"):
+        assert key in run.data.metrics, key
+    assert run.data.metrics["test_weighted_f1"] == pytest.approx(summary["test_weighted_f1"])
+    assert run.data.tags["spikemo.dataset"] == "meldsmall"
+    assert len(run.data.tags["spikemo.encoder.text"]) == 64
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)} | {
+        a.path for folder in ("plots", "config", "reports") for a in client.list_artifacts(run.info.run_id, folder)
+    }
+    for expected in (
+        "plots/test_confusion_matrix.png",
+        "plots/learning_curves.png",
+        "plots/firing_rates.png",
+        "config/resolved_config.yaml",
+        "reports/test_per_class.json",
+        "label_map.json",
+    ):
+        assert expected in artifacts, expected
+    contexts = {dataset_input.tags[0].value for dataset_input in run.inputs.dataset_inputs if dataset_input.tags}
+    assert {"train", "dev", "test", "features"} <= contexts
+
+
+def test_registered_version_is_champion_and_loads(store, meld_conversations):
+    config, summary = store
+    assert summary["alias"] == "champion" and summary["model_version"] == "1"
+    tracking.connect(config)
+    model = mlflow.pyfunc.load_model("models:/spikemo-meldsmall@champion")
+    conversations = pd.read_csv(meld_conversations).query("split == 'test'").drop(columns=["label", "split"])
+    predictions = model.predict(conversations)
+    assert len(predictions) == len(conversations)
+    probabilities = predictions[[c for c in predictions.columns if c.startswith("prob_")]].to_numpy()
+    assert probabilities.shape[1] == 7
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert set(predictions["label"]) <= set(config.data.label_names)
+
+
+def test_champion_moves_only_for_a_strictly_better_score(store):
+    config, _ = store
+    client = tracking.connect(config)
+    name = "spikemo-gating-test"
+    client.create_registered_model(name)
+    versions = [client.create_model_version(name, source="file:///nonexistent", run_id=None).version for _ in range(4)]
+    assert tracking.gate_champion(client, name, versions[0], 50.0, "dev") == ("champion", None)
+    assert tracking.gate_champion(client, name, versions[1], 60.0, "dev") == ("champion", 50.0)
+    assert tracking.gate_champion(client, name, versions[2], 60.0, "dev") == ("challenger", 60.0)
+    assert tracking.gate_champion(client, name, versions[3], 40.0, "dev") == ("challenger", 60.0)
+    assert client.get_model_version_by_alias(name, "champion").version == versions[1]
+    decision = client.get_model_version(name, versions[2]).tags["gating_decision"]
+    assert decision.startswith("kept champion v2")
+
+
+def test_failed_run_is_marked_failed_and_never_registered(store, monkeypatch):
+    config, _ = store
+    client = tracking.connect(config)
+    before = client.get_model_version_by_alias("spikemo-meldsmall", "champion").version
+
+    def diverge(*args, **kwargs):
+        raise NonFiniteLossError("loss is nan at epoch 1, step 1")
+
+    monkeypatch.setattr(experiment, "train_model", diverge)
+    with pytest.raises(NonFiniteLossError):
+        experiment.run_experiment(config)
+    runs = client.search_runs([client.get_experiment_by_name(config.tracking.experiment).experiment_id], order_by=["start_time DESC"])
+    assert runs[0].info.status == "FAILED"
+    assert "NonFiniteLossError" in runs[0].data.tags["spikemo.failure"]
+    assert client.get_model_version_by_alias("spikemo-meldsmall", "champion").version == before
+    assert len(client.search_model_versions("name='spikemo-meldsmall'")) == 1
+
+
+def test_unknown_model_uri_is_one_line(store):
+    config, _ = store
+    tracking.connect(config)
+    with pytest.raises(ConfigError, match="no registered model 'spikemo-nope'") as error:
+        Predictor.from_uri("models:/spikemo-nope@champion")
+    assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match="alias 'gold'"):
+        Predictor.from_uri("models:/spikemo-meldsmall@gold")
+
+
+def test_secrets_never_reach_params(tmp_path, meld_conversations, tiny_config):
+    config = tiny_config(meld_conversations, tmp_path, tmp_path, **{"tracking.tracking_uri": "postgresql://ml:hunter2@db:5432/mlflow"})
+    params = tracking.loggable_params(config)
+    assert params["tracking.tracking_uri"] == "postgresql://ml:***@db:5432/mlflow"
+    assert not any("hunter2" in value for value in params.values())
