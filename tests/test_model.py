@@ -41,7 +41,7 @@ def make_batch(lengths: list[int], modalities=tuple(DIMS), seed: int = 0, dtype=
     max_length = max(lengths)
     utterance_mask = torch.arange(max_length)[None, :] < torch.tensor(lengths)[:, None]
     features = {
-        m: (torch.randn(len(lengths), max_length, DIMS[m], generator=generator) * 3).to(dtype) * utterance_mask[..., None]
+        m: torch.randn(len(lengths), max_length, DIMS[m], generator=generator).to(dtype) * 3 * utterance_mask[..., None]
         for m in modalities
     }
     labels = torch.randint(NUM_CLASSES, (len(lengths), max_length), generator=generator)
@@ -155,7 +155,7 @@ def test_tiny_model_overfits_a_tiny_batch():
     torch.manual_seed(0)
     model = SpikEmo(tiny_config(dropout=0.0), DIMS, NUM_CLASSES)
     batch = make_batch([5, 3, 4], seed=4)
-    criterion = SpikEmoLoss(LossWeights(soft_hgr=0.0), NUM_CLASSES)
+    criterion = SpikEmoLoss(LossWeights(ce=1.0, dice=0.0, soft_hgr=0.0), NUM_CLASSES)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(40):

@@ -21,7 +21,7 @@ from spikemo.training import NonFiniteLossError, TrainResult, build_dialogue_dat
 from spikemo.training import loop
 from spikemo.training.checkpoint import SelectionState, load_model_checkpoint
 from spikemo.training.data import LengthBucketBatchSampler
-from spikemo.training.metrics import classification_metrics
+from spikemo.training.metrics import classification_metrics, firing_rates_by_group
 
 LABELS = ["calm", "happy", "angry"]
 DIM = {"text": 8, "audio": 6}
@@ -146,6 +146,14 @@ def test_classification_metrics_match_hand_counts():
     assert metrics["weighted_f1"] == pytest.approx(metrics["macro_f1"])  # equal supports
 
 
+def test_firing_rates_are_averaged_per_layer_group():
+    rates = {"spikformer.blocks.0.attention.key.lif": 0.1, "spikformer.blocks.0.attention.attention_lif": 0.3,
+             "spikformer.blocks.0.mlp.expand.lif": 0.2, "spikformer.blocks.1.mlp.contract.lif": 0.4}
+    assert firing_rates_by_group(rates) == pytest.approx(
+        {"spikformer.blocks.0.attention": 0.2, "spikformer.blocks.0.mlp": 0.2, "spikformer.blocks.1.mlp": 0.4}
+    )
+
+
 def test_training_reduces_loss_and_writes_a_loadable_checkpoint(corpus, tmp_path):
     manifest, features = corpus
     calls: list[tuple[int, dict[str, float]]] = []
@@ -157,13 +165,13 @@ def test_training_reduces_loss_and_writes_a_loadable_checkpoint(corpus, tmp_path
     first = calls[0][1]
     for key in ("train_loss_ce", "train_loss_dice", "train_loss_soft_hgr", "dev_weighted_f1", "dev_macro_f1", "dev_accuracy", "lr"):
         assert np.isfinite(first[key]), key
-    assert any(key.startswith("firing_rate.") for key in first)
+    assert "firing_rate.spikformer.blocks.0.attention" in first
     assert result.best_epoch == int(np.argmax([epoch["dev_weighted_f1"] for epoch in result.history]))
     assert result.dev_metrics["weighted_f1"] == pytest.approx(result.history[result.best_epoch]["dev_weighted_f1"])
     assert result.dev_metrics["weighted_f1"] > 60.0  # separable toy classes; chance is ~33
     assert result.test_metrics is not None and result.test_metrics["num_utterances"] == (manifest["split"] == "test").sum()
     assert result.firing_rates and all(0.0 <= rate <= 1.0 for rate in result.firing_rates.values())
-    assert result.energy
+    assert result.energy["synaptic_ops"] > 0
 
     weights, spec = load_model_checkpoint(result.checkpoint_path)
     assert spec["epoch"] == result.best_epoch and spec["label_names"] == LABELS and spec["input_dims"] == DIM

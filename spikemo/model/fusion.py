@@ -49,7 +49,10 @@ class FusionLayer(nn.Module):
         self.attentions = nn.ModuleList(CrossAttention(dim, config.fusion_heads) for _ in range(num_sources))
         self.attention_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(num_sources))
         self.feed_forward = nn.Sequential(
-            nn.Linear(dim, config.fusion_hidden), nn.ReLU(), nn.Linear(config.fusion_hidden, dim), nn.Dropout(config.dropout)
+            nn.Linear(dim, config.fusion_hidden),
+            nn.ReLU(),
+            nn.Linear(config.fusion_hidden, dim),
+            nn.Dropout(config.dropout),
         )
         self.feed_forward_norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(config.dropout)
@@ -70,7 +73,8 @@ class MultiAttnFusion(nn.Module):
         self.stacks = nn.ModuleDict()
         if num_sources:
             for modality in self.modalities:
-                self.stacks[modality] = nn.ModuleList(FusionLayer(num_sources, config) for _ in range(config.fusion_layers))
+                layers = (FusionLayer(num_sources, config) for _ in range(config.fusion_layers))
+                self.stacks[modality] = nn.ModuleList(layers)
 
     def forward(self, features: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """features: modality -> [B, L, D]; present: modality -> [B, L] bool (real and available)."""

@@ -49,7 +49,7 @@ from spikemo.training.distributed import (
     gather_predictions,
 )
 from spikemo.training.evaluation import autocast_for, predict
-from spikemo.training.metrics import classification_metrics
+from spikemo.training.metrics import classification_metrics, firing_rates_by_group
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class _TrainingRun:
             metrics = {"epoch": float(epoch), **self._train_epoch(epoch)}
             dev_scores, firing_rates, _ = self._evaluate_split(self.data.splits["dev"], monitor_spikes=True)
             metrics.update({f"dev_{name}": float(dev_scores[name]) for name in ("weighted_f1", "macro_f1", "accuracy")})
-            metrics.update({f"firing_rate.{group}": rate for group, rate in firing_rates.items()})
+            metrics.update({f"firing_rate.{group}": rate for group, rate in firing_rates_by_group(firing_rates).items()})
             self._select(selection, epoch, metrics)
             if self.context.is_main:
                 log.info(

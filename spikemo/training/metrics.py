@@ -40,3 +40,16 @@ def classification_metrics(labels: np.ndarray, predictions: np.ndarray, label_na
         "confusion_matrix": confusion_matrix(labels, predictions, labels=class_ids).tolist(),
         "label_names": list(label_names),
     }
+
+
+def firing_rates_by_group(rates: dict[str, float]) -> dict[str, float]:
+    """Mean firing rate per layer group: a spiking layer's path cut after the component that follows its
+    last block index (``spikformer.blocks.0.mlp.expand.lif`` -> ``spikformer.blocks.0.mlp``), or its parent
+    module when the path has no index."""
+    groups: dict[str, list[float]] = {}
+    for name, rate in rates.items():
+        parts = name.split(".")
+        indices = [i for i, part in enumerate(parts) if part.isdigit()]
+        end = indices[-1] + 2 if indices and indices[-1] + 2 < len(parts) else max(len(parts) - 1, 1)
+        groups.setdefault(".".join(parts[:end]), []).append(rate)
+    return {group: float(np.mean(values)) for group, values in groups.items()}
