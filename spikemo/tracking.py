@@ -150,7 +150,8 @@ def log_inputs(manifest: pd.DataFrame, manifest_path: Path, caches: dict[str, di
 def log_evaluation(history: list[dict[str, Any]], metrics: dict[str, dict[str, Any]], labels: list[str], firing_rates: dict[str, float], energy: dict[str, float]) -> None:
     """Final metrics per split, plots and reports as artifacts."""
     for split, scores in metrics.items():
-        mlflow.log_metrics({f"{split}_{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))})
+        prefix = "selected_dev" if split == "dev" else split  # per-epoch dev_* curves keep their own names
+        mlflow.log_metrics({f"{prefix}_{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))})
         mlflow.log_figure(reports.confusion_matrix_figure(scores["confusion_matrix"], labels, f"{split} confusion matrix"), f"plots/{split}_confusion_matrix.png")
         mlflow.log_table(reports.per_class_table(scores["per_class"]), f"reports/{split}_per_class.json")
     if history:

@@ -1,59 +1,130 @@
-"""Spikformer over utterance features: the spiking temporal feature extractor of SpikEmo.
+"""Spikformer over the utterances of each dialogue: the spiking temporal feature extractor of SpikEmo.
 
-Every utterance is one token. Its projected feature is repeated over ``T`` timesteps, binarised by the
-ATan surrogate Heaviside and passed through ``depth`` blocks of spiking self-attention and a spiking MLP
-built from multi-step LIF neurons; the output is LayerNorm-ed and averaged over the timesteps.
+The utterances of a dialogue are the tokens. A modality's features ``[B, L, D]`` are binarised by the ATan
+surrogate Heaviside, repeated over ``T`` timesteps and passed through ``depth`` blocks of spiking
+self-attention (SSA, Zhou et al. 2023) and a spiking MLP built from multi-step LIF neurons; the output is
+LayerNorm-ed and averaged over the timesteps. Per head, with spike tensors q, k, v ``[T, B, heads, L, d]``:
+``x = (q @ k^T * 0.125) @ v`` (no softmax), followed by a LIF at half threshold. Keys at padded or absent
+utterances are zero, so they never reach a real utterance.
 
-Two facts keep this cheap without changing the mathematics:
+What keeps this cheap without changing the mathematics:
+- Linears, LayerNorms and neurons act on each token alone, so they run on the packed present utterances
+  ``[T, N, D]``; only the attention products see the padded ``[T, B, heads, L, d]`` layout.
 - The encoded input is the same at every timestep, so the first block's q/k/v linears and LayerNorms run
-  once on ``[N, D]`` and only the LIF neurons see the ``T`` copies (``LinearNormLIF`` takes either
-  ``[N, D]`` (constant over time) or ``[T, N, D]``).
-- Tokens never interact, so callers pack the real utterances of all modalities into one ``[N, D]`` batch.
+  once on ``[N, D]`` and only the LIF neurons see the ``T`` steps (``LinearNormLIF`` takes either ``[N, D]``
+  (constant over time) or ``[T, N, D]``).
+- ``MultiStepLIF`` runs the whole time loop in one autograd node (optionally one compiled kernel) instead of
+  spikingjelly's per-step graph; it equals ``neuron.LIFNode(tau, v_threshold, v_reset=0, decay_input=True,
+  surrogate_function=surrogate.ATan(), detach_reset=True, step_mode="m")`` started from rest.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
-from spikingjelly.activation_based import functional, neuron, surrogate
+from spikingjelly.activation_based import surrogate
 from torch import nn
 
 from spikemo.config import ModelConfig
 
 ATTENTION_SCALE = 0.125  # Spikformer's fixed scale for spike-product attention
+ATAN_ALPHA = 2.0  # spikingjelly's surrogate.ATan default
 
 
-def lif_neuron(config: ModelConfig, threshold_scale: float = 1.0) -> neuron.LIFNode:
-    lif = neuron.LIFNode(
-        tau=config.tau,
-        v_threshold=config.v_threshold * threshold_scale,
-        surrogate_function=surrogate.ATan(),
-        detach_reset=True,
-        step_mode="m",
+def lif_forward(current: torch.Tensor, timesteps: int, tau: float, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input current ``[T, ...]`` (``[1, ...]``: the same at every step) -> spikes and membrane before reset.
+
+    h[t] = v[t-1] + (x[t] - v[t-1]) / tau;  s[t] = h[t] >= threshold;  v[t] = h[t] * (1 - s[t]);  v[-1] = 0.
+    """
+    spikes, charged = [], []
+    v = torch.zeros_like(current[0])
+    for t in range(timesteps):
+        h = v + (current[t if current.shape[0] > 1 else 0] - v) / tau
+        spike = (h >= threshold).to(h.dtype)
+        v = h * (1 - spike)
+        spikes.append(spike)
+        charged.append(h)
+    return torch.stack(spikes), torch.stack(charged)
+
+
+def lif_backward(grad_spikes: torch.Tensor, charged: torch.Tensor, tau: float, threshold: float) -> torch.Tensor:
+    """Gradient of ``lif_forward``'s current per step (ATan surrogate, detached reset), ``[T, ...]``."""
+    grad_v = torch.zeros_like(charged[0])
+    grad_current = []
+    for t in range(charged.shape[0] - 1, -1, -1):
+        h = charged[t]
+        z = (h - threshold) * (math.pi / 2 * ATAN_ALPHA)
+        grad_h = grad_spikes[t] * ((ATAN_ALPHA / 2) / (1 + z * z)) + grad_v * (h < threshold).to(h.dtype)
+        grad_current.append(grad_h / tau)
+        grad_v = grad_h - grad_h / tau
+    return torch.stack(grad_current[::-1])
+
+
+class _MultiStepLIFFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, current, timesteps, tau, threshold, forward_fn, backward_fn):
+        spikes, charged = forward_fn(current, timesteps, tau, threshold)
+        ctx.save_for_backward(charged)
+        ctx.settings = (tau, threshold, current.shape[0] == 1, backward_fn)
+        return spikes
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        (charged,) = ctx.saved_tensors
+        tau, threshold, constant, backward_fn = ctx.settings
+        grad_current = backward_fn(grad_spikes, charged, tau, threshold)
+        if constant:
+            grad_current = grad_current.sum(0, keepdim=True)
+        return grad_current, None, None, None, None, None
+
+
+class MultiStepLIF(nn.Module):
+    """Multi-step LIF neurons (hard reset to 0, ATan surrogate, detached reset), at rest before each call.
+
+    Input current ``[T, ...]``, or ``[1, ...]`` for a current that is the same at every one of the ``timesteps``
+    steps; output spikes ``[T, ...]``. ``compile`` fuses each direction's time loop into one kernel.
+    """
+
+    def __init__(self, timesteps: int, tau: float, threshold: float, compile: bool = False):
+        super().__init__()
+        self.timesteps = timesteps
+        self.tau = tau
+        self.threshold = threshold
+        self._forward_fn = torch.compile(lif_forward, dynamic=True) if compile else lif_forward
+        self._backward_fn = torch.compile(lif_backward, dynamic=True) if compile else lif_backward
+
+    def forward(self, current: torch.Tensor) -> torch.Tensor:
+        return _MultiStepLIFFunction.apply(
+            current, self.timesteps, self.tau, self.threshold, self._forward_fn, self._backward_fn
+        )
+
+    def extra_repr(self) -> str:
+        return f"timesteps={self.timesteps}, tau={self.tau}, threshold={self.threshold}"
+
+
+def lif_neuron(config: ModelConfig, threshold_scale: float = 1.0) -> MultiStepLIF:
+    return MultiStepLIF(
+        config.timesteps, config.tau, config.v_threshold * threshold_scale, compile=config.compile_neurons
     )
-    if config.compile_neurons:
-        lif.compile(dynamic=True)
-    return lif
 
 
 class LinearNormLIF(nn.Module):
-    """Linear -> LayerNorm -> LIF. Input ``[N, D]`` is taken as constant over ``timesteps``."""
+    """Linear -> LayerNorm -> LIF. Input ``[N, D]`` is taken as constant over the timesteps."""
 
     def __init__(self, in_features: int, out_features: int, config: ModelConfig):
         super().__init__()
         self.linear = nn.Linear(in_features, out_features)
         self.norm = nn.LayerNorm(out_features)
         self.lif = lif_neuron(config)
-        self.timesteps = config.timesteps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         current = self.norm(self.linear(x))
-        if current.dim() == 2:
-            current = current.expand(self.timesteps, *current.shape)
-        return self.lif(current)
+        return self.lif(current.unsqueeze(0) if x.dim() == 2 else current)
 
 
 class SpikingSelfAttention(nn.Module):
-    """Spikformer SSA on single-token sequences: per head, (q . k) * scale * v, no softmax."""
+    """Spikformer SSA across the utterances of each dialogue: per head (q @ k^T * scale) @ v, no softmax."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -67,13 +138,18 @@ class SpikingSelfAttention(nn.Module):
         self.attention_lif = lif_neuron(config, threshold_scale=0.5)
         self.output = LinearNormLIF(dim, dim, config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.query(x), self.key(x), self.value(x)  # [T, N, D] spikes
-        split = (*q.shape[:-1], self.heads, -1)
-        q, k, v = q.view(split), k.view(split), v.view(split)
-        weights = (q * k).sum(-1, keepdim=True) * ATTENTION_SCALE
-        attended = self.attention_lif((weights * v).flatten(-2))
-        return self.output(attended)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x: ``[N, D]`` or ``[T, N, D]`` for the N present utterances of ``mask`` [B, L] -> ``[T, N, D]``."""
+        q, k, v = (self._split_heads(projection(x), mask) for projection in (self.query, self.key, self.value))
+        attended = (q @ k.transpose(-2, -1)) * ATTENTION_SCALE @ v  # [T, B, heads, L, d]
+        attended = attended.transpose(2, 3).flatten(-2)[:, mask]
+        return self.output(self.attention_lif(attended))
+
+    def _split_heads(self, spikes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``[T, N, D]`` packed -> ``[T, B, heads, L, d]`` with zeros at the utterances that ``mask`` leaves out."""
+        padded = spikes.new_zeros(spikes.shape[0], *mask.shape, spikes.shape[-1])
+        padded[:, mask] = spikes
+        return padded.unflatten(-1, (self.heads, -1)).transpose(2, 3)
 
 
 class SpikingMLP(nn.Module):
@@ -93,26 +169,27 @@ class SpikformerBlock(nn.Module):
         self.attention = SpikingSelfAttention(config)
         self.mlp = SpikingMLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(x)  # broadcasts a constant [N, D] input over T
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(x, mask)  # broadcasts a constant [N, D] input over T
         return x + self.mlp(x)
 
 
 class Spikformer(nn.Module):
-    """``[N, D]`` utterance features -> ``[N, D]`` spiking temporal features; resets its neurons each call."""
+    """Dialogue features ``[B, L, D]`` and presence mask ``[B, L]`` -> spiking features ``[B, L, D]``.
+
+    Positions that ``mask`` leaves out are neither attended to nor computed: their output is zero.
+    """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.timesteps = config.timesteps
         self.encode = surrogate.ATan()
         self.blocks = nn.ModuleList(SpikformerBlock(config) for _ in range(config.spikformer_depth))
         self.norm = nn.LayerNorm(config.model_dim)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        functional.reset_net(self)
-        x = self.encode(features)  # [N, D] binary, identical at every timestep
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.encode(features[mask])  # [N, D] binary, identical at every timestep
         for block in self.blocks:
-            x = block(x)
-        if x.dim() == 2:
-            x = x.expand(self.timesteps, *x.shape)
-        return self.norm(x).mean(0)
+            x = block(x, mask)
+        output = features.new_zeros(features.shape)
+        output[mask] = self.norm(x).mean(0)
+        return output
