@@ -2,7 +2,8 @@
 
 For MELD text (the real CSVs) and for talking-face clips generated here (H.264 + AAC, espeak-ng speech),
 per modality: items/s of ``extract_modality`` into a fresh cache, items/s of the encoder alone on inputs
-decoded beforehand (same encoder settings, model already loaded), their ratio, and the time of a second
+decoded beforehand (same encoder settings, model already loaded; timed before and after the pipeline and
+averaged), their ratio, and the time of a second
 ``extract_modality`` on unchanged data as a fraction of the first. Prints one JSON line.
 
     python bench/extract.py [--meld /work/shared/data/meld] [--meld-limit N] [--clips 16]
@@ -83,9 +84,12 @@ def bare_encoder_rate(manifest_path: Path, modality: str, features: FeaturesConf
 
 
 def measure(manifest_path: Path, modality: str, features: FeaturesConfig, cache: Path) -> dict[str, Any]:
-    bare = bare_encoder_rate(manifest_path, modality, features)
+    """The bare encoder is timed before and after the pipeline and averaged, so load drift on a shared machine cancels."""
+    bare_before = bare_encoder_rate(manifest_path, modality, features)
     first = extract_modality(manifest_path, modality, features, cache)
     again = extract_modality(manifest_path, modality, features, cache)
+    bare_after = bare_encoder_rate(manifest_path, modality, features)
+    bare = (bare_before + bare_after) / 2
     pipeline = first.encoded / first.seconds
     return {
         "items": first.encoded + first.failed + first.missing_media,
@@ -95,6 +99,7 @@ def measure(manifest_path: Path, modality: str, features: FeaturesConfig, cache:
         "dim": first.dim,
         "pipeline_items_per_s": round(pipeline, 1),
         "bare_encoder_items_per_s": round(bare, 1),
+        "bare_before_after_items_per_s": [round(bare_before, 1), round(bare_after, 1)],
         "pipeline_over_bare": round(pipeline / bare, 3),
         "first_run_s": round(first.seconds, 3),
         "rerun_s": round(again.seconds, 3),

@@ -4,7 +4,8 @@
 text 384-d, audio 88-d, visual 96-d, default ModelConfig (the released MELD settings) with the LIF
 neurons compiled (``--eager`` to not), 2 threads; the first step (compilation) is reported apart.
 Each variant runs in a fresh subprocess so memory peaks do not mix. Prints one JSON line, with ratios
-against the released code's ~20 s per step and 17 GB peak on a 2-core CPU.
+against the released code's ~20 s per step and 17 GB peak on a 2-core CPU, the median CPU seconds per step
+(less sensitive than wall time to other jobs on a shared machine) and the load average before and after.
 
     python bench/train_step.py [--steps 5] [--variants text,all] [--eager]
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -65,17 +67,19 @@ def measure(modalities: list[str], steps: int, compile_neurons: bool) -> dict[st
     criterion = SpikEmoLoss(LossWeights(), len(MELD_LABELS))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-5)
     model.train()
-    timings = []
+    timings, cpu_timings = [], []
     for _ in range(steps + 1):  # the first step warms up (and compiles the neurons)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
         loss = criterion(model(batch), batch).total
         loss.backward()
         optimizer.step()
         timings.append(time.perf_counter() - start)
+        cpu_timings.append(time.process_time() - cpu_start)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {
         "step_ms": round(statistics.median(timings[1:]) * 1000, 1),
+        "step_cpu_s": round(statistics.median(cpu_timings[1:]), 2),
         "first_step_s": round(timings[0], 1),
         "peak_rss_gb": round(peak_gb, 3),
         "utterances": int(batch.utterance_mask.sum()),
@@ -100,6 +104,7 @@ def main() -> None:
         "threads": 2,
         "compile_neurons": not args.eager,
         "reference": {"step_s": REFERENCE_STEP_S, "peak_gb": REFERENCE_PEAK_GB},
+        "load_average_before": [round(load, 2) for load in os.getloadavg()],
     }
     for variant in args.variants.split(","):
         command = [sys.executable, __file__, "--worker", variant, "--steps", str(args.steps)]
@@ -108,6 +113,7 @@ def main() -> None:
         figures["time_ratio"] = round(figures["step_ms"] / 1000 / REFERENCE_STEP_S, 3)
         figures["memory_ratio"] = round(figures["peak_rss_gb"] / REFERENCE_PEAK_GB, 3)
         result[variant] = figures
+    result["load_average_after"] = [round(load, 2) for load in os.getloadavg()]
     print(json.dumps(result))
 
 

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 import torch
-from spikingjelly.activation_based import functional, neuron
+from spikingjelly.activation_based import neuron, surrogate
 
 from spikemo.config import LossWeights, ModelConfig
 from spikemo.losses import SpikEmoLoss
@@ -14,7 +14,7 @@ from spikemo.model.batch import IGNORE_INDEX, DialogueBatch
 from spikemo.model.fusion import CrossAttention
 from spikemo.model.snn_stats import SpikeMonitor
 from spikemo.model.spikemo import SpikEmo
-from spikemo.model.spiking import LinearNormLIF, Spikformer
+from spikemo.model.spiking import LinearNormLIF, MultiStepLIF, Spikformer
 
 DIMS = {"text": 6, "audio": 5, "visual": 4}
 NUM_CLASSES = 3
@@ -34,6 +34,11 @@ def tiny_config(**overrides) -> ModelConfig:
     )
     settings.update(overrides)
     return ModelConfig(**settings)
+
+
+def firing_config(**overrides) -> ModelConfig:
+    """A low threshold and one head make the spike-product attention fire (at tiny sizes it stays silent)."""
+    return tiny_config(model_dim=16, timesteps=8, v_threshold=0.3, spikformer_heads=1, **overrides)
 
 
 def make_batch(lengths: list[int], modalities=tuple(DIMS), seed: int = 0, dtype=torch.float32) -> DialogueBatch:
@@ -81,6 +86,7 @@ def test_output_shapes_and_fused_features():
     assert set(output.modality_features) == set(DIMS)
     assert all(f.shape == (3, 4, 8) for f in output.modality_features.values())
     assert torch.isfinite(output.logits).all()
+    assert output.logits[~batch.utterance_mask].abs().max() == 0
 
 
 def test_padding_never_changes_a_real_utterance():
@@ -110,12 +116,34 @@ def test_absent_modality_features_are_ignored():
 
 def test_cross_attention_without_any_key_gives_zero_update():
     attention = CrossAttention(dim=8, heads=2)
-    queries, keys = torch.randn(2, 3, 8), torch.randn(2, 3, 8)
+    utterance_mask = torch.tensor([[True, True, False], [True, True, True]])
+    queries, keys = torch.randn(5, 8), torch.randn(5, 8)
     key_mask = torch.tensor([[True, False, False], [False, False, False]])
-    out = attention(queries, keys, key_mask)
-    assert torch.isfinite(out).all()
-    assert out[1].abs().max() == 0
-    assert out[0].abs().max() > 0
+    out = attention(queries, keys, utterance_mask, key_mask)
+    assert out.shape == (5, 8) and torch.isfinite(out).all()
+    assert out[2:].abs().max() == 0  # the second dialogue's three utterances
+    assert out[:2].abs().amin(-1).min() > 0
+
+
+@pytest.mark.parametrize("threshold", [1.0, 0.5])
+def test_fused_lif_equals_spikingjelly_lif(threshold):
+    reference = neuron.LIFNode(
+        tau=2.0, v_threshold=threshold, surrogate_function=surrogate.ATan(), detach_reset=True, step_mode="m"
+    )
+    fused = MultiStepLIF(timesteps=6, tau=2.0, threshold=threshold)
+    current = torch.randn(6, 40, 5) * 2
+    upstream = torch.randn(6, 40, 5)
+    for stepwise in (current, current[:1]):  # a [1, ...] current stands for the same current at every step
+        x_ref = stepwise.expand(6, 40, 5).clone().requires_grad_()
+        x = stepwise.clone().requires_grad_()
+        reference.reset()
+        expected = reference(x_ref)
+        spikes = fused(x)
+        assert torch.equal(spikes, expected) and 0 < spikes.mean() < 1
+        (expected * upstream).sum().backward()
+        (spikes * upstream).sum().backward()
+        torch.testing.assert_close(x.grad, x_ref.grad.sum(0, keepdim=True) if len(stepwise) == 1 else x_ref.grad)
+        assert x.grad.abs().sum() > 0
 
 
 def test_constant_input_shortcut_matches_repeated_input():
@@ -123,25 +151,49 @@ def test_constant_input_shortcut_matches_repeated_input():
     config = tiny_config(spikformer_depth=2)
     layer = LinearNormLIF(8, 8, config)
     x = torch.randn(5, 8) * 3
-    once = layer(x)
-    layer.lif.reset()
-    repeated = layer(x.expand(config.timesteps, 5, 8).contiguous())
-    torch.testing.assert_close(once, repeated)
+    torch.testing.assert_close(layer(x), layer(x.expand(config.timesteps, 5, 8).contiguous()))
 
     spikformer = Spikformer(config)
-    shortcut = spikformer(x)
-    functional.reset_net(spikformer)
-    encoded = spikformer.encode(x).expand(config.timesteps, 5, 8).contiguous()
+    features, mask = torch.randn(2, 4, 8) * 3, torch.tensor([[True, True, True, False], [True, False, True, True]])
+    shortcut = spikformer(features, mask)
+    encoded = spikformer.encode(features[mask]).expand(config.timesteps, 6, 8).contiguous()
     for block in spikformer.blocks:
-        encoded = block(encoded)
-    torch.testing.assert_close(shortcut, spikformer.norm(encoded).mean(0))
+        encoded = block(encoded, mask)
+    torch.testing.assert_close(shortcut[mask], spikformer.norm(encoded).mean(0))
+    assert shortcut[~mask].abs().max() == 0
+
+
+def test_spikformer_ignores_padding_and_absent_utterances():
+    torch.manual_seed(0)
+    spikformer = Spikformer(firing_config(spikformer_depth=2)).double()
+    short, long = torch.randn(1, 3, 16, dtype=torch.float64) * 3, torch.randn(1, 6, 16, dtype=torch.float64) * 3
+    alone = spikformer(short, torch.ones(1, 3, dtype=torch.bool))
+    padded = torch.cat([torch.cat([short, torch.full((1, 3, 16), 7.0, dtype=torch.float64)], 1), long])
+    mask = torch.tensor([[True] * 3 + [False] * 3, [True] * 6])
+    torch.testing.assert_close(spikformer(padded, mask)[0, :3], alone[0])
+
+    gap = torch.cat([short[:, :1], torch.full((1, 1, 16), -9.0, dtype=torch.float64), short[:, 1:]], 1)
+    with_gap = spikformer(gap, torch.tensor([[True, False, True, True]]))  # utterance 1 lacks this modality
+    torch.testing.assert_close(with_gap[0, [0, 2, 3]], alone[0])
+
+
+def test_spiking_attention_mixes_the_utterances_of_a_dialogue_only():
+    torch.manual_seed(0)
+    spikformer = Spikformer(firing_config()).double()
+    features = torch.randn(2, 4, 16, dtype=torch.float64) * 3
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    before = spikformer(features, mask)
+    features[0, 0] = torch.randn(16, dtype=torch.float64) * 3
+    after = spikformer(features, mask)
+    assert not torch.allclose(after[0, 2], before[0, 2])
+    torch.testing.assert_close(after[1], before[1])
 
 
 def test_gradient_flows_through_the_surrogate():
     torch.manual_seed(0)
     spikformer = Spikformer(tiny_config())
-    x = (torch.randn(6, 8) * 3).requires_grad_()
-    spikformer(x).pow(2).sum().backward()  # the Heaviside encoding alone would give a zero gradient
+    x = (torch.randn(2, 3, 8) * 3).requires_grad_()
+    spikformer(x, torch.ones(2, 3, dtype=torch.bool)).pow(2).sum().backward()  # the Heaviside encoding alone would give a zero gradient
     assert x.grad.abs().sum() > 0
 
     model = SpikEmo(tiny_config(), DIMS, NUM_CLASSES)
@@ -195,14 +247,14 @@ def test_without_spiking_branch():
     torch.manual_seed(0)
     model = SpikEmo(tiny_config(use_spiking=False), DIMS, NUM_CLASSES)
     assert model.spikformer is None
-    assert not any(isinstance(m, neuron.LIFNode) for m in model.modules())
+    assert not any(isinstance(m, MultiStepLIF) for m in model.modules())
     assert model(make_batch([3, 1])).logits.shape == (2, 3, NUM_CLASSES)
 
 
 def test_spike_monitor_reports_every_lif_layer():
     torch.manual_seed(0)
     model = SpikEmo(tiny_config(spikformer_depth=2), DIMS, NUM_CLASSES)
-    lif_names = {name for name, m in model.named_modules() if isinstance(m, neuron.LIFNode)}
+    lif_names = {name for name, m in model.named_modules() if isinstance(m, MultiStepLIF)}
     with SpikeMonitor(model) as monitor:
         model(make_batch([4, 2]))
         model(make_batch([3], seed=5))

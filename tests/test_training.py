@@ -57,9 +57,18 @@ def tiny_config(**train: object) -> SpikEmoConfig:
     return SpikEmoConfig(model=model, train=TrainConfig(**settings))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster than two, and fairer on a shared CI runner."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def corpus() -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    return toy_corpus({"train": 24, "dev": 8, "test": 8})
+    return toy_corpus({"train": 16, "dev": 6, "test": 6})
 
 
 def test_dialogues_are_ordered_by_turn_padded_and_masked(corpus):
@@ -187,7 +196,7 @@ def test_selection_uses_dev_only(corpus, tmp_path):
     adversarial = manifest.copy()
     is_test = adversarial["split"] == "test"
     adversarial.loc[is_test, "label_id"] = (adversarial.loc[is_test, "label_id"] + 1) % len(LABELS)
-    config = tiny_config(epochs=4, lr=1e-2)
+    config = tiny_config(epochs=3, lr=1e-2)
     honest = train_model(config, manifest, features, LABELS, tmp_path / "honest")
     attacked = train_model(config, adversarial, features, LABELS, tmp_path / "attacked")
 

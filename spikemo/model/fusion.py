@@ -4,6 +4,8 @@ A layer for query modality m: for each other modality o (in a fixed order), post
 multi-head cross-attention from m to o; then a post-norm residual feed-forward block. Keys are the
 utterances of the same dialogue where modality o is present; a query with no such key gets a zero update.
 The per-head Q/K/V linears of the released code are one linear each here (same function, one matmul).
+Everything but the attention products acts on each utterance alone, so it runs on the packed real utterances
+``[N, D]`` of the batch; only the products see the padded ``[B, heads, L, d]`` layout.
 """
 
 from __future__ import annotations
@@ -26,20 +28,23 @@ class CrossAttention(nn.Module):
         self.value = nn.Linear(dim, dim)
         self.output = nn.Linear(dim, dim)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """queries, keys [B, L, D]; key_mask [B, L] bool -> [B, L, D]."""
-        batch, length, dim = queries.shape
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, utterance_mask: torch.Tensor, key_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """queries, keys [N, D] at the N real utterances of utterance_mask [B, L]; key_mask [B, L] bool -> [N, D]."""
 
         def split(x: torch.Tensor) -> torch.Tensor:
-            return x.view(batch, length, self.heads, dim // self.heads).transpose(1, 2)
+            padded = x.new_zeros(*utterance_mask.shape, x.shape[-1])
+            padded[utterance_mask] = x
+            return padded.unflatten(-1, (self.heads, -1)).transpose(1, 2)
 
-        has_key = key_mask.any(-1)  # [B]
-        allowed = (key_mask | ~has_key[:, None])[:, None, None, :]  # avoid all-masked rows (NaN)
+        has_key = key_mask.any(-1, keepdim=True)  # [B, 1]
+        allowed = (key_mask | ~has_key)[:, None, None, :]  # avoid all-masked rows (NaN)
         attended = F.scaled_dot_product_attention(
             split(self.query(queries)), split(self.key(keys)), split(self.value(keys)), attn_mask=allowed
         )
-        attended = attended.transpose(1, 2).reshape(batch, length, dim)
-        return self.output(attended) * has_key[:, None, None]
+        attended = attended.transpose(1, 2).flatten(-2)[utterance_mask]
+        return self.output(attended) * has_key.expand_as(utterance_mask)[utterance_mask].unsqueeze(-1)
 
 
 class FusionLayer(nn.Module):
@@ -57,9 +62,11 @@ class FusionLayer(nn.Module):
         self.feed_forward_norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, sources: list[torch.Tensor], source_masks: list[torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, sources: list[torch.Tensor], utterance_mask: torch.Tensor, source_masks: list[torch.Tensor]
+    ) -> torch.Tensor:
         for attention, norm, source, mask in zip(self.attentions, self.attention_norms, sources, source_masks):
-            x = norm(x + self.dropout(attention(x, source, mask)))
+            x = norm(x + self.dropout(attention(x, source, utterance_mask, mask)))
         return self.feed_forward_norm(x + self.dropout(self.feed_forward(x)))
 
 
@@ -76,8 +83,11 @@ class MultiAttnFusion(nn.Module):
                 layers = (FusionLayer(num_sources, config) for _ in range(config.fusion_layers))
                 self.stacks[modality] = nn.ModuleList(layers)
 
-    def forward(self, features: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """features: modality -> [B, L, D]; present: modality -> [B, L] bool (real and available)."""
+    def forward(
+        self, features: dict[str, torch.Tensor], utterance_mask: torch.Tensor, present: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """features: modality -> [N, D] at the real utterances of utterance_mask [B, L];
+        present: modality -> [B, L] bool (real and available) -> modality -> fused [N, D]."""
         if not self.stacks:
             return dict(features)
         fused = {}
@@ -85,6 +95,6 @@ class MultiAttnFusion(nn.Module):
             others = [other for other in self.modalities if other != modality]
             x = features[modality]
             for layer in self.stacks[modality]:
-                x = layer(x, [features[o] for o in others], [present[o] for o in others])
+                x = layer(x, [features[o] for o in others], utterance_mask, [present[o] for o in others])
             fused[modality] = x
         return fused

@@ -15,10 +15,9 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
-from spikingjelly.activation_based import neuron
 from torch import nn
 
-from spikemo.model.spiking import Spikformer
+from spikemo.model.spiking import MultiStepLIF, Spikformer
 
 PICOJOULES_PER_AC = 0.9
 PICOJOULES_PER_MAC = 4.6
@@ -35,7 +34,7 @@ class SpikeMonitor:
 
     def __enter__(self) -> SpikeMonitor:
         for name, module in self.model.named_modules():
-            if isinstance(module, neuron.LIFNode):
+            if isinstance(module, MultiStepLIF):
                 self._handles.append(module.register_forward_hook(self._neuron_hook(name)))
         for spikformer in (m for m in self.model.modules() if isinstance(m, Spikformer)):
             for linear in (m for m in spikformer.modules() if isinstance(m, nn.Linear)):

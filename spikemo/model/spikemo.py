@@ -3,10 +3,13 @@
 Per modality m with features u_m [B, L, D_m]:
     h_m = Linear(u_m)                                      (zeroed where m is absent)
     h_m = DialogueRNN(h_m)                                 if m in config.dialogue_context
-    s_m = Spikformer(h_m)                                  shared across modalities, real utterances only
+    s_m = Spikformer(h_m)                                  SSA across the dialogue's present utterances;
+                                                           shared across modalities
     h_m = h_m + h_m * softmax_over_utterances(s_m)         padding and absent positions excluded
     f_m = MultiAttn_m(h_m; other modalities)
 logits = MLP(Linear(concat_m f_m)).
+From the fusion on, every step but the attention products acts on each utterance alone, so it runs on the packed
+real utterances; logits and fused features are zero at padding.
 """
 
 from __future__ import annotations
@@ -25,8 +28,15 @@ from spikemo.model.spiking import Spikformer
 
 @dataclass
 class SpikEmoOutput:
-    logits: torch.Tensor  # [B, L, num_classes]
+    logits: torch.Tensor  # [B, L, num_classes], zero at padding
     modality_features: dict[str, torch.Tensor]  # modality -> fused features [B, L, H] fed to the classifier
+
+
+def _unpack(packed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[N, H]`` rows for the True positions of ``mask`` [B, L] -> ``[B, L, H]``, zeros elsewhere."""
+    unpacked = packed.new_zeros(*mask.shape, packed.shape[-1])
+    unpacked[mask] = packed
+    return unpacked
 
 
 class SpikEmo(nn.Module):
@@ -62,24 +72,24 @@ class SpikEmo(nn.Module):
             hidden[m] = h
         if self.spikformer is not None:
             hidden = self._spike_gate(hidden, present)
-        fused = self.fusion(hidden, present)
-        merged = self.merge(torch.cat([fused[m] for m in self.modalities], dim=-1))
-        return SpikEmoOutput(logits=self.classifier(merged), modality_features=fused)
+        real = batch.utterance_mask
+        fused = self.fusion({m: hidden[m][real] for m in self.modalities}, real, present)  # [N, D] per modality
+        logits = self.classifier(self.merge(torch.cat([fused[m] for m in self.modalities], dim=-1)))
+        return SpikEmoOutput(
+            logits=_unpack(logits, real), modality_features={m: _unpack(f, real) for m, f in fused.items()}
+        )
 
     def _spike_gate(self, hidden: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """h + h * softmax(s) over each dialogue's present utterances; one Spikformer pass for all modalities.
 
-        Absent positions get the lowest score, so they take no weight (and h is zero there anyway).
+        The modalities go through the shared Spikformer as one batch of ``modalities * B`` dialogues. Absent
+        positions get the lowest score, so they take no weight (and h is zero there anyway).
         """
-        packed = torch.cat([hidden[m][present[m]] for m in self.modalities])
-        spikes = self.spikformer(packed)
+        features = torch.cat([hidden[m] for m in self.modalities])
+        mask = torch.cat([present[m] for m in self.modalities])
+        spikes = self.spikformer(features, mask).chunk(len(self.modalities))
         gated = {}
-        offset = 0
-        for m in self.modalities:
-            count = int(present[m].sum())
-            scores = hidden[m].new_full(hidden[m].shape, torch.finfo(hidden[m].dtype).min)
-            scores = scores.masked_scatter(present[m].unsqueeze(-1), spikes[offset : offset + count])
-            offset += count
-            weights = torch.softmax(scores, dim=1)
-            gated[m] = hidden[m] + hidden[m] * weights
+        for m, s in zip(self.modalities, spikes):
+            scores = s.masked_fill(~present[m].unsqueeze(-1), torch.finfo(s.dtype).min)
+            gated[m] = hidden[m] + hidden[m] * torch.softmax(scores, dim=1)
         return gated

@@ -61,51 +61,52 @@ def lif_backward(grad_spikes: torch.Tensor, charged: torch.Tensor, tau: float, t
     return torch.stack(grad_current[::-1])
 
 
+compiled_lif_forward = torch.compile(lif_forward, dynamic=True)  # compiles on first call
+compiled_lif_backward = torch.compile(lif_backward, dynamic=True)
+
+
 class _MultiStepLIFFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, current, timesteps, tau, threshold, forward_fn, backward_fn):
-        spikes, charged = forward_fn(current, timesteps, tau, threshold)
+    def forward(ctx, current, timesteps, tau, threshold, compiled):
+        spikes, charged = (compiled_lif_forward if compiled else lif_forward)(current, timesteps, tau, threshold)
         ctx.save_for_backward(charged)
-        ctx.settings = (tau, threshold, current.shape[0] == 1, backward_fn)
+        ctx.settings = (tau, threshold, current.shape[0] == 1, compiled)
         return spikes
 
     @staticmethod
     def backward(ctx, grad_spikes):
         (charged,) = ctx.saved_tensors
-        tau, threshold, constant, backward_fn = ctx.settings
-        grad_current = backward_fn(grad_spikes, charged, tau, threshold)
+        tau, threshold, constant, compiled = ctx.settings
+        grad_current = (compiled_lif_backward if compiled else lif_backward)(grad_spikes, charged, tau, threshold)
         if constant:
             grad_current = grad_current.sum(0, keepdim=True)
-        return grad_current, None, None, None, None, None
+        return grad_current, None, None, None, None
 
 
 class MultiStepLIF(nn.Module):
     """Multi-step LIF neurons (hard reset to 0, ATan surrogate, detached reset), at rest before each call.
 
     Input current ``[T, ...]``, or ``[1, ...]`` for a current that is the same at every one of the ``timesteps``
-    steps; output spikes ``[T, ...]``. ``compile`` fuses each direction's time loop into one kernel.
+    steps; output spikes ``[T, ...]``. ``compiled`` fuses each direction's time loop into one kernel.
     """
 
-    def __init__(self, timesteps: int, tau: float, threshold: float, compile: bool = False):
+    def __init__(self, timesteps: int, tau: float, threshold: float, compiled: bool = False):
         super().__init__()
         self.timesteps = timesteps
         self.tau = tau
         self.threshold = threshold
-        self._forward_fn = torch.compile(lif_forward, dynamic=True) if compile else lif_forward
-        self._backward_fn = torch.compile(lif_backward, dynamic=True) if compile else lif_backward
+        self.compiled = compiled
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
-        return _MultiStepLIFFunction.apply(
-            current, self.timesteps, self.tau, self.threshold, self._forward_fn, self._backward_fn
-        )
+        return _MultiStepLIFFunction.apply(current, self.timesteps, self.tau, self.threshold, self.compiled)
 
     def extra_repr(self) -> str:
-        return f"timesteps={self.timesteps}, tau={self.tau}, threshold={self.threshold}"
+        return f"timesteps={self.timesteps}, tau={self.tau}, threshold={self.threshold}, compiled={self.compiled}"
 
 
 def lif_neuron(config: ModelConfig, threshold_scale: float = 1.0) -> MultiStepLIF:
     return MultiStepLIF(
-        config.timesteps, config.tau, config.v_threshold * threshold_scale, compile=config.compile_neurons
+        config.timesteps, config.tau, config.v_threshold * threshold_scale, compiled=config.compile_neurons
     )
 
 
@@ -182,6 +183,7 @@ class Spikformer(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        self.timesteps = config.timesteps
         self.encode = surrogate.ATan()
         self.blocks = nn.ModuleList(SpikformerBlock(config) for _ in range(config.spikformer_depth))
         self.norm = nn.LayerNorm(config.model_dim)
