@@ -48,7 +48,7 @@ def test_run_holds_params_metrics_artifacts_and_inputs(store):
         "label_map.json",
     ):
         assert expected in artifacts, expected
-    contexts = {dataset_input.tags[0].value for dataset_input in run.inputs.dataset_inputs if dataset_input.tags}
+    contexts = {tag.value for dataset_input in run.inputs.dataset_inputs for tag in dataset_input.tags if tag.key == "mlflow.data.context"}
     assert {"train", "dev", "test", "features"} <= contexts
 
 
@@ -57,7 +57,7 @@ def test_registered_version_is_champion_and_loads(store, meld_conversations):
     assert summary["alias"] == "champion" and summary["model_version"] == "1"
     tracking.connect(config)
     model = mlflow.pyfunc.load_model("models:/spikemo-meldsmall@champion")
-    conversations = pd.read_csv(meld_conversations).query("split == 'test'").drop(columns=["label", "split"])
+    conversations = pd.read_csv(meld_conversations, dtype={"dialogue_id": str}).query("split == 'test'").drop(columns=["label", "split"])
     predictions = model.predict(conversations)
     assert len(predictions) == len(conversations)
     probabilities = predictions[[c for c in predictions.columns if c.startswith("prob_")]].to_numpy()

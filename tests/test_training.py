@@ -116,6 +116,16 @@ def test_bad_embeddings_are_rejected_naming_modality_and_utterance(corpus, corru
     assert "'audio'" in str(raised.value) and "toy/dev/2/1" in str(raised.value)
 
 
+def test_model_input_dims_allow_an_all_absent_modality_and_reject_other_sizes(corpus):
+    manifest, features = corpus
+    absent = features["audio"].assign(status="failed", reason="decoder error", embedding=None)
+    data = build_dialogue_data(manifest, {"text": features["text"], "audio": absent}, len(LABELS), input_dims=DIM)
+    assert data.input_dims == DIM
+    assert not any(data.splits["dev"][i].modality_mask["audio"].any() for i in range(len(data.splits["dev"])))
+    with pytest.raises(DataError, match="the model expects 7"):
+        build_dialogue_data(manifest, {"text": features["text"], "audio": features["audio"]}, len(LABELS), input_dims={**DIM, "audio": 7})
+
+
 def test_missing_feature_row_and_unknown_label_are_rejected(corpus):
     manifest, features = corpus
     text = features["text"][features["text"]["utterance_key"] != "toy/test/0/0"]

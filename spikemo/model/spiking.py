@@ -13,8 +13,8 @@ What keeps this cheap without changing the mathematics:
 - The encoded input is the same at every timestep, so the first block's q/k/v linears and LayerNorms run
   once on ``[N, D]`` and only the LIF neurons see the ``T`` steps (``LinearNormLIF`` takes either ``[N, D]``
   (constant over time) or ``[T, N, D]``).
-- ``MultiStepLIF`` runs the whole time loop in one autograd node (optionally one compiled kernel) instead of
-  spikingjelly's per-step graph; it equals ``neuron.LIFNode(tau, v_threshold, v_reset=0, decay_input=True,
+- ``MultiStepLIF`` runs the whole time loop in one autograd node (with ``compile_neurons``, one fused compiled
+  kernel per step and direction) instead of spikingjelly's per-step autograd graph; it equals ``neuron.LIFNode(tau, v_threshold, v_reset=0, decay_input=True,
   surrogate_function=surrogate.ATan(), detach_reset=True, step_mode="m")`` started from rest.
 """
 
@@ -32,52 +32,46 @@ ATTENTION_SCALE = 0.125  # Spikformer's fixed scale for spike-product attention
 ATAN_ALPHA = 2.0  # spikingjelly's surrogate.ATan default
 
 
-def lif_forward(current: torch.Tensor, timesteps: int, tau: float, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Input current ``[T, ...]`` (``[1, ...]``: the same at every step) -> spikes and membrane before reset.
-
-    h[t] = v[t-1] + (x[t] - v[t-1]) / tau;  s[t] = h[t] >= threshold;  v[t] = h[t] * (1 - s[t]);  v[-1] = 0.
-    """
-    spikes, charged = [], []
-    v = torch.zeros_like(current[0])
-    for t in range(timesteps):
-        h = v + (current[t if current.shape[0] > 1 else 0] - v) / tau
-        spike = (h >= threshold).to(h.dtype)
-        v = h * (1 - spike)
-        spikes.append(spike)
-        charged.append(h)
-    return torch.stack(spikes), torch.stack(charged)
+def lif_step(current: torch.Tensor, v: torch.Tensor, tau: float, threshold: float):
+    """One step: h = v + (x - v) / tau; spike = h >= threshold; v' = h * (1 - spike) -> (spike, h, v')."""
+    h = v + (current - v) / tau
+    spike = (h >= threshold).to(h.dtype)
+    return spike, h, h * (1 - spike)
 
 
-def lif_backward(grad_spikes: torch.Tensor, charged: torch.Tensor, tau: float, threshold: float) -> torch.Tensor:
-    """Gradient of ``lif_forward``'s current per step (ATan surrogate, detached reset), ``[T, ...]``."""
-    grad_v = torch.zeros_like(charged[0])
-    grad_current = []
-    for t in range(charged.shape[0] - 1, -1, -1):
-        h = charged[t]
-        z = (h - threshold) * (math.pi / 2 * ATAN_ALPHA)
-        grad_h = grad_spikes[t] * ((ATAN_ALPHA / 2) / (1 + z * z)) + grad_v * (h < threshold).to(h.dtype)
-        grad_current.append(grad_h / tau)
-        grad_v = grad_h - grad_h / tau
-    return torch.stack(grad_current[::-1])
+def lif_step_backward(grad_spike: torch.Tensor, h: torch.Tensor, grad_v: torch.Tensor, tau: float, threshold: float):
+    """Gradients of one step through the ATan surrogate with a detached reset -> (dL/dx, dL/dv of the previous step)."""
+    z = (h - threshold) * (math.pi / 2 * ATAN_ALPHA)
+    grad_h = grad_spike * ((ATAN_ALPHA / 2) / (1 + z * z)) + grad_v * (h < threshold).to(h.dtype)
+    return grad_h / tau, grad_h - grad_h / tau
 
 
-compiled_lif_forward = torch.compile(lif_forward, dynamic=True)  # compiles on first call
-compiled_lif_backward = torch.compile(lif_backward, dynamic=True)
+compiled_lif_step = torch.compile(lif_step, dynamic=True)  # each compiles on first call, once per threshold
+compiled_lif_step_backward = torch.compile(lif_step_backward, dynamic=True)
 
 
 class _MultiStepLIFFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, current, timesteps, tau, threshold, compiled):
-        spikes, charged = (compiled_lif_forward if compiled else lif_forward)(current, timesteps, tau, threshold)
+        step = compiled_lif_step if compiled else lif_step
+        spikes = current.new_empty(timesteps, *current.shape[1:])
+        charged = torch.empty_like(spikes)  # membrane before reset, all the backward pass needs
+        v = torch.zeros_like(current[0])
+        for t in range(timesteps):
+            spikes[t], charged[t], v = step(current[min(t, len(current) - 1)], v, tau, threshold)
         ctx.save_for_backward(charged)
-        ctx.settings = (tau, threshold, current.shape[0] == 1, compiled)
+        ctx.settings = (tau, threshold, len(current) == 1, compiled)
         return spikes
 
     @staticmethod
     def backward(ctx, grad_spikes):
         (charged,) = ctx.saved_tensors
         tau, threshold, constant, compiled = ctx.settings
-        grad_current = (compiled_lif_backward if compiled else lif_backward)(grad_spikes, charged, tau, threshold)
+        step_backward = compiled_lif_step_backward if compiled else lif_step_backward
+        grad_current = torch.empty_like(charged)
+        grad_v = torch.zeros_like(charged[0])
+        for t in reversed(range(len(charged))):
+            grad_current[t], grad_v = step_backward(grad_spikes[t], charged[t], grad_v, tau, threshold)
         if constant:
             grad_current = grad_current.sum(0, keepdim=True)
         return grad_current, None, None, None, None
@@ -87,7 +81,7 @@ class MultiStepLIF(nn.Module):
     """Multi-step LIF neurons (hard reset to 0, ATan surrogate, detached reset), at rest before each call.
 
     Input current ``[T, ...]``, or ``[1, ...]`` for a current that is the same at every one of the ``timesteps``
-    steps; output spikes ``[T, ...]``. ``compiled`` fuses each direction's time loop into one kernel.
+    steps; output spikes ``[T, ...]``. ``compiled`` fuses each step's arithmetic into one kernel.
     """
 
     def __init__(self, timesteps: int, tau: float, threshold: float, compiled: bool = False):

@@ -99,12 +99,17 @@ class DialogueData:
 
 
 def build_dialogue_data(
-    manifest: pd.DataFrame, features: Mapping[str, pd.DataFrame], num_classes: int
+    manifest: pd.DataFrame,
+    features: Mapping[str, pd.DataFrame],
+    num_classes: int,
+    input_dims: Mapping[str, int] | None = None,
 ) -> DialogueData:
     """Validate the feature tables against the manifest and build one ``DialogueDataset`` per split.
 
-    Raises ``DataError`` naming the modality and utterance key for a missing feature row, an embedding
-    with NaN/inf values, or an embedding whose size differs from the modality's other embeddings.
+    ``input_dims`` (a trained model's, for prediction) fixes each modality's embedding size; then a
+    modality may have no usable embedding at all (it is masked everywhere). Without it the size is the
+    most common one among the modality's embeddings. Raises ``DataError`` naming the modality and
+    utterance key for a missing feature row, an embedding with NaN/inf values, or one of the wrong size.
     """
     _require_columns(manifest, MANIFEST_COLUMNS, "manifest")
     if not features:
@@ -117,10 +122,9 @@ def build_dialogue_data(
 
     matrices: dict[str, np.ndarray] = {}
     masks: dict[str, np.ndarray] = {}
-    input_dims: dict[str, int] = {}
     for modality, table in features.items():
-        matrices[modality], masks[modality] = _modality_matrix(modality, table, keys)
-        input_dims[modality] = matrices[modality].shape[1]
+        expected_dim = None if input_dims is None else input_dims[modality]
+        matrices[modality], masks[modality] = _modality_matrix(modality, table, keys, expected_dim)
 
     splits: dict[str, DialogueDataset] = {}
     for split, rows in ordered.groupby("split", sort=False).indices.items():
@@ -136,7 +140,7 @@ def build_dialogue_data(
             party=ordered["party"].to_numpy(dtype=np.int64)[rows],
             labels=labels[rows],
         )
-    return DialogueData(splits=splits, input_dims=input_dims)
+    return DialogueData(splits=splits, input_dims={modality: matrix.shape[1] for modality, matrix in matrices.items()})
 
 
 def _require_columns(table: pd.DataFrame, columns: Sequence[str], what: str) -> None:
@@ -159,7 +163,9 @@ def _label_ids(manifest: pd.DataFrame, num_classes: int) -> np.ndarray:
     return labels
 
 
-def _modality_matrix(modality: str, table: pd.DataFrame, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _modality_matrix(
+    modality: str, table: pd.DataFrame, keys: np.ndarray, expected_dim: int | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings of ``modality`` in the order of ``keys`` (zeros where absent) and the presence mask."""
     _require_columns(table, FEATURE_COLUMNS, f"feature table {modality!r}")
     by_key = table.drop_duplicates("utterance_key", keep="last").set_index("utterance_key")
@@ -175,20 +181,22 @@ def _modality_matrix(modality: str, table: pd.DataFrame, keys: np.ndarray) -> tu
     for key, embedding in zip(keys[present], embeddings[present]):
         if embedding is None:
             raise DataError(f"modality {modality!r}, utterance {key}: status is ok but the embedding is empty")
-    if not present.any():
+    if expected_dim is None and not present.any():
         raise DataError(f"modality {modality!r}: no utterance has a usable embedding; drop the modality or re-extract")
 
-    sizes = np.array([np.size(embedding) for embedding in embeddings[present]])
-    dim = int(np.bincount(sizes).argmax())
+    sizes = np.array([np.size(embedding) for embedding in embeddings[present]], dtype=np.int64)
+    dim = expected_dim if expected_dim is not None else int(np.bincount(sizes).argmax())
     wrong = np.flatnonzero(sizes != dim)
     if wrong.size:
         key = keys[present][wrong[0]]
+        expected = "the model expects" if expected_dim is not None else "the modality's embeddings have"
         raise DataError(
-            f"modality {modality!r}, utterance {key}: embedding has {sizes[wrong[0]]} values where the "
-            f"modality's embeddings have {dim}; re-extract it with one encoder"
+            f"modality {modality!r}, utterance {key}: embedding has {sizes[wrong[0]]} values where "
+            f"{expected} {dim}; re-extract it with one encoder"
         )
     matrix = np.zeros((len(keys), dim), dtype=np.float32)
-    matrix[present] = np.stack([np.asarray(embedding, dtype=np.float32).reshape(dim) for embedding in embeddings[present]])
+    if present.any():
+        matrix[present] = np.stack([np.asarray(embedding, dtype=np.float32).reshape(dim) for embedding in embeddings[present]])
     non_finite = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
     if non_finite.size:
         raise DataError(

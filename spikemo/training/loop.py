@@ -73,7 +73,7 @@ class TrainResult:
     test_metrics: dict[str, Any] | None  # None when the manifest has no test split
     input_dims: dict[str, int]
     label_names: list[str]
-    firing_rates: dict[str, float]  # SpikeMonitor on the test split (dev without one); empty if not spiking
+    firing_rates: dict[str, float]  # SpikeMonitor on test (dev without one); empty if not spiking or rank > 0
     energy: dict[str, float]
     checkpoint_path: Path  # best-epochNNNN.safetensors: selected weights + spec (epoch, dims, labels, model config)
     device: str
@@ -223,35 +223,37 @@ class _TrainingRun:
     def _evaluate_split(
         self, dataset: DialogueDataset, monitor_spikes: bool
     ) -> tuple[dict[str, Any], dict[str, float], dict[str, float]]:
-        """Metrics over the whole split (each rank predicts its share) and, if asked and the model spikes,
-        SpikeMonitor's firing rates and energy estimate (averaged over ranks); empty dicts otherwise."""
+        """Metrics over the whole split and, if asked and the model spikes, SpikeMonitor's firing rates and
+        energy estimate (empty dicts otherwise).
+
+        Ranks predict their share of the batches and the predictions are all-reduced. A monitored pass runs
+        on rank 0 alone, over the whole split, so its statistics are exact; they exist on rank 0 only.
+        """
+        monitored = monitor_spikes and self.model.spikformer is not None
+        sharded = not (monitored and self.context.is_distributed)
         sampler = LengthBucketBatchSampler(
             dataset.dialogue_lengths,
             self.train_config.batch_dialogues,
             shuffle=False,
-            num_replicas=self.context.world_size,
-            rank=self.context.rank,
+            num_replicas=self.context.world_size if sharded else 1,
+            rank=self.context.rank if sharded else 0,
         )
-        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_dialogues)
-        rows = dataset.labelled_rows([index for batch in sampler for index in batch])
+        batches = list(sampler) if sharded or self.context.is_main else []
+        loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_dialogues)
+        rows = dataset.labelled_rows([index for batch in batches for index in batch])
         firing_rates: dict[str, float] = {}
         energy: dict[str, float] = {}
-        if monitor_spikes and self.model.spikformer is not None:
+        if monitored:
             with SpikeMonitor(self.model) as monitor:
                 _, predictions = predict(self.model, loader)
-            firing_rates = self._mean_over_ranks(monitor.firing_rates())
-            energy = self._mean_over_ranks(monitor.energy())
+            if batches:
+                firing_rates, energy = monitor.firing_rates(), monitor.energy()
         else:
             _, predictions = predict(self.model, loader)
         everywhere = gather_predictions(rows, predictions, len(dataset.labels), self.context)
         labelled = dataset.labels >= 0
         metrics = classification_metrics(dataset.labels[labelled], everywhere[labelled], self.label_names)
         return metrics, firing_rates, energy
-
-    def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
-        names = sorted(values)
-        summed = all_reduce_sum(torch.tensor([values[name] for name in names], dtype=torch.float64), self.context)
-        return {name: float(total) / self.context.world_size for name, total in zip(names, summed.tolist())}
 
     def _select(self, selection: SelectionState, epoch: int, metrics: dict[str, float]) -> None:
         """Model selection, learning-rate schedule and early-stopping count, all on dev weighted-F1."""
