@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,6 +13,7 @@ from spikemo import experiment
 from spikemo.cli import main
 from spikemo.data.demo import DemoCorpusSettings, plan_demo_corpus, write_annotations
 from spikemo.predict import Predictor
+from spikemo.tracking import connect
 
 EMOTIONS = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]
 
@@ -46,11 +48,8 @@ def test_predictions_have_the_schema_and_beat_chance(text_model, tmp_path):
 
 def test_python_api_and_pyfunc_agree(text_model):
     config, summary, root = text_model
-    from spikemo.tracking import connect
-    import mlflow
-
     connect(config)
-    conversations = pd.read_csv(root / "dev_sent_emo.csv").rename(
+    conversations = pd.read_csv(root / "dev_sent_emo.csv", dtype={"Dialogue_ID": str}).rename(
         columns={"Dialogue_ID": "dialogue_id", "Utterance_ID": "utterance_index", "Speaker": "speaker", "Utterance": "text"}
     )[["dialogue_id", "utterance_index", "speaker", "text"]]
     direct = Predictor.from_uri("models:/spikemo-gentext@champion").predict_frame(conversations)
@@ -64,8 +63,6 @@ def test_text_only_input_to_a_multimodal_model(tmp_path, tiny_corpus, tiny_confi
         "features.modalities": ["text", "audio", "visual"], "features.frames_per_clip": 2, "train.epochs": 1,
     })
     experiment.run_experiment(config)
-    from spikemo.tracking import connect
-
     connect(config)
     predictor = Predictor.from_uri("models:/spikemo-tinymm@champion")
     assert predictor.spec.modalities == ["text", "audio", "visual"]
