@@ -237,7 +237,7 @@ def gate_champion(client: MlflowClient, name: str, version: str, score: float, s
     except MlflowException:
         champion = None
     champion_score = None
-    if champion is not None and champion.version != version:
+    if champion is not None and str(champion.version) != str(version):
         recorded = champion.tags.get(score_tag)
         champion_score = float(recorded) if recorded is not None else float("-inf")
     promote = champion_score is None or score > champion_score

@@ -90,7 +90,7 @@ def test_diverging_training_is_marked_failed_and_leaves_the_champion(tmp_path, m
     client = tracking.connect(config)
     runs = client.search_runs([client.get_experiment_by_name(config.tracking.experiment).experiment_id], order_by=["start_time DESC"])
     assert runs[0].info.status == "FAILED"
-    assert client.get_model_version_by_alias("spikemo-meldsmall", "champion").version == champion.version
+    assert str(client.get_model_version_by_alias("spikemo-meldsmall", "champion").version) == champion.version
     assert len(client.search_model_versions("name='spikemo-meldsmall'")) == 1
 
 

@@ -32,18 +32,23 @@ ATTENTION_SCALE = 0.125  # Spikformer's fixed scale for spike-product attention
 ATAN_ALPHA = 2.0  # spikingjelly's surrogate.ATan default
 
 
-def lif_step(current: torch.Tensor, v: torch.Tensor, tau: float, threshold: float):
-    """One step: h = v + (x - v) / tau; spike = h >= threshold; v' = h * (1 - spike) -> (spike, h, v')."""
-    h = v + (current - v) / tau
-    spike = (h >= threshold).to(h.dtype)
-    return spike, h, h * (1 - spike)
+def lif_step(current: torch.Tensor, v: torch.Tensor, spike: torch.Tensor, h: torch.Tensor, tau: float, threshold: float):
+    """One step into ``spike`` and ``h``: h = v + (x - v) / tau; spike = h >= threshold -> v' = h * (1 - spike)."""
+    charged = v + (current - v) / tau
+    fired = (charged >= threshold).to(charged.dtype)
+    h.copy_(charged)
+    spike.copy_(fired)
+    return charged * (1 - fired)
 
 
-def lif_step_backward(grad_spike: torch.Tensor, h: torch.Tensor, grad_v: torch.Tensor, tau: float, threshold: float):
-    """Gradients of one step through the ATan surrogate with a detached reset -> (dL/dx, dL/dv of the previous step)."""
+def lif_step_backward(
+    grad_spike: torch.Tensor, h: torch.Tensor, grad_v: torch.Tensor, grad_current: torch.Tensor, tau: float, threshold: float
+):
+    """One step back through the ATan surrogate with a detached reset: dL/dx into ``grad_current`` -> dL/dv before."""
     z = (h - threshold) * (math.pi / 2 * ATAN_ALPHA)
     grad_h = grad_spike * ((ATAN_ALPHA / 2) / (1 + z * z)) + grad_v * (h < threshold).to(h.dtype)
-    return grad_h / tau, grad_h - grad_h / tau
+    grad_current.copy_(grad_h / tau)
+    return grad_h - grad_h / tau
 
 
 compiled_lif_step = torch.compile(lif_step, dynamic=True)  # each compiles on first call, once per threshold
@@ -58,7 +63,7 @@ class _MultiStepLIFFunction(torch.autograd.Function):
         charged = torch.empty_like(spikes)  # membrane before reset, all the backward pass needs
         v = torch.zeros_like(current[0])
         for t in range(timesteps):
-            spikes[t], charged[t], v = step(current[min(t, len(current) - 1)], v, tau, threshold)
+            v = step(current[min(t, len(current) - 1)], v, spikes[t], charged[t], tau, threshold)
         ctx.save_for_backward(charged)
         ctx.settings = (tau, threshold, len(current) == 1, compiled)
         return spikes
@@ -71,7 +76,7 @@ class _MultiStepLIFFunction(torch.autograd.Function):
         grad_current = torch.empty_like(charged)
         grad_v = torch.zeros_like(charged[0])
         for t in reversed(range(len(charged))):
-            grad_current[t], grad_v = step_backward(grad_spikes[t], charged[t], grad_v, tau, threshold)
+            grad_v = step_backward(grad_spikes[t], charged[t], grad_v, grad_current[t], tau, threshold)
         if constant:
             grad_current = grad_current.sum(0, keepdim=True)
         return grad_current, None, None, None, None
