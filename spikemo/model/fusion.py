@@ -63,7 +63,11 @@ class FusionLayer(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(
-        self, x: torch.Tensor, sources: list[torch.Tensor], utterance_mask: torch.Tensor, source_masks: list[torch.Tensor]
+        self,
+        x: torch.Tensor,
+        sources: list[torch.Tensor],
+        utterance_mask: torch.Tensor,
+        source_masks: list[torch.Tensor],
     ) -> torch.Tensor:
         for attention, norm, source, mask in zip(self.attentions, self.attention_norms, sources, source_masks):
             x = norm(x + self.dropout(attention(x, source, utterance_mask, mask)))

@@ -14,7 +14,8 @@ What keeps this cheap without changing the mathematics:
   once on ``[N, D]`` and only the LIF neurons see the ``T`` steps (``LinearNormLIF`` takes either ``[N, D]``
   (constant over time) or ``[T, N, D]``).
 - ``MultiStepLIF`` runs the whole time loop in one autograd node (with ``compile_neurons``, one fused compiled
-  kernel per step and direction) instead of spikingjelly's per-step autograd graph; it equals ``neuron.LIFNode(tau, v_threshold, v_reset=0, decay_input=True,
+  kernel per step and direction, written straight into the ``[T, ...]`` outputs) instead of spikingjelly's
+  per-step autograd graph. It equals ``neuron.LIFNode(tau, v_threshold, v_reset=0, decay_input=True,
   surrogate_function=surrogate.ATan(), detach_reset=True, step_mode="m")`` started from rest.
 """
 
@@ -32,7 +33,9 @@ ATTENTION_SCALE = 0.125  # Spikformer's fixed scale for spike-product attention
 ATAN_ALPHA = 2.0  # spikingjelly's surrogate.ATan default
 
 
-def lif_step(current: torch.Tensor, v: torch.Tensor, spike: torch.Tensor, h: torch.Tensor, tau: float, threshold: float):
+def lif_step(
+    current: torch.Tensor, v: torch.Tensor, spike: torch.Tensor, h: torch.Tensor, tau: float, threshold: float
+) -> torch.Tensor:
     """One step into ``spike`` and ``h``: h = v + (x - v) / tau; spike = h >= threshold -> v' = h * (1 - spike)."""
     charged = v + (current - v) / tau
     fired = (charged >= threshold).to(charged.dtype)
@@ -42,8 +45,13 @@ def lif_step(current: torch.Tensor, v: torch.Tensor, spike: torch.Tensor, h: tor
 
 
 def lif_step_backward(
-    grad_spike: torch.Tensor, h: torch.Tensor, grad_v: torch.Tensor, grad_current: torch.Tensor, tau: float, threshold: float
-):
+    grad_spike: torch.Tensor,
+    h: torch.Tensor,
+    grad_v: torch.Tensor,
+    grad_current: torch.Tensor,
+    tau: float,
+    threshold: float,
+) -> torch.Tensor:
     """One step back through the ATan surrogate with a detached reset: dL/dx into ``grad_current`` -> dL/dv before."""
     z = (h - threshold) * (math.pi / 2 * ATAN_ALPHA)
     grad_h = grad_spike * ((ATAN_ALPHA / 2) / (1 + z * z)) + grad_v * (h < threshold).to(h.dtype)
