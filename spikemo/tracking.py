@@ -41,13 +41,16 @@ CHALLENGER = "challenger"
 PYFUNC_MODEL_FILE = Path(__file__).with_name("pyfunc_model.py")
 SECRET_WORDS = re.compile(r"(token|secret|password|passwd|api[_-]?key|credential)", re.IGNORECASE)
 URL_PASSWORD = re.compile(r"(?<=://)([^:/@]+):([^@/]+)@")
+# The user's store as the process was launched: mlflow.set_tracking_uri() writes this variable too, so
+# reading it later would pin every config to whichever store was connected first.
+LAUNCH_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
 def tracking_uri(config: SpikEmoConfig) -> str:
     if config.tracking.tracking_uri:
         return config.tracking.tracking_uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+    if LAUNCH_TRACKING_URI:
+        return LAUNCH_TRACKING_URI
     return f"sqlite:///{(config.workdir / 'mlflow.db').resolve()}"
 
 
@@ -66,7 +69,7 @@ def connect(config: SpikEmoConfig) -> MlflowClient:
     client = MlflowClient(uri, uri)
     if client.get_experiment_by_name(config.tracking.experiment) is None:
         artifacts = None
-        if not (config.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        if not (config.tracking.tracking_uri or LAUNCH_TRACKING_URI):
             artifacts = (config.workdir / "mlartifacts").resolve().as_uri()
         try:
             client.create_experiment(config.tracking.experiment, artifact_location=artifacts)
