@@ -48,6 +48,9 @@ class SpikEmo(nn.Module):
         self.config = config
         self.modalities = [m for m in MODALITIES if m in input_dims]
         dim = config.model_dim
+        for m in self.modalities:  # input standardisation, set from the training split (part of the weights)
+            self.register_buffer(f"input_mean_{m}", torch.zeros(input_dims[m]))
+            self.register_buffer(f"input_std_{m}", torch.ones(input_dims[m]))
         self.projections = nn.ModuleDict({m: nn.Linear(input_dims[m], dim) for m in self.modalities})
         self.contexts = nn.ModuleDict(
             {m: DialogueRNN(dim, config.dropout) for m in self.modalities if m in config.dialogue_context}
@@ -59,6 +62,16 @@ class SpikEmo(nn.Module):
             nn.Linear(dim, 2 * dim), nn.ReLU(), nn.Dropout(config.dropout), nn.Linear(2 * dim, num_classes)
         )
 
+    def set_input_statistics(self, statistics: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Per modality, the mean and standard deviation of its features on the training split.
+
+        Encoders differ wildly in scale (eGeMAPS values reach thousands, MiniLM's stay below 1), so each
+        feature is standardised before its projection; constant features keep a unit scale.
+        """
+        for m, (mean, std) in statistics.items():
+            getattr(self, f"input_mean_{m}").copy_(mean)
+            getattr(self, f"input_std_{m}").copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+
     def forward(self, batch: DialogueBatch) -> SpikEmoOutput:
         missing = [m for m in self.modalities if m not in batch.features]
         if missing:
@@ -66,7 +79,8 @@ class SpikEmo(nn.Module):
         present = {m: batch.modality_mask[m] & batch.utterance_mask for m in self.modalities}
         hidden = {}
         for m in self.modalities:
-            h = self.projections[m](batch.features[m]) * present[m].unsqueeze(-1).to(batch.features[m].dtype)
+            standardised = (batch.features[m] - getattr(self, f"input_mean_{m}")) / getattr(self, f"input_std_{m}")
+            h = self.projections[m](standardised) * present[m].unsqueeze(-1).to(batch.features[m].dtype)
             if m in self.contexts:
                 h = self.contexts[m](h, batch.party)
             hidden[m] = h

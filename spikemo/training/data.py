@@ -70,6 +70,17 @@ class DialogueDataset(Dataset[Dialogue]):
             labels=self._labels[rows],
         )
 
+    def feature_statistics(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per modality, mean and standard deviation of each feature over the utterances that have it."""
+        statistics = {}
+        for modality, matrix in self._features.items():
+            present = matrix[self._modality_mask[modality]]
+            if len(present) < 2:
+                statistics[modality] = (torch.zeros(matrix.shape[1]), torch.ones(matrix.shape[1]))
+            else:
+                statistics[modality] = (present.mean(dim=0), present.std(dim=0))
+        return statistics
+
     @property
     def dialogue_lengths(self) -> np.ndarray:
         return np.diff(self.dialogue_offsets)

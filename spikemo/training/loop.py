@@ -122,7 +122,9 @@ class _TrainingRun:
         self.context = context
         self.checkpoint_dir = run_dir / "checkpoints"
         seed_everything(self.train_config.seed)
-        self.model = SpikEmo(config.model, data.input_dims, len(label_names)).to(context.device)
+        self.model = SpikEmo(config.model, data.input_dims, len(label_names))
+        self.model.set_input_statistics(data.splits["train"].feature_statistics())
+        self.model.to(context.device)
         self.network: torch.nn.Module = (
             DistributedDataParallel(self.model, device_ids=[context.device.index] if context.device.type == "cuda" else None)
             if context.is_distributed
