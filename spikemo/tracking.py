@@ -287,7 +287,6 @@ def run_url(config: SpikEmoConfig, run_id: str, ui: str = "http://127.0.0.1:5000
 
 def serve_ui(config: SpikEmoConfig, host: str, port: int) -> dict[str, Any]:
     """Run ``mlflow ui`` over the configured store until interrupted; bound to ``host`` (127.0.0.1 by default)."""
-    connect(config)
     uri = tracking_uri(config)
     url = f"http://{host}:{port}"
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
