@@ -28,6 +28,7 @@ from spikemo.features.extract import extract_modality, load_features
 from spikemo.model.spikemo import SpikEmo
 from spikemo.training.data import build_dialogue_data, collate_dialogues
 from spikemo.training.metrics import classification_metrics
+from spikemo.tracking import resolve_model_uri
 
 log = logging.getLogger(__name__)
 KEY_COLUMNS = ["dialogue_id", "utterance_index"]
@@ -50,8 +51,6 @@ class Predictor:
     @classmethod
     def from_uri(cls, model_uri: str) -> Predictor:
         """Load from MLflow (``models:/spikemo-meld@champion``, ``runs:/…``); one-line error if unknown."""
-        from spikemo.tracking import resolve_model_uri
-
         try:
             loaded = mlflow.pyfunc.load_model(resolve_model_uri(model_uri))
         except (OSError, mlflow.exceptions.MlflowException) as error:

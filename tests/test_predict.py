@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 
 import mlflow
 import numpy as np
@@ -79,3 +80,12 @@ def test_cli_unknown_alias_is_one_line(text_model, capsys):
                  "--input", str(root / "test_sent_emo.csv"), "--out", "x.jsonl"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "alias 'nope'" in err[0]
+
+
+def test_evaluate_reproduces_the_training_runs_test_score(text_model, tmp_path, capsys):
+    config, summary, root = text_model
+    code = main(["evaluate", "--workdir", str(config.workdir), "--cache", str(config.cache), "--model", "models:/spikemo-gentext@champion",
+                 "--split", "test", "--format", "meld", "--root", str(root), "--name", "gentext"])
+    assert code == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert scores["weighted_f1"] == pytest.approx(summary["test_weighted_f1"], abs=1e-6)
