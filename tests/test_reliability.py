@@ -17,10 +17,13 @@ import pytest
 
 from spikemo import experiment, tracking
 from spikemo.config import load_config
-from spikemo.features.extract import load_features
+from spikemo.features.extract import load_features, preprocess
 from spikemo.training.loop import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[1]
+TINY_TRAINING = {"model.model_dim": 16, "model.timesteps": 2, "model.spikformer_depth": 1, "model.spikformer_heads": 2,
+                 "model.fusion_layers": 1, "model.fusion_heads": 2, "model.fusion_hidden": 32, "train.batch_dialogues": 4,
+                 "train.patience": 40}
 
 
 def _preprocess_command(conversations: Path, cache: Path) -> list[str]:
@@ -109,3 +112,45 @@ def test_servers_bind_to_loopback_by_default():
     ui = build_parser().parse_args(["ui"])
     assert ui.host == "127.0.0.1"
     assert "--host 127.0.0.1" in (REPO / "README.md").read_text()
+
+
+def test_silent_audio_is_a_failed_item_and_the_other_modalities_stay(tmp_path):
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=25:duration=2", "-f", "lavfi",
+         "-i", "anullsrc=r=16000:cl=mono", "-t", "2", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(tmp_path / "quiet.mp4")],
+        check=True,
+    )
+    pd.DataFrame([{"dialogue_id": "d", "utterance_index": 0, "speaker": "A", "text": "hello there", "label": "neutral",
+                   "split": "test", "media_path": "quiet.mp4"}]).to_csv(tmp_path / "quiet.csv", index=False)
+    config = load_config(None, {"cache": str(tmp_path / "cache"), "data.format": "manifest", "data.manifest": str(tmp_path / "quiet.csv"),
+                                "data.labels": ["neutral"], "features.modalities": ["text", "audio"]})
+    summary = preprocess(config)
+    assert summary["modalities"]["audio"]["failure_reasons"] == {"silent audio (peak amplitude below 0.0001)": 1}
+    assert summary["modalities"]["text"]["encoded"] == 1 and summary["modalities"]["text"]["failed"] == 0
+
+
+def test_kill_9_during_training_then_rerun_resumes(tmp_path, meld_conversations):
+    workdir = tmp_path / "work"
+    command = [
+        sys.executable, "-m", "spikemo.cli", "train", "--format", "manifest", "--manifest", str(meld_conversations),
+        "--labels", "neutral,surprise,fear,sadness,joy,disgust,anger", "--workdir", str(workdir), "--cache", str(tmp_path / "cache"),
+        "--epochs", "40", *[arg for key, value in TINY_TRAINING.items() for arg in ("--set", f"{key}={value}")],
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not list(workdir.glob("runs/*/checkpoints/last.safetensors")):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert list(workdir.glob("runs/*/checkpoints/last.safetensors")), "killed before the first checkpoint"
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    summary = json.loads(rerun.stdout.strip().splitlines()[-1])
+    config = load_config(None, {"workdir": str(workdir)})
+    client = tracking.connect(config)
+    runs = client.search_runs([client.get_experiment_by_name("spikemo").experiment_id], order_by=["start_time ASC"])
+    assert [run.info.status for run in runs] == ["KILLED", "FINISHED"]
+    resumed = client.get_metric_history(summary["run_id"], "dev_weighted_f1")
+    assert min(metric.step for metric in resumed) > 0, "the new run continued after the checkpointed epochs"
