@@ -14,7 +14,7 @@ from flows.common import config_payload, digest, resolve_config
 from spikemo import tracking
 from spikemo.config import SpikEmoConfig
 from spikemo.data.schema import read_manifest
-from spikemo.experiment import TrainedRun, load_prepared, register, train_and_log
+from spikemo.experiment import TrainedRun, load_prepared, manifest_digest, register, train_and_log
 from spikemo.features.extract import preprocess
 
 
@@ -22,10 +22,8 @@ def _training_inputs(context: Any, parameters: dict[str, Any]) -> str:
     """Same config, same manifest content and same encoders → the finished run is reused, not retrained."""
     config = parameters["config"]
     manifest, _ = read_manifest(Path(parameters["preprocessed"]["manifest"]))
-    content = manifest[["utterance_key", "label_id", "media_fingerprint", "split", "text"]].astype(str)
-    data = pd.util.hash_pandas_object(content, index=False).sum()
     encoders = {m: s["fingerprint"] for m, s in parameters["preprocessed"]["modalities"].items()}
-    return digest("train", {k: v for k, v in config.items() if k != "cache"}, int(data), encoders)
+    return digest("train", {k: v for k, v in config.items() if k != "cache"}, manifest_digest(manifest), encoders)
 
 
 @task(name="extract-missing", retries=1, cache_policy=NONE)

@@ -117,6 +117,7 @@ def register(config: SpikEmoConfig, trained: TrainedRun) -> tracking.Registratio
     with mlflow.start_run(run_id=trained.run_id):
         registration = tracking.log_and_register(trained.bundle, config, trained.gating_score)
         mlflow.set_tags({"spikemo.model_version": registration.version, "spikemo.alias": registration.alias})
+    shutil.rmtree(trained.bundle, ignore_errors=True)  # MLflow holds the registered copy
     return registration
 
 
@@ -128,13 +129,18 @@ def run_experiment(config: SpikEmoConfig) -> dict[str, Any]:
     return {**trained.summary, **registration.summary()}
 
 
+def manifest_digest(manifest: pd.DataFrame) -> str:
+    """What training depends on in a manifest: keys, splits, labels, text and media content."""
+    content = manifest[["utterance_key", "split", "label_id", "text", "media_fingerprint"]].astype(str)
+    return hashlib.sha256(pd.util.hash_pandas_object(content, index=False).to_numpy().tobytes()).hexdigest()
+
+
 def _run_key(config: SpikEmoConfig, data: PreparedData) -> str:
     """Same config and same data (keys, labels, media and encoders) → same work folder → resumable."""
     digest = hashlib.sha256()
     identity = config.model_dump(mode="json", exclude={"workdir", "cache", "tracking"})
     digest.update(json.dumps(identity, sort_keys=True).encode())
-    content = data.manifest[["utterance_key", "label_id", "media_fingerprint", "split"]].astype(str)
-    digest.update(pd.util.hash_pandas_object(content, index=False).to_numpy().tobytes())
+    digest.update(manifest_digest(data.manifest).encode())
     digest.update(json.dumps({m: s.fingerprint for m, s in data.encoders.items()}, sort_keys=True).encode())
     return f"{config.data.dataset_name}-{digest.hexdigest()[:16]}"
 
