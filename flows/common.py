@@ -19,17 +19,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def resolve_config(config_path: str | None, overrides: dict[str, Any] | None, config: dict[str, Any] | None = None) -> SpikEmoConfig:
     """A full resolved config (as the CLI passes it), or a config file (relative to the repo) plus dotted overrides."""
     if config is not None:
-        return SpikEmoConfig.model_validate(config) if not overrides else load_config(None, {**_flatten(config), **overrides})
+        resolved = SpikEmoConfig.model_validate(config)
+        return load_config(None, {**resolved.flat(), **overrides}) if overrides else resolved
     path = None
     if config_path:
         path = Path(config_path)
         if not path.is_absolute() and not path.exists():
             path = REPO_ROOT / path
     return load_config(path, overrides or {})
-
-
-def _flatten(tree: dict[str, Any]) -> dict[str, Any]:
-    return SpikEmoConfig.model_validate(tree).flat()
 
 
 def config_payload(config: SpikEmoConfig) -> dict[str, Any]:

@@ -11,36 +11,19 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.futures import wait
 
-from flows.common import config_payload, digest, resolve_config, task_runner
+from flows.common import config_payload, resolve_config, task_runner
 from spikemo.config import SpikEmoConfig
-from spikemo.data.ingest import ingest
-from spikemo.data.readers import read_dataset
+from spikemo.data.ingest import ingest, reason_kind
 from spikemo.features.extract import extract_modality, plan_shards
 
 
-def _source_state(context: Any, parameters: dict[str, Any]) -> str:
-    """Cache key of ingestion: the data config plus size and mtime of every source file and the output."""
-    config = SpikEmoConfig.model_validate(parameters["config"])
-    raw = read_dataset(config.data, require_labels=True)
-    files = sorted(set(raw.rows["source_file"]))
-    media = sorted({str(p) for p in raw.rows["media_path"].dropna()})
-    stats = []
-    for relative in files + media:
-        path = Path(relative) if Path(relative).is_absolute() else raw.root / relative
-        stat = path.stat() if path.exists() else None
-        stats.append((relative, stat.st_size if stat else None, stat.st_mtime_ns if stat else None))
-    manifest = config.cache / config.data.dataset_name / "manifest.parquet"
-    out = manifest.stat().st_mtime_ns if manifest.exists() else None
-    return digest("ingest", parameters["config"]["data"], str(config.cache), stats, out)
-
-
-@task(name="ingest", retries=1, cache_key_fn=_source_state, persist_result=True, result_serializer="json")
+@task(name="ingest", retries=1, cache_policy=NONE)
 def ingest_task(config: dict[str, Any]) -> dict[str, Any]:
     resolved = SpikEmoConfig.model_validate(config)
     result = ingest(resolved.data, resolved.cache / resolved.data.dataset_name / "manifest.parquet")
     summary = result.summary()
     summary["problems_by_reason"] = (
-        result.problems.assign(kind=result.problems["reason"].str.split(":").str[0]).groupby(["action", "kind"]).size().reset_index(name="rows").to_dict("records")
+        result.problems.assign(kind=result.problems["reason"].map(reason_kind)).groupby(["action", "kind"]).size().reset_index(name="rows").to_dict("records")
     )
     get_run_logger().info("ingested %d utterances (%d rejected)", summary["utterances"], summary["rejected"])
     return summary

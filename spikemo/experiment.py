@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,6 @@ class PreparedData:
     features: dict[str, pd.DataFrame]
     encoders: dict[str, EncoderSpec]
     caches: dict[str, dict[str, Any]]
-    preprocess_summary: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -74,7 +73,7 @@ def load_prepared(config: SpikEmoConfig, manifest_path: Path, summary: dict[str,
             "fingerprint": extracted["fingerprint"],
             "dim": extracted["dim"],
         }
-    return PreparedData(manifest_path, manifest, metadata["labels"], features, encoders, caches, summary)
+    return PreparedData(manifest_path, manifest, metadata["labels"], features, encoders, caches)
 
 
 def train_and_log(config: SpikEmoConfig, data: PreparedData) -> TrainedRun:

@@ -49,7 +49,7 @@ class IngestResult:
                 "utterances": int(len(rows)),
                 "with_media": int(rows["media_path"].notna().sum()),
                 "rejected": int(len(rejected)),
-                "rejected_by_reason": {k: int(v) for k, v in rejected["reason"].map(_reason_kind).value_counts().items()},
+                "rejected_by_reason": {k: int(v) for k, v in rejected["reason"].map(reason_kind).value_counts().items()},
                 "media_dropped": int((problems["action"] == MEDIA_DROPPED).sum()),
             }
         return {
@@ -61,7 +61,7 @@ class IngestResult:
         }
 
 
-def _reason_kind(reason: str) -> str:
+def reason_kind(reason: str) -> str:
     """The reason's category: the text before any row-specific detail."""
     return reason.split(":", 1)[0]
 
