@@ -1,7 +1,7 @@
 """Training-step benchmark: median ms per step (forward, backward, Adam) and peak RSS on a MELD-shaped batch.
 
 64 dialogues whose lengths are drawn from MELD train's dialogue-length histogram (the longest set to 24),
-text 384-d, audio 88-d, visual 96-d, default ModelConfig (the released MELD settings) with the LIF
+text 384-d, audio 88-d, visual 96-d, the model and loss of configs/meld-paper.yaml (the released MELD settings) with the LIF
 neurons compiled (``--eager`` to not), 2 threads; the first step (compilation) is reported apart.
 Each variant runs in a fresh subprocess so memory peaks do not mix. Prints one JSON line, with ratios
 against the released code's ~20 s per step and 17 GB peak on a 2-core CPU, the median CPU seconds per step
@@ -20,14 +20,16 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from spikemo.config import MELD_LABELS, LossWeights, ModelConfig
+from spikemo.config import MELD_LABELS, load_config
 from spikemo.losses import SpikEmoLoss
 from spikemo.model.batch import IGNORE_INDEX, DialogueBatch
 from spikemo.model.spikemo import SpikEmo
 
+PAPER_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "meld-paper.yaml"
 REFERENCE_STEP_S = 20.0
 REFERENCE_PEAK_GB = 17.0
 DIALOGUES = 64
@@ -62,9 +64,10 @@ def measure(modalities: list[str], steps: int, compile_neurons: bool) -> dict[st
     torch.set_num_threads(2)
     torch.manual_seed(0)
     batch = meld_shaped_batch(modalities)
-    config = ModelConfig(compile_neurons=compile_neurons)
+    paper = load_config(PAPER_CONFIG, {"model.compile_neurons": compile_neurons})
+    config = paper.model
     model = SpikEmo(config, {m: INPUT_DIMS[m] for m in modalities}, len(MELD_LABELS))
-    criterion = SpikEmoLoss(LossWeights(), len(MELD_LABELS))
+    criterion = SpikEmoLoss(paper.train.loss_weights, len(MELD_LABELS))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-5)
     model.train()
     timings, cpu_timings = [], []

@@ -48,6 +48,8 @@ def run_demo(config: SpikEmoConfig, data: Path | None, dialogues: int | None) ->
                 f"SpikEmo on the demo corpus ({result['preprocess']['utterances']} utterances, modalities {', '.join(config.features.modalities)}):",
                 f"  dev weighted-F1  {trained['dev_weighted_f1']:.2f}",
                 f"  test weighted-F1 {trained['test_weighted_f1']:.2f}   macro-F1 {trained['test_macro_f1']:.2f}   accuracy {trained['test_accuracy']:.2f}",
+                f"  linear probe on the same features: test weighted-F1 {_score(trained['baseline_test_weighted_f1'])} "
+                f"({trained['baseline_comparison']})",
                 f"  registered: {trained['model_uri']} -> alias '{trained['alias']}'",
                 "",
                 f"MLflow UI:  spikemo ui --workdir {config.workdir}      (http://127.0.0.1:5000)",
@@ -58,3 +60,7 @@ def run_demo(config: SpikEmoConfig, data: Path | None, dialogues: int | None) ->
         )
     )
     return {"command": "demo", "corpus": str(corpus), **trained, "preprocess": result["preprocess"]}
+
+
+def _score(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"

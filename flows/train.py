@@ -37,13 +37,21 @@ def train_task(config: dict[str, Any], preprocessed: dict[str, Any]) -> dict[str
     data = load_prepared(resolved, Path(preprocessed["manifest"]), preprocessed)
     trained = train_and_log(resolved, data)
     get_run_logger().info("MLflow run %s: dev weighted-F1 %.2f", trained.run_id, trained.summary["dev_weighted_f1"])
-    return {"run_id": trained.run_id, "bundle": str(trained.bundle), "gating_score": trained.gating_score, "summary": trained.summary}
+    return {
+        "run_id": trained.run_id,
+        "bundle": str(trained.bundle),
+        "gating_score": trained.gating_score,
+        "baseline_gating_score": trained.baseline_gating_score,
+        "summary": trained.summary,
+    }
 
 
 @task(name="register", cache_key_fn=lambda context, parameters: digest("register", parameters["trained"]["run_id"]), persist_result=True, result_serializer="json")
 def register_task(config: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
     resolved = SpikEmoConfig.model_validate(config)
-    run = TrainedRun(trained["run_id"], Path(trained["bundle"]), trained["gating_score"], trained["summary"])
+    run = TrainedRun(
+        trained["run_id"], Path(trained["bundle"]), trained["gating_score"], trained["summary"], trained["baseline_gating_score"]
+    )
     registration = register(resolved, run)
     get_run_logger().info("%s v%s -> %s", registration.name, registration.version, registration.alias)
     return registration.summary()
@@ -70,7 +78,7 @@ def train_flow(
 
 def _markdown(config: SpikEmoConfig, summary: dict[str, Any]) -> str:
     metrics = pd.DataFrame(
-        [{"metric": key, "value": summary[key]} for key in ("dev_weighted_f1", "test_weighted_f1", "test_macro_f1", "test_accuracy") if summary.get(key) is not None]
+        [{"metric": key, "value": summary[key]} for key in ("dev_weighted_f1", "test_weighted_f1", "test_macro_f1", "test_accuracy", "baseline_dev_weighted_f1", "baseline_test_weighted_f1") if summary.get(key) is not None]
     )
     link = tracking.run_url(config, summary["run_id"])
     return "\n\n".join(

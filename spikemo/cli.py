@@ -102,7 +102,8 @@ def cmd_train(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]
     summary = run_experiment(config)
     print(
         f"run {summary['run_id']}: dev weighted-F1 {summary['dev_weighted_f1']:.2f}, "
-        f"test weighted-F1 {_percent(summary['test_weighted_f1'])}; "
+        f"test weighted-F1 {_percent(summary['test_weighted_f1'])} "
+        f"(linear probe {_percent(summary['baseline_test_weighted_f1'])}); "
         f"{summary['registered_model']} v{summary['model_version']} is {summary['alias']}"
     )
     return {"command": "train", "dataset": config.data.dataset_name, **summary}

@@ -24,6 +24,8 @@ from spikemo.bundle import EncoderSpec, ModelSpec, save_bundle
 from spikemo.config import SpikEmoConfig
 from spikemo.data.schema import read_manifest
 from spikemo.features.extract import load_features, preprocess
+from spikemo.training.baseline import fit_linear_probe
+from spikemo.training.data import build_dialogue_data
 from spikemo.training.loop import train_model
 
 ACTIVE_RUN_FILE = "mlflow_run_id"
@@ -49,6 +51,7 @@ class TrainedRun:
     bundle: Path
     gating_score: float
     summary: dict[str, Any]
+    baseline_gating_score: float | None = None  # the linear probe's weighted-F1 on the gating split
 
 
 def prepare_data(config: SpikEmoConfig) -> PreparedData:
@@ -89,6 +92,11 @@ def train_and_log(config: SpikEmoConfig, data: PreparedData) -> TrainedRun:
         metrics = {"dev": result.dev_metrics, **({"test": result.test_metrics} if result.test_metrics else {})}
         tracking.log_evaluation(result.history, metrics, data.labels, result.firing_rates, result.energy)
         mlflow.log_metric("best_epoch", result.best_epoch + 1)
+        probe = fit_linear_probe(
+            build_dialogue_data(data.manifest, data.features, len(data.labels)), data.labels, seed=config.train.seed
+        )
+        baseline = {"dev": probe.dev_metrics, **({"test": probe.test_metrics} if probe.test_metrics else {})}
+        comparison = tracking.log_baseline(probe.C, baseline, metrics)
         mlflow.set_tag("spikemo.device", result.device)
         spec = ModelSpec(
             dataset=config.data.dataset_name, labels=data.labels, model=config.model, features=config.features, encoders=data.encoders
@@ -105,16 +113,22 @@ def train_and_log(config: SpikEmoConfig, data: PreparedData) -> TrainedRun:
         "test_weighted_f1": test.get("weighted_f1"),
         "test_macro_f1": test.get("macro_f1"),
         "test_accuracy": test.get("accuracy"),
+        "baseline_dev_weighted_f1": probe.dev_metrics["weighted_f1"],
+        "baseline_test_weighted_f1": (probe.test_metrics or {}).get("weighted_f1"),
+        "beats_baseline": comparison.beats,
+        "baseline_comparison": comparison.description,
     }
-    gating = metrics.get(config.tracking.gating_split, result.dev_metrics)["weighted_f1"]
-    return TrainedRun(run.info.run_id, bundle, gating, summary)
+    gating_split = config.tracking.gating_split if config.tracking.gating_split in metrics else "dev"
+    return TrainedRun(
+        run.info.run_id, bundle, metrics[gating_split]["weighted_f1"], summary, baseline[gating_split]["weighted_f1"]
+    )
 
 
 def register(config: SpikEmoConfig, trained: TrainedRun) -> tracking.Registration:
     """Log the bundle as the run's pyfunc model, register a version and gate the champion alias."""
     tracking.connect(config)
     with mlflow.start_run(run_id=trained.run_id):
-        registration = tracking.log_and_register(trained.bundle, config, trained.gating_score)
+        registration = tracking.log_and_register(trained.bundle, config, trained.gating_score, trained.baseline_gating_score)
         mlflow.set_tags({"spikemo.model_version": registration.version, "spikemo.alias": registration.alias})
     shutil.rmtree(trained.bundle, ignore_errors=True)  # MLflow holds the registered copy
     return registration

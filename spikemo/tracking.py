@@ -167,6 +167,31 @@ def log_evaluation(history: list[dict[str, Any]], metrics: dict[str, dict[str, A
     mlflow.log_dict({str(i): label for i, label in enumerate(labels)}, "label_map.json")
 
 
+@dataclass
+class BaselineComparison:
+    split: str  # test when the run has one, else dev
+    beats: bool  # the model's weighted-F1 on that split is strictly higher than the probe's
+    description: str
+
+
+def log_baseline(C: float, baseline: dict[str, dict[str, Any]], model: dict[str, dict[str, Any]]) -> BaselineComparison:
+    """The linear probe's scores as ``baseline_<split>_*`` metrics beside the model's, and tags saying whether
+    the model beats it on the reported split (test, else dev)."""
+    mlflow.log_param("baseline.C", C)
+    for split, scores in baseline.items():
+        prefix = "baseline_selected_dev" if split == "dev" else f"baseline_{split}"
+        mlflow.log_metrics({f"{prefix}_{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))})
+    split = "test" if "test" in baseline and "test" in model else "dev"
+    ours, probe = model[split]["weighted_f1"], baseline[split]["weighted_f1"]
+    comparison = BaselineComparison(
+        split=split,
+        beats=ours > probe,
+        description=f"{split} weighted-F1 {ours:.2f} vs linear probe {probe:.2f} ({ours - probe:+.2f})",
+    )
+    mlflow.set_tags({"spikemo.beats_baseline": str(comparison.beats).lower(), "spikemo.baseline_comparison": comparison.description})
+    return comparison
+
+
 PREDICTION_INPUT = Schema(
     [
         ColSpec("string", "dialogue_id"),
@@ -213,8 +238,13 @@ class Registration:
         }
 
 
-def log_and_register(bundle: Path, config: SpikEmoConfig, gating_score: float) -> Registration:
-    """Log a saved bundle as the active run's pyfunc model, register a version and apply champion gating."""
+def log_and_register(
+    bundle: Path, config: SpikEmoConfig, gating_score: float, baseline_score: float | None = None
+) -> Registration:
+    """Log a saved bundle as the active run's pyfunc model, register a version and apply champion gating.
+
+    With ``tracking.require_beating_baseline``, a version whose gating score does not beat ``baseline_score``
+    (its own linear probe's on the same split) is never champion."""
     name = registered_model_name(config)
     labels = ModelSpec.model_validate_json((bundle / SPEC_FILE).read_text(encoding="utf-8")).labels
     info = mlflow.pyfunc.log_model(
@@ -228,12 +258,18 @@ def log_and_register(bundle: Path, config: SpikEmoConfig, gating_score: float) -
     )
     version = str(info.registered_model_version)
     client = MlflowClient()
-    alias, champion_score = gate_champion(client, name, version, gating_score, config.tracking.gating_split)
+    required_baseline = baseline_score if config.tracking.require_beating_baseline else None
+    alias, champion_score = gate_champion(
+        client, name, version, gating_score, config.tracking.gating_split, required_baseline
+    )
     return Registration(name, version, alias, gating_score, champion_score, f"models:/{name}/{version}")
 
 
-def gate_champion(client: MlflowClient, name: str, version: str, score: float, split: str) -> tuple[str, float | None]:
-    """Move ``champion`` to ``version`` if ``score`` beats the champion's; otherwise mark it ``challenger``."""
+def gate_champion(
+    client: MlflowClient, name: str, version: str, score: float, split: str, baseline_score: float | None = None
+) -> tuple[str, float | None]:
+    """Move ``champion`` to ``version`` if ``score`` beats the champion's (and ``baseline_score``, when given);
+    otherwise mark it ``challenger``."""
     score_tag = f"gating_{split}_weighted_f1"
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
@@ -243,15 +279,20 @@ def gate_champion(client: MlflowClient, name: str, version: str, score: float, s
     if champion is not None and str(champion.version) != str(version):
         recorded = champion.tags.get(score_tag)
         champion_score = float(recorded) if recorded is not None else float("-inf")
-    promote = champion_score is None or score > champion_score
+    beats_baseline = baseline_score is None or score > baseline_score
+    promote = beats_baseline and (champion_score is None or score > champion_score)
     alias = CHAMPION if promote else CHALLENGER
     client.set_registered_model_alias(name, alias, version)
     client.set_model_version_tag(name, version, score_tag, f"{score:.6f}")
     client.set_model_version_tag(name, version, "gating_champion_score", "none" if champion_score is None else f"{champion_score:.6f}")
-    decision = "promoted: no champion yet" if champion_score is None else (
-        f"promoted: {score:.4f} > champion v{champion.version} {champion_score:.4f}" if promote
-        else f"kept champion v{champion.version}: {score:.4f} <= {champion_score:.4f}"
-    )
+    if not beats_baseline:
+        decision = f"not promoted: {score:.4f} <= its linear probe {baseline_score:.4f}"
+    elif champion_score is None:
+        decision = "promoted: no champion yet"
+    elif promote:
+        decision = f"promoted: {score:.4f} > champion v{champion.version} {champion_score:.4f}"
+    else:
+        decision = f"kept champion v{champion.version}: {score:.4f} <= {champion_score:.4f}"
     client.set_model_version_tag(name, version, "gating_decision", decision)
     return alias, champion_score
 

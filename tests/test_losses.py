@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from spikemo.config import LossWeights
-from spikemo.losses import SpikEmoLoss, self_adjusting_dice_loss, soft_hgr_loss
+from spikemo.losses import SpikEmoLoss, class_weights_from_counts, self_adjusting_dice_loss, soft_hgr_loss
 from spikemo.model.batch import IGNORE_INDEX, DialogueBatch
 from spikemo.model.spikemo import SpikEmoOutput
 
@@ -50,31 +50,65 @@ def test_self_adjusting_dice_by_hand():
 
 
 def test_soft_hgr_by_hand():
-    f = torch.tensor([[1.0], [-1.0]])
-    g = torch.tensor([[2.0], [-2.0]])
-    # E[f g] = 2; cov(f) = 2, cov(g) = 8 (unbiased); loss = -(2 - 2 * 8 / 2) = 6
-    assert soft_hgr_loss([f, g]).item() == pytest.approx(6.0)
-    # centring: a constant offset changes nothing
-    assert soft_hgr_loss([f + 5.0, g - 1.0]).item() == pytest.approx(6.0)
+    f = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    # unit rows, already centred: E[f . f] = 1; cov(f) = diag(2, 0) (unbiased); loss = -(1 - 4 / 2) = 1
+    assert soft_hgr_loss([f, f]).item() == pytest.approx(1.0)
+    # per-sample normalisation: the features' scale changes nothing
+    assert soft_hgr_loss([3.0 * f, 0.01 * f]).item() == pytest.approx(1.0)
+    # orthogonal features: no correlation and no covariance overlap
+    g = torch.tensor([[0.0, 1.0], [0.0, -1.0]])
+    assert soft_hgr_loss([f, g]).item() == pytest.approx(0.0)
     # three modalities: the mean of the three pair losses
-    h = torch.tensor([[0.0], [0.0]])
-    assert soft_hgr_loss([f, g, h]).item() == pytest.approx((6.0 + 0.0 + 0.0) / 3)
+    assert soft_hgr_loss([f, f, g]).item() == pytest.approx((1.0 + 0.0 + 0.0) / 3)
+
+
+@pytest.mark.parametrize("width", [2, 16, 256])
+@pytest.mark.parametrize("scale", [0.01, 1.0, 1000.0])
+def test_soft_hgr_stays_within_its_stated_range(width, scale):
+    generator = torch.Generator().manual_seed(width)
+    shared = torch.randn(64, width, generator=generator)
+    for f, g in [
+        (shared, shared),  # identical
+        (shared, -shared),  # anti-correlated
+        (shared, torch.randn(64, width, generator=generator)),  # unrelated
+        (shared[:, :1].expand(64, width), shared[:, :1].expand(64, width)),  # rank one, the textbook form's worst case
+    ]:
+        loss = soft_hgr_loss([scale * f, scale * g]).item()
+        assert -1.0 <= loss <= 1.5
+    # the best case: identical features spread evenly over the directions -> -1 + 1/(2 width) at most
+    best = soft_hgr_loss([shared, shared]).item()
+    assert best < -0.5
 
 
 def test_weighted_total_and_masked_soft_hgr():
     features = {
-        "text": [[1.0], [-1.0], [100.0]],
-        "audio": [[2.0], [-2.0], [-100.0]],
+        "text": [[1.0, 0.0], [-1.0, 0.0], [100.0, 3.0]],
+        "audio": [[1.0, 0.0], [-1.0, 0.0], [-100.0, 1.0]],
     }
     output, batch = single_dialogue([[0.0, 0.0]] * 3, [0, 1, 1], features)
     batch.modality_mask["audio"][0, 2] = False  # the third utterance lacks audio: left out of Soft-HGR
     weights = LossWeights(ce=0.4, dice=1.0, soft_hgr=0.3)
     breakdown = SpikEmoLoss(weights, 2)(output, batch)
-    assert breakdown.terms["soft_hgr"].item() == pytest.approx(6.0)
+    assert breakdown.terms["soft_hgr"].item() == pytest.approx(1.0)
     assert breakdown.terms["ce"].item() == pytest.approx(math.log(2))
     assert breakdown.terms["dice"].item() == pytest.approx(0.4909558, abs=1e-6)
-    expected = 0.4 * math.log(2) + 1.0 * 0.4909558 + 0.3 * 6.0
+    assert breakdown.weighted_terms["soft_hgr"].item() == pytest.approx(0.3)
+    assert breakdown.weighted_terms["ce"].item() == pytest.approx(0.4 * math.log(2))
+    expected = 0.4 * math.log(2) + 1.0 * 0.4909558 + 0.3 * 1.0
     assert breakdown.total.item() == pytest.approx(expected, abs=1e-5)
+    assert breakdown.total.item() == pytest.approx(sum(v.item() for v in breakdown.weighted_terms.values()), abs=1e-6)
+
+
+def test_class_weights_scale_each_utterance_cross_entropy():
+    counts = torch.tensor([30, 10, 0])
+    balanced = class_weights_from_counts(counts, "balanced")
+    torch.testing.assert_close(balanced, torch.tensor([40 / 90, 40 / 30, 0.0]))
+    torch.testing.assert_close(class_weights_from_counts(counts, "sqrt_balanced"), balanced.sqrt())
+    assert class_weights_from_counts(counts, "none") is None
+    output, batch = single_dialogue([[0.0, 0.0], [0.0, 0.0]], [0, 1], {"text": [[1.0], [1.0]]})
+    weights = torch.tensor([1.0, 3.0])
+    breakdown = SpikEmoLoss(LossWeights(ce=1.0, dice=0.0, soft_hgr=0.0), 2, class_weights=weights)(output, batch)
+    assert breakdown.terms["ce"].item() == pytest.approx((1.0 + 3.0) * math.log(2) / 2)
 
 
 def test_zero_weight_disables_a_term_and_single_modality_has_no_soft_hgr():
@@ -84,7 +118,7 @@ def test_zero_weight_disables_a_term_and_single_modality_has_no_soft_hgr():
 
 
 def test_loss_gradients_reach_logits_and_features():
-    features = {"text": [[1.0], [0.5], [-1.0]], "audio": [[0.2], [0.1], [0.9]]}
+    features = {"text": [[1.0, 0.2], [0.5, -0.3], [-1.0, 0.1]], "audio": [[0.2, 0.5], [0.1, -0.4], [0.9, 0.0]]}
     output, batch = single_dialogue([[0.5, -0.5], [0.1, 0.3], [0.0, 0.0]], [0, 1, 0], features)
     output.logits.requires_grad_()
     for features in output.modality_features.values():

@@ -8,13 +8,13 @@ import pytest
 import torch
 from spikingjelly.activation_based import neuron, surrogate
 
-from spikemo.config import LossWeights, ModelConfig
+from spikemo.config import LossWeights, ModelConfig, NeuronConfig
 from spikemo.losses import SpikEmoLoss
 from spikemo.model.batch import IGNORE_INDEX, DialogueBatch
 from spikemo.model.fusion import CrossAttention
 from spikemo.model.snn_stats import SpikeMonitor
 from spikemo.model.spikemo import SpikEmo
-from spikemo.model.spiking import LinearNormLIF, MultiStepLIF, Spikformer
+from spikemo.model.spiking import LinearNormLIF, MultiStepLIF, Spikformer, is_fused_lif
 
 DIMS = {"text": 6, "audio": 5, "visual": 4}
 NUM_CLASSES = 3
@@ -24,7 +24,6 @@ def tiny_config(**overrides) -> ModelConfig:
     settings = dict(
         model_dim=8,
         timesteps=4,
-        tau=2.0,
         spikformer_depth=1,
         spikformer_heads=2,
         fusion_layers=1,
@@ -38,7 +37,7 @@ def tiny_config(**overrides) -> ModelConfig:
 
 def firing_config(**overrides) -> ModelConfig:
     """A low threshold and one head make the spike-product attention fire (at tiny sizes it stays silent)."""
-    return tiny_config(model_dim=16, timesteps=8, v_threshold=0.3, spikformer_heads=1, **overrides)
+    return tiny_config(model_dim=16, timesteps=8, neuron=NeuronConfig(v_threshold=0.3), spikformer_heads=1, **overrides)
 
 
 def make_batch(lengths: list[int], modalities=tuple(DIMS), seed: int = 0, dtype=torch.float32) -> DialogueBatch:
@@ -274,3 +273,78 @@ def test_batch_to_moves_every_tensor():
     batch = make_batch([2, 1]).to("cpu")
     assert batch.modalities == list(DIMS)
     assert batch.batch_size == 2 and batch.max_length == 2
+
+
+def _first_layer_spikes(model: SpikEmo, batch: DialogueBatch) -> dict[str, torch.Tensor]:
+    """Per modality, the spike trains ``[N, T, D]`` of the first spiking layer for its present utterances."""
+    captured = []
+    layer = model.spikformer.blocks[0].attention.query.lif
+    handle = layer.register_forward_hook(lambda module, inputs, spikes: captured.append(spikes.detach()))
+    model.eval()(batch)
+    handle.remove()
+    counts = [int((batch.modality_mask[m] & batch.utterance_mask).sum()) for m in model.modalities]
+    return dict(zip(model.modalities, captured[0].transpose(0, 1).split(counts)))
+
+
+def test_direct_encoding_gives_every_utterance_its_own_spike_train_in_every_modality():
+    torch.manual_seed(0)
+    batch = make_batch([6, 4])
+    model = SpikEmo(tiny_config(model_dim=32, timesteps=8), DIMS, NUM_CLASSES)
+    for modality, spikes in _first_layer_spikes(model, batch).items():
+        trains = spikes.flatten(1)
+        assert len(torch.unique(trains, dim=0)) == len(trains), modality  # no two utterances spike alike
+        rates = spikes.mean(dim=(1, 2))
+        assert 0 < rates.min() and rates.max() < 1 and rates.std() > 0, modality
+
+    # the paper's Heaviside encoding after the DialogueRNN's ReLU: every input bit is 1, so every audio and
+    # visual utterance of a dialogue gets one and the same spike train
+    paper_settings = {"spike_encoding": "heaviside", "spike_speaker_context": False, "dialogue_context_residual": False}
+    paper = SpikEmo(tiny_config(model_dim=32, timesteps=8, **paper_settings), DIMS, NUM_CLASSES)
+    paper_spikes = _first_layer_spikes(paper, batch)
+    for modality in ("audio", "visual"):
+        first_dialogue = paper_spikes[modality][:6].flatten(1)
+        assert len(torch.unique(first_dialogue, dim=0)) == 1, modality
+
+
+def test_feature_gate_starts_as_the_identity_and_learns_per_feature():
+    torch.manual_seed(0)
+    model = SpikEmo(tiny_config(), DIMS, NUM_CLASSES)
+    batch = make_batch([4, 2])
+    hidden = {m: torch.randn(2, 4, 8) * batch.utterance_mask[..., None] for m in model.modalities}
+    present = {m: batch.modality_mask[m] & batch.utterance_mask for m in model.modalities}
+    gated = model._spike_gate(hidden, present, batch.party)
+    for m in model.modalities:
+        torch.testing.assert_close(gated[m], hidden[m])
+    for gate in model.spike_gates.values():
+        torch.nn.init.normal_(gate.weight)
+    gated = model._spike_gate(hidden, present, batch.party)
+    ratio = gated["text"][0, :4] / hidden["text"][0, :4]
+    assert ratio.std(dim=1).min() > 0  # features of one utterance are scaled differently
+    assert ratio.std(dim=0).min() > 0  # and one feature differently across utterances
+
+
+NEURONS = [
+    NeuronConfig(kind="plif"),
+    NeuronConfig(kind="if", v_reset=None),
+    NeuronConfig(kind="lif", surrogate="sigmoid", detach_reset=False),
+    NeuronConfig(kind="lif", surrogate="piecewise_quadratic", v_reset=-0.5),
+]
+
+
+@pytest.mark.parametrize("settings", NEURONS, ids=["plif", "if-soft-reset", "lif-sigmoid", "lif-pwq"])
+def test_spikingjelly_neurons_plug_in(settings):
+    torch.manual_seed(0)
+    config = tiny_config(neuron=settings)
+    model = SpikEmo(config, DIMS, NUM_CLASSES)
+    assert is_fused_lif(config.neuron) is False
+    assert not any(isinstance(m, MultiStepLIF) for m in model.modules())
+    batch = make_batch([4, 2])
+    with SpikeMonitor(model) as monitor:
+        output = model(batch)
+    assert len(monitor.firing_rates()) == 7
+    SpikEmoLoss(LossWeights(), NUM_CLASSES)(output, batch).total.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.spikformer.parameters() if p.grad is not None)
+    # a constant [1, ...] current gives the same spikes as the same current repeated over T
+    neuron_layer = model.spikformer.blocks[0].mlp.expand.lif
+    current = torch.randn(1, 5, 8) * 2
+    torch.testing.assert_close(neuron_layer(current), neuron_layer(current.expand(config.timesteps, 5, 8)))

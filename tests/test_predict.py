@@ -20,16 +20,17 @@ EMOTIONS = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]
 
 @pytest.fixture(scope="module")
 def text_model(tmp_path_factory, tiny_config):
-    """A text-only SpikEmo trained on generated transcripts (annotations only: 40 dialogues, no media)."""
+    """A text-only SpikEmo trained on generated transcripts (annotations only: 100 dialogues, no media)."""
     root = tmp_path_factory.mktemp("generated-text")
-    write_annotations(plan_demo_corpus(DemoCorpusSettings(dialogues=40, seed=3)), root)
+    write_annotations(plan_demo_corpus(DemoCorpusSettings(dialogues=100, seed=3)), root)
     config = tiny_config(root / "unused.csv", root / "work", root / "cache", **{
-        "data.format": "meld", "data.root": str(root), "data.manifest": None, "data.name": "gentext", "train.epochs": 8,
+        "data.format": "meld", "data.root": str(root), "data.manifest": None, "data.name": "gentext",
+        "model.model_dim": 32, "train.epochs": 15, "train.patience": 5,
     })
     return config, experiment.run_experiment(config), root
 
 
-def test_predictions_have_the_schema_and_beat_chance(text_model, tmp_path):
+def test_predictions_have_the_schema_and_beat_the_majority_class(text_model, tmp_path):
     config, summary, root = text_model
     out = tmp_path / "predictions.jsonl"
     code = main(["predict", "--workdir", str(config.workdir), "--cache", str(tmp_path / "cache"),
@@ -43,7 +44,8 @@ def test_predictions_have_the_schema_and_beat_chance(text_model, tmp_path):
     np.testing.assert_allclose(rows[[f"prob_{e}" for e in EMOTIONS]].sum(axis=1), 1.0, atol=1e-5)
     merged = rows.merge(truth, left_on=["dialogue_id", "utterance_index"], right_on=["Dialogue_ID", "Utterance_ID"])
     accuracy = (merged["label"] == merged["Emotion"]).mean()
-    assert accuracy > 1 / len(EMOTIONS) + 0.1, accuracy
+    majority = truth["Emotion"].value_counts(normalize=True).max()  # a constant "neutral" predictor
+    assert accuracy >= majority + 0.10, (accuracy, majority)
 
 
 def test_python_api_and_pyfunc_agree(text_model):

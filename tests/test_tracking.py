@@ -48,6 +48,14 @@ def test_run_holds_params_metrics_artifacts_and_inputs(store):
         "label_map.json",
     ):
         assert expected in artifacts, expected
+    for split in ("selected_dev", "test"):
+        key = f"baseline_{split}_weighted_f1"
+        assert key in run.data.metrics, key
+    assert run.data.metrics["baseline_test_weighted_f1"] == pytest.approx(summary["baseline_test_weighted_f1"])
+    assert float(run.data.params["baseline.C"]) > 0
+    beats = summary["test_weighted_f1"] > summary["baseline_test_weighted_f1"]
+    assert run.data.tags["spikemo.beats_baseline"] == str(beats).lower() and summary["beats_baseline"] == beats
+    assert run.data.tags["spikemo.baseline_comparison"].startswith("test weighted-F1 ")
     contexts = {tag.value for dataset_input in run.inputs.dataset_inputs for tag in dataset_input.tags if tag.key == "mlflow.data.context"}
     assert {"train", "dev", "test", "features"} <= contexts
 
@@ -79,6 +87,19 @@ def test_champion_moves_only_for_a_strictly_better_score(store):
     assert client.get_model_version_by_alias(name, "champion").version == versions[1]
     decision = client.get_model_version(name, versions[2]).tags["gating_decision"]
     assert decision.startswith("kept champion v2")
+
+
+def test_gating_can_require_beating_the_linear_probe(store):
+    config, _ = store
+    client = tracking.connect(config)
+    name = "spikemo-baseline-gating-test"
+    client.create_registered_model(name)
+    versions = [client.create_model_version(name, source="file:///nonexistent", run_id=None).version for _ in range(3)]
+    assert tracking.gate_champion(client, name, versions[0], 50.0, "dev", baseline_score=55.0) == ("challenger", None)
+    assert client.get_model_version(name, versions[0]).tags["gating_decision"].startswith("not promoted: 50.0000 <= its linear probe")
+    assert tracking.gate_champion(client, name, versions[1], 56.0, "dev", baseline_score=55.0) == ("champion", None)
+    assert tracking.gate_champion(client, name, versions[2], 70.0, "dev", baseline_score=70.0) == ("challenger", 56.0)
+    assert client.get_model_version_by_alias(name, "champion").version == versions[1]
 
 
 def test_failed_run_is_marked_failed_and_never_registered(store, monkeypatch):

@@ -21,7 +21,9 @@ from spikemo.training import NonFiniteLossError, TrainResult, build_dialogue_dat
 from spikemo.training import loop
 from spikemo.training.checkpoint import SelectionState, load_model_checkpoint
 from spikemo.training.data import LengthBucketBatchSampler
+from spikemo.training.baseline import C_GRID, fit_linear_probe
 from spikemo.training.metrics import classification_metrics, firing_rates_by_group
+from spikemo.training.schedule import LearningRateSchedule
 
 LABELS = ["calm", "happy", "angry"]
 DIM = {"text": 8, "audio": 6}
@@ -184,11 +186,15 @@ def test_training_reduces_loss_and_writes_a_loadable_checkpoint(corpus, tmp_path
     first = calls[0][1]
     for key in ("train_loss_ce", "train_loss_dice", "train_loss_soft_hgr", "dev_weighted_f1", "dev_macro_f1", "dev_accuracy", "lr"):
         assert np.isfinite(first[key]), key
+    for term, weight in (("ce", 1.0), ("dice", 0.5), ("soft_hgr", 0.1)):
+        assert first[f"train_weighted_loss_{term}"] == pytest.approx(weight * first[f"train_loss_{term}"])
     assert "firing_rate.spikformer.blocks.0.attention" in first
     assert result.best_epoch == int(np.argmax([epoch["dev_weighted_f1"] for epoch in result.history]))
     assert result.dev_metrics["weighted_f1"] == pytest.approx(result.history[result.best_epoch]["dev_weighted_f1"])
     assert result.dev_metrics["weighted_f1"] > 60.0  # separable toy classes; chance is ~33
     assert result.test_metrics is not None and result.test_metrics["num_utterances"] == (manifest["split"] == "test").sum()
+    majority = manifest.loc[manifest["split"] == "test", "label_id"].value_counts(normalize=True).max()
+    assert result.test_metrics["accuracy"] > 100 * majority + 15  # far better than a constant predictor
     assert result.firing_rates and all(0.0 <= rate <= 1.0 for rate in result.firing_rates.values())
     assert result.energy["synaptic_ops"] > 0
 
@@ -290,3 +296,60 @@ def test_distributed_data_parallel_ranks_end_identical(tmp_path):
     initial = SpikEmo(tiny_config().model, DIM, len(LABELS)).state_dict()  # the weights training started from
     assert any(not torch.equal(initial[name], rank0[name]) for name in initial)
     assert (tmp_path / "run" / "checkpoints" / "last.safetensors").is_file()
+
+
+def _learning_rates(config: TrainConfig, steps_per_epoch: int, dev_scores: list[float]) -> tuple[list[float], LearningRateSchedule]:
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
+    schedule = LearningRateSchedule(optimizer, config, steps_per_epoch)
+    rates = []
+    for score in dev_scores:
+        for _ in range(steps_per_epoch):
+            rates.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            schedule.after_step()
+        schedule.after_epoch(score)
+    return rates, schedule
+
+
+def test_warm_up_then_cosine_decay():
+    config = TrainConfig(lr=1e-2, epochs=10, warmup_epochs=2, lr_schedule="cosine")
+    rates, schedule = _learning_rates(config, steps_per_epoch=5, dev_scores=[50.0] * 10)
+    assert rates[0] == pytest.approx(1e-4)  # 1% of lr
+    assert rates[:10] == sorted(rates[:10]) and rates[10] == pytest.approx(1e-2)  # linear warm-up over 2 epochs
+    assert rates[10:] == sorted(rates[10:], reverse=True) and rates[-1] < 1e-3  # cosine towards 0
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
+    restored = LearningRateSchedule(optimizer, config, 5)
+    restored.load_state_dict(schedule.state_dict())
+    assert restored.steps == 50 and optimizer.param_groups[0]["lr"] == pytest.approx(1e-2)  # state, not the lr itself
+    restored.after_step()
+    assert restored.per_step.last_epoch == schedule.per_step.last_epoch + 1
+
+
+def test_plateau_schedule_halves_after_patience():
+    config = TrainConfig(lr=1e-2, warmup_epochs=0, lr_schedule="plateau", lr_plateau_patience=1, lr_plateau_factor=0.5)
+    rates, _ = _learning_rates(config, steps_per_epoch=2, dev_scores=[50.0, 40.0, 40.0, 40.0])
+    assert rates[:6] == [1e-2] * 6 and rates[6] == pytest.approx(5e-3)
+
+
+def test_linear_probe_selects_C_on_dev_and_scores_test_once(corpus):
+    manifest, features = corpus
+    data = build_dialogue_data(manifest, features, len(LABELS))
+    probe = fit_linear_probe(data, LABELS)
+    assert probe.C in C_GRID and set(probe.dev_weighted_f1_by_C) == set(C_GRID)
+    assert probe.dev_metrics["weighted_f1"] == pytest.approx(max(probe.dev_weighted_f1_by_C.values()))
+    assert probe.test_metrics["weighted_f1"] > 60.0  # separable toy classes
+
+    adversarial = manifest.copy()
+    is_test = adversarial["split"] == "test"
+    adversarial.loc[is_test, "label_id"] = (adversarial.loc[is_test, "label_id"] + 1) % len(LABELS)
+    attacked = fit_linear_probe(build_dialogue_data(adversarial, features, len(LABELS)), LABELS)
+    assert attacked.C == probe.C and attacked.dev_weighted_f1_by_C == probe.dev_weighted_f1_by_C
+    assert attacked.test_metrics["accuracy"] < probe.test_metrics["accuracy"]
+
+
+def test_linear_probe_handles_an_absent_modality(corpus):
+    manifest, features = corpus
+    audio = features["audio"].copy()
+    audio.loc[audio.index[::3], ["status", "embedding"]] = ["missing_media", None]
+    probe = fit_linear_probe(build_dialogue_data(manifest, {**features, "audio": audio}, len(LABELS)), LABELS)
+    assert probe.test_metrics["num_utterances"] == (manifest["split"] == "test").sum()

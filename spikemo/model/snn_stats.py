@@ -17,7 +17,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from spikemo.model.spiking import MultiStepLIF, Spikformer
+from spikemo.model.spiking import SpikingNeuron, Spikformer
 
 PICOJOULES_PER_AC = 0.9
 PICOJOULES_PER_MAC = 4.6
@@ -34,7 +34,7 @@ class SpikeMonitor:
 
     def __enter__(self) -> SpikeMonitor:
         for name, module in self.model.named_modules():
-            if isinstance(module, MultiStepLIF):
+            if isinstance(module, SpikingNeuron):
                 self._handles.append(module.register_forward_hook(self._neuron_hook(name)))
         for spikformer in (m for m in self.model.modules() if isinstance(m, Spikformer)):
             for linear in (m for m in spikformer.modules() if isinstance(m, nn.Linear)):

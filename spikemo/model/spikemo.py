@@ -2,10 +2,15 @@
 
 Per modality m with features u_m [B, L, D_m]:
     h_m = Linear(u_m)                                      (zeroed where m is absent)
-    h_m = DialogueRNN(h_m)                                 if m in config.dialogue_context
-    s_m = Spikformer(h_m)                                  SSA across the dialogue's present utterances;
-                                                           shared across modalities
-    h_m = h_m + h_m * softmax_over_utterances(s_m)         padding and absent positions excluded
+    h_m = DialogueRNN(h_m)                                 if m in config.dialogue_context (h_m + DialogueRNN(h_m)
+                                                           with model.dialogue_context_residual)
+    s_m = Spikformer(h_m [+ E_party + E_turn])             SSA across the dialogue's present utterances;
+                                                           shared across modalities; speaker and position
+                                                           embeddings with model.spike_speaker_context
+    h_m = h_m * 2 sigmoid(W_m s_m + b_m)                   model.spike_gate "feature": per utterance and
+                                                           feature; W_m, b_m start at 0 (the identity)
+    h_m = h_m + h_m * softmax_over_utterances(s_m)         "utterance_softmax" (the paper's), padding and
+                                                           absent positions excluded
     f_m = MultiAttn_m(h_m; other modalities)
 logits = MLP(Linear(concat_m f_m)).
 From the fusion on, every step but the attention products acts on each utterance alone, so it runs on the packed
@@ -24,6 +29,9 @@ from spikemo.model.batch import DialogueBatch
 from spikemo.model.context import DialogueRNN
 from spikemo.model.fusion import MultiAttnFusion
 from spikemo.model.spiking import Spikformer
+
+MAX_PARTIES = 16  # speakers per dialogue with their own embedding; later ones share the last
+MAX_TURNS = 64  # turn positions with their own embedding; later ones share the last
 
 
 @dataclass
@@ -52,10 +60,23 @@ class SpikEmo(nn.Module):
             self.register_buffer(f"input_mean_{m}", torch.zeros(input_dims[m]))
             self.register_buffer(f"input_std_{m}", torch.ones(input_dims[m]))
         self.projections = nn.ModuleDict({m: nn.Linear(input_dims[m], dim) for m in self.modalities})
+        self.input_dropout = nn.Dropout(config.dropout)
         self.contexts = nn.ModuleDict(
             {m: DialogueRNN(dim, config.dropout) for m in self.modalities if m in config.dialogue_context}
         )
         self.spikformer = Spikformer(config) if config.use_spiking else None
+        self.party_embedding = self.turn_embedding = None
+        if config.use_spiking and config.spike_speaker_context:
+            self.party_embedding = nn.Embedding(MAX_PARTIES, dim)
+            self.turn_embedding = nn.Embedding(MAX_TURNS, dim)
+            for embedding in (self.party_embedding, self.turn_embedding):
+                nn.init.normal_(embedding.weight, std=0.02)
+        self.spike_gates = nn.ModuleDict()
+        if config.use_spiking and config.spike_gate == "feature":
+            self.spike_gates.update({m: nn.Linear(dim, 2 * dim) for m in self.modalities})
+            for gate in self.spike_gates.values():
+                nn.init.zeros_(gate.weight)
+                nn.init.zeros_(gate.bias)
         self.fusion = MultiAttnFusion(self.modalities, config)
         self.merge = nn.Linear(dim * len(self.modalities), dim)
         self.classifier = nn.Sequential(
@@ -80,12 +101,13 @@ class SpikEmo(nn.Module):
         hidden = {}
         for m in self.modalities:
             standardised = (batch.features[m] - getattr(self, f"input_mean_{m}")) / getattr(self, f"input_std_{m}")
-            h = self.projections[m](standardised) * present[m].unsqueeze(-1).to(batch.features[m].dtype)
+            h = self.input_dropout(self.projections[m](standardised)) * present[m].unsqueeze(-1).to(batch.features[m].dtype)
             if m in self.contexts:
-                h = self.contexts[m](h, batch.party)
+                context = self.contexts[m](h, batch.party)
+                h = h + context if self.config.dialogue_context_residual else context
             hidden[m] = h
         if self.spikformer is not None:
-            hidden = self._spike_gate(hidden, present)
+            hidden = self._spike_gate(hidden, present, batch.party)
         real = batch.utterance_mask
         fused = self.fusion({m: hidden[m][real] for m in self.modalities}, real, present)  # [N, D] per modality
         logits = self.classifier(self.merge(torch.cat([fused[m] for m in self.modalities], dim=-1)))
@@ -93,17 +115,28 @@ class SpikEmo(nn.Module):
             logits=_unpack(logits, real), modality_features={m: _unpack(f, real) for m, f in fused.items()}
         )
 
-    def _spike_gate(self, hidden: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """h + h * softmax(s) over each dialogue's present utterances; one Spikformer pass for all modalities.
+    def _spike_gate(
+        self, hidden: dict[str, torch.Tensor], present: dict[str, torch.Tensor], party: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Gate each modality's features with the Spikformer's; one Spikformer pass for all modalities.
 
-        The modalities go through the shared Spikformer as one batch of ``modalities * B`` dialogues. Absent
-        positions get the lowest score, so they take no weight (and h is zero there anyway).
+        The modalities go through the shared Spikformer as one batch of ``modalities * B`` dialogues. For the
+        paper's softmax over utterances, absent positions get the lowest score, so they take no weight (and h
+        is zero there anyway).
         """
         features = torch.cat([hidden[m] for m in self.modalities])
+        if self.party_embedding is not None:
+            turns = torch.arange(party.shape[1], device=party.device).clamp(max=MAX_TURNS - 1)
+            context = self.party_embedding(party.clamp(0, MAX_PARTIES - 1)) + self.turn_embedding(turns)
+            features = features + context.repeat(len(self.modalities), 1, 1)
         mask = torch.cat([present[m] for m in self.modalities])
         spikes = self.spikformer(features, mask).chunk(len(self.modalities))
         gated = {}
         for m, s in zip(self.modalities, spikes):
-            scores = s.masked_fill(~present[m].unsqueeze(-1), torch.finfo(s.dtype).min)
-            gated[m] = hidden[m] + hidden[m] * torch.softmax(scores, dim=1)
+            if self.spike_gates:
+                scale, shift = self.spike_gates[m](s).chunk(2, dim=-1)
+                gated[m] = hidden[m] * 2 * torch.sigmoid(scale) + shift * present[m].unsqueeze(-1)
+            else:
+                scores = s.masked_fill(~present[m].unsqueeze(-1), torch.finfo(s.dtype).min)
+                gated[m] = hidden[m] + hidden[m] * torch.softmax(scores, dim=1)
         return gated

@@ -1,17 +1,27 @@
 """Spikformer over the utterances of each dialogue: the spiking temporal feature extractor of SpikEmo.
 
-The utterances of a dialogue are the tokens. A modality's features ``[B, L, D]`` are binarised by the ATan
-surrogate Heaviside, repeated over ``T`` timesteps and passed through ``depth`` blocks of spiking
-self-attention (SSA, Zhou et al. 2023) and a spiking MLP built from multi-step LIF neurons; the output is
-LayerNorm-ed and averaged over the timesteps. Per head, with spike tensors q, k, v ``[T, B, heads, L, d]``:
-``x = (q @ k^T * 0.125) @ v`` (no softmax), followed by a LIF at half threshold. Keys at padded or absent
-utterances are zero, so they never reach a real utterance.
+The utterances of a dialogue are the tokens. A modality's features ``[B, L, D]`` enter in one of two ways
+(``model.spike_encoding``):
+- ``direct``: the real-valued features are the input of the first block, so its LIF neurons receive the
+  projected features as input current at every timestep (as Spikformer does after its patch embedding)
+  and their firing rates encode magnitudes;
+- ``heaviside``: the paper's encoding, a Heaviside step (ATan surrogate) that keeps only the signs.
+Either way the input is the same at every one of the ``T`` timesteps. It passes through ``depth`` blocks of
+spiking self-attention (SSA, Zhou et al. 2023) and a spiking MLP; the output is LayerNorm-ed and averaged
+over the timesteps. Per head, with spike tensors q, k, v ``[T, B, heads, L, d]``:
+``x = (q @ k^T * 0.125) @ v`` (no softmax), followed by a neuron at half threshold. Keys at padded or absent
+utterances are zero, so they never reach a real utterance. Linear weights start as Spikformer's
+(truncated normal, std 0.02; zero bias).
+
+Neurons follow spikingjelly's split of neuron, surrogate and reset (``model.neuron``): ``spiking_neuron``
+builds a fused ``MultiStepLIF`` for the default (LIF, ATan, hard reset to 0, detached reset) and wraps
+spikingjelly's multi-step ``LIFNode`` / ``ParametricLIFNode`` / ``IFNode`` for anything else.
 
 What keeps this cheap without changing the mathematics:
 - Linears, LayerNorms and neurons act on each token alone, so they run on the packed present utterances
   ``[T, N, D]``; only the attention products see the padded ``[T, B, heads, L, d]`` layout.
 - The encoded input is the same at every timestep, so the first block's q/k/v linears and LayerNorms run
-  once on ``[N, D]`` and only the LIF neurons see the ``T`` steps (``LinearNormLIF`` takes either ``[N, D]``
+  once on ``[N, D]`` and only the neurons see the ``T`` steps (``LinearNormLIF`` takes either ``[N, D]``
   (constant over time) or ``[T, N, D]``).
 - ``MultiStepLIF`` runs the whole time loop in one autograd node (with ``compile_neurons``, one fused compiled
   kernel per step and direction, written straight into the ``[T, ...]`` outputs) instead of spikingjelly's
@@ -24,10 +34,10 @@ from __future__ import annotations
 import math
 
 import torch
-from spikingjelly.activation_based import surrogate
+from spikingjelly.activation_based import neuron, surrogate
 from torch import nn
 
-from spikemo.config import ModelConfig
+from spikemo.config import ModelConfig, NeuronConfig
 
 ATTENTION_SCALE = 0.125  # Spikformer's fixed scale for spike-product attention
 ATAN_ALPHA = 2.0  # spikingjelly's surrogate.ATan default
@@ -90,7 +100,14 @@ class _MultiStepLIFFunction(torch.autograd.Function):
         return grad_current, None, None, None, None
 
 
-class MultiStepLIF(nn.Module):
+class SpikingNeuron(nn.Module):
+    """Multi-step neurons at rest before each call: input current ``[T, ...]``, or ``[1, ...]`` for a current
+    that is the same at every one of the ``timesteps`` steps -> spikes ``[T, ...]``."""
+
+    timesteps: int
+
+
+class MultiStepLIF(SpikingNeuron):
     """Multi-step LIF neurons (hard reset to 0, ATan surrogate, detached reset), at rest before each call.
 
     Input current ``[T, ...]``, or ``[1, ...]`` for a current that is the same at every one of the ``timesteps``
@@ -111,20 +128,62 @@ class MultiStepLIF(nn.Module):
         return f"timesteps={self.timesteps}, tau={self.tau}, threshold={self.threshold}, compiled={self.compiled}"
 
 
-def lif_neuron(config: ModelConfig, threshold_scale: float = 1.0) -> MultiStepLIF:
-    return MultiStepLIF(
-        config.timesteps, config.tau, config.v_threshold * threshold_scale, compiled=config.compile_neurons
+SURROGATES = {
+    "atan": surrogate.ATan,
+    "sigmoid": surrogate.Sigmoid,
+    "piecewise_quadratic": surrogate.PiecewiseQuadratic,
+}
+
+
+class SpikingJellyNeuron(SpikingNeuron):
+    """A spikingjelly multi-step node, reset to rest before each call."""
+
+    def __init__(self, timesteps: int, node: nn.Module):
+        super().__init__()
+        self.timesteps = timesteps
+        self.node = node
+
+    def forward(self, current: torch.Tensor) -> torch.Tensor:
+        self.node.reset()
+        return self.node(current.expand(self.timesteps, *current.shape[1:]))
+
+
+def is_fused_lif(settings: NeuronConfig) -> bool:
+    """The settings that ``MultiStepLIF`` implements."""
+    return (
+        settings.kind == "lif" and settings.surrogate == "atan" and settings.v_reset == 0.0 and settings.detach_reset
     )
 
 
+def spiking_neuron(config: ModelConfig, threshold_scale: float = 1.0) -> SpikingNeuron:
+    settings = config.neuron
+    threshold = settings.v_threshold * threshold_scale
+    if is_fused_lif(settings):
+        return MultiStepLIF(config.timesteps, settings.tau, threshold, compiled=config.compile_neurons)
+    common = {
+        "v_threshold": threshold,
+        "v_reset": settings.v_reset,
+        "surrogate_function": SURROGATES[settings.surrogate](),
+        "detach_reset": settings.detach_reset,
+        "step_mode": "m",
+    }
+    if settings.kind == "lif":
+        node = neuron.LIFNode(tau=settings.tau, **common)
+    elif settings.kind == "plif":
+        node = neuron.ParametricLIFNode(init_tau=settings.tau, **common)
+    else:
+        node = neuron.IFNode(**common)
+    return SpikingJellyNeuron(config.timesteps, node)
+
+
 class LinearNormLIF(nn.Module):
-    """Linear -> LayerNorm -> LIF. Input ``[N, D]`` is taken as constant over the timesteps."""
+    """Linear -> LayerNorm -> spiking neuron. Input ``[N, D]`` is taken as constant over the timesteps."""
 
     def __init__(self, in_features: int, out_features: int, config: ModelConfig):
         super().__init__()
         self.linear = nn.Linear(in_features, out_features)
         self.norm = nn.LayerNorm(out_features)
-        self.lif = lif_neuron(config)
+        self.lif = spiking_neuron(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         current = self.norm(self.linear(x))
@@ -143,7 +202,7 @@ class SpikingSelfAttention(nn.Module):
         self.query = LinearNormLIF(dim, dim, config)
         self.key = LinearNormLIF(dim, dim, config)
         self.value = LinearNormLIF(dim, dim, config)
-        self.attention_lif = lif_neuron(config, threshold_scale=0.5)
+        self.attention_lif = spiking_neuron(config, threshold_scale=0.5)
         self.output = LinearNormLIF(dim, dim, config)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -191,14 +250,21 @@ class Spikformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.timesteps = config.timesteps
-        self.encode = surrogate.ATan()
+        self.encode = surrogate.ATan() if config.spike_encoding == "heaviside" else nn.Identity()
         self.blocks = nn.ModuleList(SpikformerBlock(config) for _ in range(config.spikformer_depth))
         self.norm = nn.LayerNorm(config.model_dim)
+        self.apply(_spikformer_init)
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = self.encode(features[mask])  # [N, D] binary, identical at every timestep
+        x = self.encode(features[mask])  # [N, D], identical at every timestep
         for block in self.blocks:
             x = block(x, mask)
         output = features.new_zeros(features.shape)
         output[mask] = self.norm(x).mean(0)
         return output
+
+
+def _spikformer_init(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        nn.init.zeros_(module.bias)

@@ -22,11 +22,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from spikemo.errors import DataError
+from spikemo.training.schedule import LearningRateSchedule
 
 METADATA_KEY = "spikemo"
 MODEL_PREFIX = "model."
 OPTIMIZER_PREFIX = "optimizer."
 RNG_PREFIX = "rng."
+AVERAGED_PREFIX = "averaged."
 
 
 @dataclass
@@ -85,11 +87,15 @@ def save_training_checkpoint(
     path: Path,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau,
+    scheduler: LearningRateSchedule,
     selection: SelectionState,
     run_identity: dict[str, Any],
+    averaged: torch.nn.Module | None = None,
 ) -> None:
+    """``averaged``: the running average of the weights (``AveragedModel``), when training keeps one."""
     tensors = {MODEL_PREFIX + name: tensor for name, tensor in model_tensors(model).items()}
+    if averaged is not None:
+        tensors.update({AVERAGED_PREFIX + name: tensor for name, tensor in model_tensors(averaged).items()})
     optimizer_state = optimizer.state_dict()
     slot_values: dict[str, dict[str, Any]] = {}
     for param_id, slots in optimizer_state["state"].items():
@@ -114,8 +120,9 @@ def load_training_checkpoint(
     path: Path,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau,
+    scheduler: LearningRateSchedule,
     run_identity: dict[str, Any],
+    averaged: torch.nn.Module | None = None,
 ) -> SelectionState:
     """Restore everything ``save_training_checkpoint`` wrote; refuse a checkpoint of another run."""
     tensors, document = read_safetensors(path)
@@ -125,6 +132,10 @@ def load_training_checkpoint(
             "use a new run directory or pass resume=False to start over"
         )
     model.load_state_dict({name[len(MODEL_PREFIX) :]: t for name, t in tensors.items() if name.startswith(MODEL_PREFIX)})
+    if averaged is not None:
+        averaged.load_state_dict(
+            {name[len(AVERAGED_PREFIX) :]: t for name, t in tensors.items() if name.startswith(AVERAGED_PREFIX)}
+        )
     state: dict[int, dict[str, Any]] = {}
     for name, tensor in tensors.items():
         if name.startswith(OPTIMIZER_PREFIX):

@@ -82,6 +82,16 @@ class DialogueDataset(Dataset[Dialogue]):
         return statistics
 
     @property
+    def features(self) -> dict[str, np.ndarray]:
+        """Modality -> ``[utterances, D]`` in storage order, zeros where the modality is absent."""
+        return {modality: matrix.numpy() for modality, matrix in self._features.items()}
+
+    @property
+    def modality_mask(self) -> dict[str, np.ndarray]:
+        """Modality -> ``[utterances]`` bool, True where its features exist."""
+        return {modality: mask.numpy() for modality, mask in self._modality_mask.items()}
+
+    @property
     def dialogue_lengths(self) -> np.ndarray:
         return np.diff(self.dialogue_offsets)
 

@@ -1,4 +1,5 @@
-"""Training SpikEmo: Adam, ReduceLROnPlateau and early stopping on DEV weighted-F1, resumable checkpoints.
+"""Training SpikEmo: AdamW with warm-up and a cosine or plateau schedule, gradient clipping, early stopping
+and model selection on DEV weighted-F1, resumable checkpoints.
 
 The test split never influences training or selection: it is evaluated once, after training, with the
 weights selected on dev. Under ``torchrun`` the model is wrapped in DistributedDataParallel, each rank
@@ -22,14 +23,14 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim import Adam
-from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torch.optim import Adam, AdamW
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from spikemo.config import SpikEmoConfig
 from spikemo.errors import DataError, SpikemoError
-from spikemo.losses import SpikEmoLoss
+from spikemo.losses import SpikEmoLoss, class_weights_from_counts
 from spikemo.model.snn_stats import SpikeMonitor
 from spikemo.model.spikemo import SpikEmo
 from spikemo.training.checkpoint import (
@@ -50,6 +51,7 @@ from spikemo.training.distributed import (
 )
 from spikemo.training.evaluation import autocast_for, predict
 from spikemo.training.metrics import classification_metrics, firing_rates_by_group
+from spikemo.training.schedule import LearningRateSchedule
 
 log = logging.getLogger(__name__)
 
@@ -130,16 +132,19 @@ class _TrainingRun:
             if context.is_distributed
             else self.model
         )
-        self.loss = SpikEmoLoss(self.train_config.loss_weights, len(label_names))
-        self.loss_terms = [name for name, weight in self.train_config.loss_weights.model_dump().items() if weight > 0]
-        self.optimizer = Adam(self.model.parameters(), lr=self.train_config.lr, weight_decay=self.train_config.weight_decay)
-        self.scheduler = ReduceLROnPlateau(
-            self.optimizer,
-            mode="max",
-            factor=self.train_config.lr_plateau_factor,
-            patience=self.train_config.lr_plateau_patience,
-        )
         train_set = data.splits["train"]
+        label_counts = torch.bincount(torch.from_numpy(train_set.labels[train_set.labels >= 0]), minlength=len(label_names))
+        class_weights = class_weights_from_counts(label_counts, self.train_config.class_weighting)
+        self.loss = SpikEmoLoss(
+            self.train_config.loss_weights, len(label_names), class_weights, self.train_config.label_smoothing
+        ).to(context.device)
+        self.loss_terms = [name for name, weight in self.train_config.loss_weights.model_dump().items() if weight > 0]
+        optimizer_class = AdamW if self.train_config.optimizer == "adamw" else Adam
+        decay = self.train_config.ema_decay
+        self.averaged = AveragedModel(self.model, multi_avg_fn=ema_update(decay), use_buffers=True) if decay else None
+        self.optimizer = optimizer_class(
+            self.model.parameters(), lr=self.train_config.lr, weight_decay=self.train_config.weight_decay
+        )
         self.train_sampler = LengthBucketBatchSampler(
             train_set.dialogue_lengths,
             self.train_config.batch_dialogues,
@@ -149,6 +154,7 @@ class _TrainingRun:
             rank=context.rank,
         )
         self.train_loader = DataLoader(train_set, batch_sampler=self.train_sampler, collate_fn=collate_dialogues)
+        self.scheduler = LearningRateSchedule(self.optimizer, self.train_config, len(self.train_sampler))
 
     def execute(self, on_epoch_end: EpochCallback | None, resume: bool) -> TrainResult:
         selection = self._initial_selection(resume)
@@ -157,7 +163,7 @@ class _TrainingRun:
             if selection.epochs_without_improvement >= self.train_config.patience:
                 break
             metrics = {"epoch": float(epoch), **self._train_epoch(epoch)}
-            dev_scores, firing_rates, _ = self._evaluate_split(self.data.splits["dev"], monitor_spikes=True)
+            dev_scores, firing_rates, _ = self._evaluate_split(self._selected_model(), self.data.splits["dev"], monitor_spikes=True)
             metrics.update({f"dev_{name}": float(dev_scores[name]) for name in ("weighted_f1", "macro_f1", "accuracy")})
             metrics.update({f"firing_rate.{group}": rate for group, rate in firing_rates_by_group(firing_rates).items()})
             self._select(selection, epoch, metrics)
@@ -174,7 +180,9 @@ class _TrainingRun:
     def _initial_selection(self, resume: bool) -> SelectionState:
         last = self.checkpoint_dir / LAST_CHECKPOINT
         if resume and last.is_file():
-            selection = load_training_checkpoint(last, self.model, self.optimizer, self.scheduler, self._run_identity())
+            selection = load_training_checkpoint(
+                last, self.model, self.optimizer, self.scheduler, self._run_identity(), self.averaged
+            )
             if self.context.is_main:
                 log.info("resuming after epoch %d from %s", selection.epoch + 1, last)
             return selection
@@ -184,8 +192,9 @@ class _TrainingRun:
         self.network.train()
         self.train_sampler.set_epoch(epoch)
         device = self.context.device
-        # per loss: [sum of batch values, number of batches]; "total" first, then each enabled term
-        sums = torch.zeros(1 + len(self.loss_terms), 2, dtype=torch.float64)
+        # per loss: [sum of batch values, number of batches]; "total" first, then each enabled term unweighted,
+        # then each weighted
+        sums = torch.zeros(1 + 2 * len(self.loss_terms), 2, dtype=torch.float64)
         progress = tqdm(
             self.train_loader,
             desc=f"epoch {epoch + 1}/{self.train_config.epochs}",
@@ -200,8 +209,17 @@ class _TrainingRun:
             self._require_finite(breakdown.total, breakdown.terms, epoch, step)
             self.optimizer.zero_grad(set_to_none=True)
             breakdown.total.backward()
+            if self.train_config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_config.grad_clip)
             self.optimizer.step()
-            values = [breakdown.total, *(breakdown.terms.get(name) for name in self.loss_terms)]
+            self.scheduler.after_step()
+            if self.averaged is not None:
+                self.averaged.update_parameters(self.model)
+            values = [
+                breakdown.total,
+                *(breakdown.terms.get(name) for name in self.loss_terms),
+                *(breakdown.weighted_terms.get(name) for name in self.loss_terms),
+            ]
             for row, value in enumerate(values):
                 if value is not None:
                     sums[row] += torch.tensor([value.item(), 1.0], dtype=torch.float64)
@@ -209,7 +227,11 @@ class _TrainingRun:
         sums = all_reduce_sum(sums, self.context)
         means = (sums[:, 0] / sums[:, 1].clamp(min=1)).tolist()
         metrics = {"train_loss": means[0], "lr": float(self.optimizer.param_groups[0]["lr"])}
-        metrics.update({f"train_loss_{name}": means[1 + i] for i, name in enumerate(self.loss_terms) if sums[1 + i, 1] > 0})
+        terms = len(self.loss_terms)
+        for i, name in enumerate(self.loss_terms):
+            if sums[1 + i, 1] > 0:
+                metrics[f"train_loss_{name}"] = means[1 + i]
+                metrics[f"train_weighted_loss_{name}"] = means[1 + terms + i]
         return metrics
 
     def _require_finite(self, total: torch.Tensor, terms: dict[str, torch.Tensor], epoch: int, step: int) -> None:
@@ -222,8 +244,12 @@ class _TrainingRun:
             f"total={total.item():.4g}, {shown}); lower train.lr or check the features for extreme values"
         )
 
+    def _selected_model(self) -> SpikEmo:
+        """What is evaluated, selected and kept: the moving average of the weights, or the weights themselves."""
+        return self.averaged.module if self.averaged is not None else self.model
+
     def _evaluate_split(
-        self, dataset: DialogueDataset, monitor_spikes: bool
+        self, model: SpikEmo, dataset: DialogueDataset, monitor_spikes: bool
     ) -> tuple[dict[str, Any], dict[str, float], dict[str, float]]:
         """Metrics over the whole split and, if asked and the model spikes, SpikeMonitor's firing rates and
         energy estimate (empty dicts otherwise).
@@ -231,7 +257,7 @@ class _TrainingRun:
         Ranks predict their share of the batches and the predictions are all-reduced. A monitored pass runs
         on rank 0 alone, over the whole split, so its statistics are exact; they exist on rank 0 only.
         """
-        monitored = monitor_spikes and self.model.spikformer is not None
+        monitored = monitor_spikes and model.spikformer is not None
         sharded = not (monitored and self.context.is_distributed)
         sampler = LengthBucketBatchSampler(
             dataset.dialogue_lengths,
@@ -246,12 +272,12 @@ class _TrainingRun:
         firing_rates: dict[str, float] = {}
         energy: dict[str, float] = {}
         if monitored:
-            with SpikeMonitor(self.model) as monitor:
-                _, predictions = predict(self.model, loader)
+            with SpikeMonitor(model) as monitor:
+                _, predictions = predict(model, loader)
             if batches:
                 firing_rates, energy = monitor.firing_rates(), monitor.energy()
         else:
-            _, predictions = predict(self.model, loader)
+            _, predictions = predict(model, loader)
         everywhere = gather_predictions(rows, predictions, len(dataset.labels), self.context)
         labelled = dataset.labels >= 0
         metrics = classification_metrics(dataset.labels[labelled], everywhere[labelled], self.label_names)
@@ -267,13 +293,19 @@ class _TrainingRun:
             selection.best_epoch = epoch
             selection.epochs_without_improvement = 0
             if self.context.is_main:
-                save_model_checkpoint(self._best_path(epoch), self.model, self._best_spec(epoch, metrics))
+                save_model_checkpoint(self._best_path(epoch), self._selected_model(), self._best_spec(epoch, metrics))
         else:
             selection.epochs_without_improvement += 1
-        self.scheduler.step(score)
+        self.scheduler.after_epoch(score)
         if self.context.is_main:
             save_training_checkpoint(
-                self.checkpoint_dir / LAST_CHECKPOINT, self.model, self.optimizer, self.scheduler, selection, self._run_identity()
+                self.checkpoint_dir / LAST_CHECKPOINT,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                selection,
+                self._run_identity(),
+                self.averaged,
             )
             self._remove_unselected_best(selection.best_epoch)
 
@@ -296,10 +328,10 @@ class _TrainingRun:
         self.model.load_state_dict(best_weights)
         test_set = self.data.splits.get("test")
         has_test = test_set is not None and bool((test_set.labels >= 0).any())
-        dev_metrics, firing_rates, energy = self._evaluate_split(self.data.splits["dev"], monitor_spikes=not has_test)
+        dev_metrics, firing_rates, energy = self._evaluate_split(self.model, self.data.splits["dev"], monitor_spikes=not has_test)
         test_metrics = None
         if has_test:
-            test_metrics, firing_rates, energy = self._evaluate_split(test_set, monitor_spikes=True)
+            test_metrics, firing_rates, energy = self._evaluate_split(self.model, test_set, monitor_spikes=True)
         self.model.eval()
         return TrainResult(
             model=self.model,
@@ -345,6 +377,18 @@ def _read_best_weights(path: Path, context: DistributedContext) -> dict[str, tor
     barrier(context)
     weights, _ = load_model_checkpoint(path)
     return weights
+
+
+def ema_update(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
+    """Exponential moving average (for ``AveragedModel(multi_avg_fn=...)``) whose decay warms up as
+    min(decay, (1 + n) / (10 + n)) after n updates, so that the average follows the weights closely early on
+    instead of clinging to the initialisation."""
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
+        step_decay = min(decay, (1 + float(updates)) / (10 + float(updates)))
+        torch._foreach_lerp_(averaged, current, 1 - step_decay)
+
+    return update
 
 
 def seed_everything(seed: int) -> None:

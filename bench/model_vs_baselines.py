@@ -1,0 +1,245 @@
+"""SpikEmo variants against a linear probe, on splits never used for selection, over several seeds.
+
+Datasets (each trained with its shipped config's model and training sections):
+- ``meld``: MELD text (frozen MiniLM features from the cache). A fixed 10% of the train dialogues selects
+  (epoch, probe C), MELD's dev split is reported: the shared copy holds no test split.
+- ``emodb``: EmoDB speech, eGeMAPS features, speaker-independent. Each speaker's clips form one session
+  (a "dialogue" of that speaker's utterances); fold k reports on speaker k, selects on speaker k+1 and
+  trains on the other six; every one of the 8 folds runs every seed.
+- ``demo``: a generated corpus (default 200 dialogues, ~1,700 clips), all three modalities, its own
+  train/dev/test; dev selects, test is reported.
+Variants: ``ours`` (the config as shipped), ``no_spiking`` (its spiking branch removed), ``ce_only`` (its
+loss reduced to cross-entropy), ``paper`` (the paper-faithful model: Heaviside input encoding, softmax gate
+over utterances, no speaker/position embeddings, DialogueRNN output replacing its input, tau 10, loss
+weights 0.4/1/0.3, Adam with L2; same sizes and schedule so the comparison isolates the design) and ``linear_probe`` (the probe every training run fits). Each line printed
+is one run; the last line is the summary: per dataset and variant the mean ± std of the reported split's
+weighted-F1 (and accuracy), and the differences of ``ours`` from the probe and from ``no_spiking``.
+
+    .venv/bin/python bench/model_vs_baselines.py --datasets meld,emodb,demo --seeds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from spikemo.config import SpikEmoConfig, load_config
+from spikemo.data.demo import DemoCorpusSettings, make_demo_corpus
+from spikemo.data.schema import read_manifest
+from spikemo.features.extract import load_features, preprocess
+from spikemo.training import build_dialogue_data, train_model
+from spikemo.training.baseline import fit_linear_probe
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+VARIANTS: dict[str, dict[str, Any]] = {
+    "ours": {},
+    "no_spiking": {"model.use_spiking": False},
+    "ce_only": {"train.loss_weights": {"ce": 1.0, "dice": 0.0, "soft_hgr": 0.0}},
+    "paper": {
+        "model.spike_encoding": "heaviside",
+        "model.spike_gate": "utterance_softmax",
+        "model.spike_speaker_context": False,
+        "model.dialogue_context_residual": False,
+        "model.neuron.tau": 10.0,
+        "train.loss_weights": {"ce": 0.4, "dice": 1.0, "soft_hgr": 0.3},
+        "train.optimizer": "adam",
+        "train.weight_decay": 1e-5,
+    },
+}
+PROBE = "linear_probe"
+
+
+@dataclass
+class Fold:
+    """One evaluation: a manifest whose ``dev`` selects and whose ``test`` is reported."""
+
+    manifest: pd.DataFrame
+    features: dict[str, pd.DataFrame]
+    labels: list[str]
+    config: SpikEmoConfig
+    name: str = "all"  # which evaluation split this is (EmoDB: the reported speaker)
+
+
+def meld_folds(args: argparse.Namespace) -> Iterator[Fold]:
+    config = _config("meld.yaml", args, {"data.root": str(args.meld_root), "features.modalities": ["text"]})
+    manifest, labels, features = _prepared(config)
+    train_dialogues = np.sort(manifest.loc[manifest["split"] == "train", "dialogue_id"].unique())
+    rng = np.random.default_rng(0)  # the same selection dialogues for every seed and variant
+    selection = set(rng.choice(train_dialogues, size=round(0.1 * len(train_dialogues)), replace=False))
+    resplit = manifest["split"].map({"train": "train", "dev": "test"}).where(
+        ~manifest["dialogue_id"].isin(selection) | (manifest["split"] != "train"), "dev"
+    )
+    manifest = manifest.assign(split=resplit)
+    for seed in range(args.seeds):
+        yield Fold(manifest, features, labels, _seeded(config, seed))
+
+
+def emodb_folds(args: argparse.Namespace) -> Iterator[Fold]:
+    sessions = args.work / "emodb_sessions.csv"
+    table = pd.read_csv(args.emodb_root / "labels.csv", dtype={"speaker": str})
+    table = table.sort_values("file").assign(
+        dialogue_id=lambda t: "speaker" + t["speaker"],
+        utterance_index=lambda t: t.groupby("speaker").cumcount(),
+        text="",
+        split="train",
+        media_path=lambda t: t["file"],
+    )
+    sessions.parent.mkdir(parents=True, exist_ok=True)
+    table = table.assign(label=table["emotion"])
+    table[["dialogue_id", "utterance_index", "speaker", "text", "label", "split", "media_path"]].to_csv(sessions, index=False)
+    labels = sorted(table["emotion"].unique())
+    config = _config(
+        "emodb.yaml",
+        args,
+        {"data.format": "manifest", "data.manifest": str(sessions), "data.root": str(args.emodb_root), "data.labels": labels},
+    )
+    manifest, labels, features = _prepared(config)
+    speakers = sorted(manifest["speaker"].unique())
+    for fold, test_speaker in enumerate(speakers):
+        dev_speaker = speakers[(fold + 1) % len(speakers)]
+        split = np.where(manifest["speaker"] == test_speaker, "test", np.where(manifest["speaker"] == dev_speaker, "dev", "train"))
+        for seed in range(args.seeds):
+            yield Fold(manifest.assign(split=split), features, labels, _seeded(config, seed), name=f"speaker{test_speaker}")
+
+
+def demo_folds(args: argparse.Namespace) -> Iterator[Fold]:
+    root = args.work / f"demo-{args.demo_dialogues}"
+    if not (root / "train_sent_emo.csv").is_file():
+        make_demo_corpus(root, DemoCorpusSettings(dialogues=args.demo_dialogues, seed=args.demo_dialogues))
+    config = _config("demo.yaml", args, {"data.root": str(root), "data.name": f"demo{args.demo_dialogues}"})
+    manifest, labels, features = _prepared(config)
+    for seed in range(args.seeds):
+        yield Fold(manifest, features, labels, _seeded(config, seed))
+
+
+DATASETS: dict[str, Callable[[argparse.Namespace], Iterator[Fold]]] = {
+    "meld": meld_folds,
+    "emodb": emodb_folds,
+    "demo": demo_folds,
+}
+
+
+def _seeded(config: SpikEmoConfig, seed: int) -> SpikEmoConfig:
+    return config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
+
+
+def _config(name: str, args: argparse.Namespace, overrides: dict[str, Any]) -> SpikEmoConfig:
+    extra = {"train.epochs": args.epochs} if args.epochs else {}
+    return load_config(REPO / "configs" / name, {"cache": str(args.cache), **overrides, **extra})
+
+
+def _prepared(config: SpikEmoConfig) -> tuple[pd.DataFrame, list[str], dict[str, pd.DataFrame]]:
+    manifest_path = Path(preprocess(config)["manifest"])
+    manifest, metadata = read_manifest(manifest_path)
+    features = {m: load_features(manifest, m, config.features, config.cache) for m in config.features.modalities}
+    return manifest, metadata["labels"], features
+
+
+def _with_overrides(config: SpikEmoConfig, overrides: dict[str, Any]) -> SpikEmoConfig:
+    tree = config.model_dump(mode="json")
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return SpikEmoConfig.model_validate(tree)
+
+
+def run_fold(dataset: str, fold: Fold, variants: list[str]) -> list[dict[str, Any]]:
+    records = []
+    seed = fold.config.train.seed
+    if PROBE in variants and seed == 0:  # the probe is deterministic: one fit per fold
+        started = time.perf_counter()
+        data = build_dialogue_data(fold.manifest, fold.features, len(fold.labels))
+        probe = fit_linear_probe(data, fold.labels, seed=seed)
+        records.append(_record(dataset, fold.name, PROBE, seed, probe.test_metrics, probe.dev_metrics, time.perf_counter() - started, C=probe.C))
+    for variant in (v for v in variants if v != PROBE):
+        config = _with_overrides(fold.config, VARIANTS[variant])
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as run_dir:
+            result = train_model(config, fold.manifest, fold.features, fold.labels, Path(run_dir), resume=False)
+        records.append(
+            _record(
+                dataset, fold.name, variant, seed, result.test_metrics, result.dev_metrics, time.perf_counter() - started,
+                best_epoch=result.best_epoch, epochs_run=len(result.history),
+            )
+        )
+    return records
+
+
+def _record(dataset: str, fold: str, variant: str, seed: int, reported: dict, selection: dict, seconds: float, **extra: Any) -> dict[str, Any]:
+    record = {
+        "dataset": dataset,
+        "fold": fold,
+        "variant": variant,
+        "seed": seed,
+        "reported_weighted_f1": round(reported["weighted_f1"], 2),
+        "reported_accuracy": round(reported["accuracy"], 2),
+        "selection_weighted_f1": round(selection["weighted_f1"], 2),
+        "seconds": round(seconds, 1),
+        **extra,
+    }
+    print(json.dumps(record), flush=True)
+    return record
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
+    table = pd.DataFrame(records)
+    summary: dict[str, Any] = {}
+    for dataset, rows in table.groupby("dataset", sort=False):
+        per_variant = {}
+        for variant, runs in rows.groupby("variant", sort=False):
+            per_variant[variant] = {
+                "weighted_f1_mean": round(runs["reported_weighted_f1"].mean(), 2),
+                "weighted_f1_std": round(runs["reported_weighted_f1"].std(ddof=1), 2) if len(runs) > 1 else 0.0,
+                "accuracy_mean": round(runs["reported_accuracy"].mean(), 2),
+                "runs": len(runs),
+                "seconds_mean": round(runs["seconds"].mean(), 1),
+            }
+        means = {variant: stats["weighted_f1_mean"] for variant, stats in per_variant.items()}
+        differences = {
+            f"ours_minus_{other}": round(means["ours"] - means[other], 2) for other in means if other != "ours" and "ours" in means
+        }
+        summary[dataset] = {"variants": per_variant, "differences": differences}
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="meld,emodb,demo", help="comma-separated subset of meld,emodb,demo")
+    parser.add_argument("--variants", default=",".join([*VARIANTS, PROBE]))
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per dataset (EmoDB: per fold)")
+    parser.add_argument("--epochs", type=int, help="override each config's train.epochs")
+    parser.add_argument("--demo-dialogues", type=int, default=200)
+    parser.add_argument("--meld-root", type=Path, default=SHARED_DATA / "meld")
+    parser.add_argument("--emodb-root", type=Path, default=SHARED_DATA / "emodb")
+    parser.add_argument("--cache", type=Path, default=REPO / "feature_cache")
+    parser.add_argument("--work", type=Path, default=REPO / ".spikemo" / "bench", help="generated corpora and session lists")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    variants = args.variants.split(",")
+    unknown = set(variants) - {*VARIANTS, PROBE}
+    if unknown:
+        parser.error(f"unknown variant(s) {sorted(unknown)}; choose from {[*VARIANTS, PROBE]}")
+    records = []
+    for dataset in args.datasets.split(","):
+        for fold in DATASETS[dataset](args):
+            records.extend(run_fold(dataset, fold, variants))
+    print(json.dumps({"benchmark": "model_vs_baselines", "seeds": args.seeds, "summary": summarise(records)}))
+
+
+if __name__ == "__main__":
+    main()
