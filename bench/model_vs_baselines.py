@@ -89,8 +89,8 @@ def emodb_folds(args: argparse.Namespace) -> Iterator[Fold]:
     sessions = args.work / "emodb_sessions.csv"
     table = pd.read_csv(args.emodb_root / "labels.csv", dtype={"speaker": str})
     table = table.sort_values("file").assign(
-        dialogue_id=lambda t: "speaker" + t["speaker"],
         utterance_index=lambda t: t.groupby("speaker").cumcount(),
+        dialogue_id=lambda t: "speaker" + t["speaker"] + "-" + (t["utterance_index"] // args.emodb_session_length).astype(str),
         text="",
         split="train",
         media_path=lambda t: t["file"],
@@ -224,6 +224,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="override each config's train.epochs")
     parser.add_argument("--demo-dialogues", type=int, default=200)
     parser.add_argument("--meld-root", type=Path, default=SHARED_DATA / "meld")
+    parser.add_argument("--emodb-session-length", type=int, default=12, help="EmoDB clips per speaker session")
     parser.add_argument("--emodb-root", type=Path, default=SHARED_DATA / "emodb")
     parser.add_argument("--cache", type=Path, default=REPO / "feature_cache")
     parser.add_argument("--work", type=Path, default=REPO / ".spikemo" / "bench", help="generated corpora and session lists")

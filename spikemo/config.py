@@ -119,7 +119,8 @@ class ModelConfig(Section):
     )
     spike_gate: Literal["feature", "utterance_softmax"] = Field(
         "feature",
-        description="feature: h * 2 sigmoid(W s + b) per utterance and feature (identity at initialisation); "
+        description="feature: h * 2 sigmoid(W s + b) + U s + c per utterance and feature (the identity at "
+        "initialisation); "
         "utterance_softmax: the paper's h + h * softmax of s over the dialogue's utterances.",
     )
     spike_speaker_context: bool = Field(

@@ -21,7 +21,7 @@ def test_yaml_then_overrides(tmp_path):
     config = load_config(path, dict([parse_override("train.epochs=3"), parse_override("data.labels=[a, b]")]))
     assert config.train.epochs == 3 and config.train.lr == 0.001 and config.model.timesteps == 4
     assert config.data.label_names == ["a", "b"]
-    assert config.flat()["train.loss_weights.dice"] == 1.0
+    assert config.flat()["train.loss_weights.dice"] == 0.5
 
 
 def test_every_shipped_config_validates():

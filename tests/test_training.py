@@ -299,8 +299,8 @@ def test_distributed_data_parallel_ranks_end_identical(tmp_path):
 
 
 def _learning_rates(config: TrainConfig, steps_per_epoch: int, dev_scores: list[float]) -> tuple[list[float], LearningRateSchedule]:
-    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
-    schedule = LearningRateSchedule(optimizer, config, steps_per_epoch)
+    schedule = LearningRateSchedule(_optimizer(config), config, steps_per_epoch)
+    optimizer = schedule.per_step.optimizer if schedule.per_step is not None else schedule.plateau.optimizer
     rates = []
     for score in dev_scores:
         for _ in range(steps_per_epoch):
@@ -317,12 +317,19 @@ def test_warm_up_then_cosine_decay():
     assert rates[0] == pytest.approx(1e-4)  # 1% of lr
     assert rates[:10] == sorted(rates[:10]) and rates[10] == pytest.approx(1e-2)  # linear warm-up over 2 epochs
     assert rates[10:] == sorted(rates[10:], reverse=True) and rates[-1] < 1e-3  # cosine towards 0
-    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
-    restored = LearningRateSchedule(optimizer, config, 5)
-    restored.load_state_dict(schedule.state_dict())
-    assert restored.steps == 50 and optimizer.param_groups[0]["lr"] == pytest.approx(1e-2)  # state, not the lr itself
-    restored.after_step()
-    assert restored.per_step.last_epoch == schedule.per_step.last_epoch + 1
+    # resuming as the checkpoint does: a new schedule, then the optimizer's state, then the schedule's
+    resumed_optimizer = _optimizer(config)
+    resumed = LearningRateSchedule(resumed_optimizer, config, 5)
+    resumed_optimizer.load_state_dict(schedule.per_step.optimizer.state_dict())
+    resumed.load_state_dict(schedule.state_dict())
+    for continued in (schedule, resumed):
+        continued.per_step.optimizer.step()
+        continued.after_step()
+    assert resumed_optimizer.param_groups[0]["lr"] == pytest.approx(schedule.per_step.optimizer.param_groups[0]["lr"])
+
+
+def _optimizer(config: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
 
 
 def test_plateau_schedule_halves_after_patience():

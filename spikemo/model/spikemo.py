@@ -7,8 +7,8 @@ Per modality m with features u_m [B, L, D_m]:
     s_m = Spikformer(h_m [+ E_party + E_turn])             SSA across the dialogue's present utterances;
                                                            shared across modalities; speaker and position
                                                            embeddings with model.spike_speaker_context
-    h_m = h_m * 2 sigmoid(W_m s_m + b_m)                   model.spike_gate "feature": per utterance and
-                                                           feature; W_m, b_m start at 0 (the identity)
+    h_m = h_m * 2 sigmoid(W_m s_m + b_m) + U_m s_m + c_m   model.spike_gate "feature": per utterance and
+                                                           feature; W, U, b, c start at 0 (the identity)
     h_m = h_m + h_m * softmax_over_utterances(s_m)         "utterance_softmax" (the paper's), padding and
                                                            absent positions excluded
     f_m = MultiAttn_m(h_m; other modalities)
