@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+import spikemo
 from spikemo.config import SpikEmoConfig, load_config
 from spikemo.errors import ConfigError
 
@@ -36,6 +38,23 @@ def config_payload(config: SpikEmoConfig) -> dict[str, Any]:
 
 def digest(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@cache
+def code_digest() -> str:
+    """sha256 over the spikemo library's source files: a change to the code invalidates cached training."""
+    package = Path(spikemo.__file__).parent
+    hasher = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        hasher.update(str(path.relative_to(package)).encode())
+        hasher.update(path.read_bytes())
+    return hasher.hexdigest()
+
+
+def artifact_key(config: SpikEmoConfig, stage: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits, dashes) from the dataset name and the stage."""
+    name = "".join(ch if ch.isalnum() else "-" for ch in config.data.dataset_name.lower())
+    return f"{name}-{stage}"
 
 
 def task_runner(config: SpikEmoConfig) -> TaskRunner:

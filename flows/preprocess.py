@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.futures import wait
 
-from flows.common import config_payload, resolve_config, task_runner
+from flows.common import artifact_key, config_payload, resolve_config, task_runner
 from spikemo.config import SpikEmoConfig
 from spikemo.data.ingest import ingest, reason_kind
 from spikemo.features.extract import extract_modality, plan_shards
@@ -77,12 +77,8 @@ def preprocess_flow(
     ingested = ingest_task(payload)
     modalities = extract_flow.with_options(task_runner=task_runner(resolved))(payload, ingested["manifest"])
     summary = {"manifest": ingested["manifest"], "utterances": ingested["utterances"], "rejected": ingested["rejected"], "modalities": modalities}
-    create_markdown_artifact(key=f"{_artifact_key(resolved)}-preprocess", markdown=_markdown(resolved, ingested, modalities), description="spikemo preprocess summary")
+    create_markdown_artifact(key=artifact_key(resolved, "preprocess"), markdown=_markdown(resolved, ingested, modalities), description="spikemo preprocess summary")
     return summary
-
-
-def _artifact_key(config: SpikEmoConfig) -> str:
-    return "".join(ch if ch.isalnum() else "-" for ch in config.data.dataset_name.lower())
 
 
 def _markdown(config: SpikEmoConfig, ingested: dict[str, Any], modalities: dict[str, dict[str, Any]]) -> str:

@@ -10,7 +10,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
-from flows.common import config_payload, digest, resolve_config
+from flows.common import artifact_key, code_digest, config_payload, digest, resolve_config
 from spikemo import tracking
 from spikemo.config import SpikEmoConfig
 from spikemo.data.schema import read_manifest
@@ -19,11 +19,11 @@ from spikemo.features.extract import preprocess
 
 
 def _training_inputs(context: Any, parameters: dict[str, Any]) -> str:
-    """Same config, same manifest content and same encoders → the finished run is reused, not retrained."""
+    """Same config, manifest content, encoders and library code → the finished run is reused, not retrained."""
     config = parameters["config"]
     manifest, _ = read_manifest(Path(parameters["preprocessed"]["manifest"]))
     encoders = {m: s["fingerprint"] for m, s in parameters["preprocessed"]["modalities"].items()}
-    return digest("train", {k: v for k, v in config.items() if k != "cache"}, manifest_digest(manifest), encoders)
+    return digest("train", {k: v for k, v in config.items() if k != "cache"}, manifest_digest(manifest), encoders, code_digest())
 
 
 @task(name="extract-missing", retries=1, cache_policy=NONE)
@@ -72,13 +72,16 @@ def train_flow(
     trained = train_task.with_options(refresh_cache=force)(payload, preprocessed)
     registration = register_task(payload, trained)
     summary = {**trained["summary"], **registration}
-    create_markdown_artifact(key=f"{resolved.data.dataset_name.lower()}-train", markdown=_markdown(resolved, summary), description="spikemo training run")
+    create_markdown_artifact(key=artifact_key(resolved, "train"), markdown=_markdown(resolved, summary), description="spikemo training run")
     return summary
 
 
 def _markdown(config: SpikEmoConfig, summary: dict[str, Any]) -> str:
     metrics = pd.DataFrame(
-        [{"metric": key, "value": summary[key]} for key in ("dev_weighted_f1", "test_weighted_f1", "test_macro_f1", "test_accuracy", "baseline_dev_weighted_f1", "baseline_test_weighted_f1") if summary.get(key) is not None]
+        [{"metric": key, "value": summary[key]} for key in (
+            "dev_weighted_f1", "test_weighted_f1", "test_macro_f1", "test_accuracy", "baseline_dev_weighted_f1",
+            "baseline_test_weighted_f1", "epochs_run", "best_epoch", "early_stopped",
+        ) if summary.get(key) is not None]
     )
     link = tracking.run_url(config, summary["run_id"])
     return "\n\n".join(

@@ -2,7 +2,7 @@
 
 Exit codes: 0 success; 1 unexpected internal error (re-run with ``--debug`` for the traceback);
 2 invalid options or configuration; 3 unusable input (missing file or column, no valid row);
-130 interrupted.
+4 training diverged (NaN/inf loss; nothing registered); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -24,8 +24,14 @@ DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 Command = Callable[[argparse.Namespace, SpikEmoConfig], dict[str, Any]]
 
 
+def _debug_option() -> argparse.ArgumentParser:
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    return debug
+
+
 def _common_options() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, parents=[_debug_option()])
     common.add_argument("--config", type=Path, help="YAML config file (see configs/)")
     common.add_argument(
         "--set",
@@ -37,7 +43,6 @@ def _common_options() -> argparse.ArgumentParser:
     )
     common.add_argument("--workdir", type=Path, help="work directory: MLflow store, run outputs (env SPIKEMO_HOME, default ./.spikemo)")
     common.add_argument("--cache", type=Path, help="feature cache directory (default ./feature_cache)")
-    common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     return common
 
 
@@ -182,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo_data = commands.add_parser(
         "make-demo-data",
-        parents=[common],
+        parents=[_debug_option()],
         help="generate the multimodal demo corpus (MELD layout, speech + face video)",
         description="Write a generated corpus in MELD's raw layout: the three CSVs and diaX_uttY.mp4 clips with "
         "synthesized speech and an animated face whose cues follow each utterance's emotion.",
@@ -266,23 +271,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace) -> SpikEmoConfig:
-    overrides: dict[str, Any] = dict(parse_override(item) for item in args.overrides)
-    if args.workdir:
+    """Defaults, the config file, ``--set`` overrides, then the command's own options (commands without the
+    common options, such as ``make-demo-data``, get the defaults)."""
+    overrides: dict[str, Any] = dict(parse_override(item) for item in getattr(args, "overrides", []))
+    if getattr(args, "workdir", None):
         overrides["workdir"] = str(args.workdir)
-    if args.cache:
+    if getattr(args, "cache", None):
         overrides["cache"] = str(args.cache)
     overrides.update(args.overrides_from(args))
-    return load_config(args.config or getattr(args, "default_config", None), overrides)
+    return load_config(getattr(args, "config", None) or getattr(args, "default_config", None), overrides)
+
+
+def configure_logging(debug: bool) -> None:
+    """spikemo's own messages at INFO (everything at DEBUG with ``--debug``); other libraries at WARNING."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="spikemo: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    log.setLevel(logging.DEBUG if debug else logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="spikemo: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.debug)
     try:
         config = resolve_config(args)
         summary = args.handler(args, config)

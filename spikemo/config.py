@@ -179,6 +179,9 @@ class TrackingConfig(Section):
     tracking_uri: str | None = Field(None, description="Default: MLFLOW_TRACKING_URI, else sqlite in the workdir.")
     experiment: str = "spikemo"
     registered_model: str | None = Field(None, description="Default: spikemo-<dataset>.")
+    ui_url: str | None = Field(
+        None, description="MLflow UI address for links in artifacts; default: an http tracking URI, else spikemo ui's."
+    )
     gating_split: Literal["dev", "test"] = "dev"
     require_beating_baseline: bool = Field(
         False, description="Champion only if the run also beats its own linear probe on the gating split."

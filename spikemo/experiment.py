@@ -90,8 +90,10 @@ def train_and_log(config: SpikEmoConfig, data: PreparedData) -> TrainedRun:
         tracking.log_inputs(data.manifest, data.manifest_path, data.caches)
         result = train_model(config, data.manifest, data.features, data.labels, run_dir, on_epoch_end=tracking.log_epoch)
         metrics = {"dev": result.dev_metrics, **({"test": result.test_metrics} if result.test_metrics else {})}
-        tracking.log_evaluation(result.history, metrics, data.labels, result.firing_rates, result.energy)
-        mlflow.log_metric("best_epoch", result.best_epoch + 1)
+        tracking.log_evaluation(
+            result.history, metrics, data.labels, result.firing_rates, result.energy, result.spike_statistics_split
+        )
+        mlflow.log_metric("best_epoch", result.best_epoch)
         probe = fit_linear_probe(
             build_dialogue_data(data.manifest, data.features, len(data.labels)), data.labels, seed=config.train.seed
         )
@@ -106,8 +108,9 @@ def train_and_log(config: SpikEmoConfig, data: PreparedData) -> TrainedRun:
     test = result.test_metrics or {}
     summary = {
         "run_id": run.info.run_id,
-        "best_epoch": result.best_epoch + 1,
+        "best_epoch": result.best_epoch,  # 0-based, like the logged steps and the checkpoints
         "epochs_run": len(result.history),
+        "early_stopped": len(result.history) < config.train.epochs,
         "device": result.device,
         "dev_weighted_f1": result.dev_metrics["weighted_f1"],
         "test_weighted_f1": test.get("weighted_f1"),

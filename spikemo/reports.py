@@ -48,15 +48,15 @@ def learning_curves_figure(history: list[dict[str, Any]]) -> Figure:
     return figure
 
 
-def firing_rates_figure(rates: dict[str, float]) -> Figure:
+def firing_rates_figure(rates: dict[str, float], split: str) -> Figure:
     names = list(rates)
     figure = Figure(figsize=(8, 0.6 + 0.3 * len(names)))
     axes = figure.subplots()
     axes.barh(names, [rates[name] for name in names], color="tab:orange")
     axes.set_xlabel("mean firing rate (spikes per neuron per timestep)")
-    axes.set_xlim(0, max(0.05, max(rates.values(), default=0) * 1.15))
+    axes.set_xlim(0, max(max(rates.values(), default=0.0) * 1.15, 1e-6))  # scaled to the rates, however small
     axes.invert_yaxis()
-    axes.set_title("spiking layers (test split)")
+    axes.set_title(f"spiking layers ({split} split)")
     figure.tight_layout()
     return figure
 

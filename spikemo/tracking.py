@@ -150,7 +150,14 @@ def log_inputs(manifest: pd.DataFrame, manifest_path: Path, caches: dict[str, di
         mlflow.log_input(source, context="features", tags={"encoder": cache["encoder"], "dim": str(cache["dim"])})
 
 
-def log_evaluation(history: list[dict[str, Any]], metrics: dict[str, dict[str, Any]], labels: list[str], firing_rates: dict[str, float], energy: dict[str, float]) -> None:
+def log_evaluation(
+    history: list[dict[str, Any]],
+    metrics: dict[str, dict[str, Any]],
+    labels: list[str],
+    firing_rates: dict[str, float],
+    energy: dict[str, float],
+    spike_statistics_split: str,
+) -> None:
     """Final metrics per split, plots and reports as artifacts."""
     for split, scores in metrics.items():
         prefix = "selected_dev" if split == "dev" else split  # per-epoch dev_* curves keep their own names
@@ -160,10 +167,15 @@ def log_evaluation(history: list[dict[str, Any]], metrics: dict[str, dict[str, A
     if history:
         mlflow.log_figure(reports.learning_curves_figure(history), "plots/learning_curves.png")
     if firing_rates:
-        mlflow.log_figure(reports.firing_rates_figure(firing_rates), "plots/firing_rates.png")
-        mlflow.log_metrics({f"test_firing_rate.{name}": rate for name, rate in firing_rates.items()})
+        figure = reports.firing_rates_figure(firing_rates, spike_statistics_split)
+        mlflow.log_figure(figure, "plots/firing_rates.png")
+        rates = {f"{spike_statistics_split}_firing_rate.{name}": rate for name, rate in firing_rates.items()}
+        mlflow.log_metrics(rates)
     if energy:
-        mlflow.log_metrics({f"test_{key}": float(value) for key, value in energy.items()})
+        constants = {key for key in energy if key.startswith("pj_per_")}  # the energy model's costs, not results
+        mlflow.log_params({f"energy.{key}": energy[key] for key in constants})
+        measured = {f"{spike_statistics_split}_{key}": float(value) for key, value in energy.items() if key not in constants}
+        mlflow.log_metrics(measured)
     mlflow.log_dict({str(i): label for i, label in enumerate(labels)}, "label_map.json")
 
 
@@ -318,10 +330,15 @@ def resolve_model_uri(uri: str) -> str:
     return uri
 
 
-def run_url(config: SpikEmoConfig, run_id: str, ui: str = "http://127.0.0.1:5000") -> str:
-    """Where a run opens in the MLflow UI (a tracking server's own URL, or ``spikemo ui``'s default)."""
+DEFAULT_UI_URL = "http://127.0.0.1:5000"  # where `spikemo ui` serves
+
+
+def run_url(config: SpikEmoConfig, run_id: str) -> str:
+    """Where a run opens in the MLflow UI: ``tracking.ui_url``, else a tracking server's own URL, else
+    ``spikemo ui``'s default address."""
     uri = tracking_uri(config)
-    base = uri.rstrip("/") if uri.startswith("http") else ui
+    base = config.tracking.ui_url or (uri if uri.startswith("http") else DEFAULT_UI_URL)
+    base = base.rstrip("/")
     experiment = MlflowClient(uri).get_run(run_id).info.experiment_id
     return f"{base}/#/experiments/{experiment}/runs/{run_id}"
 

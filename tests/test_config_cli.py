@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from spikemo.cli import build_parser, main
+from spikemo import experiment
+from spikemo.cli import build_parser, configure_logging, main
 from spikemo.config import SpikEmoConfig, load_config, parse_override
 from spikemo.errors import ConfigError
+from spikemo.training import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,3 +61,33 @@ def test_help_on_every_subcommand():
     for name in commands:
         result = subprocess.run([sys.executable, "-m", "spikemo.cli", name, "--help"], capture_output=True, text=True)
         assert result.returncode == 0 and "usage: spikemo" in result.stdout, name
+
+
+def test_only_spikemo_logs_at_info_unless_debug(capsys):
+    configure_logging(debug=False)
+    logging.getLogger("httpx").info("HTTP Request: POST http://127.0.0.1:8079/api/logs/")
+    logging.getLogger("spikemo.training").info("epoch 0 of 0-3")
+    logging.getLogger("httpx").warning("something is wrong")
+    err = capsys.readouterr().err
+    assert "HTTP Request" not in err and "epoch 0 of 0-3" in err and "something is wrong" in err
+    configure_logging(debug=True)
+    logging.getLogger("httpx").debug("HTTP Request: GET /")
+    assert "HTTP Request" in capsys.readouterr().err
+    configure_logging(debug=False)
+
+
+def test_make_demo_data_offers_only_its_own_options(tmp_path):
+    parser = build_parser()
+    for option in ("--config", "--cache", "--workdir", "--set"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["make-demo-data", str(tmp_path), option, "x"])
+    assert parser.parse_args(["make-demo-data", str(tmp_path), "--debug"]).debug
+
+
+def test_diverging_training_has_its_own_exit_code(monkeypatch, capsys):
+    def diverge(config):
+        raise NonFiniteLossError("epoch 0, step 3: training loss is not finite")
+
+    monkeypatch.setattr(experiment, "run_experiment", diverge)
+    assert main(["train", "--format", "meld", "--root", "."]) == 4
+    assert capsys.readouterr().err.strip() == "spikemo: error: epoch 0, step 3: training loss is not finite"

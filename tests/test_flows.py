@@ -80,3 +80,24 @@ def test_pipeline_flow_end_to_end_then_reuses_caches(tmp_path, tiny_corpus):
     states = [state for _, state, _ in json.loads(listed.stdout.strip().splitlines()[-1])]
     assert states and all(state == "COMPLETED" for state in states)
     assert len(states) >= 2 * 4  # pipeline, preprocess, extract, train per run
+
+
+def test_artifact_keys_are_valid_for_any_dataset_name():
+    from flows.common import artifact_key
+    from spikemo.config import load_config
+
+    config = load_config(None, {"data.name": "My_Data.v2"})
+    assert artifact_key(config, "train") == "my-data-v2-train"
+
+
+def test_training_cache_key_follows_the_library_code(tmp_path, monkeypatch, meld_conversations, tiny_config):
+    from flows import common, train
+    from spikemo.features.extract import preprocess
+
+    config = tiny_config(meld_conversations, tmp_path / "work", tmp_path / "cache")
+    parameters = {"config": config.model_dump(mode="json"), "preprocessed": preprocess(config)}
+    before = train._training_inputs(None, parameters)
+    assert train._training_inputs(None, parameters) == before
+    monkeypatch.setattr(common, "code_digest", lambda: "another version of spikemo")
+    monkeypatch.setattr(train, "code_digest", common.code_digest)
+    assert train._training_inputs(None, parameters) != before

@@ -58,6 +58,7 @@ def test_kill_9_during_preprocessing_then_rerun_completes(tmp_path, meld_convers
 
     rerun = subprocess.run(_preprocess_command(meld_conversations, cache), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "\r" not in rerun.stderr and "HTTP Request" not in rerun.stderr  # a log, not a terminal: no bar frames
     counts = json.loads(rerun.stdout.strip().splitlines()[-1])["modalities"]["text"]
     assert counts["reused"] >= 48 and counts["encoded"] + counts["reused"] == 594
     state = _cache_state(meld_conversations, cache)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from spikemo import experiment, tracking
+from spikemo import experiment, reports, tracking
 from spikemo.errors import ConfigError
 from spikemo.predict import Predictor
 from spikemo.training.loop import NonFiniteLossError
@@ -48,6 +48,9 @@ def test_run_holds_params_metrics_artifacts_and_inputs(store):
         "label_map.json",
     ):
         assert expected in artifacts, expected
+    assert any(key.startswith("test_firing_rate.") for key in run.data.metrics)
+    assert "test_energy_ratio" in run.data.metrics and "test_pj_per_ac" not in run.data.metrics
+    assert run.data.params["energy.pj_per_ac"] == "0.9"
     for split in ("selected_dev", "test"):
         key = f"baseline_{split}_weighted_f1"
         assert key in run.data.metrics, key
@@ -135,3 +138,19 @@ def test_secrets_never_reach_params(tmp_path, meld_conversations, tiny_config):
     params = tracking.loggable_params(config)
     assert params["tracking.tracking_uri"] == "postgresql://ml:***@db:5432/mlflow"
     assert not any("hunter2" in value for value in params.values())
+
+
+def test_firing_rate_plot_is_scaled_to_small_rates():
+    figure = reports.firing_rates_figure({"spikformer.blocks.0.mlp": 8e-4, "spikformer.blocks.0.attention": 2e-4}, "dev")
+    axes = figure.axes[0]
+    assert axes.get_xlim() == pytest.approx((0.0, 8e-4 * 1.15))
+    assert axes.get_title() == "spiking layers (dev split)"
+
+
+def test_run_links_use_the_configured_ui(store):
+    config, summary = store
+    assert tracking.run_url(config, summary["run_id"]).startswith("http://127.0.0.1:5000/#/experiments/")
+    elsewhere = config.model_copy(update={"tracking": config.tracking.model_copy(update={"ui_url": "https://mlflow.example.org/"})})
+    assert tracking.run_url(elsewhere, summary["run_id"]).startswith("https://mlflow.example.org/#/experiments/")
+    assert summary["early_stopped"] == (summary["epochs_run"] < config.train.epochs)
+    assert 0 <= summary["best_epoch"] < summary["epochs_run"]

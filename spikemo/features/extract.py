@@ -275,7 +275,7 @@ def _decode_stream(items: Sequence[WorkItem], decode: Callable[[Any], Any] | Non
 
 def _run(todo: list[WorkItem], encoder: Encoder, cache: FeatureCache, features: FeaturesConfig, result: ExtractionResult) -> None:
     chunk_size = features.shard_size if encoder.modality == "text" else features.batch_size
-    progress = tqdm(total=len(todo), desc=f"{cache.dataset}/{encoder.modality} {encoder.name}", unit="utt", mininterval=1.0)
+    progress = tqdm(total=len(todo), desc=f"{cache.dataset}/{encoder.modality} {encoder.name}", unit="utt", mininterval=1.0, disable=None)
     with ThreadPoolExecutor(max_workers=features.decode_workers) as pool, progress:
         stream = _decode_stream(todo, input_decoder(encoder, features), pool, window=2 * features.batch_size)
         for _, shard_items in itertools.groupby(todo, key=lambda item: item.shard):

@@ -65,6 +65,8 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 class NonFiniteLossError(SpikemoError):
     """The training loss became NaN or infinite; the run cannot continue."""
 
+    exit_code = 4
+
 
 @dataclass
 class TrainResult:
@@ -77,6 +79,7 @@ class TrainResult:
     label_names: list[str]
     firing_rates: dict[str, float]  # SpikeMonitor on test (dev without one); empty if not spiking or rank > 0
     energy: dict[str, float]
+    spike_statistics_split: str  # the split firing_rates and energy were measured on
     checkpoint_path: Path  # best-epochNNNN.safetensors: selected weights + spec (epoch, dims, labels, model config)
     device: str
 
@@ -169,9 +172,9 @@ class _TrainingRun:
             self._select(selection, epoch, metrics)
             if self.context.is_main:
                 log.info(
-                    "epoch %d/%d: train loss %.4f, dev weighted-F1 %.2f (best %.2f at epoch %d)",
-                    epoch + 1, epochs, metrics["train_loss"], metrics["dev_weighted_f1"],
-                    selection.best_score, selection.best_epoch + 1,
+                    "epoch %d of 0-%d: train loss %.4f, dev weighted-F1 %.2f (best %.2f at epoch %d)",
+                    epoch, epochs - 1, metrics["train_loss"], metrics["dev_weighted_f1"],
+                    selection.best_score, selection.best_epoch,
                 )
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, metrics)
@@ -184,7 +187,7 @@ class _TrainingRun:
                 last, self.model, self.optimizer, self.scheduler, self._run_identity(), self.averaged
             )
             if self.context.is_main:
-                log.info("resuming after epoch %d from %s", selection.epoch + 1, last)
+                log.info("resuming after epoch %d from %s", selection.epoch, last)
             return selection
         return SelectionState(epoch=-1, best_epoch=-1, best_score=-math.inf, epochs_without_improvement=0)
 
@@ -197,10 +200,10 @@ class _TrainingRun:
         sums = torch.zeros(1 + 2 * len(self.loss_terms), 2, dtype=torch.float64)
         progress = tqdm(
             self.train_loader,
-            desc=f"epoch {epoch + 1}/{self.train_config.epochs}",
+            desc=f"epoch {epoch} of 0-{self.train_config.epochs - 1}",
             file=sys.stderr,
             leave=False,
-            disable=not self.context.is_main,
+            disable=None if self.context.is_main else True,  # None: no bar when stderr is not a terminal
         )
         for step, batch in enumerate(progress):
             batch = batch.to(device, non_blocking=True)
@@ -240,7 +243,7 @@ class _TrainingRun:
             return
         shown = ", ".join(f"{name}={value.item():.4g}" for name, value in terms.items())
         raise NonFiniteLossError(
-            f"epoch {epoch + 1}, step {step + 1}: training loss is not finite on some rank (this rank: "
+            f"epoch {epoch}, step {step}: training loss is not finite on some rank (this rank: "
             f"total={total.item():.4g}, {shown}); lower train.lr or check the features for extreme values"
         )
 
@@ -343,6 +346,7 @@ class _TrainingRun:
             label_names=self.label_names,
             firing_rates=firing_rates,
             energy=energy,
+            spike_statistics_split="test" if has_test else "dev",
             checkpoint_path=best_path,
             device=str(self.context.device),
         )

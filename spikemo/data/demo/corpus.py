@@ -86,7 +86,7 @@ def _prepare_folder(out: Path, overwrite: bool) -> None:
 
 
 def _render_all(plan: list[PlannedUtterance], out: Path, settings: DemoCorpusSettings) -> list[RenderedClip]:
-    progress = tqdm(total=len(plan), desc="demo clips", unit="clip", file=sys.stderr)
+    progress = tqdm(total=len(plan), desc="demo clips", unit="clip", file=sys.stderr, disable=None)
     rendered = []
     with progress:
         if settings.workers == 1:
