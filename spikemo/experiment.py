@@ -83,22 +83,22 @@ def train_and_log(config: SpikEmoConfig, data: PreparedData) -> TrainedRun:
     """Train, select on dev, evaluate once on test, and log it all in one MLflow run (FAILED if it raises)."""
     run_dir = Path(config.workdir) / "runs" / _run_key(config, data)
     _close_interrupted_run(config, run_dir)
-    fingerprints = {modality: spec.fingerprint for modality, spec in data.encoders.items()}
-    with tracking.training_run(config, fingerprints) as run:
+    with tracking.training_run(config, data.encoders) as run:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / ACTIVE_RUN_FILE).write_text(run.info.run_id)
         tracking.log_inputs(data.manifest, data.manifest_path, data.caches)
         result = train_model(config, data.manifest, data.features, data.labels, run_dir, on_epoch_end=tracking.log_epoch)
         metrics = {"dev": result.dev_metrics, **({"test": result.test_metrics} if result.test_metrics else {})}
         tracking.log_evaluation(
-            result.history, metrics, data.labels, result.firing_rates, result.energy, result.spike_statistics_split
+            result.history, metrics, data.labels, result.firing_rates, result.energy, result.spike_statistics_split,
+            result.best_epoch,
         )
-        mlflow.log_metric("best_epoch", result.best_epoch)
+        mlflow.log_metric("best_epoch", result.best_epoch, step=result.best_epoch)
         probe = fit_linear_probe(
             build_dialogue_data(data.manifest, data.features, len(data.labels)), data.labels, seed=config.train.seed
         )
         baseline = {"dev": probe.dev_metrics, **({"test": probe.test_metrics} if probe.test_metrics else {})}
-        comparison = tracking.log_baseline(probe.C, baseline, metrics)
+        comparison = tracking.log_baseline(probe.C, baseline, metrics, result.best_epoch)
         mlflow.set_tag("spikemo.device", result.device)
         spec = ModelSpec(
             dataset=config.data.dataset_name, labels=data.labels, model=config.model, features=config.features, encoders=data.encoders
@@ -131,7 +131,9 @@ def register(config: SpikEmoConfig, trained: TrainedRun) -> tracking.Registratio
     """Log the bundle as the run's pyfunc model, register a version and gate the champion alias."""
     tracking.connect(config)
     with mlflow.start_run(run_id=trained.run_id):
-        registration = tracking.log_and_register(trained.bundle, config, trained.gating_score, trained.baseline_gating_score)
+        registration = tracking.log_and_register(
+            trained.bundle, config, trained.gating_score, trained.baseline_gating_score, trained.summary
+        )
         mlflow.set_tags({"spikemo.model_version": registration.version, "spikemo.alias": registration.alias})
     shutil.rmtree(trained.bundle, ignore_errors=True)  # MLflow holds the registered copy
     return registration

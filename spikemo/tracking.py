@@ -29,10 +29,12 @@ from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_RUN_NOTE, MLFLOW_SOURCE_NAME
 
 from spikemo import reports
-from spikemo.bundle import SPEC_FILE, ModelSpec
+from spikemo.bundle import SPEC_FILE, EncoderSpec, ModelSpec
 from spikemo.config import SpikEmoConfig
 from spikemo.errors import ConfigError
 
@@ -62,15 +64,17 @@ def connect(config: SpikEmoConfig) -> MlflowClient:
     """Point MLflow at the configured store and make sure the experiment exists."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     uri = tracking_uri(config)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    artifacts = None
+    if not (config.tracking.tracking_uri or LAUNCH_TRACKING_URI):
+        artifacts = (config.workdir / "mlartifacts").resolve().as_uri()
+        database = Path(uri.removeprefix("sqlite:///"))
+        if not database.exists():  # create the store here so that even its Default experiment stays in the workdir
+            database.parent.mkdir(parents=True, exist_ok=True)
+            SqlAlchemyStore(uri, artifacts).engine.dispose()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(uri, uri)
     if client.get_experiment_by_name(config.tracking.experiment) is None:
-        artifacts = None
-        if not (config.tracking.tracking_uri or LAUNCH_TRACKING_URI):
-            artifacts = (config.workdir / "mlartifacts").resolve().as_uri()
         try:
             client.create_experiment(config.tracking.experiment, artifact_location=artifacts)
         except MlflowException:
@@ -87,10 +91,19 @@ def redact(value: Any) -> Any:
     return value
 
 
+def local_paths(config: SpikEmoConfig) -> dict[str, Path]:
+    """The config's paths on this machine (logged as tags, not as parameters of the model)."""
+    paths = {"workdir": config.workdir, "cache": config.cache, "data.root": config.data.root, "data.manifest": config.data.manifest}
+    return {key: path for key, path in paths.items() if path is not None}
+
+
 def loggable_params(config: SpikEmoConfig) -> dict[str, str]:
+    """Flattened config without secrets, unset values and this machine's paths; the registered model name as
+    it will be registered."""
     params = {}
-    for key, value in config.flat().items():
-        if SECRET_WORDS.search(key):
+    flat = {**config.flat(), "tracking.registered_model": registered_model_name(config)}
+    for key, value in flat.items():
+        if SECRET_WORDS.search(key) or value is None or key in local_paths(config):
             continue
         text = json.dumps(value) if isinstance(value, (list, dict)) else str(redact(value))
         params[key] = text[:6000]
@@ -107,14 +120,32 @@ def git_commit() -> str:
 
 
 @contextmanager
-def training_run(config: SpikEmoConfig, encoder_fingerprints: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run that logs the resolved config on start and ends FAILED if the body raises."""
+def training_run(config: SpikEmoConfig, encoders: dict[str, EncoderSpec]) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run that logs the resolved config on start and ends FAILED if the body raises.
+
+    Besides spikemo's tags it sets MLflow's standard ones: the git commit and source (shown in the run
+    list) and a run description (``mlflow.note.content``, the run page's Description)."""
     connect(config)
+    model = config.model
+    variant = "paper-faithful spiking branch" if model.spike_encoding == "heaviside" else "spiking branch with direct encoding"
+    description = (
+        f"SpikEmo on {config.data.dataset_name} ({', '.join(config.features.modalities)}): "
+        f"{variant if model.use_spiking else 'no spiking branch'}, width {model.model_dim}, T {model.timesteps}; "
+        f"trained on train, epoch selected on dev weighted-F1, scored once on test; a linear probe on the same "
+        f"features is logged as baseline_*."
+    )
     tags = {
         "spikemo.dataset": config.data.dataset_name,
         "spikemo.git_commit": git_commit(),
         "spikemo.host_python": platform.python_version(),
-        **{f"spikemo.encoder.{modality}": fingerprint for modality, fingerprint in encoder_fingerprints.items()},
+        MLFLOW_GIT_COMMIT: git_commit(),
+        MLFLOW_SOURCE_NAME: "spikemo train",
+        MLFLOW_RUN_NOTE: description,
+        **{
+            f"spikemo.encoder.{modality}": f"{spec.encoder.name} {spec.fingerprint[:12]}"
+            for modality, spec in encoders.items()
+        },
+        **{f"spikemo.path.{key}": str(value) for key, value in local_paths(config).items()},
     }
     run = mlflow.start_run(run_name=f"{config.data.dataset_name}-{'-'.join(config.features.modalities)}", tags=tags)
     try:
@@ -157,11 +188,13 @@ def log_evaluation(
     firing_rates: dict[str, float],
     energy: dict[str, float],
     spike_statistics_split: str,
+    best_epoch: int,
 ) -> None:
-    """Final metrics per split, plots and reports as artifacts."""
+    """Final metrics per split (at the selected epoch's step, so the logged model shows them), plots and
+    reports as artifacts."""
     for split, scores in metrics.items():
         prefix = "selected_dev" if split == "dev" else split  # per-epoch dev_* curves keep their own names
-        mlflow.log_metrics({f"{prefix}_{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))})
+        mlflow.log_metrics({f"{prefix}_{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))}, step=best_epoch)
         mlflow.log_figure(reports.confusion_matrix_figure(scores["confusion_matrix"], labels, f"{split} confusion matrix"), f"plots/{split}_confusion_matrix.png")
         mlflow.log_table(reports.per_class_table(scores["per_class"]), f"reports/{split}_per_class.json")
     if history:
@@ -170,12 +203,12 @@ def log_evaluation(
         figure = reports.firing_rates_figure(firing_rates, spike_statistics_split)
         mlflow.log_figure(figure, "plots/firing_rates.png")
         rates = {f"{spike_statistics_split}_firing_rate.{name}": rate for name, rate in firing_rates.items()}
-        mlflow.log_metrics(rates)
+        mlflow.log_metrics(rates, step=best_epoch)
     if energy:
         constants = {key for key in energy if key.startswith("pj_per_")}  # the energy model's costs, not results
         mlflow.log_params({f"energy.{key}": energy[key] for key in constants})
         measured = {f"{spike_statistics_split}_{key}": float(value) for key, value in energy.items() if key not in constants}
-        mlflow.log_metrics(measured)
+        mlflow.log_metrics(measured, step=best_epoch)
     mlflow.log_dict({str(i): label for i, label in enumerate(labels)}, "label_map.json")
 
 
@@ -186,13 +219,15 @@ class BaselineComparison:
     description: str
 
 
-def log_baseline(C: float, baseline: dict[str, dict[str, Any]], model: dict[str, dict[str, Any]]) -> BaselineComparison:
+def log_baseline(
+    C: float, baseline: dict[str, dict[str, Any]], model: dict[str, dict[str, Any]], best_epoch: int
+) -> BaselineComparison:
     """The linear probe's scores as ``baseline_<split>_*`` metrics beside the model's, and tags saying whether
     the model beats it on the reported split (test, else dev)."""
     mlflow.log_param("baseline.C", C)
     for split, scores in baseline.items():
         prefix = "baseline_selected_dev" if split == "dev" else f"baseline_{split}"
-        mlflow.log_metrics({f"{prefix}_{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))})
+        mlflow.log_metrics({f"{prefix}_{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))}, step=best_epoch)
     split = "test" if "test" in baseline and "test" in model else "dev"
     ours, probe = model[split]["weighted_f1"], baseline[split]["weighted_f1"]
     comparison = BaselineComparison(
@@ -250,17 +285,33 @@ class Registration:
         }
 
 
+INPUT_EXAMPLE = pd.DataFrame(
+    {
+        "dialogue_id": ["0", "0"],
+        "utterance_index": [0, 1],
+        "speaker": ["Monica", "Chandler"],
+        "text": ["You're late again!", "Sorry, the traffic was unbelievable."],
+    }
+)
+
+
 def log_and_register(
-    bundle: Path, config: SpikEmoConfig, gating_score: float, baseline_score: float | None = None
+    bundle: Path, config: SpikEmoConfig, gating_score: float, baseline_score: float | None = None,
+    summary: dict[str, Any] | None = None,
 ) -> Registration:
     """Log a saved bundle as the active run's pyfunc model, register a version and apply champion gating.
 
-    With ``tracking.require_beating_baseline``, a version whose gating score does not beat ``baseline_score``
-    (its own linear probe's on the same split) is never champion."""
+    The logged model is named after the dataset and modalities and carries the metrics logged at the
+    selected epoch's step (that epoch's curves and the final scores, see ``log_evaluation``) and an input
+    example; the version gets a description from ``summary`` (the run's JSON summary). With ``tracking.require_beating_baseline``, a version whose gating score
+    does not beat ``baseline_score`` (its own linear probe's on the same split) is never champion."""
     name = registered_model_name(config)
+    summary = summary or {}
     labels = ModelSpec.model_validate_json((bundle / SPEC_FILE).read_text(encoding="utf-8")).labels
     info = mlflow.pyfunc.log_model(
-        name="model",
+        name=f"spikemo-{config.data.dataset_name}-{'-'.join(config.features.modalities)}",
+        input_example=INPUT_EXAMPLE,
+        step=summary.get("best_epoch", 0),
         python_model=str(PYFUNC_MODEL_FILE),
         artifacts={"bundle": str(bundle)},
         code_paths=[str(Path(__file__).parent)],
@@ -274,7 +325,22 @@ def log_and_register(
     alias, champion_score = gate_champion(
         client, name, version, gating_score, config.tracking.gating_split, required_baseline
     )
+    decision = client.get_model_version(name, version).tags.get("gating_decision", "")
+    client.update_model_version(name, version, description=_version_description(config, summary, alias, decision))
     return Registration(name, version, alias, gating_score, champion_score, f"models:/{name}/{version}")
+
+
+def _version_description(config: SpikEmoConfig, summary: dict[str, Any], alias: str, decision: str) -> str:
+    def score(key: str) -> str:
+        value = summary.get(key)
+        return "n/a" if value is None else f"{value:.2f}"
+
+    return (
+        f"SpikEmo on {config.data.dataset_name} ({', '.join(config.features.modalities)}). "
+        f"Test weighted-F1 {score('test_weighted_f1')} (linear probe {score('baseline_test_weighted_f1')}), "
+        f"dev {score('dev_weighted_f1')}, accuracy {score('test_accuracy')}; best epoch {summary.get('best_epoch', 'n/a')} "
+        f"of {summary.get('epochs_run', 'n/a')}. Alias {alias}: {decision}."
+    )
 
 
 def gate_champion(

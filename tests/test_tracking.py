@@ -35,7 +35,16 @@ def test_run_holds_params_metrics_artifacts_and_inputs(store):
         assert key in run.data.metrics, key
     assert run.data.metrics["test_weighted_f1"] == pytest.approx(summary["test_weighted_f1"])
     assert run.data.tags["spikemo.dataset"] == "meldsmall"
-    assert len(run.data.tags["spikemo.encoder.text"]) == 64
+    encoder, short = run.data.tags["spikemo.encoder.text"].split()
+    assert encoder == "hf-text" and len(short) == 12
+    assert run.data.tags["mlflow.source.git.commit"] == run.data.tags["spikemo.git_commit"]
+    assert run.data.tags["mlflow.source.name"] == "spikemo train"
+    assert run.data.tags["mlflow.note.content"].startswith("SpikEmo on meldsmall (text)")
+    assert run.data.params["tracking.registered_model"] == "spikemo-meldsmall"
+    assert "None" not in run.data.params.values() and "workdir" not in run.data.params
+    assert run.data.tags["spikemo.path.workdir"] == str(config.workdir)
+    default_experiment = client.get_experiment("0")
+    assert default_experiment.artifact_location.startswith((config.workdir / "mlartifacts").resolve().as_uri())
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)} | {
         a.path for folder in ("plots", "config", "reports") for a in client.list_artifacts(run.info.run_id, folder)
     }
@@ -75,6 +84,24 @@ def test_registered_version_is_champion_and_loads(store, meld_conversations):
     assert probabilities.shape[1] == 7
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     assert set(predictions["label"]) <= set(config.data.label_names)
+
+
+def test_logged_model_and_version_describe_the_selected_model(store):
+    config, summary = store
+    client = tracking.connect(config)
+    version = client.get_model_version("spikemo-meldsmall", summary["model_version"])
+    assert version.description.startswith("SpikEmo on meldsmall (text). Test weighted-F1 ")
+    assert "linear probe" in version.description and "Alias champion" in version.description
+    experiment_id = client.get_experiment_by_name(config.tracking.experiment).experiment_id
+    (logged,) = mlflow.search_logged_models(
+        experiment_ids=[experiment_id], filter_string=f"source_run_id = '{summary['run_id']}'", output_format="list"
+    )
+    assert logged.name == "spikemo-meldsmall-text"
+    metrics = {metric.key: metric for metric in logged.metrics}
+    assert metrics["test_weighted_f1"].value == pytest.approx(summary["test_weighted_f1"])
+    assert metrics["dev_weighted_f1"].step == summary["best_epoch"]  # the selected epoch's curve point, not epoch 0
+    assert metrics["selected_dev_weighted_f1"].value == pytest.approx(summary["dev_weighted_f1"])
+    assert "baseline_test_weighted_f1" in metrics
 
 
 def test_champion_moves_only_for_a_strictly_better_score(store):
