@@ -5,15 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
+from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from prefect.runtime import flow_run, task_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 import spikemo
 from spikemo.config import SpikEmoConfig, load_config
-from spikemo.errors import ConfigError
+from spikemo.errors import ConfigError, SpikemoError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,6 +58,32 @@ def artifact_key(config: SpikEmoConfig, stage: str) -> str:
     """A Prefect artifact key (lowercase letters, digits, dashes) from the dataset name and the stage."""
     name = "".join(ch if ch.isalnum() else "-" for ch in config.data.dataset_name.lower())
     return f"{name}-{stage}"
+
+
+def _dataset_name(parameters: dict[str, Any]) -> str:
+    try:
+        config = resolve_config(parameters.get("config_path"), parameters.get("overrides"), parameters.get("config"))
+    except SpikemoError:
+        return "unconfigured"
+    return config.data.dataset_name
+
+
+def flow_run_name(stage: str) -> Callable[[], str]:
+    """Flow run names such as ``pipeline-demo-20261125-1830``: stage, dataset, UTC start time."""
+
+    def name() -> str:
+        return f"{stage}-{_dataset_name(flow_run.parameters or {})}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+
+    return name
+
+
+def task_run_name(stage: str) -> Callable[[], str]:
+    """Task run names such as ``train-demo``: stage and dataset."""
+
+    def name() -> str:
+        return f"{stage}-{_dataset_name(task_run.parameters or {})}"
+
+    return name
 
 
 def task_runner(config: SpikEmoConfig) -> TaskRunner:

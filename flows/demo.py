@@ -18,6 +18,7 @@ PREFECT_DEFAULTS = {
     "DO_NOT_TRACK": "true",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "spikemo",  # the library's own log lines (epochs, counts, gating) in the run logs
 }
 
 

@@ -10,12 +10,12 @@ from typing import Any
 
 from prefect import flow
 
-from flows.common import config_payload, resolve_config
+from flows.common import config_payload, flow_run_name, resolve_config
 from flows.preprocess import preprocess_flow
 from flows.train import train_flow
 
 
-@flow(name="spikemo-pipeline", log_prints=True)
+@flow(name="spikemo-pipeline", flow_run_name=flow_run_name("pipeline"), log_prints=True)
 def pipeline_flow(
     config_path: str | None = None,
     overrides: dict[str, Any] | None = None,

@@ -11,13 +11,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.futures import wait
 
-from flows.common import artifact_key, config_payload, resolve_config, task_runner
+from flows.common import artifact_key, config_payload, flow_run_name, resolve_config, task_run_name, task_runner
 from spikemo.config import SpikEmoConfig
 from spikemo.data.ingest import ingest, reason_kind
 from spikemo.features.extract import extract_modality, plan_shards
 
 
-@task(name="ingest", retries=1, cache_policy=NONE)
+@task(name="ingest", task_run_name=task_run_name("ingest"), retries=1, cache_policy=NONE)
 def ingest_task(config: dict[str, Any]) -> dict[str, Any]:
     resolved = SpikEmoConfig.model_validate(config)
     result = ingest(resolved.data, resolved.cache / resolved.data.dataset_name / "manifest.parquet")
@@ -29,20 +29,20 @@ def ingest_task(config: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-@task(name="plan-shards", cache_policy=NONE)
+@task(name="plan-shards", task_run_name="plan-{modality}-shards", cache_policy=NONE)
 def plan_task(manifest: str, modality: str, config: dict[str, Any]) -> list[dict[str, Any]]:
     resolved = SpikEmoConfig.model_validate(config)
     plans = plan_shards(Path(manifest), modality, resolved.features, resolved.cache)
     return [{"index": plan.index, "rows": plan.rows, "pending": len(plan.pending_keys)} for plan in plans]
 
 
-@task(name="extract-shard", retries=2, retry_delay_seconds=10, cache_policy=NONE, tags=["spikemo-extraction"])
+@task(name="extract-shard", task_run_name="extract-{modality}-shard-{shard}", retries=2, retry_delay_seconds=10, cache_policy=NONE, tags=["spikemo-extraction"])
 def extract_shard_task(manifest: str, modality: str, shard: int, config: dict[str, Any]) -> dict[str, Any]:
     resolved = SpikEmoConfig.model_validate(config)
     return extract_modality(Path(manifest), modality, resolved.features, resolved.cache, shard_filter=[shard]).summary()
 
 
-@task(name="summarise-cache", cache_policy=NONE)
+@task(name="summarise-cache", task_run_name="summarise-{modality}-cache", cache_policy=NONE)
 def summarise_task(manifest: str, modality: str, config: dict[str, Any], shard_results: list[dict[str, Any]]) -> dict[str, Any]:
     """The modality's cache after this run: encoded here, reused from earlier runs, failed."""
     resolved = SpikEmoConfig.model_validate(config)
@@ -54,7 +54,7 @@ def summarise_task(manifest: str, modality: str, config: dict[str, Any], shard_r
     return final
 
 
-@flow(name="spikemo-extract", log_prints=True)
+@flow(name="spikemo-extract", flow_run_name=flow_run_name("extract"), log_prints=True)
 def extract_flow(config: dict[str, Any], manifest: str) -> dict[str, dict[str, Any]]:
     """Every configured modality, one task per shard with work left, run by the configured task runner."""
     resolved = SpikEmoConfig.model_validate(config)
@@ -67,7 +67,7 @@ def extract_flow(config: dict[str, Any], manifest: str) -> dict[str, dict[str, A
     return summaries
 
 
-@flow(name="spikemo-preprocess", log_prints=True)
+@flow(name="spikemo-preprocess", flow_run_name=flow_run_name("preprocess"), log_prints=True)
 def preprocess_flow(
     config_path: str | None = None, overrides: dict[str, Any] | None = None, config: dict[str, Any] | None = None
 ) -> dict[str, Any]:

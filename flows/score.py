@@ -8,13 +8,13 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from flows.common import resolve_config
+from flows.common import flow_run_name, resolve_config, task_run_name
 from spikemo.config import SpikEmoConfig
 from spikemo.predict import Predictor, write_predictions
 from spikemo.tracking import connect
 
 
-@task(name="score-dataset", retries=1, cache_policy=NONE)
+@task(name="score-dataset", task_run_name=task_run_name("score"), retries=1, cache_policy=NONE)
 def score_task(model_uri: str, config: dict[str, Any], out: str) -> dict[str, Any]:
     resolved = SpikEmoConfig.model_validate(config)
     connect(resolved)
@@ -23,7 +23,7 @@ def score_task(model_uri: str, config: dict[str, Any], out: str) -> dict[str, An
     return write_predictions(predictions, Path(out))
 
 
-@flow(name="spikemo-score", log_prints=True)
+@flow(name="spikemo-score", flow_run_name=flow_run_name("score"), log_prints=True)
 def score_flow(
     model_uri: str,
     out: str,

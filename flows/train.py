@@ -10,7 +10,15 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
-from flows.common import artifact_key, code_digest, config_payload, digest, resolve_config
+from flows.common import (
+    artifact_key,
+    code_digest,
+    config_payload,
+    digest,
+    flow_run_name,
+    resolve_config,
+    task_run_name,
+)
 from spikemo import tracking
 from spikemo.config import SpikEmoConfig
 from spikemo.data.schema import read_manifest
@@ -26,12 +34,12 @@ def _training_inputs(context: Any, parameters: dict[str, Any]) -> str:
     return digest("train", {k: v for k, v in config.items() if k != "cache"}, manifest_digest(manifest), encoders, code_digest())
 
 
-@task(name="extract-missing", retries=1, cache_policy=NONE)
+@task(name="extract-missing", task_run_name=task_run_name("extract-missing"), retries=1, cache_policy=NONE)
 def extract_missing_task(config: dict[str, Any]) -> dict[str, Any]:
     return preprocess(SpikEmoConfig.model_validate(config))
 
 
-@task(name="train-evaluate-log", cache_key_fn=_training_inputs, persist_result=True, result_serializer="json")
+@task(name="train-evaluate-log", task_run_name=task_run_name("train"), cache_key_fn=_training_inputs, persist_result=True, result_serializer="json")
 def train_task(config: dict[str, Any], preprocessed: dict[str, Any]) -> dict[str, Any]:
     resolved = SpikEmoConfig.model_validate(config)
     data = load_prepared(resolved, Path(preprocessed["manifest"]), preprocessed)
@@ -46,7 +54,7 @@ def train_task(config: dict[str, Any], preprocessed: dict[str, Any]) -> dict[str
     }
 
 
-@task(name="register", cache_key_fn=lambda context, parameters: digest("register", parameters["trained"]["run_id"]), persist_result=True, result_serializer="json")
+@task(name="register", task_run_name=task_run_name("register"), cache_key_fn=lambda context, parameters: digest("register", parameters["trained"]["run_id"]), persist_result=True, result_serializer="json")
 def register_task(config: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
     resolved = SpikEmoConfig.model_validate(config)
     run = TrainedRun(
@@ -57,7 +65,7 @@ def register_task(config: dict[str, Any], trained: dict[str, Any]) -> dict[str, 
     return registration.summary()
 
 
-@flow(name="spikemo-train", log_prints=True)
+@flow(name="spikemo-train", flow_run_name=flow_run_name("train"), log_prints=True)
 def train_flow(
     config_path: str | None = None,
     overrides: dict[str, Any] | None = None,

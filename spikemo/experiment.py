@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from spikemo.training.data import build_dialogue_data
 from spikemo.training.loop import train_model
 
 ACTIVE_RUN_FILE = "mlflow_run_id"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -136,6 +138,7 @@ def register(config: SpikEmoConfig, trained: TrainedRun) -> tracking.Registratio
         )
         mlflow.set_tags({"spikemo.model_version": registration.version, "spikemo.alias": registration.alias})
     shutil.rmtree(trained.bundle, ignore_errors=True)  # MLflow holds the registered copy
+    log.info("%s v%s -> %s (gating score %.2f)", registration.name, registration.version, registration.alias, registration.score)
     return registration
 
 

@@ -72,13 +72,19 @@ def test_pipeline_flow_end_to_end_then_reuses_caches(tmp_path, tiny_corpus):
         "import json; from prefect.client.orchestration import get_client\n"
         "with get_client(sync_client=True) as client:\n"
         "    runs = client.read_flow_runs()\n"
+        "    messages = [log.message for log in client.read_logs(limit=200)]\n"
+        "print(json.dumps([any('dev weighted-F1' in m for m in messages)]))\n"
         "print(json.dumps([[r.name, r.state.type.value, str(r.flow_id)] for r in runs]))\n"
     )
     environment = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
     listed = subprocess.run([sys.executable, "-c", query], capture_output=True, text=True, env=environment, timeout=300)
     assert listed.returncode == 0, listed.stderr[-2000:]
-    states = [state for _, state, _ in json.loads(listed.stdout.strip().splitlines()[-1])]
+    runs = json.loads(listed.stdout.strip().splitlines()[-1])
+    assert json.loads(listed.stdout.strip().splitlines()[-2]) == [True], "spikemo's epoch lines reach the run logs"
+    states = [state for _, state, _ in runs]
     assert states and all(state == "COMPLETED" for state in states)
+    names = {name.rsplit("-", 2)[0] for name, _, _ in runs}  # stage-dataset-YYYYmmdd-HHMMSS
+    assert names == {"pipeline-tinydemo", "preprocess-tinydemo", "extract-tinydemo", "train-tinydemo"}
     assert len(states) >= 2 * 4  # pipeline, preprocess, extract, train per run
 
 

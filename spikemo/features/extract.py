@@ -10,6 +10,7 @@ Decoding runs in a thread pool ahead of the encoder; per-item failures become ``
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import time
 from collections import deque
@@ -30,6 +31,8 @@ from spikemo.errors import DataError
 from spikemo.features.base import Encoder, FeatureFailure, Modality, build_encoder
 from spikemo.features.cache import FAILED, MISSING_MEDIA, OK, CacheRow, FeatureCache
 from spikemo.features.text import TextEncoder
+
+log = logging.getLogger(__name__)
 from spikemo.media import MediaError, read_audio, read_video_frames
 
 NOT_EXTRACTED = "missing"
@@ -124,6 +127,10 @@ def extract_modality(
     if todo:
         _run(todo, encoder, cache, features, result)
     result.seconds = time.perf_counter() - started
+    log.info(
+        "%s %s (%s): %d encoded, %d reused, %d failed, %d without media in %.1f s",
+        cache.dataset, modality, encoder.name, result.encoded, result.reused, result.failed, result.missing_media, result.seconds,
+    )
     return result
 
 
