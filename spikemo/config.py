@@ -182,10 +182,20 @@ class TrackingConfig(Section):
     ui_url: str | None = Field(
         None, description="MLflow UI address for links in artifacts; default: an http tracking URI, else spikemo ui's."
     )
-    gating_split: Literal["dev", "test"] = "dev"
+    gating_split: Literal["dev"] = Field(
+        "dev", description="Split whose weighted-F1 decides the champion; test never selects anything."
+    )
     require_beating_baseline: bool = Field(
         False, description="Champion only if the run also beats its own linear probe on the gating split."
     )
+
+
+    @field_validator("gating_split", mode="before")
+    @classmethod
+    def _never_gate_on_test(cls, split: str) -> str:
+        if split == "test":
+            raise ValueError("gating on test would select models on the split that reports them; use dev")
+        return split
 
 
 class SpikEmoConfig(Section):

@@ -24,7 +24,9 @@ from spikemo import tracking
 from spikemo.bundle import EncoderSpec, ModelSpec, save_bundle
 from spikemo.config import SpikEmoConfig
 from spikemo.data.schema import read_manifest
+from spikemo.errors import SpikemoError
 from spikemo.features.extract import load_features, preprocess
+from spikemo.predict import Predictor, evaluate_predictions
 from spikemo.training.baseline import fit_linear_probe
 from spikemo.training.data import build_dialogue_data
 from spikemo.training.loop import train_model
@@ -123,7 +125,7 @@ def train_and_log(config: SpikEmoConfig, data: PreparedData) -> TrainedRun:
         "beats_baseline": comparison.beats,
         "baseline_comparison": comparison.description,
     }
-    gating_split = config.tracking.gating_split if config.tracking.gating_split in metrics else "dev"
+    gating_split = config.tracking.gating_split
     return TrainedRun(
         run.info.run_id, bundle, metrics[gating_split]["weighted_f1"], summary, baseline[gating_split]["weighted_f1"]
     )
@@ -134,12 +136,27 @@ def register(config: SpikEmoConfig, trained: TrainedRun) -> tracking.Registratio
     tracking.connect(config)
     with mlflow.start_run(run_id=trained.run_id):
         registration = tracking.log_and_register(
-            trained.bundle, config, trained.gating_score, trained.baseline_gating_score, trained.summary
+            trained.bundle, config, trained.gating_score, trained.baseline_gating_score, trained.summary,
+            champion_rescore=lambda version: rescore_champion(config, version),
         )
         mlflow.set_tags({"spikemo.model_version": registration.version, "spikemo.alias": registration.alias})
     shutil.rmtree(trained.bundle, ignore_errors=True)  # MLflow holds the registered copy
     log.info("%s v%s -> %s (gating score %.2f)", registration.name, registration.version, registration.alias, registration.score)
     return registration
+
+
+def rescore_champion(config: SpikEmoConfig, version: str) -> float | None:
+    """The champion version's weighted-F1 on this config's data and gating split, so that gating compares
+    like with like when the data changed since the champion was registered; None when it cannot be scored
+    (its encoders are not available here, or its label set does not cover the data)."""
+    model_uri = f"models:/{tracking.registered_model_name(config)}/{version}"
+    try:
+        predictor = Predictor.from_uri(model_uri)
+        scores = evaluate_predictions(predictor, config.data, config.cache, config.tracking.gating_split)
+    except SpikemoError as error:
+        log.warning("could not re-evaluate the champion %s on the new data (%s); gating uses its recorded score", model_uri, error)
+        return None
+    return float(scores["weighted_f1"])
 
 
 def run_experiment(config: SpikEmoConfig) -> dict[str, Any]:

@@ -102,7 +102,8 @@ class Predictor:
     def _predict(self, manifest: pd.DataFrame, features: dict[str, pd.DataFrame]) -> pd.DataFrame:
         if not any((table["status"] == "ok").any() for table in features.values()):
             raise DataError("no utterance has usable features for any of the model's modalities; check the input's text and media")
-        data = build_dialogue_data(manifest, features, len(self.spec.labels), input_dims=self.spec.input_dims)
+        unlabelled = manifest.assign(label_id=-1)  # predictions never read labels, whatever label set the data uses
+        data = build_dialogue_data(unlabelled, features, len(self.spec.labels), input_dims=self.spec.input_dims)
         device = next(self.model.parameters()).device
         keys, probabilities = [], []
         for dataset in data.splits.values():
@@ -182,15 +183,22 @@ def evaluate_predictions(predictor: Predictor, data: DataConfig | None, cache: P
         raise ConfigError("evaluate needs the dataset: pass --format/--root (or --manifest) or a --config with data.root")
     predictions = predictor.predict_dataset(data, Path(cache), splits=[split])
     manifest, _ = read_manifest(Path(cache) / f"{data.dataset_name}-predict" / "manifest.parquet")
-    truth = manifest.set_index("utterance_key")["label_id"]
+    truth = manifest.set_index("utterance_key")["label"]  # by name: the data's label order may differ from the model's
     scored = predictions[predictions["utterance_key"].notna()]
-    labels = truth.reindex(scored["utterance_key"]).to_numpy()
-    labelled = pd.notna(labels)
+    names = truth.reindex(scored["utterance_key"]).to_numpy()
+    labelled = pd.notna(names)
     if not labelled.any():
         raise DataError(f"the {split} split has no labelled utterance to score")
     label_ids = {label: i for i, label in enumerate(predictor.spec.labels)}
-    predicted = scored["label"].map(label_ids).to_numpy()[labelled]
-    return classification_metrics(labels[labelled].astype(np.int64), predicted.astype(np.int64), predictor.spec.labels)
+    unknown = sorted(set(names[labelled]) - set(label_ids))
+    if unknown:
+        raise DataError(
+            f"{data.dataset_name}: label(s) {', '.join(unknown)} in the {split} split are not among the model's "
+            f"{', '.join(predictor.spec.labels)}; evaluate on data annotated with the model's label set"
+        )
+    truth_ids = np.array([label_ids[name] for name in names[labelled]], dtype=np.int64)
+    predicted = scored["label"].map(label_ids).to_numpy()[labelled].astype(np.int64)
+    return classification_metrics(truth_ids, predicted, predictor.spec.labels)
 
 
 def write_predictions(predictions: pd.DataFrame, out: Path) -> dict[str, Any]:

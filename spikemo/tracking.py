@@ -16,7 +16,7 @@ import platform
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
@@ -297,14 +297,15 @@ INPUT_EXAMPLE = pd.DataFrame(
 
 def log_and_register(
     bundle: Path, config: SpikEmoConfig, gating_score: float, baseline_score: float | None = None,
-    summary: dict[str, Any] | None = None,
+    summary: dict[str, Any] | None = None, champion_rescore: Callable[[str], float | None] | None = None,
 ) -> Registration:
     """Log a saved bundle as the active run's pyfunc model, register a version and apply champion gating.
 
     The logged model is named after the dataset and modalities and carries the metrics logged at the
     selected epoch's step (that epoch's curves and the final scores, see ``log_evaluation``) and an input
     example; the version gets a description from ``summary`` (the run's JSON summary). With ``tracking.require_beating_baseline``, a version whose gating score
-    does not beat ``baseline_score`` (its own linear probe's on the same split) is never champion."""
+    does not beat ``baseline_score`` (its own linear probe's on the same split) is never champion.
+    ``champion_rescore(version)`` re-scores the current champion on the new run's data (see ``gate_champion``)."""
     name = registered_model_name(config)
     summary = summary or {}
     labels = ModelSpec.model_validate_json((bundle / SPEC_FILE).read_text(encoding="utf-8")).labels
@@ -323,7 +324,7 @@ def log_and_register(
     client = MlflowClient()
     required_baseline = baseline_score if config.tracking.require_beating_baseline else None
     alias, champion_score = gate_champion(
-        client, name, version, gating_score, config.tracking.gating_split, required_baseline
+        client, name, version, gating_score, config.tracking.gating_split, required_baseline, champion_rescore
     )
     decision = client.get_model_version(name, version).tags.get("gating_decision", "")
     client.update_model_version(name, version, description=_version_description(config, summary, alias, decision))
@@ -344,10 +345,20 @@ def _version_description(config: SpikEmoConfig, summary: dict[str, Any], alias: 
 
 
 def gate_champion(
-    client: MlflowClient, name: str, version: str, score: float, split: str, baseline_score: float | None = None
+    client: MlflowClient,
+    name: str,
+    version: str,
+    score: float,
+    split: str,
+    baseline_score: float | None = None,
+    champion_rescore: Callable[[str], float | None] | None = None,
 ) -> tuple[str, float | None]:
     """Move ``champion`` to ``version`` if ``score`` beats the champion's (and ``baseline_score``, when given);
-    otherwise mark it ``challenger``."""
+    otherwise mark it ``challenger``.
+
+    The champion's score is ``champion_rescore(champion_version)`` — the champion re-evaluated on the same
+    data as ``score`` — when that is given and succeeds, else the score recorded when it was registered.
+    Both, and which one decided, are version tags."""
     score_tag = f"gating_{split}_weighted_f1"
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
@@ -357,6 +368,13 @@ def gate_champion(
     if champion is not None and str(champion.version) != str(version):
         recorded = champion.tags.get(score_tag)
         champion_score = float(recorded) if recorded is not None else float("-inf")
+        rescored = champion_rescore(str(champion.version)) if champion_rescore is not None else None
+        client.set_model_version_tag(name, version, "gating_champion_recorded_score", f"{champion_score:.6f}")
+        source = f"recorded when v{champion.version} was registered"
+        if rescored is not None:
+            champion_score = rescored
+            source = f"v{champion.version} re-evaluated on this version's {split} data"
+        client.set_model_version_tag(name, version, "gating_champion_score_source", source)
     beats_baseline = baseline_score is None or score > baseline_score
     promote = beats_baseline and (champion_score is None or score > champion_score)
     alias = CHAMPION if promote else CHALLENGER

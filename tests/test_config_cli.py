@@ -91,3 +91,8 @@ def test_diverging_training_has_its_own_exit_code(monkeypatch, capsys):
     monkeypatch.setattr(experiment, "run_experiment", diverge)
     assert main(["train", "--format", "meld", "--root", "."]) == 4
     assert capsys.readouterr().err.strip() == "spikemo: error: epoch 0, step 3: training loss is not finite"
+
+
+def test_gating_on_test_is_refused():
+    with pytest.raises(ConfigError, match="gating on test would select models on the split that reports them"):
+        load_config(None, {"tracking.gating_split": "test"})

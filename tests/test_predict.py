@@ -91,3 +91,37 @@ def test_evaluate_reproduces_the_training_runs_test_score(text_model, tmp_path, 
     assert code == 0
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert scores["weighted_f1"] == pytest.approx(summary["test_weighted_f1"], abs=1e-6)
+
+
+def _as_manifest(root, out):
+    """The generated test split as a generic manifest."""
+    frame = pd.read_csv(root / "test_sent_emo.csv")
+    manifest = pd.DataFrame(
+        {
+            "dialogue_id": frame["Dialogue_ID"].astype(str),
+            "utterance_index": frame["Utterance_ID"],
+            "speaker": frame["Speaker"],
+            "text": frame["Utterance"],
+            "label": frame["Emotion"],
+            "split": "test",
+        }
+    )
+    manifest.to_csv(out, index=False)
+    return manifest
+
+
+def test_evaluate_maps_labels_by_name_and_refuses_unknown_ones(text_model, tmp_path, capsys):
+    config, summary, root = text_model
+    manifest = _as_manifest(root, tmp_path / "gentext.csv")
+    common = ["evaluate", "--workdir", str(config.workdir), "--cache", str(tmp_path / "cache"), "--model",
+              "models:/spikemo-gentext@champion", "--split", "test", "--format", "manifest", "--manifest"]
+    reversed_labels = ",".join(reversed(EMOTIONS))  # same names, another order than the model's
+    assert main([*common, str(tmp_path / "gentext.csv"), "--labels", reversed_labels]) == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert scores["weighted_f1"] == pytest.approx(summary["test_weighted_f1"], abs=1e-6)
+
+    manifest.loc[0, "label"] = "sarcasm"
+    manifest.to_csv(tmp_path / "sarcastic.csv", index=False)
+    assert main([*common, str(tmp_path / "sarcastic.csv"), "--labels", f"{reversed_labels},sarcasm"]) == 3
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "sarcasm" in errors[0] and "model's label set" in errors[0]

@@ -132,6 +132,26 @@ def test_gating_can_require_beating_the_linear_probe(store):
     assert client.get_model_version_by_alias(name, "champion").version == versions[1]
 
 
+def test_gating_rescores_the_champion_on_the_new_data(store):
+    config, summary = store
+    client = tracking.connect(config)
+    # the champion re-evaluated on this run's own dev data reproduces the dev score it was selected with
+    assert experiment.rescore_champion(config, summary["model_version"]) == pytest.approx(summary["dev_weighted_f1"])
+
+    name = "spikemo-rescore-test"
+    client.create_registered_model(name)
+    versions = [client.create_model_version(name, source="file:///nonexistent", run_id=None).version for _ in range(3)]
+    tracking.gate_champion(client, name, versions[0], 60.0, "dev")
+    # on the new data the champion scores 45 (its recorded 60 came from older data): 50 beats it
+    assert tracking.gate_champion(client, name, versions[1], 50.0, "dev", champion_rescore=lambda v: 45.0) == ("champion", 45.0)
+    tags = client.get_model_version(name, versions[1]).tags
+    assert tags["gating_champion_recorded_score"] == "60.000000" and tags["gating_champion_score"] == "45.000000"
+    assert tags["gating_champion_score_source"] == "v1 re-evaluated on this version's dev data"
+    # a champion that cannot be re-scored is compared by its recorded score
+    assert tracking.gate_champion(client, name, versions[2], 49.0, "dev", champion_rescore=lambda v: None) == ("challenger", 50.0)
+    assert client.get_model_version(name, versions[2]).tags["gating_champion_score_source"] == "recorded when v2 was registered"
+
+
 def test_failed_run_is_marked_failed_and_never_registered(store, monkeypatch):
     config, _ = store
     client = tracking.connect(config)
