@@ -7,6 +7,7 @@ under ``<workdir>/prefect``), a sqlite MLflow store and the local feature cache,
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ def run_demo(config: SpikEmoConfig, data: Path | None, dialogues: int | None) ->
                 f"  registered: {trained['model_uri']} -> alias '{trained['alias']}'",
                 "",
                 f"MLflow UI:  spikemo ui --workdir {config.workdir}      (http://127.0.0.1:5000)",
-                f"Prefect UI: PREFECT_HOME={os.environ['PREFECT_HOME']} prefect server start --host 127.0.0.1",
+                f"Prefect UI: spikemo prefect-ui --workdir {config.workdir}   (http://127.0.0.1:4200)",
                 f"Predict:    spikemo predict --workdir {config.workdir} --model models:/{trained['registered_model']}@champion "
                 f"--input {corpus / 'test_sent_emo.csv'} --media-root {corpus / 'output_repeated_splits_test'} --out predictions.jsonl",
             ]
@@ -65,3 +66,20 @@ def run_demo(config: SpikEmoConfig, data: Path | None, dialogues: int | None) ->
 
 def _score(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
+
+
+def serve_prefect_ui(workdir: Path, host: str, port: int) -> dict[str, Any]:
+    """Run a Prefect server (API + UI) over the work directory's Prefect state until interrupted. The UI is
+    told where the API is, so any port works (``prefect server start --port`` alone leaves it calling 4200)."""
+    prepare_environment(workdir)
+    api_url = f"http://{host}:{port}/api"
+    environment = {
+        **os.environ,
+        "PREFECT_SERVER_API_HOST": host,
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_UI_API_URL": api_url,
+    }
+    prefect = Path(sys.executable).with_name("prefect")
+    print(f"Prefect UI for {os.environ['PREFECT_HOME']} at http://{host}:{port} (Ctrl-C stops it)", file=sys.stderr)
+    subprocess.run([str(prefect), "server", "start", "--host", host, "--port", str(port)], env=environment, check=False)
+    return {"command": "prefect-ui", "url": f"http://{host}:{port}", "api_url": api_url, "prefect_home": os.environ["PREFECT_HOME"]}

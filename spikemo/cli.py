@@ -142,6 +142,12 @@ def cmd_ui(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
     return serve_ui(config, args.host, args.port)
 
 
+def cmd_prefect_ui(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
+    from flows.demo import serve_prefect_ui
+
+    return serve_prefect_ui(config.workdir, args.host, args.port)
+
+
 def cmd_demo(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
     from flows.demo import run_demo
 
@@ -256,6 +262,17 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(handler=cmd_ui, overrides_from=lambda args: {})
+
+    prefect_ui = commands.add_parser(
+        "prefect-ui",
+        parents=[common],
+        help="open the Prefect UI over the work directory's Prefect state (127.0.0.1)",
+        description="Start a Prefect server (API and UI) on the given port, with the UI pointed at that port, over "
+        "<workdir>/prefect (or PREFECT_HOME), until interrupted.",
+    )
+    prefect_ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    prefect_ui.add_argument("--port", type=int, default=4200)
+    prefect_ui.set_defaults(handler=cmd_prefect_ui, overrides_from=lambda args: {})
 
     demo = commands.add_parser(
         "demo",

@@ -107,3 +107,32 @@ def test_training_cache_key_follows_the_library_code(tmp_path, monkeypatch, meld
     monkeypatch.setattr(common, "code_digest", lambda: "another version of spikemo")
     monkeypatch.setattr(train, "code_digest", common.code_digest)
     assert train._training_inputs(None, parameters) != before
+
+
+def test_prefect_ui_on_any_port_calls_its_own_api(tmp_path):
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "spikemo.cli", "prefect-ui", "--workdir", str(tmp_path), "--port", str(port)],
+        env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        settings = None
+        while time.monotonic() < deadline and settings is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui-settings", timeout=5) as response:
+                    settings = json.loads(response.read())
+            except OSError:
+                time.sleep(2)
+        assert settings is not None, "the Prefect server did not answer"
+        assert settings["api_url"] == f"http://127.0.0.1:{port}/api"
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=60)
