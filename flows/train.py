@@ -60,9 +60,7 @@ def register_task(config: dict[str, Any], trained: dict[str, Any]) -> dict[str, 
     run = TrainedRun(
         trained["run_id"], Path(trained["bundle"]), trained["gating_score"], trained["summary"], trained["baseline_gating_score"]
     )
-    registration = register(resolved, run)
-    get_run_logger().info("%s v%s -> %s", registration.name, registration.version, registration.alias)
-    return registration.summary()
+    return register(resolved, run).summary()  # register() logs the registry decision
 
 
 @flow(name="spikemo-train", flow_run_name=flow_run_name("train"), log_prints=True)

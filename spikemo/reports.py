@@ -34,12 +34,12 @@ def confusion_matrix_figure(matrix: Sequence[Sequence[int]], labels: list[str], 
 
 def learning_curves_figure(history: list[dict[str, Any]]) -> Figure:
     frame = pd.DataFrame(history).set_index("epoch")
-    loss_columns = [c for c in frame.columns if c.startswith("train_loss")]
+    loss_columns = [c for c in frame.columns if c.startswith("train_loss") or c == "dev_loss"]
     score_columns = [c for c in ("dev_weighted_f1", "dev_macro_f1", "dev_accuracy") if c in frame.columns]
     figure = Figure(figsize=(11, 4))
     loss_axes, score_axes = figure.subplots(1, 2)
     frame[loss_columns].plot(ax=loss_axes, marker=".")
-    loss_axes.set_title("training loss terms")
+    loss_axes.set_title("losses: training terms and dev total")
     loss_axes.set_xlabel("epoch")
     frame[score_columns].plot(ax=score_axes, marker=".")
     score_axes.set_title("dev scores (%)")

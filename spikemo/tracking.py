@@ -161,8 +161,32 @@ def training_run(config: SpikEmoConfig, encoders: dict[str, EncoderSpec]) -> Ite
     mlflow.end_run(status=RunStatus.to_string(RunStatus.FINISHED))
 
 
+def metric_key(name: str) -> str:
+    """An epoch metric's MLflow name, grouped by split (the UI groups charts by what precedes the '/'):
+    ``train_loss_ce`` -> ``train/loss_ce``, ``lr`` -> ``train/lr``, ``dev_weighted_f1`` -> ``dev/weighted_f1``,
+    ``firing_rate.<layers>`` -> ``dev/firing_rate.<layers>`` (measured on dev)."""
+    if name == "lr":
+        return "train/lr"
+    if name.startswith("firing_rate."):
+        return f"dev/{name}"
+    split, _, rest = name.partition("_")
+    return f"{split}/{rest}" if split in ("train", "dev") and rest else name
+
+
+def _final_metrics(split: str, scores: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """A split's final scores as MLflow metrics: ``test/weighted_f1``; on dev ``dev/selected_weighted_f1``,
+    beside the per-epoch ``dev/weighted_f1`` curve; ``prefix`` for another model's (``test/baseline_…``)."""
+    selected = "selected_" if split == "dev" else ""
+    return {
+        f"{split}/{prefix}{selected}{name}": float(value)
+        for name, value in scores.items()
+        if isinstance(value, (int, float))
+    }
+
+
 def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
-    mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=epoch)
+    """One epoch's metrics at step ``epoch`` (the step is the epoch, so ``epoch`` itself is not logged)."""
+    mlflow.log_metrics({metric_key(key): float(value) for key, value in metrics.items() if key != "epoch"}, step=epoch)
 
 
 def log_inputs(manifest: pd.DataFrame, manifest_path: Path, caches: dict[str, dict[str, Any]]) -> None:
@@ -193,8 +217,7 @@ def log_evaluation(
     """Final metrics per split (at the selected epoch's step, so the logged model shows them), plots and
     reports as artifacts."""
     for split, scores in metrics.items():
-        prefix = "selected_dev" if split == "dev" else split  # per-epoch dev_* curves keep their own names
-        mlflow.log_metrics({f"{prefix}_{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))}, step=best_epoch)
+        mlflow.log_metrics(_final_metrics(split, scores), step=best_epoch)
         mlflow.log_figure(reports.confusion_matrix_figure(scores["confusion_matrix"], labels, f"{split} confusion matrix"), f"plots/{split}_confusion_matrix.png")
         mlflow.log_table(reports.per_class_table(scores["per_class"]), f"reports/{split}_per_class.json")
     if history:
@@ -202,12 +225,12 @@ def log_evaluation(
     if firing_rates:
         figure = reports.firing_rates_figure(firing_rates, spike_statistics_split)
         mlflow.log_figure(figure, "plots/firing_rates.png")
-        rates = {f"{spike_statistics_split}_firing_rate.{name}": rate for name, rate in firing_rates.items()}
+        rates = {f"{spike_statistics_split}/firing_rate.{name}": rate for name, rate in firing_rates.items()}
         mlflow.log_metrics(rates, step=best_epoch)
     if energy:
         constants = {key for key in energy if key.startswith("pj_per_")}  # the energy model's costs, not results
         mlflow.log_params({f"energy.{key}": energy[key] for key in constants})
-        measured = {f"{spike_statistics_split}_{key}": float(value) for key, value in energy.items() if key not in constants}
+        measured = {f"{spike_statistics_split}/{key}": float(value) for key, value in energy.items() if key not in constants}
         mlflow.log_metrics(measured, step=best_epoch)
     mlflow.log_dict({str(i): label for i, label in enumerate(labels)}, "label_map.json")
 
@@ -226,8 +249,7 @@ def log_baseline(
     the model beats it on the reported split (test, else dev)."""
     mlflow.log_param("baseline.C", C)
     for split, scores in baseline.items():
-        prefix = "baseline_selected_dev" if split == "dev" else f"baseline_{split}"
-        mlflow.log_metrics({f"{prefix}_{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))}, step=best_epoch)
+        mlflow.log_metrics(_final_metrics(split, scores, "baseline_"), step=best_epoch)
     split = "test" if "test" in baseline and "test" in model else "dev"
     ours, probe = model[split]["weighted_f1"], baseline[split]["weighted_f1"]
     comparison = BaselineComparison(

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import load_flow_from_entrypoint
@@ -136,3 +137,27 @@ def test_prefect_ui_on_any_port_calls_its_own_api(tmp_path):
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=60)
+
+
+def test_extraction_runs_on_a_local_dask_cluster(tmp_path, meld_conversations, tiny_config):
+    """features.task_runner: dask runs the extraction tasks on a local Dask cluster (prefect-dask)."""
+    pytest.importorskip("prefect_dask")
+    config = tiny_config(
+        meld_conversations, tmp_path / "work", tmp_path / "cache",
+        **{"features.task_runner": "dask", "features.task_workers": 2, "features.shard_size": 200},
+    )
+    script = (
+        "import json, sys\n"
+        "from flows.preprocess import preprocess_flow\n"
+        "summary = preprocess_flow(config=json.loads(sys.argv[1]))\n"
+        "print(json.dumps(summary['modalities']['text']))\n"
+    )
+    environment = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    result = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(config.model_dump(mode="json"))],
+        capture_output=True, text=True, env=environment, timeout=900, cwd=Path(__file__).resolve().parents[1],
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = json.loads(result.stdout.strip().splitlines()[-1])
+    assert text["encoded"] == 594 and text["failed"] == 0  # 3 shards, spread over the cluster's workers
+    assert "DaskTaskRunner" in result.stderr or "dask" in result.stderr.lower()

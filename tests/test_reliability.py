@@ -153,5 +153,5 @@ def test_kill_9_during_training_then_rerun_resumes(tmp_path, meld_conversations)
     client = tracking.connect(config)
     runs = client.search_runs([client.get_experiment_by_name("spikemo").experiment_id], order_by=["start_time ASC"])
     assert [run.info.status for run in runs] == ["KILLED", "FINISHED"]
-    resumed = client.get_metric_history(summary["run_id"], "dev_weighted_f1")
+    resumed = client.get_metric_history(summary["run_id"], "dev/weighted_f1")
     assert min(metric.step for metric in resumed) > 0, "the new run continued after the checkpointed epochs"

@@ -29,11 +29,13 @@ def test_run_holds_params_metrics_artifacts_and_inputs(store):
     assert run.info.status == "FINISHED"
     assert run.data.params["model.model_dim"] == "16"
     assert run.data.params["data.labels"].startswith('["neutral"')
-    history = client.get_metric_history(run.info.run_id, "dev_weighted_f1")
+    history = client.get_metric_history(run.info.run_id, "dev/weighted_f1")
     assert len(history) == summary["epochs_run"] >= 1
-    for key in ("test_weighted_f1", "test_macro_f1", "test_accuracy", "train_loss"):
+    for key in ("test/weighted_f1", "test/macro_f1", "test/accuracy", "train/loss", "train/lr", "dev/loss", "dev/selected_weighted_f1"):
         assert key in run.data.metrics, key
-    assert run.data.metrics["test_weighted_f1"] == pytest.approx(summary["test_weighted_f1"])
+    assert run.data.metrics["test/weighted_f1"] == pytest.approx(summary["test_weighted_f1"])
+    assert len(client.get_metric_history(run.info.run_id, "dev/loss")) == summary["epochs_run"]
+    assert all("/" in key for key in run.data.metrics if key != "best_epoch")  # charts grouped by split
     assert run.data.tags["spikemo.dataset"] == "meldsmall"
     encoder, short = run.data.tags["spikemo.encoder.text"].split()
     assert encoder == "hf-text" and len(short) == 12
@@ -57,13 +59,12 @@ def test_run_holds_params_metrics_artifacts_and_inputs(store):
         "label_map.json",
     ):
         assert expected in artifacts, expected
-    assert any(key.startswith("test_firing_rate.") for key in run.data.metrics)
-    assert "test_energy_ratio" in run.data.metrics and "test_pj_per_ac" not in run.data.metrics
+    assert any(key.startswith("test/firing_rate.") for key in run.data.metrics)
+    assert "test/energy_ratio" in run.data.metrics and "test/pj_per_ac" not in run.data.metrics
     assert run.data.params["energy.pj_per_ac"] == "0.9"
-    for split in ("selected_dev", "test"):
-        key = f"baseline_{split}_weighted_f1"
+    for key in ("dev/baseline_selected_weighted_f1", "test/baseline_weighted_f1"):
         assert key in run.data.metrics, key
-    assert run.data.metrics["baseline_test_weighted_f1"] == pytest.approx(summary["baseline_test_weighted_f1"])
+    assert run.data.metrics["test/baseline_weighted_f1"] == pytest.approx(summary["baseline_test_weighted_f1"])
     assert float(run.data.params["baseline.C"]) > 0
     beats = summary["test_weighted_f1"] > summary["baseline_test_weighted_f1"]
     assert run.data.tags["spikemo.beats_baseline"] == str(beats).lower() and summary["beats_baseline"] == beats
@@ -98,18 +99,23 @@ def test_logged_model_and_version_describe_the_selected_model(store):
     )
     assert logged.name == "spikemo-meldsmall-text"
     metrics = {metric.key: metric for metric in logged.metrics}
-    assert metrics["test_weighted_f1"].value == pytest.approx(summary["test_weighted_f1"])
-    assert metrics["dev_weighted_f1"].step == summary["best_epoch"]  # the selected epoch's curve point, not epoch 0
-    assert metrics["selected_dev_weighted_f1"].value == pytest.approx(summary["dev_weighted_f1"])
-    assert "baseline_test_weighted_f1" in metrics
+    assert metrics["test/weighted_f1"].value == pytest.approx(summary["test_weighted_f1"])
+    assert metrics["dev/weighted_f1"].step == summary["best_epoch"]  # the selected epoch's curve point, not epoch 0
+    assert metrics["dev/selected_weighted_f1"].value == pytest.approx(summary["dev_weighted_f1"])
+    assert "test/baseline_weighted_f1" in metrics
+
+
+def _empty_versions(store, name: str, count: int) -> tuple[MlflowClient, list[str]]:
+    """A registered model with ``count`` versions that point nowhere: enough to exercise the gating."""
+    config, _ = store
+    client = tracking.connect(config)
+    client.create_registered_model(name)
+    return client, [client.create_model_version(name, source="file:///nonexistent", run_id=None).version for _ in range(count)]
 
 
 def test_champion_moves_only_for_a_strictly_better_score(store):
-    config, _ = store
-    client = tracking.connect(config)
     name = "spikemo-gating-test"
-    client.create_registered_model(name)
-    versions = [client.create_model_version(name, source="file:///nonexistent", run_id=None).version for _ in range(4)]
+    client, versions = _empty_versions(store, name, 4)
     assert tracking.gate_champion(client, name, versions[0], 50.0, "dev") == ("champion", None)
     assert tracking.gate_champion(client, name, versions[1], 60.0, "dev") == ("champion", 50.0)
     assert tracking.gate_champion(client, name, versions[2], 60.0, "dev") == ("challenger", 60.0)
@@ -120,11 +126,8 @@ def test_champion_moves_only_for_a_strictly_better_score(store):
 
 
 def test_gating_can_require_beating_the_linear_probe(store):
-    config, _ = store
-    client = tracking.connect(config)
     name = "spikemo-baseline-gating-test"
-    client.create_registered_model(name)
-    versions = [client.create_model_version(name, source="file:///nonexistent", run_id=None).version for _ in range(3)]
+    client, versions = _empty_versions(store, name, 3)
     assert tracking.gate_champion(client, name, versions[0], 50.0, "dev", baseline_score=55.0) == ("challenger", None)
     assert client.get_model_version(name, versions[0]).tags["gating_decision"].startswith("not promoted: 50.0000 <= its linear probe")
     assert tracking.gate_champion(client, name, versions[1], 56.0, "dev", baseline_score=55.0) == ("champion", None)
@@ -134,13 +137,11 @@ def test_gating_can_require_beating_the_linear_probe(store):
 
 def test_gating_rescores_the_champion_on_the_new_data(store):
     config, summary = store
-    client = tracking.connect(config)
     # the champion re-evaluated on this run's own dev data reproduces the dev score it was selected with
     assert experiment.rescore_champion(config, summary["model_version"]) == pytest.approx(summary["dev_weighted_f1"])
 
     name = "spikemo-rescore-test"
-    client.create_registered_model(name)
-    versions = [client.create_model_version(name, source="file:///nonexistent", run_id=None).version for _ in range(3)]
+    client, versions = _empty_versions(store, name, 3)
     tracking.gate_champion(client, name, versions[0], 60.0, "dev")
     # on the new data the champion scores 45 (its recorded 60 came from older data): 50 beats it
     assert tracking.gate_champion(client, name, versions[1], 50.0, "dev", champion_rescore=lambda v: 45.0) == ("champion", 45.0)

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from spikemo.model.batch import IGNORE_INDEX, DialogueBatch
+from spikemo.model.spikemo import SpikEmoOutput
 from spikemo.training.metrics import classification_metrics
+
+
+class LossTally:
+    """Sums a loss (a mean over a batch's labelled utterances) over evaluation batches, weighted by each
+    batch's labelled utterances, so that ``total / count`` is the mean over the split."""
+
+    def __init__(self, loss: Callable[[SpikEmoOutput, DialogueBatch], torch.Tensor]):
+        self.loss = loss
+        self.total = 0.0
+        self.count = 0
+
+    def add(self, output: SpikEmoOutput, batch: DialogueBatch, labelled: int) -> None:
+        if labelled:
+            self.total += float(self.loss(output, batch)) * labelled
+            self.count += labelled
+
 
 
 def autocast_for(device: torch.device) -> torch.autocast:
@@ -18,8 +35,11 @@ def autocast_for(device: torch.device) -> torch.autocast:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, batches: Iterable[DialogueBatch]) -> tuple[np.ndarray, np.ndarray]:
-    """True and predicted label ids of every labelled utterance, dialogue by dialogue, turn by turn."""
+def predict(
+    model: torch.nn.Module, batches: Iterable[DialogueBatch], tally: LossTally | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """True and predicted label ids of every labelled utterance, dialogue by dialogue, turn by turn; with
+    ``tally``, the loss of every batch is added to it as well."""
     device = next(model.parameters()).device
     model.eval()
     labels: list[torch.Tensor] = []
@@ -27,8 +47,11 @@ def predict(model: torch.nn.Module, batches: Iterable[DialogueBatch]) -> tuple[n
     for batch in batches:
         batch = batch.to(device, non_blocking=True)
         with autocast_for(device):
-            logits = model(batch).logits
+            output = model(batch)
+        logits = output.logits
         labelled = batch.labels != IGNORE_INDEX
+        if tally is not None:
+            tally.add(output, batch, int(labelled.sum()))
         labels.append(batch.labels[labelled].cpu())
         predictions.append(logits.argmax(dim=-1)[labelled].cpu())
     if not labels:

@@ -49,7 +49,7 @@ from spikemo.training.distributed import (
     distributed_context,
     gather_predictions,
 )
-from spikemo.training.evaluation import autocast_for, predict
+from spikemo.training.evaluation import LossTally, autocast_for, predict
 from spikemo.training.metrics import classification_metrics, firing_rates_by_group
 from spikemo.training.schedule import LearningRateSchedule
 
@@ -167,7 +167,7 @@ class _TrainingRun:
                 break
             metrics = {"epoch": float(epoch), **self._train_epoch(epoch)}
             dev_scores, firing_rates, _ = self._evaluate_split(self._selected_model(), self.data.splits["dev"], monitor_spikes=True)
-            metrics.update({f"dev_{name}": float(dev_scores[name]) for name in ("weighted_f1", "macro_f1", "accuracy")})
+            metrics.update({f"dev_{name}": float(dev_scores[name]) for name in ("loss", "weighted_f1", "macro_f1", "accuracy")})
             metrics.update({f"firing_rate.{group}": rate for group, rate in firing_rates_by_group(firing_rates).items()})
             self._select(selection, epoch, metrics)
             if self.context.is_main:
@@ -274,16 +274,21 @@ class _TrainingRun:
         rows = dataset.labelled_rows([index for batch in batches for index in batch])
         firing_rates: dict[str, float] = {}
         energy: dict[str, float] = {}
+        tally = LossTally(lambda output, batch: self.loss(output, batch).total)
         if monitored:
             with SpikeMonitor(model) as monitor:
-                _, predictions = predict(model, loader)
+                _, predictions = predict(model, loader, tally)
             if batches:
                 firing_rates, energy = monitor.firing_rates(), monitor.energy()
         else:
-            _, predictions = predict(model, loader)
+            _, predictions = predict(model, loader, tally)
         everywhere = gather_predictions(rows, predictions, len(dataset.labels), self.context)
         labelled = dataset.labels >= 0
         metrics = classification_metrics(dataset.labels[labelled], everywhere[labelled], self.label_names)
+        loss_sums = torch.tensor([tally.total, float(tally.count)], dtype=torch.float64)
+        if sharded:
+            loss_sums = all_reduce_sum(loss_sums, self.context)
+        metrics["loss"] = float(loss_sums[0] / loss_sums[1].clamp(min=1))
         return metrics, firing_rates, energy
 
     def _select(self, selection: SelectionState, epoch: int, metrics: dict[str, float]) -> None:
