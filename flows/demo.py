@@ -26,6 +26,7 @@ PREFECT_DEFAULTS = {
 def prepare_environment(workdir: Path) -> None:
     """Keep Prefect's local state in the work directory unless the user points it elsewhere."""
     os.environ.setdefault("PREFECT_HOME", str((workdir / "prefect").resolve()))
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     for key, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
 
@@ -50,8 +51,8 @@ def run_demo(config: SpikEmoConfig, data: Path | None, dialogues: int | None) ->
                 f"SpikEmo on the demo corpus ({result['preprocess']['utterances']} utterances, modalities {', '.join(config.features.modalities)}):",
                 f"  dev weighted-F1  {trained['dev_weighted_f1']:.2f}",
                 f"  test weighted-F1 {trained['test_weighted_f1']:.2f}   macro-F1 {trained['test_macro_f1']:.2f}   accuracy {trained['test_accuracy']:.2f}",
-                f"  linear probe on the same features: test weighted-F1 {_score(trained['baseline_test_weighted_f1'])} "
-                f"({trained['baseline_comparison']})",
+                f"  linear probe on the same features: test weighted-F1 {_score(trained['baseline_test_weighted_f1'])}"
+                f"   (SpikEmo {'beats' if trained['beats_baseline'] else 'does not beat'} it)",
                 f"  registered: {trained['model_uri']} -> alias '{trained['alias']}'",
                 "",
                 f"MLflow UI:  spikemo ui --workdir {config.workdir}      (http://127.0.0.1:5000)",

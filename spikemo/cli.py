@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -300,7 +301,8 @@ def resolve_config(args: argparse.Namespace) -> SpikEmoConfig:
 
 
 def configure_logging(debug: bool) -> None:
-    """spikemo's own messages at INFO (everything at DEBUG with ``--debug``); other libraries at WARNING."""
+    """spikemo's own messages at INFO (everything at DEBUG with ``--debug``); other libraries' — including
+    records that their loggers pass on to ours (Prefect's run loggers) — at WARNING."""
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
         format="spikemo: %(levelname)s: %(message)s",
@@ -308,6 +310,24 @@ def configure_logging(debug: bool) -> None:
         force=True,
     )
     log.setLevel(logging.DEBUG if debug else logging.INFO)
+    if not debug:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_spikemo_info_or_any_warning)
+        for variable, level in QUIET_LIBRARIES.items():  # libraries that log through their own handlers
+            os.environ.setdefault(variable, level)
+    if not sys.stderr.isatty():
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar frames in logs
+
+
+QUIET_LIBRARIES = {
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "GLOG_minloglevel": "2",  # mediapipe's native log lines
+    "TF_CPP_MIN_LOG_LEVEL": "2",  # TF Lite inside mediapipe
+}
+
+
+def _spikemo_info_or_any_warning(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or record.name == "spikemo" or record.name.startswith("spikemo.")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ import platform
 import re
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -193,16 +194,19 @@ def log_inputs(manifest: pd.DataFrame, manifest_path: Path, caches: dict[str, di
     """The manifest and each feature cache as MLflow datasets (digest, rows, label distribution)."""
     dataset = str(manifest["dataset"].iloc[0])
     label_counts = manifest.groupby(["split", "label"]).size()
-    for split, rows in manifest.groupby("split"):
-        frame = rows[["utterance_key", "speaker", "label", "media_fingerprint"]].reset_index(drop=True)
-        source = mlflow.data.from_pandas(frame, source=str(manifest_path), targets="label", name=f"{dataset}-{split}")
-        mlflow.log_input(source, context=str(split), tags={"labels": json.dumps(label_counts[split].to_dict())})
-    for modality, cache in caches.items():
-        frame = pd.DataFrame({"utterance_key": manifest["utterance_key"], "modality": modality})
-        source = mlflow.data.from_pandas(
-            frame, source=str(cache["path"]), name=f"{dataset}-{modality}-{cache['encoder']}", digest=cache["fingerprint"][:32]
-        )
-        mlflow.log_input(source, context="features", tags={"encoder": cache["encoder"], "dim": str(cache["dim"])})
+    with warnings.catch_warnings():
+        # a local path reads as two kinds of MLflow dataset source; MLflow picks the right one but warns each time
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        for split, rows in manifest.groupby("split"):
+            frame = rows[["utterance_key", "speaker", "label", "media_fingerprint"]].reset_index(drop=True)
+            source = mlflow.data.from_pandas(frame, source=str(manifest_path), targets="label", name=f"{dataset}-{split}")
+            mlflow.log_input(source, context=str(split), tags={"labels": json.dumps(label_counts[split].to_dict())})
+        for modality, cache in caches.items():
+            frame = pd.DataFrame({"utterance_key": manifest["utterance_key"], "modality": modality})
+            source = mlflow.data.from_pandas(
+                frame, source=str(cache["path"]), name=f"{dataset}-{modality}-{cache['encoder']}", digest=cache["fingerprint"][:32]
+            )
+            mlflow.log_input(source, context="features", tags={"encoder": cache["encoder"], "dim": str(cache["dim"])})
 
 
 def log_evaluation(

@@ -127,7 +127,8 @@ def extract_modality(
     if todo:
         _run(todo, encoder, cache, features, result)
     result.seconds = time.perf_counter() - started
-    log.info(
+    log.log(
+        logging.INFO if todo else logging.DEBUG,  # a pass with nothing to encode is not news
         "%s %s (%s): %d encoded, %d reused, %d failed, %d without media in %.1f s",
         cache.dataset, modality, encoder.name, result.encoded, result.reused, result.failed, result.missing_media, result.seconds,
     )
