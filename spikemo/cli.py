@@ -172,6 +172,11 @@ def _modality_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
+def _server_options(parser: argparse.ArgumentParser, default_port: int) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=default_port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common_options()
     parser = argparse.ArgumentParser(
@@ -260,8 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="open the MLflow UI over the work directory's store (127.0.0.1)",
         description="Serve the MLflow UI for the default store (or MLFLOW_TRACKING_URI) until interrupted.",
     )
-    ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    ui.add_argument("--port", type=int, default=5000)
+    _server_options(ui, default_port=5000)
     ui.set_defaults(handler=cmd_ui, overrides_from=lambda args: {})
 
     prefect_ui = commands.add_parser(
@@ -271,8 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start a Prefect server (API and UI) on the given port, with the UI pointed at that port, over "
         "<workdir>/prefect (or PREFECT_HOME), until interrupted.",
     )
-    prefect_ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    prefect_ui.add_argument("--port", type=int, default=4200)
+    _server_options(prefect_ui, default_port=4200)
     prefect_ui.set_defaults(handler=cmd_prefect_ui, overrides_from=lambda args: {})
 
     demo = commands.add_parser(
