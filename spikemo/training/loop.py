@@ -1,5 +1,5 @@
-"""Training SpikEmo: AdamW with warm-up and a cosine or plateau schedule, gradient clipping, early stopping
-and model selection on DEV weighted-F1, resumable checkpoints.
+"""Training SpikEmo: AdamW with warm-up and a cosine or plateau schedule, gradient clipping, an optional
+moving average of the weights, early stopping and model selection on DEV weighted-F1, resumable checkpoints.
 
 The test split never influences training or selection: it is evaluated once, after training, with the
 weights selected on dev. Under ``torchrun`` the model is wrapped in DistributedDataParallel, each rank
