@@ -50,6 +50,7 @@ def train_task(config: dict[str, Any], preprocessed: dict[str, Any]) -> dict[str
         "bundle": str(trained.bundle),
         "gating_score": trained.gating_score,
         "baseline_gating_score": trained.baseline_gating_score,
+        "model_id": trained.model_id,
         "summary": trained.summary,
     }
 
@@ -58,7 +59,8 @@ def train_task(config: dict[str, Any], preprocessed: dict[str, Any]) -> dict[str
 def register_task(config: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
     resolved = SpikEmoConfig.model_validate(config)
     run = TrainedRun(
-        trained["run_id"], Path(trained["bundle"]), trained["gating_score"], trained["summary"], trained["baseline_gating_score"]
+        trained["run_id"], Path(trained["bundle"]), trained["gating_score"], trained["summary"], trained["baseline_gating_score"],
+        trained["model_id"],
     )
     return register(resolved, run).summary()  # register() logs the registry decision
 

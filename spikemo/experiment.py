@@ -56,6 +56,7 @@ class TrainedRun:
     gating_score: float
     summary: dict[str, Any]
     baseline_gating_score: float | None = None  # the linear probe's weighted-F1 on the gating split
+    model_id: str | None = None  # the MLflow logged model the run linked its final scores to
 
 
 def prepare_data(config: SpikEmoConfig) -> PreparedData:
@@ -90,19 +91,20 @@ def train_and_log(config: SpikEmoConfig, data: PreparedData) -> TrainedRun:
     with tracking.training_run(config, data.encoders) as run:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / ACTIVE_RUN_FILE).write_text(run.info.run_id)
-        tracking.log_inputs(data.manifest, data.manifest_path, data.caches)
+        datasets = tracking.log_inputs(data.manifest, data.manifest_path, data.caches)
         result = train_model(config, data.manifest, data.features, data.labels, run_dir, on_epoch_end=tracking.log_epoch)
         metrics = {"dev": result.dev_metrics, **({"test": result.test_metrics} if result.test_metrics else {})}
+        logged_model = mlflow.initialize_logged_model(name=tracking.logged_model_name(config), source_run_id=run.info.run_id)
+        final = tracking.FinalMetrics(result.best_epoch, logged_model.model_id, datasets)
         tracking.log_evaluation(
-            result.history, metrics, data.labels, result.firing_rates, result.energy, result.spike_statistics_split,
-            result.best_epoch,
+            result.history, metrics, data.labels, result.firing_rates, result.energy, result.spike_statistics_split, final
         )
         mlflow.log_metric("best_epoch", result.best_epoch, step=result.best_epoch)
         probe = fit_linear_probe(
             build_dialogue_data(data.manifest, data.features, len(data.labels)), data.labels, seed=config.train.seed
         )
         baseline = {"dev": probe.dev_metrics, **({"test": probe.test_metrics} if probe.test_metrics else {})}
-        comparison = tracking.log_baseline(probe.C, baseline, metrics, result.best_epoch)
+        comparison = tracking.log_baseline(probe.C, baseline, metrics, final)
         mlflow.set_tag("spikemo.device", result.device)
         spec = ModelSpec(
             dataset=config.data.dataset_name, labels=data.labels, model=config.model, features=config.features, encoders=data.encoders
@@ -127,7 +129,8 @@ def train_and_log(config: SpikEmoConfig, data: PreparedData) -> TrainedRun:
     }
     gating_split = config.tracking.gating_split
     return TrainedRun(
-        run.info.run_id, bundle, metrics[gating_split]["weighted_f1"], summary, baseline[gating_split]["weighted_f1"]
+        run.info.run_id, bundle, metrics[gating_split]["weighted_f1"], summary, baseline[gating_split]["weighted_f1"],
+        logged_model.model_id,
     )
 
 
@@ -137,7 +140,7 @@ def register(config: SpikEmoConfig, trained: TrainedRun) -> tracking.Registratio
     with mlflow.start_run(run_id=trained.run_id):
         registration = tracking.log_and_register(
             trained.bundle, config, trained.gating_score, trained.baseline_gating_score, trained.summary,
-            champion_rescore=lambda version: rescore_champion(config, version),
+            champion_rescore=lambda version: rescore_champion(config, version), model_id=trained.model_id,
         )
         mlflow.set_tags({"spikemo.model_version": registration.version, "spikemo.alias": registration.alias})
     shutil.rmtree(trained.bundle, ignore_errors=True)  # MLflow holds the registered copy

@@ -190,10 +190,14 @@ def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
     mlflow.log_metrics({metric_key(key): float(value) for key, value in metrics.items() if key != "epoch"}, step=epoch)
 
 
-def log_inputs(manifest: pd.DataFrame, manifest_path: Path, caches: dict[str, dict[str, Any]]) -> None:
-    """The manifest and each feature cache as MLflow datasets (digest, rows, label distribution)."""
+def log_inputs(
+    manifest: pd.DataFrame, manifest_path: Path, caches: dict[str, dict[str, Any]]
+) -> dict[str, mlflow.data.Dataset]:
+    """The manifest and each feature cache as MLflow datasets (digest, rows, label distribution); returns
+    each split's dataset, so that final scores can name the data they were measured on."""
     dataset = str(manifest["dataset"].iloc[0])
     label_counts = manifest.groupby(["split", "label"]).size()
+    splits = {}
     with warnings.catch_warnings():
         # a local path reads as two kinds of MLflow dataset source; MLflow picks the right one but warns each time
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
@@ -201,12 +205,32 @@ def log_inputs(manifest: pd.DataFrame, manifest_path: Path, caches: dict[str, di
             frame = rows[["utterance_key", "speaker", "label", "media_fingerprint"]].reset_index(drop=True)
             source = mlflow.data.from_pandas(frame, source=str(manifest_path), targets="label", name=f"{dataset}-{split}")
             mlflow.log_input(source, context=str(split), tags={"labels": json.dumps(label_counts[split].to_dict())})
+            splits[str(split)] = source
         for modality, cache in caches.items():
             frame = pd.DataFrame({"utterance_key": manifest["utterance_key"], "modality": modality})
             source = mlflow.data.from_pandas(
                 frame, source=str(cache["path"]), name=f"{dataset}-{modality}-{cache['encoder']}", digest=cache["fingerprint"][:32]
             )
             mlflow.log_input(source, context="features", tags={"encoder": cache["encoder"], "dim": str(cache["dim"])})
+    return splits
+
+
+def logged_model_name(config: SpikEmoConfig) -> str:
+    return f"spikemo-{config.data.dataset_name}-{'-'.join(config.features.modalities)}"
+
+
+@dataclass
+class FinalMetrics:
+    """Where a run's final scores go: the selected epoch's step, the logged model that the run will register
+    (``model_id``, from ``mlflow.initialize_logged_model``), and each split's MLflow dataset."""
+
+    step: int
+    model_id: str
+    datasets: dict[str, mlflow.data.Dataset]
+
+    def log(self, metrics: dict[str, float], split: str | None = None) -> None:
+        dataset = self.datasets.get(split) if split else None
+        mlflow.log_metrics(metrics, step=self.step, model_id=self.model_id, dataset=dataset)
 
 
 def log_evaluation(
@@ -216,12 +240,12 @@ def log_evaluation(
     firing_rates: dict[str, float],
     energy: dict[str, float],
     spike_statistics_split: str,
-    best_epoch: int,
+    final: FinalMetrics,
 ) -> None:
-    """Final metrics per split (at the selected epoch's step, so the logged model shows them), plots and
-    reports as artifacts."""
+    """Final metrics per split (through ``final``: at the selected epoch's step, linked to the logged model
+    and to the split's dataset), plots and reports as artifacts."""
     for split, scores in metrics.items():
-        mlflow.log_metrics(_final_metrics(split, scores), step=best_epoch)
+        final.log(_final_metrics(split, scores), split)
         mlflow.log_figure(reports.confusion_matrix_figure(scores["confusion_matrix"], labels, f"{split} confusion matrix"), f"plots/{split}_confusion_matrix.png")
         mlflow.log_table(reports.per_class_table(scores["per_class"]), f"reports/{split}_per_class.json")
     if history:
@@ -230,12 +254,12 @@ def log_evaluation(
         figure = reports.firing_rates_figure(firing_rates, spike_statistics_split)
         mlflow.log_figure(figure, "plots/firing_rates.png")
         rates = {f"{spike_statistics_split}/firing_rate.{name}": rate for name, rate in firing_rates.items()}
-        mlflow.log_metrics(rates, step=best_epoch)
+        final.log(rates, spike_statistics_split)
     if energy:
         constants = {key for key in energy if key.startswith("pj_per_")}  # the energy model's costs, not results
         mlflow.log_params({f"energy.{key}": energy[key] for key in constants})
         measured = {f"{spike_statistics_split}/{key}": float(value) for key, value in energy.items() if key not in constants}
-        mlflow.log_metrics(measured, step=best_epoch)
+        final.log(measured, spike_statistics_split)
     mlflow.log_dict({str(i): label for i, label in enumerate(labels)}, "label_map.json")
 
 
@@ -247,13 +271,13 @@ class BaselineComparison:
 
 
 def log_baseline(
-    C: float, baseline: dict[str, dict[str, Any]], model: dict[str, dict[str, Any]], best_epoch: int
+    C: float, baseline: dict[str, dict[str, Any]], model: dict[str, dict[str, Any]], final: FinalMetrics
 ) -> BaselineComparison:
     """The linear probe's scores as ``baseline_<split>_*`` metrics beside the model's, and tags saying whether
     the model beats it on the reported split (test, else dev)."""
     mlflow.log_param("baseline.C", C)
     for split, scores in baseline.items():
-        mlflow.log_metrics(_final_metrics(split, scores, "baseline_"), step=best_epoch)
+        final.log(_final_metrics(split, scores, "baseline_"), split)
     split = "test" if "test" in baseline and "test" in model else "dev"
     ours, probe = model[split]["weighted_f1"], baseline[split]["weighted_f1"]
     comparison = BaselineComparison(
@@ -324,21 +348,23 @@ INPUT_EXAMPLE = pd.DataFrame(
 def log_and_register(
     bundle: Path, config: SpikEmoConfig, gating_score: float, baseline_score: float | None = None,
     summary: dict[str, Any] | None = None, champion_rescore: Callable[[str], float | None] | None = None,
+    model_id: str | None = None,
 ) -> Registration:
     """Log a saved bundle as the active run's pyfunc model, register a version and apply champion gating.
 
-    The logged model is named after the dataset and modalities and carries the metrics logged at the
-    selected epoch's step (that epoch's curves and the final scores, see ``log_evaluation``) and an input
-    example; the version gets a description from ``summary`` (the run's JSON summary). With ``tracking.require_beating_baseline``, a version whose gating score
+    The logged model (``model_id``: the one the run initialised and linked its final scores to, see
+    ``FinalMetrics``) is named after the dataset and modalities and gets an input example; the version gets
+    a description from ``summary`` (the run's JSON summary). With ``tracking.require_beating_baseline``, a version whose gating score
     does not beat ``baseline_score`` (its own linear probe's on the same split) is never champion.
     ``champion_rescore(version)`` re-scores the current champion on the new run's data (see ``gate_champion``)."""
     name = registered_model_name(config)
     summary = summary or {}
     labels = ModelSpec.model_validate_json((bundle / SPEC_FILE).read_text(encoding="utf-8")).labels
     info = mlflow.pyfunc.log_model(
-        name=f"spikemo-{config.data.dataset_name}-{'-'.join(config.features.modalities)}",
+        name=logged_model_name(config),
+        model_id=model_id,
         input_example=INPUT_EXAMPLE,
-        step=summary.get("best_epoch", 0),
+        step=-1,  # link no per-epoch metric: the final ones were linked through model_id when logged
         python_model=str(PYFUNC_MODEL_FILE),
         artifacts={"bundle": str(bundle)},
         code_paths=[str(Path(__file__).parent)],

@@ -100,9 +100,13 @@ def test_logged_model_and_version_describe_the_selected_model(store):
     assert logged.name == "spikemo-meldsmall-text"
     metrics = {metric.key: metric for metric in logged.metrics}
     assert metrics["test/weighted_f1"].value == pytest.approx(summary["test_weighted_f1"])
-    assert metrics["dev/weighted_f1"].step == summary["best_epoch"]  # the selected epoch's curve point, not epoch 0
+    assert metrics["test/weighted_f1"].dataset_name == "meldsmall-test"  # the data each score was measured on
     assert metrics["dev/selected_weighted_f1"].value == pytest.approx(summary["dev_weighted_f1"])
-    assert "test/baseline_weighted_f1" in metrics
+    assert metrics["dev/selected_weighted_f1"].dataset_name == "meldsmall-dev"
+    assert metrics["dev/selected_weighted_f1"].step == summary["best_epoch"]
+    assert "dev/weighted_f1" not in metrics and "train/loss" not in metrics  # no epoch-0 (or any epoch) curve point
+    assert metrics["test/baseline_weighted_f1"].dataset_name == "meldsmall-test"
+    assert logged.status == "READY"
 
 
 def _empty_versions(store, name: str, count: int) -> tuple[MlflowClient, list[str]]:
