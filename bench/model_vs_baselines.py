@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from spikemo.config import SpikEmoConfig, load_config
+from spikemo.config import SpikEmoConfig, load_config, with_overrides
 from spikemo.data.demo import DemoCorpusSettings, make_demo_corpus
 from spikemo.data.schema import read_manifest
 from spikemo.features.extract import load_features, preprocess
@@ -146,17 +146,6 @@ def _prepared(config: SpikEmoConfig) -> tuple[pd.DataFrame, list[str], dict[str,
     return manifest, metadata["labels"], features
 
 
-def _with_overrides(config: SpikEmoConfig, overrides: dict[str, Any]) -> SpikEmoConfig:
-    tree = config.model_dump(mode="json")
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = tree
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    return SpikEmoConfig.model_validate(tree)
-
-
 def run_fold(dataset: str, fold: Fold, variants: list[str]) -> list[dict[str, Any]]:
     records = []
     seed = fold.config.train.seed
@@ -166,7 +155,7 @@ def run_fold(dataset: str, fold: Fold, variants: list[str]) -> list[dict[str, An
         probe = fit_linear_probe(data, fold.labels, seed=seed)
         records.append(_record(dataset, fold.name, PROBE, seed, probe.test_metrics, probe.dev_metrics, time.perf_counter() - started, C=probe.C))
     for variant in (v for v in variants if v != PROBE):
-        config = _with_overrides(fold.config, VARIANTS[variant])
+        config = with_overrides(fold.config, VARIANTS[variant])
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as run_dir:
             result = train_model(config, fold.manifest, fold.features, fold.labels, Path(run_dir), resume=False)

@@ -15,7 +15,7 @@ from prefect.runtime import flow_run, task_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 import spikemo
-from spikemo.config import SpikEmoConfig, load_config
+from spikemo.config import SpikEmoConfig, load_config, with_overrides
 from spikemo.errors import ConfigError, SpikemoError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ def resolve_config(config_path: str | None, overrides: dict[str, Any] | None, co
     """A full resolved config (as the CLI passes it), or a config file (relative to the repo) plus dotted overrides."""
     if config is not None:
         resolved = SpikEmoConfig.model_validate(config)
-        return load_config(None, {**resolved.flat(), **overrides}) if overrides else resolved
+        return with_overrides(resolved, overrides) if overrides else resolved
     path = None
     if config_path:
         path = Path(config_path)

@@ -258,10 +258,22 @@ def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(tree, dotted, value)
+    return _validated(tree, f"{path}: " if path is not None else "")
+
+
+def with_overrides(config: SpikEmoConfig, overrides: dict[str, Any]) -> SpikEmoConfig:
+    """``config`` with dotted overrides applied on top; unlike command-line flags, a None value sets the key
+    to null (``train.ema_decay: None`` turns the moving average off) rather than leaving it as it was."""
+    tree = config.model_dump(mode="json")
+    for dotted, value in overrides.items():
+        _set_dotted(tree, dotted, value)
+    return _validated(tree, "")
+
+
+def _validated(tree: dict[str, Any], source: str) -> SpikEmoConfig:
     try:
         return SpikEmoConfig.model_validate(tree)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        source = f"{path}: " if path is not None else ""
         raise ConfigError(f"{source}config key {where!r}: {first['msg']}") from None

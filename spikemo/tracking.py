@@ -103,8 +103,9 @@ def loggable_params(config: SpikEmoConfig) -> dict[str, str]:
     it will be registered."""
     params = {}
     flat = {**config.flat(), "tracking.registered_model": registered_model_name(config)}
+    paths = local_paths(config)
     for key, value in flat.items():
-        if SECRET_WORDS.search(key) or value is None or key in local_paths(config):
+        if SECRET_WORDS.search(key) or value is None or key in paths:
             continue
         text = json.dumps(value) if isinstance(value, (list, dict)) else str(redact(value))
         params[key] = text[:6000]
@@ -127,6 +128,7 @@ def training_run(config: SpikEmoConfig, encoders: dict[str, EncoderSpec]) -> Ite
     Besides spikemo's tags it sets MLflow's standard ones: the git commit and source (shown in the run
     list) and a run description (``mlflow.note.content``, the run page's Description)."""
     connect(config)
+    commit = git_commit()
     model = config.model
     variant = "paper-faithful spiking branch" if model.spike_encoding == "heaviside" else "spiking branch with direct encoding"
     description = (
@@ -137,9 +139,9 @@ def training_run(config: SpikEmoConfig, encoders: dict[str, EncoderSpec]) -> Ite
     )
     tags = {
         "spikemo.dataset": config.data.dataset_name,
-        "spikemo.git_commit": git_commit(),
+        "spikemo.git_commit": commit,
         "spikemo.host_python": platform.python_version(),
-        MLFLOW_GIT_COMMIT: git_commit(),
+        MLFLOW_GIT_COMMIT: commit,
         MLFLOW_SOURCE_NAME: "spikemo train",
         MLFLOW_RUN_NOTE: description,
         **{
@@ -228,9 +230,8 @@ class FinalMetrics:
     model_id: str
     datasets: dict[str, mlflow.data.Dataset]
 
-    def log(self, metrics: dict[str, float], split: str | None = None) -> None:
-        dataset = self.datasets.get(split) if split else None
-        mlflow.log_metrics(metrics, step=self.step, model_id=self.model_id, dataset=dataset)
+    def log(self, metrics: dict[str, float], split: str) -> None:
+        mlflow.log_metrics(metrics, step=self.step, model_id=self.model_id, dataset=self.datasets.get(split))
 
 
 def log_evaluation(

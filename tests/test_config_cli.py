@@ -96,3 +96,12 @@ def test_diverging_training_has_its_own_exit_code(monkeypatch, capsys):
 def test_gating_on_test_is_refused():
     with pytest.raises(ConfigError, match="gating on test would select models on the split that reports them"):
         load_config(None, {"tracking.gating_split": "test"})
+
+
+def test_overrides_on_a_resolved_config_keep_its_nulls():
+    from spikemo.config import with_overrides
+
+    config = load_config(REPO / "configs" / "demo.yaml")
+    assert config.train.ema_decay is None
+    changed = with_overrides(config, {"train.epochs": 3, "train.grad_clip": None})
+    assert changed.train.epochs == 3 and changed.train.ema_decay is None and changed.train.grad_clip is None

@@ -28,7 +28,6 @@ class LossTally:
             self.count += labelled
 
 
-
 def autocast_for(device: torch.device) -> torch.autocast:
     """bf16 autocast on CUDA; a disabled autocast elsewhere."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
