@@ -46,6 +46,7 @@ def main() -> None:
                 "second_over_first": round(second_seconds / first_seconds, 3),
                 "goal_first_run_seconds": 300,
                 "test_weighted_f1": first["test_weighted_f1"],
+                "baseline_test_weighted_f1": first["baseline_test_weighted_f1"],  # the run's own linear probe
                 "load_average": os.getloadavg()[0],
             }
         )
