@@ -88,7 +88,8 @@ def meld_folds(args: argparse.Namespace) -> Iterator[Fold]:
 def emodb_folds(args: argparse.Namespace) -> Iterator[Fold]:
     sessions = args.work / "emodb_sessions.csv"
     table = pd.read_csv(args.emodb_root / "labels.csv", dtype={"speaker": str})
-    table = table.sort_values("file").assign(
+    # EmoDB's file names sort by sentence and then emotion: shuffle (fixed) so turn order carries no label
+    table = table.sample(frac=1.0, random_state=0).assign(
         utterance_index=lambda t: t.groupby("speaker").cumcount(),
         dialogue_id=lambda t: "speaker" + t["speaker"] + "-" + (t["utterance_index"] // args.emodb_session_length).astype(str),
         text="",

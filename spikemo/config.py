@@ -140,6 +140,11 @@ class ModelConfig(Section):
     dialogue_context_residual: bool = Field(
         True, description="h + DialogueRNN(h) rather than the paper's DialogueRNN(h): the utterance's own features stay."
     )
+    speaker_relative_inputs: bool = Field(
+        False,
+        description="Also feed each utterance's standardised features minus the mean of its speaker's utterances "
+        "in the dialogue (speaker normalisation, computed per dialogue): removes a voice's or face's own baseline.",
+    )
     compile_neurons: bool = Field(False, description="torch.compile each LIF neuron (fuses its time loop; first call compiles).")
 
 

@@ -13,7 +13,7 @@ from spikemo.losses import SpikEmoLoss
 from spikemo.model.batch import IGNORE_INDEX, DialogueBatch
 from spikemo.model.fusion import CrossAttention
 from spikemo.model.snn_stats import SpikeMonitor
-from spikemo.model.spikemo import SpikEmo
+from spikemo.model.spikemo import SpikEmo, _speaker_means
 from spikemo.model.spiking import LinearNormLIF, MultiStepLIF, Spikformer, is_fused_lif
 
 DIMS = {"text": 6, "audio": 5, "visual": 4}
@@ -88,9 +88,10 @@ def test_output_shapes_and_fused_features():
     assert output.logits[~batch.utterance_mask].abs().max() == 0
 
 
-def test_padding_never_changes_a_real_utterance():
+@pytest.mark.parametrize("speaker_relative", [False, True])
+def test_padding_never_changes_a_real_utterance(speaker_relative):
     torch.manual_seed(0)
-    model = SpikEmo(tiny_config(), DIMS, NUM_CLASSES).double().eval()
+    model = SpikEmo(tiny_config(speaker_relative_inputs=speaker_relative), DIMS, NUM_CLASSES).double().eval()
     short = make_batch([3], seed=1, dtype=torch.float64)
     long = make_batch([6], seed=2, dtype=torch.float64)
     alone = model(short).logits[0]
@@ -99,9 +100,10 @@ def test_padding_never_changes_a_real_utterance():
     assert model(stack_dialogues(long, short)).logits[1, :3].allclose(alone)
 
 
-def test_absent_modality_features_are_ignored():
+@pytest.mark.parametrize("speaker_relative", [False, True])
+def test_absent_modality_features_are_ignored(speaker_relative):
     torch.manual_seed(0)
-    model = SpikEmo(tiny_config(), DIMS, NUM_CLASSES).double().eval()
+    model = SpikEmo(tiny_config(speaker_relative_inputs=speaker_relative), DIMS, NUM_CLASSES).double().eval()
     batch = make_batch([4, 3], seed=3, dtype=torch.float64)
     batch.modality_mask["audio"][0, 1] = False
     batch.modality_mask["visual"][1] = False  # a whole dialogue without video
@@ -111,6 +113,28 @@ def test_absent_modality_features_are_ignored():
     changed = model(batch).logits
     assert torch.isfinite(changed).all()
     torch.testing.assert_close(changed, reference)
+
+
+def test_speaker_means_average_each_speakers_present_utterances_of_the_dialogue():
+    features = torch.tensor([[[1.0], [10.0], [3.0], [100.0]], [[5.0], [7.0], [0.0], [0.0]]])
+    party = torch.tensor([[0, 1, 0, 0], [1, 1, 0, 0]])
+    present = torch.tensor([[True, True, True, False], [True, True, False, False]])  # [0, 3] absent; row 1 padded
+    means = _speaker_means(features, party, present)
+    expected = torch.tensor([[[2.0], [10.0], [2.0], [0.0]], [[6.0], [6.0], [0.0], [0.0]]])
+    torch.testing.assert_close(means, expected)
+
+
+def test_speaker_relative_inputs_see_the_other_utterances_of_the_same_speaker_only():
+    torch.manual_seed(0)
+    config = tiny_config(speaker_relative_inputs=True, use_spiking=False, dialogue_context=[], fusion_layers=0)
+    model = SpikEmo(config, {"audio": DIMS["audio"]}, NUM_CLASSES).double().eval()
+    batch = make_batch([4], modalities=("audio",), seed=4, dtype=torch.float64)
+    batch.party = torch.tensor([[0, 1, 0, 1]])
+    reference = model(batch).logits
+    batch.features["audio"][0, 2] += 5.0  # speaker 0's second utterance
+    changed = model(batch).logits
+    assert not torch.allclose(changed[0, 0], reference[0, 0])  # the same speaker's mean moved
+    torch.testing.assert_close(changed[0, [1, 3]], reference[0, [1, 3]])  # the other speaker's did not
 
 
 def test_cross_attention_without_any_key_gives_zero_update():

@@ -1,7 +1,9 @@
 """SpikEmo (Yu, Wang, Qiao 2024): projection -> dialogue context -> spiking gate -> MultiAttn fusion -> classifier.
 
 Per modality m with features u_m [B, L, D_m]:
-    h_m = Linear(u_m)                                      (zeroed where m is absent)
+    h_m = Linear(u_m)                                      (zeroed where m is absent); Linear([u_m; u_m - mean of
+                                                           the speaker's u_m in the dialogue]) with
+                                                           model.speaker_relative_inputs
     h_m = DialogueRNN(h_m)                                 if m in config.dialogue_context (h_m + DialogueRNN(h_m)
                                                            with model.dialogue_context_residual)
     s_m = Spikformer(h_m [+ E_party + E_turn])             SSA across the dialogue's present utterances;
@@ -47,6 +49,19 @@ def _unpack(packed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return unpacked
 
 
+def _speaker_means(features: torch.Tensor, party: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """For each utterance, the mean of ``features`` [B, L, D] over its speaker's present utterances in the dialogue.
+
+    Zeros where the utterance's modality is absent; padding (``present`` False) never contributes.
+    """
+    party = party.clamp(min=0)
+    membership = torch.nn.functional.one_hot(party, int(party.max().item()) + 1).to(features.dtype)  # [B, L, P]
+    membership = membership * present.unsqueeze(-1).to(features.dtype)
+    sums = membership.transpose(1, 2) @ features  # [B, P, D]
+    counts = membership.sum(1).clamp(min=1).unsqueeze(-1)  # [B, P, 1]
+    return (membership @ (sums / counts)) * present.unsqueeze(-1).to(features.dtype)
+
+
 class SpikEmo(nn.Module):
     def __init__(self, config: ModelConfig, input_dims: dict[str, int], num_classes: int):
         super().__init__()
@@ -59,7 +74,8 @@ class SpikEmo(nn.Module):
         for m in self.modalities:  # input standardisation, set from the training split (part of the weights)
             self.register_buffer(f"input_mean_{m}", torch.zeros(input_dims[m]))
             self.register_buffer(f"input_std_{m}", torch.ones(input_dims[m]))
-        self.projections = nn.ModuleDict({m: nn.Linear(input_dims[m], dim) for m in self.modalities})
+        widening = 2 if config.speaker_relative_inputs else 1
+        self.projections = nn.ModuleDict({m: nn.Linear(widening * input_dims[m], dim) for m in self.modalities})
         self.input_dropout = nn.Dropout(config.dropout)
         self.contexts = nn.ModuleDict(
             {m: DialogueRNN(dim, config.dropout) for m in self.modalities if m in config.dialogue_context}
@@ -101,6 +117,8 @@ class SpikEmo(nn.Module):
         hidden = {}
         for m in self.modalities:
             standardised = (batch.features[m] - getattr(self, f"input_mean_{m}")) / getattr(self, f"input_std_{m}")
+            if self.config.speaker_relative_inputs:
+                standardised = torch.cat([standardised, standardised - _speaker_means(standardised, batch.party, present[m])], -1)
             h = self.input_dropout(self.projections[m](standardised)) * present[m].unsqueeze(-1).to(batch.features[m].dtype)
             if m in self.contexts:
                 context = self.contexts[m](h, batch.party)
