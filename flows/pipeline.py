@@ -1,4 +1,4 @@
-"""The whole DAG: preprocess (ingest → extraction) then train (train → evaluate → log → register).
+"""The whole DAG: preprocess (ingest → [text fine-tune] → extraction) then train (train → evaluate → log → register).
 
 The ``retrain`` deployment runs this flow on a schedule: extraction encodes only new or changed
 utterances, and training reruns only when the data, the encoders or the config changed.

@@ -1,4 +1,5 @@
-"""The preprocess flow: ingest → one extraction task per modality and shard → Parquet feature cache."""
+"""The preprocess flow: ingest → [text encoder fine-tune] → one extraction task per modality and shard → Parquet
+feature cache."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from flows.common import artifact_key, config_payload, flow_run_name, resolve_co
 from spikemo.config import SpikEmoConfig
 from spikemo.data.ingest import ingest, reason_kind
 from spikemo.features.extract import extract_modality, plan_shards
+from spikemo.features.finetune import finetune_text_encoder, finetuned_text_config
 
 
 @task(name="ingest", task_run_name=task_run_name("ingest"), retries=1, cache_policy=NONE)
@@ -27,6 +29,17 @@ def ingest_task(config: dict[str, Any]) -> dict[str, Any]:
     )
     get_run_logger().info("ingested %d utterances (%d rejected)", summary["utterances"], summary["rejected"])
     return summary
+
+
+@task(name="finetune-text", task_run_name=task_run_name("finetune-text"), retries=1, cache_policy=NONE)
+def finetune_text_task(config: dict[str, Any], manifest: str) -> dict[str, Any]:
+    """Fine-tune the text encoder, or reuse the finished fine-tune of the same settings and data (its folder is
+    keyed by their digest, as the feature caches are by the encoder's fingerprint); a retry resumes it."""
+    result = finetune_text_encoder(SpikEmoConfig.model_validate(config), Path(manifest))
+    get_run_logger().info(
+        "text encoder %s: %s (dev weighted-F1 %.2f)", "reused" if result.reused else "fine-tuned", result.model_path, result.dev_weighted_f1
+    )
+    return result.summary()
 
 
 @task(name="plan-shards", task_run_name="plan-{modality}-shards", cache_policy=NONE)
@@ -75,8 +88,12 @@ def preprocess_flow(
     resolved = resolve_config(config_path, overrides, config)
     payload = config_payload(resolved)
     ingested = ingest_task(payload)
+    summary: dict[str, Any] = {"manifest": ingested["manifest"], "utterances": ingested["utterances"], "rejected": ingested["rejected"]}
+    if resolved.features.text.finetune is not None and "text" in resolved.features.modalities:
+        summary["text_finetune"] = finetune_text_task(payload, ingested["manifest"])
+        payload = config_payload(finetuned_text_config(resolved, Path(ingested["manifest"])))
     modalities = extract_flow.with_options(task_runner=task_runner(resolved))(payload, ingested["manifest"])
-    summary = {"manifest": ingested["manifest"], "utterances": ingested["utterances"], "rejected": ingested["rejected"], "modalities": modalities}
+    summary["modalities"] = modalities
     create_markdown_artifact(key=artifact_key(resolved, "preprocess"), markdown=_markdown(resolved, ingested, modalities), description="spikemo preprocess summary")
     return summary
 

@@ -102,6 +102,21 @@ def cmd_preprocess(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str,
     return {"command": "preprocess", "dataset": config.data.dataset_name, **summary}
 
 
+def cmd_finetune_text(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
+    from spikemo.data.ingest import ingest
+    from spikemo.features.finetune import finetune_text_encoder
+
+    manifest_path = config.cache / config.data.dataset_name / "manifest.parquet"
+    ingest(config.data, manifest_path)
+    result = finetune_text_encoder(config, manifest_path)
+    print(
+        f"fine-tuned text encoder {'reused' if result.reused else 'saved'}: {result.model_path} (dev weighted-F1 "
+        f"{result.dev_weighted_f1:.2f}, test {_percent(result.test_weighted_f1)}, best epoch {result.best_epoch} of "
+        f"{result.epochs_run}); use it with --set features.text.params.model={result.model_path}"
+    )
+    return {"command": "finetune-text", "dataset": config.data.dataset_name, **result.summary()}
+
+
 def cmd_train(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
     from spikemo.experiment import run_experiment
 
@@ -221,6 +236,18 @@ def build_parser() -> argparse.ArgumentParser:
     _dataset_options(preprocess)
     preprocess.add_argument("--modalities", help="comma-separated subset of text,audio,visual (default from config: text)")
     preprocess.set_defaults(handler=cmd_preprocess, overrides_from=_modality_overrides)
+
+    finetune = commands.add_parser(
+        "finetune-text",
+        parents=[common],
+        help="fine-tune the text encoder as an utterance emotion classifier (EmoBERTa's recipe)",
+        description="Fine-tune features.text's Hugging Face encoder on the train split with its dialogue context "
+        "(features.text.params: speaker_names, context_turns, future_turns, max_length), pick the epoch on dev "
+        "weighted-F1, score test once, save it with save_pretrained under the work directory and log an MLflow run. "
+        "Settings: features.text.finetune (defaults when unset). A killed run resumes after its last epoch.",
+    )
+    _dataset_options(finetune)
+    finetune.set_defaults(handler=cmd_finetune_text, overrides_from=_dataset_overrides)
 
     train = commands.add_parser(
         "train",

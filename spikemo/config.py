@@ -67,9 +67,33 @@ class EncoderConfig(Section):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class TextFinetuneConfig(Section):
+    """Fine-tuning the text encoder as an utterance emotion classifier on train before extraction (EmoBERTa's
+    recipe). Its input is what the encoder reads: ``features.text.params`` (speaker names, context turns,
+    max_length, pooling)."""
+
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(16, ge=1)
+    gradient_accumulation: int = Field(1, ge=1, description="Batches per optimizer step (effective batch = batch_size x this).")
+    lr: float = Field(3e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of the optimizer steps with a linear warm-up; linear decay after.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before the classification head.")
+    freeze_layers: int = Field(0, ge=0, description="Freeze the embeddings and this many lowest transformer layers (faster, less memory).")
+    patience: int = Field(2, ge=1, description="Epochs without a better dev weighted-F1 before stopping.")
+    seed: int = 0
+
+
+class TextEncoderConfig(EncoderConfig):
+    name: str = "hf-text"
+    finetune: TextFinetuneConfig | None = Field(
+        None, description="Set to fine-tune the encoder on train (dev picks the epoch) and extract text features with it."
+    )
+
+
 class FeaturesConfig(Section):
     modalities: list[Literal["text", "audio", "visual"]] = Field(default_factory=lambda: ["text"])
-    text: EncoderConfig = EncoderConfig(name="hf-text", params={"model": "minilm", "pooling": "mean"})
+    text: TextEncoderConfig = TextEncoderConfig(name="hf-text", params={"model": "minilm", "pooling": "mean"})
     audio: EncoderConfig = EncoderConfig(name="egemaps")
     visual: EncoderConfig = EncoderConfig(name="facemesh")
     frames_per_clip: int = Field(8, ge=1)

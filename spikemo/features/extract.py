@@ -171,14 +171,22 @@ def load_features(
 
 
 def preprocess(config: SpikEmoConfig) -> dict[str, Any]:
-    """Ingest ``config.data`` to ``<cache>/<dataset>/manifest.parquet``, then extract each configured modality."""
+    """Ingest ``config.data`` to ``<cache>/<dataset>/manifest.parquet``, fine-tune the text encoder if
+    ``features.text.finetune`` asks for it (or reuse the finished fine-tune), then extract each configured
+    modality."""
+    from spikemo.features.finetune import finetune_text_encoder, finetuned_text_config
+
     manifest_path = Path(config.cache) / config.data.dataset_name / "manifest.parquet"
     ingested = ingest(config.data, manifest_path)
-    modalities = {
+    summary: dict[str, Any] = {"manifest": str(manifest_path), "utterances": int(len(ingested.manifest)), "rejected": ingested.summary()["rejected"]}
+    if config.features.text.finetune is not None and "text" in config.features.modalities:
+        summary["text_finetune"] = finetune_text_encoder(config, manifest_path).summary()
+        config = finetuned_text_config(config, manifest_path)
+    summary["modalities"] = {
         modality: extract_modality(manifest_path, modality, config.features, config.cache).summary()
         for modality in config.features.modalities
     }
-    return {"manifest": str(manifest_path), "utterances": int(len(ingested.manifest)), "rejected": ingested.summary()["rejected"], "modalities": modalities}
+    return summary
 
 
 def _survey(

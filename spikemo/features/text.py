@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,17 +21,70 @@ from spikemo.features.hf import load_pretrained, masked_mean, resolve_model_dir
 
 @dataclass(frozen=True)
 class TextItem:
-    """What the encoder reads for one utterance: the preceding turns (may be empty) and the utterance."""
+    """What the encoder reads for one utterance: the turns it sees before it (oldest first), the utterance,
+    and the turns it sees after it (nearest first)."""
 
-    context: str
     text: str
+    past: tuple[str, ...] = ()
+    future: tuple[str, ...] = ()
 
     @property
     def fingerprint(self) -> str:
-        return hashlib.sha256(f"{self.context}\x1e{self.text}".encode()).hexdigest()
+        return hashlib.sha256("\x1e".join([*self.past, "\x1d", self.text, "\x1d", *self.future]).encode()).hexdigest()
+
+    def segments(self, separator: str) -> tuple[str, str]:
+        """The tokenizer's sentence pair: the past turns, then the utterance followed by ``separator`` and the
+        future turns (EmoBERTa's layout: the utterance always starts the second segment)."""
+        second = " ".join([self.text, separator, *self.future]) if self.future else self.text
+        return " ".join(self.past), second
 
     def __len__(self) -> int:
-        return len(self.context) + len(self.text)
+        return sum(map(len, self.past)) + len(self.text) + sum(map(len, self.future))
+
+
+def dialogue_text_items(
+    manifest: pd.DataFrame,
+    speaker_names: bool,
+    past_turns: int,
+    future_turns: int,
+    token_budget: int,
+    count_tokens: Callable[[list[str]], list[int]],
+) -> list[TextItem]:
+    """One ``TextItem`` per manifest row (row order) with up to ``past_turns`` earlier and ``future_turns``
+    later turns of the same dialogue of the same split, never another's.
+
+    Turns are added nearest first (the previous turn, then the next, then the one before the previous, ...)
+    while their tokens (``count_tokens``) fit in ``token_budget`` beside the utterance's; a side stops at its
+    first turn that does not fit, so context is lost from its far end first.
+    """
+    lines = manifest["text"].astype(str)
+    if speaker_names:
+        lines = manifest["speaker"].astype(str) + ": " + lines
+    if not (past_turns or future_turns):
+        return [TextItem(line) for line in lines]
+    tokens = np.asarray(count_tokens(lines.tolist()))
+    items: list[TextItem | None] = [None] * len(manifest)
+    order = manifest.assign(_line=lines.to_numpy(), _tokens=tokens, _row=np.arange(len(manifest)))
+    order = order.sort_values(["split", "dialogue_id", "turn"], kind="stable")
+    for _, dialogue in order.groupby(["split", "dialogue_id"], sort=False):
+        turns, counts = dialogue["_line"].tolist(), dialogue["_tokens"].tolist()
+        for position, row in enumerate(dialogue["_row"]):
+            budget = token_budget - counts[position]
+            past: list[str] = []
+            future: list[str] = []
+            open_sides = {"past": past_turns > 0, "future": future_turns > 0}
+            for distance in range(1, max(past_turns, future_turns) + 1):
+                for side, index, limit in (("past", position - distance, past_turns), ("future", position + distance, future_turns)):
+                    if not open_sides[side] or distance > limit or not 0 <= index < len(turns) or counts[index] > budget:
+                        open_sides[side] = False
+                        continue
+                    budget -= counts[index]
+                    if side == "past":
+                        past.insert(0, turns[index])
+                    else:
+                        future.append(turns[index])
+            items[row] = TextItem(turns[position], tuple(past), tuple(future))
+    return items
 
 
 class TextEncoder(Encoder):
@@ -39,16 +92,21 @@ class TextEncoder(Encoder):
 
     def build_inputs(self, manifest: pd.DataFrame) -> list[TextItem]:
         """One ``TextItem`` per manifest row, in the manifest's row order."""
-        return [TextItem("", text) for text in manifest["text"]]
+        return [TextItem(text) for text in manifest["text"]]
 
 
 class HFTextParams(EncoderParams):
     model: str = Field("minilm", description="Hugging Face model folder or cached id; 'minilm' = packaged all-MiniLM-L6-v2.")
     pooling: Literal["mean", "cls"] = "mean"
-    context_turns: int = Field(0, ge=0, description="Previous utterances of the dialogue given as a first segment (EmoBERTa).")
+    context_turns: int = Field(0, ge=0, description="Previous turns of the dialogue given as the first segment (EmoBERTa).")
+    future_turns: int = Field(0, ge=0, description="Next turns of the dialogue, after the utterance and a separator.")
     speaker_names: bool = Field(False, description="Prepend 'Speaker: ' to the utterance and to each context turn.")
-    max_length: int = Field(256, ge=8)
+    max_length: int = Field(256, ge=8, description="Tokens per input; context turns are dropped from the far end to fit.")
     normalize: bool = False
+
+    @property
+    def uses_context(self) -> bool:
+        return bool(self.context_turns or self.future_turns)
 
 
 @register_encoder
@@ -64,17 +122,19 @@ class HFTextEncoder(TextEncoder):
         return resolve_model_dir(self.params.model, "features.text.params.model")
 
     @functools.cached_property
-    def _loaded(self) -> tuple[Any, Any]:
-        setting = "features.text.params.model"
-        tokenizer = load_pretrained(transformers.AutoTokenizer, self.model_dir, setting)
-        if self.params.context_turns:
-            tokenizer.truncation_side = "left"
-        model = load_pretrained(transformers.AutoModel, self.model_dir, setting)
-        return tokenizer, model.to(self.runtime.device).eval()
+    def tokenizer(self) -> Any:
+        tokenizer = load_pretrained(transformers.AutoTokenizer, self.model_dir, "features.text.params.model")
+        tokenizer.truncation_side = "right"  # context is already fitted to max_length; an overlong utterance keeps its start
+        return tokenizer
+
+    @functools.cached_property
+    def model(self) -> Any:
+        model = load_pretrained(transformers.AutoModel, self.model_dir, "features.text.params.model")
+        return model.to(self.runtime.device).eval()
 
     @property
     def dim(self) -> int:
-        return int(self._loaded[1].config.hidden_size)
+        return int(self.model.config.hidden_size)
 
     def weight_files(self) -> dict[str, Path]:
         return model_files(self.model_dir)
@@ -82,35 +142,39 @@ class HFTextEncoder(TextEncoder):
     def library_versions(self) -> dict[str, str]:
         return {**super().library_versions(), "transformers": transformers.__version__}
 
+    def decoding(self) -> dict[str, Any]:
+        return {"context": "nearest-turns-first"} if self.params.uses_context else {}
+
     def build_inputs(self, manifest: pd.DataFrame) -> list[TextItem]:
-        lines = manifest["text"].astype(str)
-        if self.params.speaker_names:
-            lines = manifest["speaker"].astype(str) + ": " + lines
-        if not self.params.context_turns:
-            return [TextItem("", line) for line in lines]
-        items: list[TextItem | None] = [None] * len(manifest)
-        order = manifest.assign(_line=lines.to_numpy(), _row=np.arange(len(manifest))).sort_values(["split", "dialogue_id", "turn"])
-        for _, dialogue in order.groupby(["split", "dialogue_id"], sort=False):
-            turns = dialogue["_line"].tolist()
-            for position, row in enumerate(dialogue["_row"]):
-                context = " ".join(turns[max(0, position - self.params.context_turns) : position])
-                items[row] = TextItem(context, turns[position])
-        return items
+        params = self.params
+        separator = 1 if params.future_turns else 0
+        budget = params.max_length - self.tokenizer.num_special_tokens_to_add(pair=params.uses_context) - separator
+        return dialogue_text_items(manifest, params.speaker_names, params.context_turns, params.future_turns, budget, self.count_tokens)
+
+    def count_tokens(self, lines: list[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(lines, add_special_tokens=False)["input_ids"]]
+
+    def tokenize(self, inputs: Sequence[TextItem]) -> Any:
+        """Padded tensors for a batch: sentence pairs with context, single sentences without."""
+        if self.params.uses_context:
+            first, second = zip(*(item.segments(self.tokenizer.sep_token) for item in inputs))
+            pairs: tuple[list[str], ...] = (list(first), list(second))
+        else:
+            pairs = ([item.text for item in inputs],)
+        return self.tokenizer(*pairs, padding=True, truncation=True, max_length=self.params.max_length, return_tensors="pt")
+
+    def pool(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return states[:, 0] if self.params.pooling == "cls" else masked_mean(states, attention_mask)
 
     @torch.inference_mode()
     def encode(self, inputs: Sequence[TextItem]) -> EncodedBatch:
-        tokenizer, model = self._loaded
         out = np.zeros((len(inputs), self.dim), dtype=np.float32)
         longest_first = sorted(range(len(inputs)), key=lambda i: len(inputs[i]), reverse=True)
         for chunk in batches(len(inputs), self.runtime.batch_size, longest_first):
-            texts = [inputs[i].text for i in chunk]
-            pairs = ([inputs[i].context for i in chunk], texts) if self.params.context_turns else (texts,)
-            tokens = tokenizer(
-                *pairs, padding=True, truncation=True, max_length=self.params.max_length, return_tensors="pt"
-            ).to(self.runtime.device)
+            tokens = self.tokenize([inputs[i] for i in chunk]).to(self.runtime.device)
             with self.runtime.autocast():
-                states = model(**tokens).last_hidden_state
-            pooled = states[:, 0] if self.params.pooling == "cls" else masked_mean(states, tokens["attention_mask"])
+                states = self.model(**tokens).last_hidden_state
+            pooled = self.pool(states, tokens["attention_mask"])
             if self.params.normalize:
                 pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
             out[chunk] = pooled.float().cpu().numpy()

@@ -1,0 +1,379 @@
+"""Fine-tuning the text encoder as an utterance emotion classifier (EmoBERTa's recipe), before extraction.
+
+The classifier reads exactly what the ``hf-text`` encoder reads under the same ``features.text.params``
+(``Speaker: utterance``, the dialogue's previous and next turns nearest first within ``max_length``) and
+puts dropout and a linear head on the encoder's pooled output (CLS or mean, as configured). Only the
+labelled train rows update weights; dev weighted-F1 picks the epoch and stops training early; test is
+scored once, with the picked weights, at the end. AdamW with linear warm-up and decay, gradient clipping
+and accumulation, bf16 autocast on CUDA.
+
+Everything lives in ``<workdir>/text-encoders/<dataset>-<digest>/``, the digest covering the base model's
+files, the text and fine-tuning settings and the manifest's content:
+    model/        the picked encoder and tokenizer (``save_pretrained``, safetensors), the head
+                  (``classifier_head.safetensors``) and ``finetune.json``; ``features.text.params.model``
+                  accepts this folder. Written last: its ``finetune.json`` marks a finished fine-tune.
+    checkpoint/   ``last.pt`` after every epoch (weights, optimizer, schedule, RNG states, selection state)
+                  and ``best/`` (the picked weights so far): a killed run resumes after its last epoch.
+The run is logged to MLflow as its own run (tag ``spikemo.stage`` = ``finetune-text``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+import transformers
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from spikemo import reports, tracking
+from spikemo.config import SpikEmoConfig, TextFinetuneConfig
+from spikemo.data.schema import read_manifest
+from spikemo.errors import ConfigError, DataError
+from spikemo.features.base import EncoderRuntime, build_encoder, file_sha256
+from spikemo.features.text import HFTextEncoder, TextItem
+from spikemo.training.metrics import classification_metrics
+
+HEAD_FILE = "classifier_head.safetensors"
+SUMMARY_FILE = "finetune.json"
+LAST_CHECKPOINT = "last.pt"
+MAX_GRAD_NORM = 1.0
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneResult:
+    model_path: str  # a folder that features.text.params.model accepts
+    dev_weighted_f1: float  # the classifier's own, at the picked epoch
+    test_weighted_f1: float | None  # the classifier's own, scored once; None without a labelled test split
+    best_epoch: int  # 0-based
+    epochs_run: int
+    seconds: float  # training and evaluation time of the run that finished it
+    run_id: str | None  # its MLflow run
+    reused: bool = False  # True when an earlier finished fine-tune of the same inputs was found
+
+    def summary(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class UtteranceClassifier(nn.Module):
+    """The text encoder, pooled as the feature extractor pools it, then dropout and a linear head."""
+
+    def __init__(self, encoder: HFTextEncoder, num_labels: int, dropout: float):
+        super().__init__()
+        self.pool = encoder.pool
+        self.encoder = transformers.AutoModel.from_pretrained(encoder.model_dir)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(self.encoder.config.hidden_size, num_labels)
+
+    def forward(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        states = self.encoder(**tokens).last_hidden_state
+        return self.head(self.dropout(self.pool(states, tokens["attention_mask"]).float()))
+
+
+def finetune_folder(config: SpikEmoConfig, manifest: pd.DataFrame) -> Path:
+    """Where the fine-tune of these settings on this manifest lives (same inputs, same folder)."""
+    text = config.features.text
+    encoder = _base_encoder(config)
+    content = manifest[["utterance_key", "split", "dialogue_id", "turn", "speaker", "text", "label_id"]].astype(str)
+    digest = hashlib.sha256(
+        json.dumps(
+            {
+                "params": {key: value for key, value in encoder.params.model_dump().items() if key != "model"},
+                "weights": {label: file_sha256(path) for label, path in sorted(encoder.weight_files().items())},
+                "finetune": text.finetune.model_dump() if text.finetune else None,
+                "data": hashlib.sha256(pd.util.hash_pandas_object(content, index=False).to_numpy().tobytes()).hexdigest(),
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
+    return Path(config.workdir) / "text-encoders" / f"{config.data.dataset_name}-{digest[:16]}"
+
+
+def finetuned_text_config(config: SpikEmoConfig, manifest_path: Path) -> SpikEmoConfig:
+    """``config`` with a ``features.text.finetune`` replaced by the finished fine-tune's folder as
+    ``features.text.params.model``; unchanged when nothing is to be fine-tuned."""
+    text = config.features.text
+    if text.finetune is None or "text" not in config.features.modalities:
+        return config
+    manifest, _ = read_manifest(manifest_path)
+    model = finetune_folder(config, manifest) / "model"
+    if not (model / SUMMARY_FILE).is_file():
+        raise ConfigError(
+            f"features.text.finetune is set but {model} holds no finished fine-tune of this data and these settings; "
+            "run `spikemo finetune-text` (or `spikemo preprocess`, which runs it) with the same config"
+        )
+    resolved = text.model_copy(update={"params": {**text.params, "model": str(model)}, "finetune": None})
+    return config.model_copy(update={"features": config.features.model_copy(update={"text": resolved})})
+
+
+def finetune_text_encoder(config: SpikEmoConfig, manifest_path: Path) -> FinetuneResult:
+    """Fine-tune ``features.text`` on the manifest's train split (default settings when ``finetune`` is
+    unset), or return the finished fine-tune of the same inputs; resumes a killed one."""
+    if config.features.text.finetune is None:
+        text = config.features.text.model_copy(update={"finetune": TextFinetuneConfig()})
+        config = config.model_copy(update={"features": config.features.model_copy(update={"text": text})})
+    manifest, metadata = read_manifest(manifest_path)
+    folder = finetune_folder(config, manifest)
+    summary_path = folder / "model" / SUMMARY_FILE
+    if summary_path.is_file():
+        return FinetuneResult(**{**json.loads(summary_path.read_text(encoding="utf-8")), "reused": True})
+    return _FinetuneRun(config, manifest, list(metadata["labels"]), folder).execute()
+
+
+def _base_encoder(config: SpikEmoConfig) -> HFTextEncoder:
+    encoder = build_encoder("text", config.features)
+    if not isinstance(encoder, HFTextEncoder):
+        raise ConfigError(f"features.text.name {config.features.text.name!r}: only 'hf-text' encoders can be fine-tuned")
+    return encoder
+
+
+class _FinetuneRun:
+    def __init__(self, config: SpikEmoConfig, manifest: pd.DataFrame, labels: list[str], folder: Path):
+        assert config.features.text.finetune is not None
+        self.config = config
+        self.settings = config.features.text.finetune
+        self.labels = labels
+        self.folder = folder
+        self.checkpoints = folder / "checkpoint"
+        self.encoder = _base_encoder(config)
+        self.runtime: EncoderRuntime = self.encoder.runtime
+        items = self.encoder.build_inputs(manifest)  # context never crosses a dialogue (nor a split)
+        label_ids = manifest["label_id"].fillna(-1).to_numpy(dtype=np.int64)
+        self.splits: dict[str, tuple[list[TextItem], np.ndarray]] = {}
+        for split in ("train", "dev", "test"):
+            rows = np.flatnonzero((manifest["split"] == split).to_numpy() & (label_ids >= 0))
+            self.splits[split] = ([items[row] for row in rows], label_ids[rows])
+        for split in ("train", "dev"):
+            if not len(self.splits[split][1]):
+                raise DataError(f"fine-tuning the text encoder needs labelled {split} utterances; the manifest has none")
+        _seed_everything(self.settings.seed)
+        self.model = UtteranceClassifier(self.encoder, len(labels), self.settings.dropout).to(self.runtime.device)
+        self._freeze_lower_layers()
+        steps_per_epoch = math.ceil(math.ceil(len(self.splits["train"][1]) / self.settings.batch_size) / self.settings.gradient_accumulation)
+        total_steps = steps_per_epoch * self.settings.epochs
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad], lr=self.settings.lr, weight_decay=self.settings.weight_decay
+        )
+        self.scheduler = transformers.get_linear_schedule_with_warmup(
+            self.optimizer, round(self.settings.warmup_ratio * total_steps), total_steps
+        )
+
+    def execute(self) -> FinetuneResult:
+        started = time.perf_counter()
+        state = self._resume()
+        earlier_seconds = state["seconds"]  # spent by the runs this one resumes
+        tracking.connect(self.config)
+        with self._mlflow_run(state.get("run_id")) as run:
+            state["run_id"] = run.info.run_id
+            for epoch in range(state["epoch"] + 1, self.settings.epochs):
+                if state["epochs_without_improvement"] >= self.settings.patience:
+                    break
+                train_loss = self._train_epoch(epoch)
+                dev = self._evaluate("dev")
+                metrics = {"train/loss": train_loss, "dev/weighted_f1": dev["weighted_f1"], "dev/accuracy": dev["accuracy"], "dev/loss": dev["loss"]}
+                mlflow.log_metrics(metrics, step=epoch)
+                state["history"].append({"epoch": epoch, **metrics})
+                if dev["weighted_f1"] > state["best_score"]:
+                    state.update(best_score=dev["weighted_f1"], best_epoch=epoch, epochs_without_improvement=0)
+                    self._save_weights(self.checkpoints / "best")
+                else:
+                    state["epochs_without_improvement"] += 1
+                state.update(epoch=epoch, seconds=earlier_seconds + time.perf_counter() - started)
+                self._save_checkpoint(state)
+                log.info("fine-tune epoch %d: train loss %.4f, dev weighted-F1 %.2f (best %.2f at epoch %d)",
+                         epoch, train_loss, dev["weighted_f1"], state["best_score"], state["best_epoch"])
+            result = self._finish(state, earlier_seconds + time.perf_counter() - started)
+        shutil.rmtree(self.checkpoints, ignore_errors=True)
+        return result
+
+    def _freeze_lower_layers(self) -> None:
+        count = self.settings.freeze_layers
+        if not count:
+            return
+        layer_lists = [module for module in self.model.encoder.modules() if isinstance(module, nn.ModuleList)]
+        if not layer_lists:
+            raise ConfigError("features.text.finetune.freeze_layers: this encoder has no list of transformer layers to freeze")
+        layers = max(layer_lists, key=len)
+        if count > len(layers):
+            raise ConfigError(f"features.text.finetune.freeze_layers {count}: the encoder has only {len(layers)} layers")
+        frozen = [getattr(self.model.encoder, "embeddings", self.model.encoder.get_input_embeddings()), *layers[:count]]
+        for module in frozen:
+            module.requires_grad_(False)
+
+    def _batches(self, size: int, count: int, shuffle_seed: int | None) -> Iterator[np.ndarray]:
+        order = np.random.default_rng(shuffle_seed).permutation(count) if shuffle_seed is not None else np.arange(count)
+        for begin in range(0, count, size):
+            yield order[begin : begin + size]
+
+    def _train_epoch(self, epoch: int) -> float:
+        items, labels = self.splits["train"]
+        self.model.train()
+        accumulation = self.settings.gradient_accumulation
+        batches = list(self._batches(self.settings.batch_size, len(labels), self.settings.seed * 100_003 + epoch))
+        total, seen = 0.0, 0
+        progress = tqdm(batches, desc=f"fine-tune epoch {epoch}", unit="batch", mininterval=1.0, disable=None)
+        for step, rows in enumerate(progress):
+            tokens = self.encoder.tokenize([items[row] for row in rows]).to(self.runtime.device)
+            target = torch.from_numpy(labels[rows]).to(self.runtime.device)
+            with self.runtime.autocast():
+                logits = self.model(tokens)
+            loss = nn.functional.cross_entropy(logits.float(), target)
+            (loss / accumulation).backward()
+            if (step + 1) % accumulation == 0 or step + 1 == len(batches):
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), MAX_GRAD_NORM)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            total += float(loss.detach()) * len(rows)
+            seen += len(rows)
+            progress.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
+        return total / seen
+
+    @torch.inference_mode()
+    def _evaluate(self, split: str) -> dict[str, Any]:
+        items, labels = self.splits[split]
+        self.model.eval()
+        predictions = np.zeros(len(labels), dtype=np.int64)
+        total = 0.0
+        longest_first = sorted(range(len(items)), key=lambda i: len(items[i]), reverse=True)
+        for begin in range(0, len(items), self.runtime.batch_size):
+            rows = np.asarray(longest_first[begin : begin + self.runtime.batch_size])
+            tokens = self.encoder.tokenize([items[row] for row in rows]).to(self.runtime.device)
+            with self.runtime.autocast():
+                logits = self.model(tokens).float()
+            target = torch.from_numpy(labels[rows]).to(self.runtime.device)
+            total += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
+            predictions[rows] = logits.argmax(-1).cpu().numpy()
+        metrics = classification_metrics(labels, predictions, self.labels)
+        metrics["loss"] = total / max(len(labels), 1)
+        return metrics
+
+    def _save_weights(self, directory: Path) -> None:
+        staging = directory.with_name(directory.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        self.model.encoder.save_pretrained(staging)
+        self.encoder.tokenizer.save_pretrained(staging)
+        save_file({name: tensor.detach().cpu().contiguous() for name, tensor in self.model.head.state_dict().items()}, staging / HEAD_FILE)
+        shutil.rmtree(directory, ignore_errors=True)
+        staging.rename(directory)
+
+    def _load_weights(self, directory: Path) -> None:
+        encoder = transformers.AutoModel.from_pretrained(directory)
+        self.model.encoder.load_state_dict(encoder.state_dict())
+        self.model.head.load_state_dict(load_file(directory / HEAD_FILE))
+
+    def _save_checkpoint(self, state: dict[str, Any]) -> None:
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        payload = {
+            **state,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+        }
+        partial = self.checkpoints / (LAST_CHECKPOINT + ".partial")
+        torch.save(payload, partial)
+        os.replace(partial, self.checkpoints / LAST_CHECKPOINT)
+
+    def _resume(self) -> dict[str, Any]:
+        fresh = {"epoch": -1, "best_epoch": -1, "best_score": -math.inf, "epochs_without_improvement": 0, "history": [], "run_id": None, "seconds": 0.0}
+        last = self.checkpoints / LAST_CHECKPOINT
+        if not last.is_file():
+            return fresh
+        payload = torch.load(last, map_location=self.runtime.device, weights_only=False)
+        self.model.load_state_dict(payload.pop("model"))
+        self.optimizer.load_state_dict(payload.pop("optimizer"))
+        self.scheduler.load_state_dict(payload.pop("scheduler"))
+        rng = payload.pop("rng")
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        log.info("resuming the text fine-tune after epoch %d from %s", payload["epoch"], last)
+        return {**fresh, **payload}
+
+    @contextlib.contextmanager
+    def _mlflow_run(self, run_id: str | None) -> Iterator[mlflow.ActiveRun]:
+        """The fine-tune's own MLflow run (the interrupted one again when resuming); FAILED if the body raises."""
+        if run_id is not None:
+            run = mlflow.start_run(run_id=run_id)
+        else:
+            text = self.config.features.text
+            run = mlflow.start_run(
+                run_name=f"finetune-text-{self.config.data.dataset_name}",
+                tags={
+                    "spikemo.stage": "finetune-text",
+                    "spikemo.dataset": self.config.data.dataset_name,
+                    "spikemo.path.finetune_folder": str(self.folder),
+                    MLFLOW_RUN_NOTE: (
+                        f"Text encoder {text.params.get('model', 'minilm')} fine-tuned as an utterance emotion classifier "
+                        f"on {self.config.data.dataset_name} train; epoch picked on dev weighted-F1, test scored once."
+                    ),
+                },
+            )
+            mlflow.log_params(
+                {**{f"text.{k}": v for k, v in self.encoder.params.model_dump().items()},
+                 **{f"finetune.{k}": v for k, v in self.settings.model_dump().items()}}
+            )
+        try:
+            yield run
+        except BaseException as error:
+            mlflow.set_tag("spikemo.failure", f"{type(error).__name__}: {error}"[:5000])
+            mlflow.end_run(status="FAILED")
+            raise
+        mlflow.end_run()
+
+    def _finish(self, state: dict[str, Any], seconds: float) -> FinetuneResult:
+        best = self.checkpoints / "best"
+        if not best.is_dir():
+            raise DataError("the text fine-tune finished no epoch; nothing to save")
+        self._load_weights(best)
+        scores = {"dev": self._evaluate("dev")}
+        if len(self.splits["test"][1]):
+            scores["test"] = self._evaluate("test")
+        for split, metrics in scores.items():
+            mlflow.log_metrics({f"{split}/{key}": float(metrics[key]) for key in ("weighted_f1", "macro_f1", "accuracy")}, step=state["best_epoch"])
+            mlflow.log_figure(
+                reports.confusion_matrix_figure(metrics["confusion_matrix"], self.labels, f"fine-tuned text classifier, {split}"),
+                f"plots/{split}_confusion_matrix.png",
+            )
+        mlflow.log_metric("best_epoch", state["best_epoch"])
+        model = self.folder / "model"
+        result = FinetuneResult(
+            model_path=str(model),
+            dev_weighted_f1=float(scores["dev"]["weighted_f1"]),
+            test_weighted_f1=float(scores["test"]["weighted_f1"]) if "test" in scores else None,
+            best_epoch=int(state["best_epoch"]),
+            epochs_run=len(state["history"]),
+            seconds=round(seconds, 1),
+            run_id=state["run_id"],
+        )
+        (best / SUMMARY_FILE).write_text(json.dumps(result.summary(), indent=2), encoding="utf-8")
+        mlflow.log_artifacts(str(best), "text_encoder")
+        shutil.rmtree(model, ignore_errors=True)
+        best.rename(model)
+        return result
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+

@@ -1,0 +1,187 @@
+"""Text encoder fine-tuning (EmoBERTa's recipe) on a tiny randomly initialised BERT, and its context windows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+
+from spikemo.data.ingest import ingest
+from spikemo.errors import ConfigError
+from spikemo.features.base import build_encoder
+from spikemo.features.extract import preprocess
+from spikemo.features.finetune import HEAD_FILE, SUMMARY_FILE, UtteranceClassifier, _FinetuneRun, finetune_text_encoder, finetuned_text_config
+from spikemo.features.text import dialogue_text_items
+
+
+def words(lines: list[str]) -> list[int]:
+    return [len(line.split()) for line in lines]
+
+
+def test_context_windows_stay_inside_their_dialogue_and_split_and_drop_far_turns_first() -> None:
+    manifest = pd.DataFrame(
+        {
+            "split": ["train"] * 4 + ["dev"] * 2,
+            "dialogue_id": ["0", "0", "0", "0", "0", "0"],  # dev reuses dialogue id 0, as MELD's splits do
+            "turn": [0, 1, 2, 3, 0, 1],
+            "speaker": ["A", "B", "A", "B", "C", "D"],
+            "text": ["one two three", "four", "five six", "seven", "dev one", "dev two"],
+        }
+    )
+    items = dialogue_text_items(manifest, speaker_names=True, past_turns=2, future_turns=1, token_budget=100, count_tokens=words)
+    assert items[2].past == ("A: one two three", "B: four") and items[2].text == "A: five six" and items[2].future == ("B: seven",)
+    assert items[4].past == () and items[4].future == ("D: dev two",)  # the train dialogue 0 is another dialogue
+    assert items[5].past == ("C: dev one",) and items[5].future == ()
+    # a budget of 7 words beside "A: five six" (3): the previous turn (2), the next (2), then the far past (4) no longer fits
+    tight = dialogue_text_items(manifest, speaker_names=True, past_turns=2, future_turns=1, token_budget=10, count_tokens=words)
+    assert tight[2].past == ("B: four",) and tight[2].future == ("B: seven",)
+    first, second = tight[2].segments("[SEP]")
+    assert (first, second) == ("B: four", "A: five six [SEP] B: seven")
+
+
+def tiny_finetune_config(tiny_config, meld_conversations: Path, tmp_path: Path, model: Path, **finetune):
+    return tiny_config(
+        meld_conversations,
+        tmp_path / "work",
+        tmp_path / "cache",
+        **{
+            "features.text.params": {"model": str(model), "context_turns": 2, "speaker_names": True, "max_length": 48, "pooling": "cls"},
+            "features.text.finetune": {"epochs": 2, "batch_size": 16, "lr": 1e-3, "patience": 5, **finetune},
+        },
+    )
+
+
+def test_finetune_learns_saves_a_loadable_encoder_and_changes_only_the_text_cache(
+    tiny_config, meld_conversations: Path, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    config = tiny_finetune_config(tiny_config, meld_conversations, tmp_path, tiny_models["bert"])
+    summary = preprocess(config)
+    result = summary["text_finetune"]
+    assert result["epochs_run"] == 2 and not result["reused"] and result["test_weighted_f1"] is not None
+    model_path = Path(result["model_path"])
+    assert (model_path / "model.safetensors").is_file() and (model_path / HEAD_FILE).is_file()
+    assert json.loads((model_path / SUMMARY_FILE).read_text())["model_path"] == str(model_path)
+    assert not (model_path.parent / "checkpoint").exists()
+
+    base = build_encoder("text", config.features.model_copy(update={"text": config.features.text.model_copy(update={"finetune": None})}))
+    tuned = build_encoder("text", finetuned_text_config(config, Path(summary["manifest"])).features)
+    assert tuned.fingerprint != base.fingerprint and summary["modalities"]["text"]["fingerprint"] == tuned.fingerprint
+    assert transformers.AutoModel.from_pretrained(model_path).config.hidden_size == 32
+    trained = load_file(model_path / "model.safetensors")
+    original = load_file(tiny_models["bert"] / "model.safetensors")
+    assert any(not torch.equal(trained[name], original[name]) for name in original)
+
+    again = preprocess(config)
+    assert again["text_finetune"]["reused"] and again["modalities"]["text"]["encoded"] == 0
+
+    reseeded = tiny_finetune_config(tiny_config, meld_conversations, tmp_path, tiny_models["bert"], seed=1)
+    other = preprocess(reseeded.model_copy(update={"features": reseeded.features.model_copy(update={"modalities": ["text"]})}))
+    assert other["text_finetune"]["model_path"] != result["model_path"]
+    assert other["modalities"]["text"]["fingerprint"] != summary["modalities"]["text"]["fingerprint"]
+
+
+def test_finetune_loss_falls_and_no_test_utterance_reaches_the_optimizer(
+    tiny_config, meld_conversations: Path, tiny_models: dict[str, Path], tmp_path: Path, monkeypatch
+) -> None:
+    config = tiny_finetune_config(tiny_config, meld_conversations, tmp_path, tiny_models["bert"], epochs=3)
+    manifest_path = tmp_path / "cache" / "manifest.parquet"
+    manifest = ingest(config.data, manifest_path).manifest
+    trained_on: list[torch.Tensor] = []
+    forward = UtteranceClassifier.forward
+
+    def recording_forward(self, tokens):
+        if self.training:
+            trained_on.append(tokens["input_ids"].clone())
+        return forward(self, tokens)
+
+    losses: list[float] = []
+    train_epoch = _FinetuneRun._train_epoch
+
+    def recording_epoch(self, epoch):
+        losses.append(train_epoch(self, epoch))
+        return losses[-1]
+
+    monkeypatch.setattr(UtteranceClassifier, "forward", recording_forward)
+    monkeypatch.setattr(_FinetuneRun, "_train_epoch", recording_epoch)
+    finetune_text_encoder(config, manifest_path)
+    assert losses[-1] < losses[0]
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_models["bert"])
+    seen = {tuple(row[row != tokenizer.pad_token_id].tolist()) for batch in trained_on for row in batch}
+    labelled = manifest[manifest["label_id"] >= 0]
+    assert len(seen) == len(labelled[labelled["split"] == "train"])  # every train utterance, each as one input
+    test_rows = labelled[labelled["split"] == "test"]
+    test_utterances = {tuple(tokenizer.encode(f"{s}: {t}", add_special_tokens=False)[:8]) for s, t in zip(test_rows["speaker"], test_rows["text"])}
+    train_rows = labelled[labelled["split"] == "train"]
+    train_utterances = {tuple(tokenizer.encode(f"{s}: {t}", add_special_tokens=False)[:8]) for s, t in zip(train_rows["speaker"], train_rows["text"])}
+    targets = {tuple(_utterance_ids(ids, tokenizer.sep_token_id)[:8]) for ids in seen}
+    assert targets <= train_utterances and not targets & (test_utterances - train_utterances)
+
+
+def _utterance_ids(ids: tuple[int, ...], sep: int) -> list[int]:
+    """The second segment of ``[CLS] past [SEP] utterance [SEP]``: the utterance the input is labelled with."""
+    first = ids.index(sep)
+    return list(ids[first + 1 : ids.index(sep, first + 1)])
+
+
+def test_a_killed_finetune_resumes_after_its_last_epoch_and_ends_as_an_uninterrupted_one(
+    tiny_config, meld_conversations: Path, tiny_models: dict[str, Path], tmp_path: Path, monkeypatch
+) -> None:
+    uninterrupted = finetune_text_encoder(
+        tiny_finetune_config(tiny_config, meld_conversations, tmp_path / "a", tiny_models["bert"], epochs=3), _ingested(tiny_config, meld_conversations, tmp_path / "a")
+    )
+    config = tiny_finetune_config(tiny_config, meld_conversations, tmp_path / "b", tiny_models["bert"], epochs=3)
+    manifest_path = _ingested(tiny_config, meld_conversations, tmp_path / "b")
+    evaluate = _FinetuneRun._evaluate
+    calls = {"dev": 0}
+
+    def dying_evaluate(self, split):
+        calls[split] = calls.get(split, 0) + 1
+        if split == "dev" and calls["dev"] == 2:
+            raise KeyboardInterrupt  # killed during epoch 1's evaluation: epoch 0's checkpoint is on disk
+        return evaluate(self, split)
+
+    monkeypatch.setattr(_FinetuneRun, "_evaluate", dying_evaluate)
+    with pytest.raises(KeyboardInterrupt):
+        finetune_text_encoder(config, manifest_path)
+    monkeypatch.setattr(_FinetuneRun, "_evaluate", evaluate)
+    train_epoch = _FinetuneRun._train_epoch
+    epochs_trained: list[int] = []
+    monkeypatch.setattr(_FinetuneRun, "_train_epoch", lambda self, epoch: epochs_trained.append(epoch) or train_epoch(self, epoch))
+    resumed = finetune_text_encoder(config, manifest_path)
+    assert epochs_trained == [1, 2]
+    assert (resumed.epochs_run, resumed.best_epoch, resumed.run_id is not None) == (3, uninterrupted.best_epoch, True)
+    assert resumed.dev_weighted_f1 == pytest.approx(uninterrupted.dev_weighted_f1)
+    weights = [load_file(Path(r.model_path) / "model.safetensors") for r in (uninterrupted, resumed)]
+    assert all(torch.allclose(weights[0][name], weights[1][name], atol=1e-6) for name in weights[0])
+
+
+def _ingested(tiny_config, meld_conversations: Path, tmp_path: Path) -> Path:
+    config = tiny_config(meld_conversations, tmp_path / "work", tmp_path / "cache")
+    path = tmp_path / "cache" / "manifest.parquet"
+    ingest(config.data, path)
+    return path
+
+
+def test_train_needs_the_finished_finetune_and_freezing_needs_layers(
+    tiny_config, meld_conversations: Path, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    config = tiny_finetune_config(tiny_config, meld_conversations, tmp_path, tiny_models["bert"])
+    manifest_path = _ingested(tiny_config, meld_conversations, tmp_path)
+    with pytest.raises(ConfigError, match="run `spikemo finetune-text`"):
+        finetuned_text_config(config, manifest_path)
+    too_many = tiny_finetune_config(tiny_config, meld_conversations, tmp_path, tiny_models["bert"], freeze_layers=3)
+    with pytest.raises(ConfigError, match="only 2 layers"):
+        finetune_text_encoder(too_many, manifest_path)
+    frozen = finetune_text_encoder(tiny_finetune_config(tiny_config, meld_conversations, tmp_path, tiny_models["bert"], freeze_layers=2, epochs=1), manifest_path)
+    tuned = load_file(Path(frozen.model_path) / "model.safetensors")
+    original = load_file(tiny_models["bert"] / "model.safetensors")
+    frozen_names = [name for name in original if name.startswith(("embeddings.", "encoder.layer."))]
+    assert frozen_names and all(torch.equal(tuned[name], original[name]) for name in frozen_names)
+    assert np.isfinite(frozen.dev_weighted_f1)
