@@ -55,6 +55,7 @@ HEAD_FILE = "classifier_head.safetensors"
 SUMMARY_FILE = "finetune.json"
 LAST_CHECKPOINT = "last.pt"
 MAX_GRAD_NORM = 1.0
+BUCKET_BATCHES = 50  # batches per pool of similar-length inputs
 log = logging.getLogger(__name__)
 
 
@@ -138,6 +139,20 @@ def finetune_text_encoder(config: SpikEmoConfig, manifest_path: Path) -> Finetun
     return _FinetuneRun(config, manifest, list(metadata["labels"]), folder).execute()
 
 
+def freeze_lower_layers(encoder: nn.Module, count: int) -> None:
+    """Freeze a transformer's embeddings and its ``count`` lowest layers (its longest ``ModuleList``)."""
+    if not count:
+        return
+    layer_lists = [module for module in encoder.modules() if isinstance(module, nn.ModuleList)]
+    if not layer_lists:
+        raise ConfigError("features.text.finetune.freeze_layers: this encoder has no list of transformer layers to freeze")
+    layers = max(layer_lists, key=len)
+    if count > len(layers):
+        raise ConfigError(f"features.text.finetune.freeze_layers {count}: the encoder has only {len(layers)} layers")
+    for module in [getattr(encoder, "embeddings", encoder.get_input_embeddings()), *layers[:count]]:
+        module.requires_grad_(False)
+
+
 def _base_encoder(config: SpikEmoConfig) -> HFTextEncoder:
     encoder = build_encoder("text", config.features)
     if not isinstance(encoder, HFTextEncoder):
@@ -166,7 +181,7 @@ class _FinetuneRun:
                 raise DataError(f"fine-tuning the text encoder needs labelled {split} utterances; the manifest has none")
         _seed_everything(self.settings.seed)
         self.model = UtteranceClassifier(self.encoder, len(labels), self.settings.dropout).to(self.runtime.device)
-        self._freeze_lower_layers()
+        freeze_lower_layers(self.model.encoder, self.settings.freeze_layers)
         steps_per_epoch = math.ceil(math.ceil(len(self.splits["train"][1]) / self.settings.batch_size) / self.settings.gradient_accumulation)
         total_steps = steps_per_epoch * self.settings.epochs
         self.optimizer = torch.optim.AdamW(
@@ -204,30 +219,23 @@ class _FinetuneRun:
         shutil.rmtree(self.checkpoints, ignore_errors=True)
         return result
 
-    def _freeze_lower_layers(self) -> None:
-        count = self.settings.freeze_layers
-        if not count:
-            return
-        layer_lists = [module for module in self.model.encoder.modules() if isinstance(module, nn.ModuleList)]
-        if not layer_lists:
-            raise ConfigError("features.text.finetune.freeze_layers: this encoder has no list of transformer layers to freeze")
-        layers = max(layer_lists, key=len)
-        if count > len(layers):
-            raise ConfigError(f"features.text.finetune.freeze_layers {count}: the encoder has only {len(layers)} layers")
-        frozen = [getattr(self.model.encoder, "embeddings", self.model.encoder.get_input_embeddings()), *layers[:count]]
-        for module in frozen:
-            module.requires_grad_(False)
-
-    def _batches(self, size: int, count: int, shuffle_seed: int | None) -> Iterator[np.ndarray]:
-        order = np.random.default_rng(shuffle_seed).permutation(count) if shuffle_seed is not None else np.arange(count)
-        for begin in range(0, count, size):
-            yield order[begin : begin + size]
+    def _training_batches(self, items: list[TextItem], epoch: int) -> list[np.ndarray]:
+        """Shuffled batches of similar-length inputs (less padding): a random permutation is cut into pools of
+        ``BUCKET_BATCHES`` batches, each pool sorted by length and cut into batches, and the batches shuffled."""
+        rng = np.random.default_rng([self.settings.seed, epoch])
+        size = self.settings.batch_size
+        order = rng.permutation(len(items))
+        batches = []
+        for begin in range(0, len(order), size * BUCKET_BATCHES):
+            pool = sorted(order[begin : begin + size * BUCKET_BATCHES], key=lambda row: len(items[row]))
+            batches += [np.asarray(pool[start : start + size]) for start in range(0, len(pool), size)]
+        return [batches[index] for index in rng.permutation(len(batches))]
 
     def _train_epoch(self, epoch: int) -> float:
         items, labels = self.splits["train"]
         self.model.train()
         accumulation = self.settings.gradient_accumulation
-        batches = list(self._batches(self.settings.batch_size, len(labels), self.settings.seed * 100_003 + epoch))
+        batches = self._training_batches(items, epoch)
         total, seen = 0.0, 0
         progress = tqdm(batches, desc=f"fine-tune epoch {epoch}", unit="batch", mininterval=1.0, disable=None)
         for step, rows in enumerate(progress):

@@ -30,7 +30,8 @@ class TextItem:
 
     @property
     def fingerprint(self) -> str:
-        return hashlib.sha256("\x1e".join([*self.past, "\x1d", self.text, "\x1d", *self.future]).encode()).hexdigest()
+        future = f"\x1d{' '.join(self.future)}" if self.future else ""
+        return hashlib.sha256(f"{' '.join(self.past)}\x1e{self.text}{future}".encode()).hexdigest()
 
     def segments(self, separator: str) -> tuple[str, str]:
         """The tokenizer's sentence pair: the past turns, then the utterance followed by ``separator`` and the

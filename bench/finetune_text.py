@@ -1,0 +1,195 @@
+"""Fine-tuning the text encoder on MELD (EmoBERTa's recipe): its speed and memory here, and what it buys.
+
+``--part speed``: for each setting (max_length, context turns, frozen lower layers) a fresh process trains
+``--steps`` batches of 16 MELD train inputs (plain AdamW, after two warm-up steps) and reports training
+samples/s, the inputs' mean token count and the process's peak RSS; the estimated epoch time follows.
+
+``--part accuracy``: MELD with a fixed 10% of the train dialogues as the selection split and MELD dev
+reported (the shared copy holds no test split), weighted-F1 of: the linear probe on frozen features
+(MiniLM, mean-pooled, no context: the pipeline's default), the fine-tuned classifier itself, and the linear
+probe and SpikEmo (``configs/meld.yaml``, text) on the fine-tuned encoder's features, with the fine-tune's
+own wall time. Prints one JSON line per part.
+
+    .venv/bin/python bench/finetune_text.py --part speed
+    .venv/bin/python bench/finetune_text.py --part accuracy --config configs/meld-finetuned.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from spikemo.config import SpikEmoConfig, load_config
+from spikemo.data.ingest import ingest
+from spikemo.data.schema import problems_path, read_manifest, write_manifest
+from spikemo.features.base import build_encoder
+from spikemo.features.extract import extract_modality, load_features
+from spikemo.features.finetune import UtteranceClassifier, finetune_text_encoder, finetuned_text_config, freeze_lower_layers
+from spikemo.training import build_dialogue_data, train_model
+from spikemo.training.baseline import fit_linear_probe
+
+REPO = Path(__file__).resolve().parents[1]
+MELD = REPO.parent / "shared" / "data" / "meld"
+SPEED_SETTINGS = [  # (max_length, context_turns, freeze_layers)
+    (64, 0, 0),
+    (128, 0, 0),
+    (128, 2, 0),
+    (128, 2, 3),
+    (256, 4, 0),
+]
+
+
+def speed_worker(args: argparse.Namespace) -> dict[str, Any]:
+    """One setting, in this (fresh) process."""
+    max_length, context_turns, freeze_layers = args.setting
+    config = _meld_config(args, {
+        "features.text.params": {"model": "minilm", "context_turns": context_turns, "speaker_names": True, "max_length": max_length},
+        "features.text.finetune": {"freeze_layers": freeze_layers},
+    })
+    manifest, _ = read_manifest(_ingested(config))
+    train = manifest[manifest["split"] == "train"]
+    encoder = build_encoder("text", config.features)
+    items = encoder.build_inputs(train)
+    labels = torch.from_numpy(train["label_id"].to_numpy(dtype=np.int64))
+    torch.manual_seed(0)
+    model = UtteranceClassifier(encoder, 7, dropout=0.1)
+    freeze_lower_layers(model.encoder, freeze_layers)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-5)
+    rows = np.random.default_rng(0).permutation(len(items))
+    batches = [rows[i : i + args.batch_size] for i in range(0, (args.steps + 2) * args.batch_size, args.batch_size)]
+    tokens_seen = 0
+    started = 0.0
+    for step, batch in enumerate(batches):
+        if step == 2:
+            started = time.perf_counter()
+        tokens = encoder.tokenize([items[row] for row in batch])
+        loss = torch.nn.functional.cross_entropy(model(tokens), labels[batch])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step >= 2:
+            tokens_seen += int(tokens["attention_mask"].sum())
+    seconds = time.perf_counter() - started
+    samples = args.steps * args.batch_size
+    return {
+        "max_length": max_length,
+        "context_turns": context_turns,
+        "freeze_layers": freeze_layers,
+        "samples_per_s": round(samples / seconds, 2),
+        "mean_tokens": round(tokens_seen / samples, 1),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "epoch_minutes_estimate": round(len(items) / (samples / seconds) / 60, 1),
+        "train_utterances": len(items),
+    }
+
+
+def speed(args: argparse.Namespace) -> dict[str, Any]:
+    results = []
+    for setting in SPEED_SETTINGS:
+        command = [sys.executable, __file__, "--part", "speed-worker", "--setting", *map(str, setting), "--steps", str(args.steps),
+                   "--threads", str(args.threads), "--cache", str(args.cache), "--work", str(args.work)]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        results.append(json.loads(output.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    return {"benchmark": "finetune_text_speed", "threads": args.threads, "batch_size": args.batch_size, "settings": results}
+
+
+def accuracy(args: argparse.Namespace) -> dict[str, Any]:
+    """Fine-tune on train less a fixed 10% of its dialogues, select on that 10%, report MELD dev."""
+    config = _meld_config(args, {}, args.config)
+    manifest_path = _ingested(config)  # features do not depend on the split (context stays in its dialogue): extracted on it
+    manifest, metadata = read_manifest(manifest_path)
+    train_dialogues = np.sort(manifest.loc[manifest["split"] == "train", "dialogue_id"].unique())
+    selection = set(np.random.default_rng(0).choice(train_dialogues, size=round(0.1 * len(train_dialogues)), replace=False))
+    resplit = manifest.assign(
+        split=np.where(manifest["split"] == "dev", "test", np.where(manifest["dialogue_id"].isin(selection), "dev", "train"))
+    )
+    resplit = resplit[resplit["split"].isin(["train", "dev", "test"])]
+    resplit_path = Path(args.work) / "meld-select10" / "manifest.parquet"
+    write_manifest(resplit, pd.read_parquet(problems_path(manifest_path)), resplit_path, dataset=metadata["dataset"],
+                   labels=metadata["labels"], speakers=metadata["speakers"], root=Path(metadata["root"]))
+    config = config.model_copy(update={"data": config.data.model_copy(update={"name": "meld-select10"})})
+
+    frozen_features = config.features.model_copy(update={"text": config.features.text.model_copy(update={"finetune": None, "params": {"model": "minilm", "pooling": "mean"}})})
+    extract_modality(manifest_path, "text", frozen_features, config.cache)
+    frozen_probe = _probe(resplit, load_features(resplit, "text", frozen_features, config.cache), metadata["labels"])
+
+    started = time.perf_counter()
+    finetuned = finetune_text_encoder(config, resplit_path)
+    finetune_seconds = time.perf_counter() - started
+    tuned = finetuned_text_config(config, resplit_path)
+    extract_modality(manifest_path, "text", tuned.features, config.cache)
+    features = {"text": load_features(resplit, "text", tuned.features, config.cache)}
+    tuned_probe = _probe(resplit, features["text"], metadata["labels"])
+    spikemo_scores = []
+    for seed in range(args.seeds):
+        seeded = tuned.model_copy(update={"train": tuned.train.model_copy(update={"seed": seed})})
+        with tempfile.TemporaryDirectory() as run_dir:
+            result = train_model(seeded, resplit, features, metadata["labels"], Path(run_dir), resume=False)
+        spikemo_scores.append(result.test_metrics["weighted_f1"])
+        print(json.dumps({"spikemo_seed": seed, "reported_weighted_f1": result.test_metrics["weighted_f1"], "best_epoch": result.best_epoch}), file=sys.stderr, flush=True)
+    return {
+        "benchmark": "finetune_text_accuracy",
+        "reported_split": "MELD dev (selection: a fixed 10% of train dialogues)",
+        "text_params": config.features.text.params,
+        "finetune": config.features.text.finetune.model_dump() if config.features.text.finetune else None,
+        "finetune_seconds": round(finetune_seconds, 1),
+        "finetune_reused": finetuned.reused,
+        "finetune_epochs_run": finetuned.epochs_run,
+        "frozen_probe_weighted_f1": round(frozen_probe, 2),
+        "finetuned_classifier_weighted_f1": round(finetuned.test_weighted_f1, 2),
+        "finetuned_probe_weighted_f1": round(tuned_probe, 2),
+        "spikemo_finetuned_weighted_f1_mean": round(float(np.mean(spikemo_scores)), 2),
+        "spikemo_finetuned_weighted_f1_std": round(float(np.std(spikemo_scores, ddof=1)), 2) if len(spikemo_scores) > 1 else 0.0,
+        "spikemo_minus_frozen_probe": round(float(np.mean(spikemo_scores)) - frozen_probe, 2),
+    }
+
+
+def _probe(manifest: pd.DataFrame, features: pd.DataFrame, labels: list[str]) -> float:
+    probe = fit_linear_probe(build_dialogue_data(manifest, {"text": features}, len(labels)), labels)
+    return float(probe.test_metrics["weighted_f1"])
+
+
+def _meld_config(args: argparse.Namespace, overrides: dict[str, Any], path: Path | None = None) -> SpikEmoConfig:
+    base = {"data.format": "meld", "data.root": str(args.meld), "data.name": "meld", "features.modalities": ["text"],
+            "cache": str(args.cache), "workdir": str(args.work)}
+    return load_config(path, {**base, **overrides})
+
+
+def _ingested(config: SpikEmoConfig) -> Path:
+    path = Path(config.cache) / config.data.dataset_name / "manifest.parquet"
+    ingest(config.data, path)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["speed", "accuracy", "speed-worker"], required=True)
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "meld-finetuned.yaml", help="accuracy: the recipe")
+    parser.add_argument("--setting", type=int, nargs=3, metavar=("MAX_LENGTH", "CONTEXT_TURNS", "FREEZE_LAYERS"))
+    parser.add_argument("--steps", type=int, default=12, help="speed: timed training steps per setting")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seeds", type=int, default=3, help="accuracy: SpikEmo seeds on the fine-tuned features")
+    parser.add_argument("--meld", type=Path, default=MELD)
+    parser.add_argument("--cache", type=Path, default=REPO / "feature_cache")
+    parser.add_argument("--work", type=Path, default=REPO / ".spikemo" / "bench", help="fine-tuned encoders go under here")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    part = {"speed": speed, "accuracy": accuracy, "speed-worker": speed_worker}[args.part]
+    print(json.dumps(part(args)))
+
+
+if __name__ == "__main__":
+    main()
