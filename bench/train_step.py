@@ -1,13 +1,16 @@
-"""Training-step benchmark: median ms per step (forward, backward, Adam) and peak RSS on a MELD-shaped batch.
+"""Training-step benchmark: ours against the released SpikEmo code, on the same batch shape, in one run.
 
 64 dialogues whose lengths are drawn from MELD train's dialogue-length histogram (the longest set to 24),
-text 384-d, audio 88-d, visual 96-d, the model and loss of configs/meld-paper.yaml (the released MELD settings) with the LIF
-neurons compiled (``--eager`` to not), 2 threads; the first step (compilation) is reported apart.
-Each variant runs in a fresh subprocess so memory peaks do not mix. Prints one JSON line, with ratios
-against the released code's ~20 s per step and 17 GB peak on a 2-core CPU, the median CPU seconds per step
-(less sensitive than wall time to other jobs on a shared machine) and the load average before and after.
+text 384-d, audio 88-d, visual 96-d, the model and loss of configs/meld-paper.yaml (the released MELD
+settings: width 256, T 32, 2 Spikformer blocks, 6 fusion layers of 1024) with the LIF neurons compiled
+(``--eager`` to not), 2 threads; median seconds per step (forward, backward, Adam) after a warm-up step
+(compilation, reported apart) and peak RSS. Each measurement runs in a fresh subprocess so memory peaks do
+not mix. The anchor is measured in the same invocation: ``../shared/reference/released_step.py`` times the
+released model (MIT, kept for benchmarks only) on exactly the same dialogue lengths and input widths; it
+needs all three modalities, so only the ``all`` variant has ``released``, ``time_ratio`` and
+``memory_ratio`` (ours / released). Prints one JSON line, with the load average before and after.
 
-    python bench/train_step.py [--steps 5] [--variants text,all] [--eager]
+    python bench/train_step.py [--steps 3] [--variants text,all] [--eager]
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ from spikemo.losses import SpikEmoLoss
 from spikemo.model.batch import IGNORE_INDEX, DialogueBatch
 from spikemo.model.spikemo import SpikEmo
 
-PAPER_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "meld-paper.yaml"
-REFERENCE_STEP_S = 20.0
-REFERENCE_PEAK_GB = 17.0
+REPO = Path(__file__).resolve().parents[1]
+PAPER_CONFIG = REPO / "configs" / "meld-paper.yaml"
+RELEASED_STEP = REPO.parent / "shared" / "reference" / "released_step.py"
 DIALOGUES = 64
 MAX_LENGTH = 24
 INPUT_DIMS = {"text": 384, "audio": 88, "visual": 96}
@@ -40,11 +43,16 @@ VARIANTS = {"text": ["text"], "all": ["text", "audio", "visual"]}
 MELD_LENGTH_COUNTS = [70, 60, 54, 48, 67, 61, 74, 67, 50, 57, 55, 54, 36, 41, 43, 51, 30, 28, 27, 20, 20, 13, 7, 5]
 
 
-def meld_shaped_batch(modalities: list[str], seed: int = 0) -> DialogueBatch:
-    generator = torch.Generator().manual_seed(seed)
+def meld_shaped_lengths(generator: torch.Generator) -> torch.Tensor:
     weights = torch.tensor(MELD_LENGTH_COUNTS, dtype=torch.float)
     lengths = torch.multinomial(weights, DIALOGUES, replacement=True, generator=generator) + 1
     lengths[0] = MAX_LENGTH
+    return lengths
+
+
+def meld_shaped_batch(modalities: list[str], seed: int = 0) -> DialogueBatch:
+    generator = torch.Generator().manual_seed(seed)
+    lengths = meld_shaped_lengths(generator)
     utterance_mask = torch.arange(MAX_LENGTH)[None, :] < lengths[:, None]
     features = {
         m: torch.randn(DIALOGUES, MAX_LENGTH, INPUT_DIMS[m], generator=generator) * utterance_mask[..., None]
@@ -81,7 +89,7 @@ def measure(modalities: list[str], steps: int, compile_neurons: bool) -> dict[st
         cpu_timings.append(time.process_time() - cpu_start)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {
-        "step_ms": round(statistics.median(timings[1:]) * 1000, 1),
+        "step_s": round(statistics.median(timings[1:]), 3),
         "step_cpu_s": round(statistics.median(cpu_timings[1:]), 2),
         "first_step_s": round(timings[0], 1),
         "peak_rss_gb": round(peak_gb, 3),
@@ -90,9 +98,23 @@ def measure(modalities: list[str], steps: int, compile_neurons: bool) -> dict[st
     }
 
 
+def released(steps: int) -> dict[str, float]:
+    """The released code's step on the lengths and widths of ``meld_shaped_batch`` (its own process)."""
+    lengths = meld_shaped_lengths(torch.Generator().manual_seed(0)).tolist()
+    command = [
+        sys.executable, str(RELEASED_STEP), "--lengths", ",".join(map(str, lengths)),
+        "--dims", ",".join(str(INPUT_DIMS[m]) for m in ("text", "audio", "visual")), "--timesteps", "32",
+        "--steps", str(steps), "--threads", "2",
+    ]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    figures = json.loads(output.strip().splitlines()[-1])
+    return {"step_s": figures["released_step_s"], "peak_rss_gb": figures["peak_rss_gb"], "utterances": figures["utterances"],
+            "first_step_s": figures["first_step_s"], "halves": figures["halves"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--variants", default="text,all")
     parser.add_argument("--eager", action="store_true", help="do not torch.compile the LIF neurons")
     parser.add_argument("--worker", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
@@ -106,15 +128,19 @@ def main() -> None:
         "max_utterances": MAX_LENGTH,
         "threads": 2,
         "compile_neurons": not args.eager,
-        "reference": {"step_s": REFERENCE_STEP_S, "peak_gb": REFERENCE_PEAK_GB},
         "load_average_before": [round(load, 2) for load in os.getloadavg()],
     }
     for variant in args.variants.split(","):
         command = [sys.executable, __file__, "--worker", variant, "--steps", str(args.steps)]
         command += ["--eager"] if args.eager else []
         figures = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
-        figures["time_ratio"] = round(figures["step_ms"] / 1000 / REFERENCE_STEP_S, 3)
-        figures["memory_ratio"] = round(figures["peak_rss_gb"] / REFERENCE_PEAK_GB, 3)
+        if VARIANTS[variant] == ["text", "audio", "visual"]:
+            anchor = released(args.steps)
+            if anchor["utterances"] != figures["utterances"]:
+                raise RuntimeError(f"the released step saw {anchor['utterances']} utterances, ours {figures['utterances']}")
+            figures["released"] = anchor
+            figures["time_ratio"] = round(figures["step_s"] / anchor["step_s"], 3)
+            figures["memory_ratio"] = round(figures["peak_rss_gb"] / anchor["peak_rss_gb"], 3)
         result[variant] = figures
     result["load_average_after"] = [round(load, 2) for load in os.getloadavg()]
     print(json.dumps(result))

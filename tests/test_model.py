@@ -149,11 +149,12 @@ def test_cross_attention_without_any_key_gives_zero_update():
 
 
 @pytest.mark.parametrize("threshold", [1.0, 0.5])
-def test_fused_lif_equals_spikingjelly_lif(threshold):
+@pytest.mark.parametrize("compiled", [False, True])
+def test_fused_lif_equals_spikingjelly_lif(threshold, compiled):
     reference = neuron.LIFNode(
         tau=2.0, v_threshold=threshold, surrogate_function=surrogate.ATan(), detach_reset=True, step_mode="m"
     )
-    fused = MultiStepLIF(timesteps=6, tau=2.0, threshold=threshold)
+    fused = MultiStepLIF(timesteps=6, tau=2.0, threshold=threshold, compiled=compiled)
     current = torch.randn(6, 40, 5) * 2
     upstream = torch.randn(6, 40, 5)
     for stepwise in (current, current[:1]):  # a [1, ...] current stands for the same current at every step

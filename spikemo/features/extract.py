@@ -13,7 +13,7 @@ import itertools
 import logging
 import math
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,10 +28,12 @@ from spikemo.config import FeaturesConfig, SpikEmoConfig
 from spikemo.data.ingest import ingest
 from spikemo.data.schema import read_manifest
 from spikemo.errors import DataError
-from spikemo.features.base import Encoder, FeatureFailure, Modality, build_encoder
+from spikemo.features.base import Encoder, EncoderRuntime, FeatureFailure, Modality, build_encoder
 from spikemo.features.cache import FAILED, MISSING_MEDIA, OK, CacheRow, FeatureCache
 from spikemo.features.text import TextEncoder
 
+MAX_LOADED_ENCODERS = 4
+_LOADED_ENCODERS: OrderedDict[tuple[str, EncoderRuntime], Encoder] = OrderedDict()
 log = logging.getLogger(__name__)
 from spikemo.media import MediaError, read_audio, read_video_frames
 
@@ -151,7 +153,7 @@ def load_features(
     else:
         frame, metadata = read_manifest(Path(manifest))
         dataset = metadata["dataset"]
-    encoder = build_encoder(modality, features)
+    encoder = loaded_encoder(modality, features)
     cache = FeatureCache.for_encoder(Path(cache_dir), dataset, encoder)
     expected = _expected_fingerprints(frame, encoder)
     cached = cache.latest().reindex(frame["utterance_key"])
@@ -189,12 +191,25 @@ def preprocess(config: SpikEmoConfig) -> dict[str, Any]:
     return summary
 
 
+def loaded_encoder(modality: Modality, features: FeaturesConfig) -> Encoder:
+    """``build_encoder``, but the same instance (with its loaded model) again for the same fingerprint and
+    runtime within a process: the extraction tasks of a flow, one per shard, load the model once."""
+    encoder = build_encoder(modality, features)
+    key = (encoder.fingerprint, encoder.runtime)
+    if key not in _LOADED_ENCODERS:
+        _LOADED_ENCODERS[key] = encoder
+        while len(_LOADED_ENCODERS) > MAX_LOADED_ENCODERS:
+            _LOADED_ENCODERS.popitem(last=False)
+    _LOADED_ENCODERS.move_to_end(key)
+    return _LOADED_ENCODERS[key]
+
+
 def _survey(
     manifest_path: Path, modality: Modality, features: FeaturesConfig, cache_dir: Path
 ) -> tuple[Encoder, FeatureCache, list[WorkItem], np.ndarray]:
     """The configured encoder, its cache, the manifest's work items and which of them are pending."""
     manifest, metadata = read_manifest(Path(manifest_path))
-    encoder = build_encoder(modality, features)
+    encoder = loaded_encoder(modality, features)
     cache = FeatureCache.for_encoder(Path(cache_dir), metadata["dataset"], encoder)
     items = work_items(manifest, metadata, encoder, features.shard_size)
     return encoder, cache, items, _pending(items, cache)
@@ -290,15 +305,27 @@ def _decode_stream(items: Sequence[WorkItem], decode: Callable[[Any], Any] | Non
 
 
 def _run(todo: list[WorkItem], encoder: Encoder, cache: FeatureCache, features: FeaturesConfig, result: ExtractionResult) -> None:
-    chunk_size = features.shard_size if encoder.modality == "text" else features.batch_size
+    """Encode ``todo`` and write it to the cache part by part (each part is a unit of resumption).
+
+    Text is encoded longest first across the whole of ``todo`` (as ``SentenceTransformer.encode`` does), so
+    that each batch pads to inputs of nearly its own length; a part holds ``shard_size`` inputs. Media keep
+    the manifest's order, shard by shard, decoded ahead of the encoder by ``decode_workers`` threads.
+    """
     progress = tqdm(total=len(todo), desc=f"{cache.dataset}/{encoder.modality} {encoder.name}", unit="utt", mininterval=1.0, disable=None)
+    if isinstance(encoder, TextEncoder):
+        ordered = sorted(todo, key=lambda item: -len(item.source) if item.source is not None else 0)
+        parts = [min(features.shard_size, len(ordered) - begin) for begin in range(0, len(ordered), features.shard_size)]
+        chunk_size = features.shard_size
+    else:
+        ordered = todo
+        parts = [len(list(shard_items)) for _, shard_items in itertools.groupby(todo, key=lambda item: item.shard)]
+        chunk_size = features.batch_size
     with ThreadPoolExecutor(max_workers=features.decode_workers) as pool, progress:
-        stream = _decode_stream(todo, input_decoder(encoder, features), pool, window=2 * features.batch_size)
-        for _, shard_items in itertools.groupby(todo, key=lambda item: item.shard):
-            shard_size = len(list(shard_items))
+        stream = _decode_stream(ordered, input_decoder(encoder, features), pool, window=2 * features.batch_size)
+        for part_size in parts:
             rows: list[CacheRow] = []
-            for begin in range(0, shard_size, chunk_size):
-                decoded = list(itertools.islice(stream, min(chunk_size, shard_size - begin)))
+            for begin in range(0, part_size, chunk_size):
+                decoded = list(itertools.islice(stream, min(chunk_size, part_size - begin)))
                 rows.extend(_encode_chunk(decoded, encoder, result))
                 progress.update(len(decoded))
             cache.write_part(rows, encoder, result.dim)

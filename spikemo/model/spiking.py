@@ -23,15 +23,16 @@ What keeps this cheap without changing the mathematics:
 - The encoded input is the same at every timestep, so the first block's q/k/v linears and LayerNorms run
   once on ``[N, D]`` and only the neurons see the ``T`` steps (``LinearNormLIF`` takes either ``[N, D]``
   (constant over time) or ``[T, N, D]``).
-- ``MultiStepLIF`` runs the whole time loop in one autograd node (with ``compile_neurons``, one fused compiled
-  kernel per step and direction, written straight into the ``[T, ...]`` outputs) instead of spikingjelly's
-  per-step autograd graph. It equals ``neuron.LIFNode(tau, v_threshold, v_reset=0, decay_input=True,
+- ``MultiStepLIF`` runs the whole time loop in one autograd node instead of spikingjelly's per-step autograd
+  graph; with ``compile_neurons`` the loop over all ``T`` steps is one compiled kernel per direction. It equals ``neuron.LIFNode(tau, v_threshold, v_reset=0, decay_input=True,
   surrogate_function=surrogate.ATan(), detach_reset=True, step_mode="m")`` started from rest.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 from spikingjelly.activation_based import neuron, surrogate
@@ -69,19 +70,47 @@ def lif_step_backward(
     return grad_h - grad_h / tau
 
 
-compiled_lif_step = torch.compile(lif_step, dynamic=True)  # each compiles on first call, once per threshold
-compiled_lif_step_backward = torch.compile(lif_step_backward, dynamic=True)
+@functools.lru_cache(maxsize=None)
+def fused_lif(timesteps: int, tau: float, threshold: float) -> tuple[Callable, Callable]:
+    """Compiled forward and backward of the whole time loop of ``lif_step``: the loop over the ``timesteps``
+    (a constant here) unrolls into one kernel per direction, so the membrane stays in registers instead of
+    making a round trip through memory at every step. Same arithmetic as the eager loop, step for step."""
+
+    def forward(current: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        v = torch.zeros_like(current[0])
+        spikes, charged = [], []
+        for t in range(timesteps):
+            h = v + (current[t] - v) / tau
+            fired = (h >= threshold).to(h.dtype)
+            spikes.append(fired)
+            charged.append(h)
+            v = h * (1 - fired)
+        return torch.stack(spikes), torch.stack(charged)
+
+    def backward(grad_spikes: torch.Tensor, charged: torch.Tensor) -> torch.Tensor:
+        grad_v = torch.zeros_like(charged[0])
+        grad_current: list[torch.Tensor] = []
+        for t in reversed(range(timesteps)):
+            z = (charged[t] - threshold) * (math.pi / 2 * ATAN_ALPHA)
+            grad_h = grad_spikes[t] * ((ATAN_ALPHA / 2) / (1 + z * z)) + grad_v * (charged[t] < threshold).to(charged.dtype)
+            grad_current.append(grad_h / tau)
+            grad_v = grad_h - grad_h / tau
+        return torch.stack(grad_current[::-1])
+
+    return torch.compile(forward, dynamic=True), torch.compile(backward, dynamic=True)
 
 
 class _MultiStepLIFFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, current, timesteps, tau, threshold, compiled):
-        step = compiled_lif_step if compiled else lif_step
-        spikes = current.new_empty(timesteps, *current.shape[1:])
-        charged = torch.empty_like(spikes)  # membrane before reset, all the backward pass needs
-        v = torch.zeros_like(current[0])
-        for t in range(timesteps):
-            v = step(current[min(t, len(current) - 1)], v, spikes[t], charged[t], tau, threshold)
+        if compiled:
+            spikes, charged = fused_lif(timesteps, tau, threshold)[0](current.expand(timesteps, *current.shape[1:]))
+        else:
+            spikes = current.new_empty(timesteps, *current.shape[1:])
+            charged = torch.empty_like(spikes)  # membrane before reset, all the backward pass needs
+            v = torch.zeros_like(current[0])
+            for t in range(timesteps):
+                v = lif_step(current[min(t, len(current) - 1)], v, spikes[t], charged[t], tau, threshold)
         ctx.save_for_backward(charged)
         ctx.settings = (tau, threshold, len(current) == 1, compiled)
         return spikes
@@ -90,11 +119,13 @@ class _MultiStepLIFFunction(torch.autograd.Function):
     def backward(ctx, grad_spikes):
         (charged,) = ctx.saved_tensors
         tau, threshold, constant, compiled = ctx.settings
-        step_backward = compiled_lif_step_backward if compiled else lif_step_backward
-        grad_current = torch.empty_like(charged)
-        grad_v = torch.zeros_like(charged[0])
-        for t in reversed(range(len(charged))):
-            grad_v = step_backward(grad_spikes[t], charged[t], grad_v, grad_current[t], tau, threshold)
+        if compiled:
+            grad_current = fused_lif(len(charged), tau, threshold)[1](grad_spikes.contiguous(), charged)
+        else:
+            grad_current = torch.empty_like(charged)
+            grad_v = torch.zeros_like(charged[0])
+            for t in reversed(range(len(charged))):
+                grad_v = lif_step_backward(grad_spikes[t], charged[t], grad_v, grad_current[t], tau, threshold)
         if constant:
             grad_current = grad_current.sum(0, keepdim=True)
         return grad_current, None, None, None, None
