@@ -202,6 +202,11 @@ class TrainConfig(Section):
     patience: int = Field(8, ge=1, description="Epochs without a better dev weighted-F1 before training stops.")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="Autocast of forward passes: bf16 (linears and attention products in bfloat16, neurons and "
+        "losses in fp32) or fp32; auto: bf16 on CUDA, fp32 on CPU (bf16 pays on CPUs with AVX512-BF16 or AMX).",
+    )
 
 
 class TrackingConfig(Section):

@@ -80,13 +80,13 @@ class SpikEmoLoss(nn.Module):
 
     def forward(self, output: SpikEmoOutput, batch: DialogueBatch) -> LossBreakdown:
         labelled = batch.labels != IGNORE_INDEX
-        logits = output.logits[labelled]
+        logits = output.logits[labelled].float()  # fp32 whatever the autocast of the forward pass
         targets = batch.labels[labelled]
         terms: dict[str, torch.Tensor] = {}
         count = max(targets.numel(), 1)  # a batch without labels gives zero, not NaN
         if self.weights.ce > 0:
             per_utterance = F.cross_entropy(
-                logits.float(), targets, reduction="none", label_smoothing=self.label_smoothing
+                logits, targets, reduction="none", label_smoothing=self.label_smoothing
             )
             if self.class_weights is not None:
                 per_utterance = per_utterance * self.class_weights[targets]
@@ -98,7 +98,7 @@ class SpikEmoLoss(nn.Module):
             for modality in output.modality_features:
                 complete &= batch.modality_mask[modality]
             if int(complete.sum()) > 1:
-                terms["soft_hgr"] = soft_hgr_loss([f[complete] for f in output.modality_features.values()])
+                terms["soft_hgr"] = soft_hgr_loss([f[complete].float() for f in output.modality_features.values()])
         weighted = {name: getattr(self.weights, name) * value for name, value in terms.items()}
         total = sum(weighted.values(), logits.new_zeros(()))
         return LossBreakdown(total=total, terms=terms, weighted_terms=weighted)

@@ -15,6 +15,7 @@ from spikemo.model.fusion import CrossAttention
 from spikemo.model.snn_stats import SpikeMonitor
 from spikemo.model.spikemo import SpikEmo, _speaker_means
 from spikemo.model.spiking import LinearNormLIF, MultiStepLIF, Spikformer, is_fused_lif
+from spikemo.training.evaluation import autocast_for
 
 DIMS = {"text": 6, "audio": 5, "visual": 4}
 NUM_CLASSES = 3
@@ -227,16 +228,20 @@ def test_gradient_flows_through_the_surrogate():
         assert torch.isfinite(projection.weight.grad).all() and projection.weight.grad.abs().sum() > 0
 
 
-def test_tiny_model_overfits_a_tiny_batch():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_tiny_model_overfits_a_tiny_batch(precision):
     torch.manual_seed(0)
     model = SpikEmo(tiny_config(dropout=0.0), DIMS, NUM_CLASSES)
     batch = make_batch([5, 3, 4], seed=4)
-    criterion = SpikEmoLoss(LossWeights(ce=1.0, dice=0.0, soft_hgr=0.0), NUM_CLASSES)
+    criterion = SpikEmoLoss(LossWeights(ce=1.0, dice=0.0, soft_hgr=0.1), NUM_CLASSES)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(40):
         optimizer.zero_grad()
-        loss = criterion(model(batch), batch).total
+        with autocast_for(torch.device("cpu"), precision):
+            output = model(batch)
+        assert output.logits.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+        loss = criterion(output, batch).total
         loss.backward()
         optimizer.step()
         losses.append(loss.item())

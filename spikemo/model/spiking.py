@@ -153,7 +153,8 @@ class MultiStepLIF(SpikingNeuron):
         self.compiled = compiled
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
-        return _MultiStepLIFFunction.apply(current, self.timesteps, self.tau, self.threshold, self.compiled)
+        spikes = _MultiStepLIFFunction.apply(current.float(), self.timesteps, self.tau, self.threshold, self.compiled)
+        return spikes.to(current.dtype)  # under bf16 autocast the membrane stays fp32; spikes (0/1) are exact
 
     def extra_repr(self) -> str:
         return f"timesteps={self.timesteps}, tau={self.tau}, threshold={self.threshold}, compiled={self.compiled}"
@@ -176,7 +177,7 @@ class SpikingJellyNeuron(SpikingNeuron):
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
         self.node.reset()
-        return self.node(current.expand(self.timesteps, *current.shape[1:]))
+        return self.node(current.float().expand(self.timesteps, *current.shape[1:])).to(current.dtype)
 
 
 def is_fused_lif(settings: NeuronConfig) -> bool:

@@ -207,8 +207,9 @@ class _TrainingRun:
         )
         for step, batch in enumerate(progress):
             batch = batch.to(device, non_blocking=True)
-            with autocast_for(device):
-                breakdown = self.loss(self.network(batch), batch)
+            with autocast_for(device, self.train_config.precision):
+                output = self.network(batch)
+            breakdown = self.loss(output, batch)
             self._require_finite(breakdown.total, breakdown.terms, epoch, step)
             self.optimizer.zero_grad(set_to_none=True)
             breakdown.total.backward()
@@ -277,11 +278,11 @@ class _TrainingRun:
         tally = LossTally(lambda output, batch: self.loss(output, batch).total)
         if monitored:
             with SpikeMonitor(model) as monitor:
-                _, predictions = predict(model, loader, tally)
+                _, predictions = predict(model, loader, tally, self.train_config.precision)
             if batches:
                 firing_rates, energy = monitor.firing_rates(), monitor.energy()
         else:
-            _, predictions = predict(model, loader, tally)
+            _, predictions = predict(model, loader, tally, self.train_config.precision)
         everywhere = gather_predictions(rows, predictions, len(dataset.labels), self.context)
         labelled = dataset.labels >= 0
         metrics = classification_metrics(dataset.labels[labelled], everywhere[labelled], self.label_names)
