@@ -162,3 +162,36 @@ def test_extraction_runs_on_a_local_dask_cluster(tmp_path, meld_conversations, t
     assert text["encoded"] == 594 and text["failed"] == 0  # 3 shards, spread over the cluster's workers
     # the tasks went through Prefect's Dask client to a local cluster of two worker processes
     assert "PrefectDaskClient" in result.stderr and result.stderr.count("distributed.scheduler - Remove worker addr") == 2
+
+
+def test_pipeline_flow_fine_tunes_the_text_encoder_then_reuses_it(tmp_path, meld_conversations, tiny_config, tiny_models):
+    """features.text.finetune chains fine-tune → extraction → training → registration; a re-run reuses the fine-tune."""
+    config = tiny_config(
+        meld_conversations, tmp_path / "work", tmp_path / "cache",
+        **{
+            "features.text.params": {"model": str(tiny_models["bert"]), "context_turns": 1, "speaker_names": True, "max_length": 32},
+            "features.text.finetune": {"epochs": 1, "lr": 1e-3},
+            "train.epochs": 1,
+        },
+    )
+    script = (
+        "import json, sys\n"
+        "from flows.pipeline import pipeline_flow\n"
+        "summary = pipeline_flow(config=json.loads(sys.argv[1]))\n"
+        "print(json.dumps({'finetune': summary['preprocess']['text_finetune'], 'text': summary['preprocess']['modalities']['text'],"
+        " 'alias': summary['train']['alias']}))\n"
+    )
+    environment = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    runs = []
+    for _ in range(2):
+        result = subprocess.run(
+            [sys.executable, "-c", script, json.dumps(config.model_dump(mode="json"))],
+            capture_output=True, text=True, env=environment, timeout=900, cwd=REPO,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    first, second = runs
+    assert not first["finetune"]["reused"] and second["finetune"]["reused"]
+    assert first["finetune"]["model_path"] == second["finetune"]["model_path"]
+    assert first["text"]["encoded"] == 594 and second["text"]["encoded"] == 0
+    assert first["alias"] == "champion"
