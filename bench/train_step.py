@@ -3,14 +3,14 @@
 64 dialogues whose lengths are drawn from MELD train's dialogue-length histogram (the longest set to 24),
 text 384-d, audio 88-d, visual 96-d, the model and loss of configs/meld-paper.yaml (the released MELD
 settings: width 256, T 32, 2 Spikformer blocks, 6 fusion layers of 1024) with the LIF neurons compiled
-(``--eager`` to not), 2 threads; median seconds per step (forward, backward, Adam) after a warm-up step
+(``--eager`` to not), in fp32 and with bf16 autocast (``train.precision: bf16``), 2 threads; median seconds per step (forward, backward, Adam) after a warm-up step
 (compilation, reported apart) and peak RSS. Each measurement runs in a fresh subprocess so memory peaks do
 not mix. The anchor is measured in the same invocation: ``../shared/reference/released_step.py`` times the
 released model (MIT, kept for benchmarks only) on exactly the same dialogue lengths and input widths; it
 needs all three modalities, so only the ``all`` variant has ``released``, ``time_ratio`` and
 ``memory_ratio`` (ours / released). Prints one JSON line, with the load average before and after.
 
-    python bench/train_step.py [--steps 3] [--variants text,all] [--eager]
+    python bench/train_step.py [--steps 3] [--variants text,all] [--precisions fp32,bf16] [--eager]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from spikemo.config import MELD_LABELS, load_config
 from spikemo.losses import SpikEmoLoss
 from spikemo.model.batch import IGNORE_INDEX, DialogueBatch
 from spikemo.model.spikemo import SpikEmo
+from spikemo.training.evaluation import autocast_for
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_CONFIG = REPO / "configs" / "meld-paper.yaml"
@@ -68,7 +69,7 @@ def meld_shaped_batch(modalities: list[str], seed: int = 0) -> DialogueBatch:
     )
 
 
-def measure(modalities: list[str], steps: int, compile_neurons: bool) -> dict[str, float]:
+def measure(modalities: list[str], steps: int, compile_neurons: bool, precision: str) -> dict[str, float]:
     torch.set_num_threads(2)
     torch.manual_seed(0)
     batch = meld_shaped_batch(modalities)
@@ -82,7 +83,9 @@ def measure(modalities: list[str], steps: int, compile_neurons: bool) -> dict[st
     for _ in range(steps + 1):  # the first step warms up (and compiles the neurons)
         start, cpu_start = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
-        loss = criterion(model(batch), batch).total
+        with autocast_for(torch.device("cpu"), precision):
+            output = model(batch)
+        loss = criterion(output, batch).total
         loss.backward()
         optimizer.step()
         timings.append(time.perf_counter() - start)
@@ -117,10 +120,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--variants", default="text,all")
     parser.add_argument("--eager", action="store_true", help="do not torch.compile the LIF neurons")
+    parser.add_argument("--precisions", default="fp32,bf16", help="train.precision values to measure (bf16: autocast on CPU)")
     parser.add_argument("--worker", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(measure(VARIANTS[args.worker], args.steps, compile_neurons=not args.eager)))
+        print(json.dumps(measure(VARIANTS[args.worker], args.steps, compile_neurons=not args.eager, precision=args.precision)))
         return
     result: dict[str, object] = {
         "bench": "train_step",
@@ -130,18 +135,21 @@ def main() -> None:
         "compile_neurons": not args.eager,
         "load_average_before": [round(load, 2) for load in os.getloadavg()],
     }
+    anchor = None
     for variant in args.variants.split(","):
-        command = [sys.executable, __file__, "--worker", variant, "--steps", str(args.steps)]
-        command += ["--eager"] if args.eager else []
-        figures = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
-        if VARIANTS[variant] == ["text", "audio", "visual"]:
-            anchor = released(args.steps)
-            if anchor["utterances"] != figures["utterances"]:
-                raise RuntimeError(f"the released step saw {anchor['utterances']} utterances, ours {figures['utterances']}")
-            figures["released"] = anchor
-            figures["time_ratio"] = round(figures["step_s"] / anchor["step_s"], 3)
-            figures["memory_ratio"] = round(figures["peak_rss_gb"] / anchor["peak_rss_gb"], 3)
-        result[variant] = figures
+        for precision in args.precisions.split(","):
+            command = [sys.executable, __file__, "--worker", variant, "--steps", str(args.steps), "--precision", precision]
+            command += ["--eager"] if args.eager else []
+            figures = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+            if VARIANTS[variant] == ["text", "audio", "visual"]:
+                anchor = anchor or released(args.steps)
+                if anchor["utterances"] != figures["utterances"]:
+                    raise RuntimeError(f"the released step saw {anchor['utterances']} utterances, ours {figures['utterances']}")
+                figures["time_ratio"] = round(figures["step_s"] / anchor["step_s"], 3)
+                figures["memory_ratio"] = round(figures["peak_rss_gb"] / anchor["peak_rss_gb"], 3)
+            result[f"{variant}_{precision}"] = figures
+    if anchor is not None:
+        result["released"] = anchor
     result["load_average_after"] = [round(load, 2) for load in os.getloadavg()]
     print(json.dumps(result))
 

@@ -171,6 +171,21 @@ def test_fused_lif_equals_spikingjelly_lif(threshold, compiled):
         assert x.grad.abs().sum() > 0
 
 
+def test_compiled_lif_keeps_a_bf16_current_s_membrane_in_fp32():
+    current = (torch.randn(6, 40, 5) * 2).to(torch.bfloat16)
+    upstream = torch.randn(6, 40, 5)
+    spikes = {}
+    grads = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        x = current.detach().to(dtype).requires_grad_()
+        spikes[dtype] = MultiStepLIF(timesteps=6, tau=2.0, threshold=1.0, compiled=True)(x)
+        (spikes[dtype].float() * upstream).sum().backward()
+        grads[dtype] = x.grad
+    assert spikes[torch.bfloat16].dtype == torch.bfloat16 and grads[torch.bfloat16].dtype == torch.bfloat16
+    assert torch.equal(spikes[torch.bfloat16].float(), spikes[torch.float32])  # same fp32 membrane, same spikes
+    torch.testing.assert_close(grads[torch.bfloat16].float(), grads[torch.float32], rtol=1e-2, atol=1e-2)
+
+
 def test_constant_input_shortcut_matches_repeated_input():
     torch.manual_seed(0)
     config = tiny_config(spikformer_depth=2)

@@ -74,15 +74,16 @@ def lif_step_backward(
 def fused_lif(timesteps: int, tau: float, threshold: float) -> tuple[Callable, Callable]:
     """Compiled forward and backward of the whole time loop of ``lif_step``: the loop over the ``timesteps``
     (a constant here) unrolls into one kernel per direction, so the membrane stays in registers instead of
-    making a round trip through memory at every step. Same arithmetic as the eager loop, step for step."""
+    making a round trip through memory at every step. Same arithmetic as the eager loop, step for step, in
+    fp32 whatever the current's dtype; spikes and the current's gradient come out in that dtype."""
 
     def forward(current: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        v = torch.zeros_like(current[0])
+        v = torch.zeros_like(current[0], dtype=torch.float32)
         spikes, charged = [], []
         for t in range(timesteps):
-            h = v + (current[t] - v) / tau
-            fired = (h >= threshold).to(h.dtype)
-            spikes.append(fired)
+            h = v + (current[t].float() - v) / tau
+            fired = (h >= threshold).float()
+            spikes.append(fired.to(current.dtype))
             charged.append(h)
             v = h * (1 - fired)
         return torch.stack(spikes), torch.stack(charged)
@@ -92,8 +93,8 @@ def fused_lif(timesteps: int, tau: float, threshold: float) -> tuple[Callable, C
         grad_current: list[torch.Tensor] = []
         for t in reversed(range(timesteps)):
             z = (charged[t] - threshold) * (math.pi / 2 * ATAN_ALPHA)
-            grad_h = grad_spikes[t] * ((ATAN_ALPHA / 2) / (1 + z * z)) + grad_v * (charged[t] < threshold).to(charged.dtype)
-            grad_current.append(grad_h / tau)
+            grad_h = grad_spikes[t].float() * ((ATAN_ALPHA / 2) / (1 + z * z)) + grad_v * (charged[t] < threshold).float()
+            grad_current.append((grad_h / tau).to(grad_spikes.dtype))
             grad_v = grad_h - grad_h / tau
         return torch.stack(grad_current[::-1])
 
@@ -153,8 +154,12 @@ class MultiStepLIF(SpikingNeuron):
         self.compiled = compiled
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
-        spikes = _MultiStepLIFFunction.apply(current.float(), self.timesteps, self.tau, self.threshold, self.compiled)
-        return spikes.to(current.dtype)  # under bf16 autocast the membrane stays fp32; spikes (0/1) are exact
+        """Under bf16 autocast the membrane stays fp32 (cast inside the fused kernel when compiled); the spikes
+        (0/1, exact) come out in the current's dtype."""
+        if self.compiled:
+            return _MultiStepLIFFunction.apply(current, self.timesteps, self.tau, self.threshold, True)
+        spikes = _MultiStepLIFFunction.apply(current.float(), self.timesteps, self.tau, self.threshold, False)
+        return spikes.to(current.dtype)
 
     def extra_repr(self) -> str:
         return f"timesteps={self.timesteps}, tau={self.tau}, threshold={self.threshold}, compiled={self.compiled}"
