@@ -31,11 +31,11 @@ from spikemo.errors import DataError
 from spikemo.features.base import Encoder, EncoderRuntime, FeatureFailure, Modality, build_encoder
 from spikemo.features.cache import FAILED, MISSING_MEDIA, OK, CacheRow, FeatureCache
 from spikemo.features.text import TextEncoder
-
-MAX_LOADED_ENCODERS = 4
-_LOADED_ENCODERS: OrderedDict[tuple[str, EncoderRuntime], Encoder] = OrderedDict()
-log = logging.getLogger(__name__)
 from spikemo.media import MediaError, read_audio, read_video_frames
+
+log = logging.getLogger(__name__)
+MAX_LOADED_ENCODERS = 4  # encoders kept loaded per process by ``loaded_encoder``
+_LOADED_ENCODERS: OrderedDict[tuple[str, EncoderRuntime], Encoder] = OrderedDict()
 
 NOT_EXTRACTED = "missing"
 SILENCE_PEAK = 1e-4

@@ -12,7 +12,7 @@ files, the text and fine-tuning settings and the manifest's content:
     model/        the picked encoder and tokenizer (``save_pretrained``, safetensors), the head
                   (``classifier_head.safetensors``) and ``finetune.json``; ``features.text.params.model``
                   accepts this folder. Written last: its ``finetune.json`` marks a finished fine-tune.
-    checkpoint/   ``last.pt`` after every epoch (weights, optimizer, schedule, RNG states, selection state)
+    checkpoint/   ``last.pt`` after every epoch (weights, optimizer, schedule, torch RNG states, selection state; no pickled objects)
                   and ``best/`` (the picked weights so far): a killed run resumes after its last epoch.
 The run is logged to MLflow as its own run (tag ``spikemo.stage`` = ``finetune-text``).
 """
@@ -295,7 +295,8 @@ class _FinetuneRun:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+            # batch order comes from generators seeded per epoch; torch's generators drive dropout
+            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         }
         partial = self.checkpoints / (LAST_CHECKPOINT + ".partial")
         torch.save(payload, partial)
@@ -306,14 +307,14 @@ class _FinetuneRun:
         last = self.checkpoints / LAST_CHECKPOINT
         if not last.is_file():
             return fresh
-        payload = torch.load(last, map_location=self.runtime.device, weights_only=False)
+        payload = torch.load(last, map_location="cpu", weights_only=True)  # RNG states must stay on the CPU
         self.model.load_state_dict(payload.pop("model"))
         self.optimizer.load_state_dict(payload.pop("optimizer"))
         self.scheduler.load_state_dict(payload.pop("scheduler"))
         rng = payload.pop("rng")
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
         log.info("resuming the text fine-tune after epoch %d from %s", payload["epoch"], last)
         return {**fresh, **payload}
 
