@@ -148,6 +148,7 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
         "finetune_reused": finetuned.reused,
         "finetune_epochs_run": finetuned.epochs_run,
         "frozen_probe_weighted_f1": round(frozen_probe, 2),
+        "finetuned_classifier_selection_weighted_f1": round(finetuned.dev_weighted_f1, 2),  # what recipes are chosen on
         "finetuned_classifier_weighted_f1": round(finetuned.test_weighted_f1, 2),
         "finetuned_probe_weighted_f1": round(tuned_probe, 2),
         "spikemo_finetuned_weighted_f1_mean": round(float(np.mean(spikemo_scores)), 2),
