@@ -98,7 +98,7 @@ def _around(anchor: Callable[[], float], pipeline: Callable[[], dict[str, Any]])
 def text_figures(config: SpikEmoConfig) -> dict[str, Any]:
     from sentence_transformers import SentenceTransformer
 
-    manifest_path = Path(config.cache) / config.data.dataset_name / "manifest.parquet"
+    manifest_path = config.manifest_path
     ingest(config.data, manifest_path)
     manifest, _ = read_manifest(manifest_path)
     texts = manifest["text"].tolist()

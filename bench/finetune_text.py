@@ -169,9 +169,8 @@ def _meld_config(args: argparse.Namespace, overrides: dict[str, Any], path: Path
 
 
 def _ingested(config: SpikEmoConfig) -> Path:
-    path = Path(config.cache) / config.data.dataset_name / "manifest.parquet"
-    ingest(config.data, path)
-    return path
+    ingest(config.data, config.manifest_path)
+    return config.manifest_path
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from spikemo.features.finetune import finetune_text_encoder, finetuned_text_conf
 @task(name="ingest", task_run_name=task_run_name("ingest"), retries=1, cache_policy=NONE)
 def ingest_task(config: dict[str, Any]) -> dict[str, Any]:
     resolved = SpikEmoConfig.model_validate(config)
-    result = ingest(resolved.data, resolved.cache / resolved.data.dataset_name / "manifest.parquet")
+    result = ingest(resolved.data, resolved.manifest_path)
     summary = result.summary()
     summary["problems_by_reason"] = (
         result.problems.assign(kind=result.problems["reason"].map(reason_kind)).groupby(["action", "kind"]).size().reset_index(name="rows").to_dict("records")

@@ -69,7 +69,7 @@ def _dataset_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_ingest(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
     from spikemo.data.ingest import ingest
 
-    out = args.out or config.cache / config.data.dataset_name / "manifest.parquet"
+    out = args.out or config.manifest_path
     result = ingest(config.data, Path(out))
     summary = result.summary()
     print(f"{'split':<6} {'dialogues':>9} {'utterances':>10} {'rejected':>8} {'media dropped':>13}  rejected by reason")
@@ -106,9 +106,8 @@ def cmd_finetune_text(args: argparse.Namespace, config: SpikEmoConfig) -> dict[s
     from spikemo.data.ingest import ingest
     from spikemo.features.finetune import finetune_text_encoder
 
-    manifest_path = config.cache / config.data.dataset_name / "manifest.parquet"
-    ingest(config.data, manifest_path)
-    result = finetune_text_encoder(config, manifest_path)
+    ingest(config.data, config.manifest_path)
+    result = finetune_text_encoder(config, config.manifest_path)
     print(
         f"fine-tuned text encoder {'reused' if result.reused else 'saved'}: {result.model_path} (dev weighted-F1 "
         f"{result.dev_weighted_f1:.2f}, test {_percent(result.test_weighted_f1)}, best epoch {result.best_epoch} of "

@@ -241,6 +241,11 @@ class SpikEmoConfig(Section):
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
 
+    @property
+    def manifest_path(self) -> Path:
+        """Where ingestion writes this dataset's manifest: ``<cache>/<dataset>/manifest.parquet``."""
+        return Path(self.cache) / self.data.dataset_name / "manifest.parquet"
+
     def flat(self) -> dict[str, Any]:
         """Dotted-key view (``train.lr``) for logging as parameters."""
         return _flatten(self.model_dump(mode="json"))

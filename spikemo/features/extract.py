@@ -178,7 +178,7 @@ def preprocess(config: SpikEmoConfig) -> dict[str, Any]:
     modality."""
     from spikemo.features.finetune import finetune_text_encoder, finetuned_text_config
 
-    manifest_path = Path(config.cache) / config.data.dataset_name / "manifest.parquet"
+    manifest_path = config.manifest_path
     ingested = ingest(config.data, manifest_path)
     summary: dict[str, Any] = {"manifest": str(manifest_path), "utterances": int(len(ingested.manifest)), "rejected": ingested.summary()["rejected"]}
     if config.features.text.finetune is not None and "text" in config.features.modalities:

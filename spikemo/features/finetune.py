@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import random
 import shutil
 import time
 from collections.abc import Iterator
@@ -47,8 +46,10 @@ from spikemo import reports, tracking
 from spikemo.config import SpikEmoConfig, TextFinetuneConfig
 from spikemo.data.schema import read_manifest
 from spikemo.errors import ConfigError, DataError
-from spikemo.features.base import EncoderRuntime, build_encoder, file_sha256
+from spikemo.features.base import EncoderRuntime, build_encoder
+from spikemo.features.hf import load_pretrained
 from spikemo.features.text import HFTextEncoder, TextItem
+from spikemo.training.loop import seed_everything
 from spikemo.training.metrics import classification_metrics
 
 HEAD_FILE = "classifier_head.safetensors"
@@ -80,7 +81,7 @@ class UtteranceClassifier(nn.Module):
     def __init__(self, encoder: HFTextEncoder, num_labels: int, dropout: float):
         super().__init__()
         self.pool = encoder.pool
-        self.encoder = transformers.AutoModel.from_pretrained(encoder.model_dir)
+        self.encoder = load_pretrained(transformers.AutoModel, encoder.model_dir, "features.text.params.model")
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.encoder.config.hidden_size, num_labels)
 
@@ -92,13 +93,13 @@ class UtteranceClassifier(nn.Module):
 def finetune_folder(config: SpikEmoConfig, manifest: pd.DataFrame) -> Path:
     """Where the fine-tune of these settings on this manifest lives (same inputs, same folder)."""
     text = config.features.text
-    encoder = _base_encoder(config)
+    spec = _base_encoder(config).spec()  # name, parameters, input construction, weight hashes
+    spec["params"].pop("model")  # the same weights found at another path are the same base model
     content = manifest[["utterance_key", "split", "dialogue_id", "turn", "speaker", "text", "label_id"]].astype(str)
     digest = hashlib.sha256(
         json.dumps(
             {
-                "params": {key: value for key, value in encoder.params.model_dump().items() if key != "model"},
-                "weights": {label: file_sha256(path) for label, path in sorted(encoder.weight_files().items())},
+                "encoder": spec,
                 "finetune": text.finetune.model_dump() if text.finetune else None,
                 "data": hashlib.sha256(pd.util.hash_pandas_object(content, index=False).to_numpy().tobytes()).hexdigest(),
             },
@@ -179,7 +180,7 @@ class _FinetuneRun:
         for split in ("train", "dev"):
             if not len(self.splits[split][1]):
                 raise DataError(f"fine-tuning the text encoder needs labelled {split} utterances; the manifest has none")
-        _seed_everything(self.settings.seed)
+        seed_everything(self.settings.seed)
         self.model = UtteranceClassifier(self.encoder, len(labels), self.settings.dropout).to(self.runtime.device)
         freeze_lower_layers(self.model.encoder, self.settings.freeze_layers)
         steps_per_epoch = math.ceil(math.ceil(len(self.splits["train"][1]) / self.settings.batch_size) / self.settings.gradient_accumulation)
@@ -379,10 +380,4 @@ class _FinetuneRun:
         shutil.rmtree(model, ignore_errors=True)
         best.rename(model)
         return result
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
