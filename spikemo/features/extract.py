@@ -313,7 +313,7 @@ def _run(todo: list[WorkItem], encoder: Encoder, cache: FeatureCache, features: 
     """
     progress = tqdm(total=len(todo), desc=f"{cache.dataset}/{encoder.modality} {encoder.name}", unit="utt", mininterval=1.0, disable=None)
     if isinstance(encoder, TextEncoder):
-        ordered = sorted(todo, key=lambda item: -len(item.source) if item.source is not None else 0)
+        ordered = sorted(todo, key=lambda item: -len(item.source))
         parts = [min(features.shard_size, len(ordered) - begin) for begin in range(0, len(ordered), features.shard_size)]
         chunk_size = features.shard_size
     else:
