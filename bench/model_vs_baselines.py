@@ -9,7 +9,8 @@ Datasets (each trained with its shipped config's model and training sections):
 - ``demo``: a generated corpus (default 200 dialogues, ~1,700 clips), all three modalities, its own
   train/dev/test; dev selects, test is reported.
 Variants: ``ours`` (the config as shipped), ``no_spiking`` (its spiking branch removed), ``ce_only`` (its
-loss reduced to cross-entropy), ``paper`` (the paper-faithful model: Heaviside input encoding, softmax gate
+loss reduced to cross-entropy), ``no_speaker_relative`` (its speaker-relative inputs off; the same as ``ours``
+where the config leaves them off), ``paper`` (the paper-faithful model: Heaviside input encoding, softmax gate
 over utterances, no speaker/position embeddings, DialogueRNN output replacing its input, tau 10, loss
 weights 0.4/1/0.3, Adam with L2; same sizes and schedule so the comparison isolates the design) and ``linear_probe`` (the probe every training run fits). Each line printed
 is one run; the last line is the summary: per dataset and variant the mean ± std of the reported split's
@@ -46,6 +47,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "ours": {},
     "no_spiking": {"model.use_spiking": False},
     "ce_only": {"train.loss_weights": {"ce": 1.0, "dice": 0.0, "soft_hgr": 0.0}},
+    "no_speaker_relative": {"model.speaker_relative_inputs": False},
     "paper": {
         "model.spike_encoding": "heaviside",
         "model.spike_gate": "utterance_softmax",
@@ -209,7 +211,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="meld,emodb,demo", help="comma-separated subset of meld,emodb,demo")
-    parser.add_argument("--variants", default=",".join([*VARIANTS, PROBE]))
+    parser.add_argument("--variants", default="ours,no_spiking,ce_only,paper,linear_probe", help=f"any of {[*VARIANTS, PROBE]}")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per dataset (EmoDB: per fold)")
     parser.add_argument("--epochs", type=int, help="override each config's train.epochs")
     parser.add_argument("--demo-dialogues", type=int, default=200)
