@@ -10,8 +10,8 @@ Datasets (each trained with its shipped config's model and training sections):
   train/dev/test; dev selects, test is reported.
 Variants: ``ours`` (the config as shipped), ``no_spiking`` (its spiking branch removed), ``ce_only`` (its
 loss reduced to cross-entropy), ``no_speaker_relative`` (its speaker-relative inputs off; the same as ``ours``
-where the config leaves them off), ``paper`` (the paper-faithful model: Heaviside input encoding, softmax gate
-over utterances, no speaker/position embeddings, DialogueRNN output replacing its input, tau 10, loss
+where the config leaves them off), ``no_speaker_evidence`` (likewise its speaker-chain evidence rounds), ``paper`` (the paper-faithful model: Heaviside input encoding, softmax gate
+over utterances, no speaker/position embeddings, DialogueRNN output replacing its input, no speaker evidence, tau 10, loss
 weights 0.4/1/0.3, Adam with L2; same sizes and schedule so the comparison isolates the design) and ``linear_probe`` (the probe every training run fits). Each line printed
 is one run; the last line is the summary: per dataset and variant the mean ± std of the reported split's
 weighted-F1 (and accuracy), and the differences of ``ours`` from the probe and from ``no_spiking``.
@@ -48,11 +48,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_spiking": {"model.use_spiking": False},
     "ce_only": {"train.loss_weights": {"ce": 1.0, "dice": 0.0, "soft_hgr": 0.0}},
     "no_speaker_relative": {"model.speaker_relative_inputs": False},
+    "no_speaker_evidence": {"model.speaker_evidence_rounds": 0},
     "paper": {
         "model.spike_encoding": "heaviside",
         "model.spike_gate": "utterance_softmax",
         "model.spike_speaker_context": False,
         "model.dialogue_context_residual": False,
+        "model.speaker_evidence_rounds": 0,
         "model.neuron.tau": 10.0,
         "train.loss_weights": {"ce": 0.4, "dice": 1.0, "soft_hgr": 0.3},
         "train.optimizer": "adam",

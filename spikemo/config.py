@@ -169,6 +169,13 @@ class ModelConfig(Section):
         description="Also feed each utterance's standardised features minus the mean of its speaker's utterances "
         "in the dialogue (speaker normalisation, computed per dialogue): removes a voice's or face's own baseline.",
     )
+    speaker_evidence_rounds: int = Field(
+        0,
+        ge=0,
+        description="Rounds of correcting each utterance's logits with its speaker's other turns' class "
+        "probabilities in the dialogue (nearest earlier, nearest later, mean of the rest; weights start at zero): "
+        "a stacked emotion-chain smoother, model/evidence.py. 0: off.",
+    )
     compile_neurons: bool = Field(False, description="torch.compile each LIF neuron (fuses its time loop; first call compiles).")
 
 

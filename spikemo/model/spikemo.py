@@ -14,9 +14,12 @@ Per modality m with features u_m [B, L, D_m]:
     h_m = h_m + h_m * softmax_over_utterances(s_m)         "utterance_softmax" (the paper's), padding and
                                                            absent positions excluded
     f_m = MultiAttn_m(h_m; other modalities)
-logits = MLP(Linear(concat_m f_m)).
-From the fusion on, every step but the attention products acts on each utterance alone, so it runs on the packed
-real utterances; logits and fused features are zero at padding.
+logits = MLP(Linear(concat_m f_m))
+logits = SpeakerEvidence(logits)                           model.speaker_evidence_rounds > 0: each utterance's
+                                                           logits corrected by its speaker's other turns' class
+                                                           probabilities (model/evidence.py)
+From the fusion to the classifier, every step but the attention products acts on each utterance alone, so it runs
+on the packed real utterances; logits and fused features are zero at padding.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from torch import nn
 from spikemo.config import MODALITIES, ModelConfig
 from spikemo.model.batch import DialogueBatch
 from spikemo.model.context import DialogueRNN
+from spikemo.model.evidence import SpeakerEvidence
 from spikemo.model.fusion import MultiAttnFusion
 from spikemo.model.spiking import Spikformer
 
@@ -98,6 +102,7 @@ class SpikEmo(nn.Module):
         self.classifier = nn.Sequential(
             nn.Linear(dim, 2 * dim), nn.ReLU(), nn.Dropout(config.dropout), nn.Linear(2 * dim, num_classes)
         )
+        self.speaker_evidence = SpeakerEvidence(num_classes, config.speaker_evidence_rounds) if config.speaker_evidence_rounds else None
 
     def set_input_statistics(self, statistics: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Per modality, the mean and standard deviation of its features on the training split.
@@ -128,10 +133,10 @@ class SpikEmo(nn.Module):
             hidden = self._spike_gate(hidden, present, batch.party)
         real = batch.utterance_mask
         fused = self.fusion({m: hidden[m][real] for m in self.modalities}, real, present)  # [N, D] per modality
-        logits = self.classifier(self.merge(torch.cat([fused[m] for m in self.modalities], dim=-1)))
-        return SpikEmoOutput(
-            logits=_unpack(logits, real), modality_features={m: _unpack(f, real) for m, f in fused.items()}
-        )
+        logits = _unpack(self.classifier(self.merge(torch.cat([fused[m] for m in self.modalities], dim=-1))), real)
+        if self.speaker_evidence is not None:
+            logits = self.speaker_evidence(logits, batch.party, real)
+        return SpikEmoOutput(logits=logits, modality_features={m: _unpack(f, real) for m, f in fused.items()})
 
     def _spike_gate(
         self, hidden: dict[str, torch.Tensor], present: dict[str, torch.Tensor], party: torch.Tensor

@@ -1,0 +1,49 @@
+"""Speaker-chain evidence: the neighbours it reads, the speakers it ignores, and the identity it starts as."""
+
+from __future__ import annotations
+
+import torch
+
+from spikemo.model.evidence import SpeakerEvidence, _nearest
+from spikemo.model.spikemo import SpikEmo
+from tests.test_model import DIMS, NUM_CLASSES, make_batch, tiny_config
+
+
+def test_nearest_turns_of_the_same_speaker():
+    party = torch.tensor([[0, 1, 0, 0, 1, 7]])
+    mask = torch.tensor([[True, True, True, True, True, False]])
+    same = (party.unsqueeze(2) == party.unsqueeze(1)) & mask.unsqueeze(2) & mask.unsqueeze(1) & ~torch.eye(6, dtype=torch.bool)
+    previous, has_previous = _nearest(same, earlier=True)
+    following, has_following = _nearest(same, earlier=False)
+    assert has_previous.tolist() == [[False, False, True, True, True, False]]
+    assert previous[0, 2:5].tolist() == [0, 2, 1]
+    assert has_following.tolist() == [[True, True, True, False, False, False]]
+    assert following[0, :3].tolist() == [2, 4, 3]
+
+
+def test_starts_as_the_identity_and_reads_only_the_same_speakers_turns():
+    torch.manual_seed(0)
+    evidence = SpeakerEvidence(NUM_CLASSES, rounds=1).double()
+    logits = torch.randn(1, 5, NUM_CLASSES, dtype=torch.float64)
+    party = torch.tensor([[0, 1, 0, 1, 0]])
+    mask = torch.tensor([[True, True, True, True, False]])  # the last position is padding
+    torch.testing.assert_close(evidence(logits, party, mask), logits)
+
+    torch.nn.init.normal_(evidence.mix.weight)
+    reference = evidence(logits, party, mask)
+    moved = logits.clone()
+    moved[0, 1] += torch.tensor([5.0, -5.0, 0.0], dtype=torch.float64)  # speaker 1's first turn
+    moved[0, 4] += 9.0  # padding
+    changed = evidence(moved, party, mask)
+    torch.testing.assert_close(changed[0, [0, 2]], reference[0, [0, 2]])  # speaker 0 never reads speaker 1
+    assert not torch.allclose(changed[0, 3], reference[0, 3])  # speaker 1's other turn does
+
+
+def test_model_with_evidence_trains_and_keeps_padding_zero():
+    torch.manual_seed(0)
+    model = SpikEmo(tiny_config(speaker_evidence_rounds=2), DIMS, NUM_CLASSES)
+    batch = make_batch([5, 3], seed=1)
+    output = model(batch)
+    assert output.logits[1, 3:].abs().max() == 0
+    output.logits[batch.utterance_mask].logsumexp(-1).sum().backward()
+    assert model.speaker_evidence.mix.weight.grad.abs().sum() > 0
