@@ -29,6 +29,7 @@ from spikemo.features import (
     preprocess,
 )
 from spikemo.features.audio import LogMelEncoder
+from spikemo.features.extract import loaded_encoder
 
 MELD = Path("/work/shared/data/meld")
 LABELS = ["neutral", "joy", "anger"]
@@ -320,3 +321,14 @@ def test_preprocess_ingests_then_extracts_each_modality(media_dataset: tuple[Pat
 def test_bad_encoder_settings_are_config_errors(section: EncoderConfig, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build_encoder("audio", FeaturesConfig(audio=section)).fingerprint
+
+
+def test_loaded_encoders_are_reused_within_a_thread_and_never_shared_across_threads():
+    features = FeaturesConfig(modalities=["visual"])
+    first, again = loaded_encoder("visual", features), loaded_encoder("visual", features)
+    assert first is again
+    other_thread: list = []
+    worker = threading.Thread(target=lambda: other_thread.append(loaded_encoder("visual", features)))
+    worker.start()
+    worker.join()
+    assert other_thread[0] is not first and other_thread[0].fingerprint == first.fingerprint

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -34,8 +35,8 @@ from spikemo.features.text import TextEncoder
 from spikemo.media import MediaError, read_audio, read_video_frames
 
 log = logging.getLogger(__name__)
-MAX_LOADED_ENCODERS = 4  # encoders kept loaded per process by ``loaded_encoder``
-_LOADED_ENCODERS: OrderedDict[tuple[str, EncoderRuntime], Encoder] = OrderedDict()
+MAX_LOADED_ENCODERS = 4  # encoders kept loaded per thread by ``loaded_encoder``
+_THREAD_STATE = threading.local()  # .encoders: OrderedDict[(fingerprint, runtime), Encoder] of this thread
 
 NOT_EXTRACTED = "missing"
 SILENCE_PEAK = 1e-4
@@ -193,15 +194,17 @@ def preprocess(config: SpikEmoConfig) -> dict[str, Any]:
 
 def loaded_encoder(modality: Modality, features: FeaturesConfig) -> Encoder:
     """``build_encoder``, but the same instance (with its loaded model) again for the same fingerprint and
-    runtime within a process: the extraction tasks of a flow, one per shard, load the model once."""
+    runtime within a thread: the extraction tasks a flow's worker thread runs, one per shard, load the model
+    once. Threads never share an instance: MediaPipe's graphs, for one, crash when two threads feed them."""
     encoder = build_encoder(modality, features)
     key = (encoder.fingerprint, encoder.runtime)
-    if key not in _LOADED_ENCODERS:
-        _LOADED_ENCODERS[key] = encoder
-        while len(_LOADED_ENCODERS) > MAX_LOADED_ENCODERS:
-            _LOADED_ENCODERS.popitem(last=False)
-    _LOADED_ENCODERS.move_to_end(key)
-    return _LOADED_ENCODERS[key]
+    loaded: OrderedDict[tuple[str, EncoderRuntime], Encoder] = _THREAD_STATE.__dict__.setdefault("encoders", OrderedDict())
+    if key not in loaded:
+        loaded[key] = encoder
+        while len(loaded) > MAX_LOADED_ENCODERS:
+            loaded.popitem(last=False)
+    loaded.move_to_end(key)
+    return loaded[key]
 
 
 def _survey(
