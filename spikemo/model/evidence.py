@@ -8,8 +8,8 @@ For utterance t of speaker s in a dialogue:
 where p are the model's current probabilities (held fixed for the correction, as a stacked classifier treats
 its first level), prev/next are the nearest earlier/later turns of s, and the indicators say whether they
 exist. The correction is applied ``rounds`` times with the same W, b, each round reading the previous round's
-probabilities, so evidence travels beyond the nearest turns (as messages do in belief propagation). Padding
-never contributes.
+probabilities, so evidence travels beyond the nearest turns (like loopy belief propagation, a round also
+echoes t's own evidence back through its neighbours; the learned W absorbs that). Padding never contributes.
 """
 
 from __future__ import annotations
