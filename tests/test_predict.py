@@ -20,12 +20,12 @@ EMOTIONS = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]
 
 @pytest.fixture(scope="module")
 def text_model(tmp_path_factory, tiny_config):
-    """A text-only SpikEmo trained on generated transcripts (annotations only: 100 dialogues, no media)."""
+    """A text-only SpikEmo with speaker evidence, trained on generated transcripts (annotations only: 100 dialogues)."""
     root = tmp_path_factory.mktemp("generated-text")
     write_annotations(plan_demo_corpus(DemoCorpusSettings(dialogues=100, seed=3)), root)
     config = tiny_config(root / "unused.csv", root / "work", root / "cache", **{
         "data.format": "meld", "data.root": str(root), "data.manifest": None, "data.name": "gentext",
-        "model.model_dim": 32, "train.epochs": 15, "train.patience": 5,
+        "model.model_dim": 32, "model.speaker_evidence_rounds": 2, "train.epochs": 15, "train.patience": 5,
     })
     return config, experiment.run_experiment(config), root
 
