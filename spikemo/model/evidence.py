@@ -46,13 +46,13 @@ class SpeakerEvidence(nn.Module):
         neighbours = [_nearest(same_speaker, earlier) for earlier in (True, False)]
         others = same_speaker.to(logits.dtype)
         count = others.sum(-1, keepdim=True)
+        others_mean = others / count.clamp(min=1)  # [B, t, j]: averages over t's speaker's other turns
+        present = [exists.unsqueeze(-1).to(logits.dtype) for _, exists in neighbours] + [(count > 0).to(logits.dtype)]
         corrected = logits
         for _ in range(self.rounds):
             log_probs = torch.log_softmax(corrected.detach(), -1).clamp(min=LOG_PROBABILITY_FLOOR) * mask.unsqueeze(-1)
-            parts = []
-            for index, exists in neighbours:
-                neighbour = torch.gather(log_probs, 1, index.unsqueeze(-1).expand_as(log_probs)) * exists.unsqueeze(-1)
-                parts += [neighbour, exists.unsqueeze(-1).to(log_probs.dtype)]
-            parts += [others.to(log_probs.dtype) @ log_probs / count.clamp(min=1), (count > 0).to(log_probs.dtype)]
+            read = [torch.gather(log_probs, 1, index.unsqueeze(-1).expand_as(log_probs)) for index, _ in neighbours]
+            read.append(others_mean @ log_probs)
+            parts = [part for value, indicator in zip(read, present) for part in (value * indicator, indicator)]
             corrected = logits + (self.mix(torch.cat(parts, -1)) * mask.unsqueeze(-1)).to(logits.dtype)
         return corrected
