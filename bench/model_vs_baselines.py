@@ -41,7 +41,7 @@ from spikemo.config import SpikEmoConfig, load_config, with_overrides
 from spikemo.data.demo import DemoCorpusSettings, make_demo_corpus
 from spikemo.data.schema import read_manifest
 from spikemo.features.extract import load_features, preprocess
-from spikemo.training import build_dialogue_data, train_model
+from spikemo.training import build_dialogue_data, train_on_dialogue_data
 from spikemo.training.baseline import fit_linear_probe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,16 +157,16 @@ def _prepared(config: SpikEmoConfig) -> tuple[pd.DataFrame, list[str], dict[str,
 def run_fold(dataset: str, fold: Fold, variants: list[str]) -> list[dict[str, Any]]:
     records = []
     seed = fold.config.train.seed
+    data = build_dialogue_data(fold.manifest, fold.features, len(fold.labels))
     if PROBE in variants and seed == 0:  # the probe is deterministic: one fit per fold
         started = time.perf_counter()
-        data = build_dialogue_data(fold.manifest, fold.features, len(fold.labels))
         probe = fit_linear_probe(data, fold.labels, seed=seed)
         records.append(_record(dataset, fold.name, PROBE, seed, probe.test_metrics, probe.dev_metrics, time.perf_counter() - started, C=probe.C))
     for variant in (v for v in variants if v != PROBE):
         config = with_overrides(fold.config, VARIANTS[variant])
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as run_dir:
-            result = train_model(config, fold.manifest, fold.features, fold.labels, Path(run_dir), resume=False)
+            result = train_on_dialogue_data(config, data, fold.labels, Path(run_dir), resume=False)
         records.append(
             _record(
                 dataset, fold.name, variant, seed, result.test_metrics, result.dev_metrics, time.perf_counter() - started,

@@ -28,9 +28,8 @@ from spikemo.errors import SpikemoError
 from spikemo.features.extract import load_features, preprocess
 from spikemo.features.finetune import finetuned_text_config
 from spikemo.predict import Predictor, evaluate_predictions
+from spikemo.training import build_dialogue_data, train_on_dialogue_data
 from spikemo.training.baseline import fit_linear_probe
-from spikemo.training.data import build_dialogue_data
-from spikemo.training.loop import train_model
 
 ACTIVE_RUN_FILE = "mlflow_run_id"
 log = logging.getLogger(__name__)
@@ -95,7 +94,8 @@ def train_and_log(config: SpikEmoConfig, data: PreparedData) -> TrainedRun:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / ACTIVE_RUN_FILE).write_text(run.info.run_id)
         datasets = tracking.log_inputs(data.manifest, data.manifest_path, data.caches)
-        result = train_model(config, data.manifest, data.features, data.labels, run_dir, on_epoch_end=tracking.log_epoch)
+        dialogue_data = build_dialogue_data(data.manifest, data.features, len(data.labels))
+        result = train_on_dialogue_data(config, dialogue_data, data.labels, run_dir, on_epoch_end=tracking.log_epoch)
         metrics = {"dev": result.dev_metrics, **({"test": result.test_metrics} if result.test_metrics else {})}
         logged_model = mlflow.initialize_logged_model(name=tracking.logged_model_name(config), source_run_id=run.info.run_id)
         final = tracking.FinalMetrics(result.best_epoch, logged_model.model_id, datasets)
@@ -103,9 +103,7 @@ def train_and_log(config: SpikEmoConfig, data: PreparedData) -> TrainedRun:
             result.history, metrics, data.labels, result.firing_rates, result.energy, result.spike_statistics_split, final
         )
         mlflow.log_metric("best_epoch", result.best_epoch, step=result.best_epoch)
-        probe = fit_linear_probe(
-            build_dialogue_data(data.manifest, data.features, len(data.labels)), data.labels, seed=config.train.seed
-        )
+        probe = fit_linear_probe(dialogue_data, data.labels, seed=config.train.seed)
         baseline = {"dev": probe.dev_metrics, **({"test": probe.test_metrics} if probe.test_metrics else {})}
         comparison = tracking.log_baseline(probe.C, baseline, metrics, final)
         mlflow.set_tag("spikemo.device", result.device)

@@ -165,7 +165,7 @@ def test_failed_run_is_marked_failed_and_never_registered(store, monkeypatch):
     def diverge(*args, **kwargs):
         raise NonFiniteLossError("loss is nan at epoch 1, step 1")
 
-    monkeypatch.setattr(experiment, "train_model", diverge)
+    monkeypatch.setattr(experiment, "train_on_dialogue_data", diverge)
     with pytest.raises(NonFiniteLossError):
         experiment.run_experiment(config)
     runs = client.search_runs([client.get_experiment_by_name(config.tracking.experiment).experiment_id], order_by=["start_time DESC"])

@@ -2,7 +2,7 @@
 
 from spikemo.training.data import DialogueData, DialogueDataset, build_dialogue_data, collate_dialogues
 from spikemo.training.evaluation import evaluate, predict
-from spikemo.training.loop import NonFiniteLossError, TrainResult, train_model
+from spikemo.training.loop import NonFiniteLossError, TrainResult, train_model, train_on_dialogue_data
 
 __all__ = [
     "DialogueData",
@@ -14,4 +14,5 @@ __all__ = [
     "evaluate",
     "predict",
     "train_model",
+    "train_on_dialogue_data",
 ]

@@ -101,6 +101,18 @@ def train_model(
     Raises ``DataError`` for unusable inputs and ``NonFiniteLossError`` when the loss diverges.
     """
     data = build_dialogue_data(manifest, features, len(label_names))
+    return train_on_dialogue_data(config, data, label_names, run_dir, on_epoch_end, resume)
+
+
+def train_on_dialogue_data(
+    config: SpikEmoConfig,
+    data: DialogueData,
+    label_names: list[str],
+    run_dir: Path,
+    on_epoch_end: EpochCallback | None = None,
+    resume: bool = True,
+) -> TrainResult:
+    """``train_model`` on dialogue data already built (``build_dialogue_data``), e.g. shared with a baseline."""
     for split in ("train", "dev"):
         if split not in data.splits:
             raise DataError(f"the manifest has no {split!r} split; training needs train and dev (selection uses dev)")
