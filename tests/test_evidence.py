@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from spikemo.model.evidence import SpeakerEvidence, _nearest
+from spikemo.model.evidence import SpeakerEvidence, _nearest, _same_speaker
 from spikemo.model.spikemo import SpikEmo
 from tests.test_model import DIMS, NUM_CLASSES, make_batch, tiny_config
 
@@ -12,7 +12,7 @@ from tests.test_model import DIMS, NUM_CLASSES, make_batch, tiny_config
 def test_nearest_turns_of_the_same_speaker():
     party = torch.tensor([[0, 1, 0, 0, 1, 7]])
     mask = torch.tensor([[True, True, True, True, True, False]])
-    same = (party.unsqueeze(2) == party.unsqueeze(1)) & mask.unsqueeze(2) & mask.unsqueeze(1) & ~torch.eye(6, dtype=torch.bool)
+    same = _same_speaker(party, mask)
     previous, has_previous = _nearest(same, earlier=True)
     following, has_following = _nearest(same, earlier=False)
     assert has_previous.tolist() == [[False, False, True, True, True, False]]

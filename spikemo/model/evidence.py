@@ -20,6 +20,12 @@ from torch import nn
 LOG_PROBABILITY_FLOOR = -20.0
 
 
+def _same_speaker(party: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, t, j]: j is another real utterance of t's speaker (party [B, L], mask [B, L] real utterances)."""
+    same = (party.unsqueeze(2) == party.unsqueeze(1)) & mask.unsqueeze(2) & mask.unsqueeze(1)
+    return same & ~torch.eye(party.shape[1], dtype=torch.bool, device=party.device)
+
+
 def _nearest(same_speaker: torch.Tensor, earlier: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Index [B, L] of each utterance's nearest earlier (or later) same-speaker turn, and whether it exists."""
     length = same_speaker.shape[-1]
@@ -41,8 +47,7 @@ class SpeakerEvidence(nn.Module):
 
     def forward(self, logits: torch.Tensor, party: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """logits [B, L, C] (any values at padding), party [B, L], mask [B, L] real utterances -> [B, L, C]."""
-        same_speaker = (party.unsqueeze(2) == party.unsqueeze(1)) & mask.unsqueeze(2) & mask.unsqueeze(1)
-        same_speaker &= ~torch.eye(party.shape[1], dtype=torch.bool, device=party.device)
+        same_speaker = _same_speaker(party, mask)
         neighbours = [_nearest(same_speaker, earlier) for earlier in (True, False)]
         others = same_speaker.to(logits.dtype)
         count = others.sum(-1, keepdim=True)
