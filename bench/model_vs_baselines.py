@@ -50,7 +50,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "ours": {},
     "no_spiking": {"model.use_spiking": False},
     "ce_only": {"train.loss_weights": {"ce": 1.0, "dice": 0.0, "soft_hgr": 0.0}},
-    "no_speaker_relative": {"model.speaker_relative_inputs": False},
+    "no_speaker_relative": {"model.speaker_relative_inputs": "off"},
     "no_speaker_evidence": {"model.speaker_evidence_rounds": 0},
     "paper": {
         "model.spike_encoding": "heaviside",
@@ -98,7 +98,7 @@ def emodb_folds(args: argparse.Namespace) -> Iterator[Fold]:
     # EmoDB's file names sort by sentence and then emotion: shuffle (fixed) so turn order carries no label
     table = table.sample(frac=1.0, random_state=0).assign(
         utterance_index=lambda t: t.groupby("speaker").cumcount(),
-        dialogue_id=lambda t: "speaker" + t["speaker"] + "-" + (t["utterance_index"] // args.emodb_session_length).astype(str),
+        dialogue_id=lambda t: "speaker" + t["speaker"] + "-" + (t["utterance_index"] // (args.emodb_session_length or len(t))).astype(str),
         text="",
         split="train",
         media_path=lambda t: t["file"],
@@ -221,7 +221,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="override each config's train.epochs")
     parser.add_argument("--demo-dialogues", type=int, default=400, help="size of the generated corpus (also its seed)")
     parser.add_argument("--meld-root", type=Path, default=SHARED_DATA / "meld")
-    parser.add_argument("--emodb-session-length", type=int, default=12, help="EmoDB clips per speaker session")
+    parser.add_argument(
+        "--emodb-session-length", type=int, default=0, help="EmoDB clips per speaker session (0: all of a speaker's clips)"
+    )
     parser.add_argument("--emodb-root", type=Path, default=SHARED_DATA / "emodb")
     parser.add_argument("--cache", type=Path, default=REPO / "feature_cache")
     parser.add_argument("--work", type=Path, default=REPO / ".spikemo" / "bench", help="generated corpora and session lists")

@@ -164,10 +164,13 @@ class ModelConfig(Section):
     dialogue_context_residual: bool = Field(
         True, description="h + DialogueRNN(h) rather than the paper's DialogueRNN(h): the utterance's own features stay."
     )
-    speaker_relative_inputs: bool = Field(
-        False,
-        description="Also feed each utterance's standardised features minus the mean of its speaker's utterances "
-        "in the dialogue (speaker normalisation, computed per dialogue): removes a voice's or face's own baseline.",
+    speaker_relative_inputs: Literal["off", "centred", "zscore"] = Field(
+        "off",
+        description="Speaker normalisation within each dialogue, over the speaker's present utterances: centred "
+        "also feeds each utterance's standardised features minus its speaker's mean (removes a voice's or face's "
+        "own baseline); zscore feeds them minus that mean and divided by that speaker's standard deviation instead "
+        "(for sessions of one speaker's many clips; a speaker with one utterance gets zeros). true/false from older "
+        "configs mean centred/off.",
     )
     speaker_evidence_rounds: int = Field(
         0,
@@ -177,6 +180,11 @@ class ModelConfig(Section):
         "a stacked emotion-chain smoother, model/evidence.py. 0: off.",
     )
     compile_neurons: bool = Field(False, description="torch.compile each LIF neuron (fuses its time loop; first call compiles).")
+
+    @field_validator("speaker_relative_inputs", mode="before")
+    @classmethod
+    def _boolean_means_centred(cls, mode: object) -> object:
+        return ("centred" if mode else "off") if isinstance(mode, bool) else mode
 
 
 class LossWeights(Section):

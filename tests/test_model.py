@@ -89,7 +89,7 @@ def test_output_shapes_and_fused_features():
     assert output.logits[~batch.utterance_mask].abs().max() == 0
 
 
-@pytest.mark.parametrize("speaker_relative", [False, True])
+@pytest.mark.parametrize("speaker_relative", ["off", "centred", "zscore"])
 def test_padding_never_changes_a_real_utterance(speaker_relative):
     torch.manual_seed(0)
     model = SpikEmo(tiny_config(speaker_relative_inputs=speaker_relative), DIMS, NUM_CLASSES).double().eval()
@@ -101,7 +101,7 @@ def test_padding_never_changes_a_real_utterance(speaker_relative):
     assert model(stack_dialogues(long, short)).logits[1, :3].allclose(alone)
 
 
-@pytest.mark.parametrize("speaker_relative", [False, True])
+@pytest.mark.parametrize("speaker_relative", ["off", "centred", "zscore"])
 def test_absent_modality_features_are_ignored(speaker_relative):
     torch.manual_seed(0)
     model = SpikEmo(tiny_config(speaker_relative_inputs=speaker_relative), DIMS, NUM_CLASSES).double().eval()
@@ -125,9 +125,10 @@ def test_speaker_means_average_each_speakers_present_utterances_of_the_dialogue(
     torch.testing.assert_close(means, expected)
 
 
-def test_speaker_relative_inputs_see_the_other_utterances_of_the_same_speaker_only():
+@pytest.mark.parametrize("speaker_relative", ["centred", "zscore"])
+def test_speaker_relative_inputs_see_the_other_utterances_of_the_same_speaker_only(speaker_relative):
     torch.manual_seed(0)
-    config = tiny_config(speaker_relative_inputs=True, use_spiking=False, dialogue_context=[], fusion_layers=0)
+    config = tiny_config(speaker_relative_inputs=speaker_relative, use_spiking=False, dialogue_context=[], fusion_layers=0)
     model = SpikEmo(config, {"audio": DIMS["audio"]}, NUM_CLASSES).double().eval()
     batch = make_batch([4], modalities=("audio",), seed=4, dtype=torch.float64)
     batch.party = torch.tensor([[0, 1, 0, 1]])
@@ -136,6 +137,27 @@ def test_speaker_relative_inputs_see_the_other_utterances_of_the_same_speaker_on
     changed = model(batch).logits
     assert not torch.allclose(changed[0, 0], reference[0, 0])  # the same speaker's mean moved
     torch.testing.assert_close(changed[0, [1, 3]], reference[0, [1, 3]])  # the other speaker's did not
+
+
+def test_zscore_inputs_ignore_a_speakers_own_offset_and_centred_ones_do_not():
+    torch.manual_seed(0)
+    batch = make_batch([5], modalities=("audio",), seed=5, dtype=torch.float64)
+    batch.party = torch.tensor([[0, 1, 0, 0, 1]])
+    louder = make_batch([5], modalities=("audio",), seed=5, dtype=torch.float64)
+    louder.party = batch.party
+    louder.features["audio"][0, [0, 2, 3]] += torch.linspace(1.0, 3.0, DIMS["audio"], dtype=torch.float64)
+    logits = {}
+    for mode in ("centred", "zscore"):
+        config = tiny_config(speaker_relative_inputs=mode, use_spiking=False, dialogue_context=[], fusion_layers=0)
+        model = SpikEmo(config, {"audio": DIMS["audio"]}, NUM_CLASSES).double().eval()
+        logits[mode] = (model(batch).logits, model(louder).logits)
+    torch.testing.assert_close(*logits["zscore"])
+    assert not torch.allclose(*logits["centred"])
+
+
+def test_speaker_relative_inputs_read_older_boolean_configs():
+    assert tiny_config(speaker_relative_inputs=True).speaker_relative_inputs == "centred"
+    assert tiny_config(speaker_relative_inputs=False).speaker_relative_inputs == "off"
 
 
 def test_cross_attention_without_any_key_gives_zero_update():

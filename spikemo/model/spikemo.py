@@ -1,9 +1,11 @@
 """SpikEmo (Yu, Wang, Qiao 2024): projection -> dialogue context -> spiking gate -> MultiAttn fusion -> classifier.
 
 Per modality m with features u_m [B, L, D_m]:
-    h_m = Linear(u_m)                                      (zeroed where m is absent); Linear([u_m; u_m - mean of
-                                                           the speaker's u_m in the dialogue]) with
-                                                           model.speaker_relative_inputs
+    h_m = Linear(u_m)                                      (zeroed where m is absent); with
+                                                           model.speaker_relative_inputs, u_m relative to the
+                                                           speaker's u_m in the dialogue: centred
+                                                           Linear([u_m; u_m - mean]), zscore
+                                                           Linear((u_m - mean) / std)
     h_m = DialogueRNN(h_m)                                 if m in config.dialogue_context (h_m + DialogueRNN(h_m)
                                                            with model.dialogue_context_residual)
     s_m = Spikformer(h_m [+ E_party + E_turn])             SSA across the dialogue's present utterances;
@@ -38,6 +40,7 @@ from spikemo.model.spiking import Spikformer
 
 MAX_PARTIES = 16  # speakers per dialogue with their own embedding; later ones share the last
 MAX_TURNS = 64  # turn positions with their own embedding; later ones share the last
+SPEAKER_VARIANCE_FLOOR = 1e-2  # added to a speaker's variance (features are standardised: 1 is the corpus's)
 
 
 @dataclass
@@ -78,7 +81,7 @@ class SpikEmo(nn.Module):
         for m in self.modalities:  # input standardisation, set from the training split (part of the weights)
             self.register_buffer(f"input_mean_{m}", torch.zeros(input_dims[m]))
             self.register_buffer(f"input_std_{m}", torch.ones(input_dims[m]))
-        widening = 2 if config.speaker_relative_inputs else 1
+        widening = 2 if config.speaker_relative_inputs == "centred" else 1
         self.projections = nn.ModuleDict({m: nn.Linear(widening * input_dims[m], dim) for m in self.modalities})
         self.input_dropout = nn.Dropout(config.dropout)
         self.contexts = nn.ModuleDict(
@@ -122,8 +125,7 @@ class SpikEmo(nn.Module):
         hidden = {}
         for m in self.modalities:
             standardised = (batch.features[m] - getattr(self, f"input_mean_{m}")) / getattr(self, f"input_std_{m}")
-            if self.config.speaker_relative_inputs:
-                standardised = torch.cat([standardised, standardised - _speaker_means(standardised, batch.party, present[m])], -1)
+            standardised = self._speaker_relative(standardised, batch.party, present[m])
             h = self.input_dropout(self.projections[m](standardised)) * present[m].unsqueeze(-1).to(batch.features[m].dtype)
             if m in self.contexts:
                 context = self.contexts[m](h, batch.party)
@@ -137,6 +139,15 @@ class SpikEmo(nn.Module):
         if self.speaker_evidence is not None:
             logits = self.speaker_evidence(logits, batch.party, real)
         return SpikEmoOutput(logits=logits, modality_features={m: _unpack(f, real) for m, f in fused.items()})
+
+    def _speaker_relative(self, features: torch.Tensor, party: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        mode = self.config.speaker_relative_inputs
+        if mode == "off":
+            return features
+        centred = features - _speaker_means(features, party, present)
+        if mode == "centred":
+            return torch.cat([features, centred], -1)
+        return centred / (_speaker_means(centred.square(), party, present) + SPEAKER_VARIANCE_FLOOR).sqrt()
 
     def _spike_gate(
         self, hidden: dict[str, torch.Tensor], present: dict[str, torch.Tensor], party: torch.Tensor
