@@ -215,6 +215,12 @@ class TrainConfig(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
     loss_weights: LossWeights = LossWeights()
     patience: int = Field(8, ge=1, description="Epochs without a better dev weighted-F1 before training stops.")
+    keep: Literal["best_dev", "last"] = Field(
+        "best_dev",
+        description="best_dev: the weights of the epoch with the best dev weighted-F1, with early stopping after "
+        "`patience` epochs without one; last: the weights after the last epoch, no early stopping (for dev splits "
+        "too small to pick an epoch, such as one speaker's clips). Dev still scores the kept weights for gating.",
+    )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field(

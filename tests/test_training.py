@@ -207,6 +207,21 @@ def test_training_reduces_loss_and_writes_a_loadable_checkpoint(corpus, tmp_path
     assert evaluate(reloaded, batches, LABELS)["weighted_f1"] == pytest.approx(result.test_metrics["weighted_f1"])
 
 
+def test_keeping_the_last_epoch_trains_to_the_end_and_keeps_its_weights(corpus, tmp_path):
+    manifest, features = corpus
+    frozen = {"epochs": 4, "patience": 1, "lr": 1e-12}  # dev never improves after epoch 0
+    best = train_model(tiny_config(**frozen), manifest, features, LABELS, tmp_path / "best")
+    result = train_model(tiny_config(**frozen, keep="last"), manifest, features, LABELS, tmp_path / "last")
+
+    assert len(best.history) == 2 and best.best_epoch == 0  # early stopping after one epoch without improvement
+    assert len(result.history) == 4 and result.best_epoch == 3
+    assert result.dev_metrics["weighted_f1"] == pytest.approx(result.history[-1]["dev_weighted_f1"])
+    weights, spec = load_model_checkpoint(result.checkpoint_path)
+    assert spec["epoch"] == 3
+    for name, tensor in result.model.state_dict().items():
+        assert torch.equal(tensor, weights[name]), name
+
+
 def test_selection_uses_dev_only(corpus, tmp_path):
     manifest, features = corpus
     adversarial = manifest.copy()

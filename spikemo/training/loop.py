@@ -305,11 +305,12 @@ class _TrainingRun:
         return metrics, firing_rates, energy
 
     def _select(self, selection: SelectionState, epoch: int, metrics: dict[str, float]) -> None:
-        """Model selection, learning-rate schedule and early-stopping count, all on dev weighted-F1."""
+        """Model selection, learning-rate schedule and early-stopping count, all on dev weighted-F1 (with
+        ``train.keep: last`` every epoch is kept in turn, so training runs to the end)."""
         score = metrics[f"dev_{SELECTION_METRIC}"]
         selection.epoch = epoch
         selection.history.append(metrics)
-        if score > selection.best_score:
+        if score > selection.best_score or self.train_config.keep == "last":
             selection.best_score = score
             selection.best_epoch = epoch
             selection.epochs_without_improvement = 0

@@ -1,0 +1,81 @@
+"""EmoDB: choices for ``configs/emodb.yaml`` judged without the reported speakers (a nested check).
+
+For each reported speaker k (the test speaker of ``model_vs_baselines.py``'s fold k), speaker k is dropped; the
+other seven take turns as inner test speaker, the next of them selects, the remaining five train. Every inner
+fold trains each candidate: ``configs/emodb.yaml`` with the candidate's overrides. Per reported speaker the
+summary gives the inner test speakers' mean weighted-F1 of each candidate and the candidate a nested protocol
+would pick for that fold, never having looked at speaker k. Each line printed is one inner run; the last line
+is the summary.
+
+    .venv/bin/python bench/emodb_nested_choice.py --candidates best_dev,last --seeds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from model_vs_baselines import REPO, SHARED_DATA, VARIANTS, emodb_folds
+
+from spikemo.config import with_overrides
+from spikemo.training import build_dialogue_data, train_on_dialogue_data
+
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "best_dev": {"train.keep": "best_dev", "train.patience": 15},  # the epoch the selection speaker likes best
+    "last": {"train.keep": "last"},  # the weights after the last epoch
+    "softmax_gate": {"train.keep": "last", "model.spike_gate": "utterance_softmax"},
+    "paper": {"train.keep": "last", **VARIANTS["paper"]},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--candidates", default="best_dev,last", help=f"comma-separated subset of {list(CANDIDATES)}")
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--emodb-root", type=Path, default=SHARED_DATA / "emodb")
+    parser.add_argument("--cache", type=Path, default=REPO / "feature_cache")
+    parser.add_argument("--work", type=Path, default=REPO / ".spikemo" / "bench")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    candidates = args.candidates.split(",")
+    if set(candidates) - set(CANDIDATES):
+        parser.error(f"unknown candidate(s) {sorted(set(candidates) - set(CANDIDATES))}; choose from {list(CANDIDATES)}")
+    torch.set_num_threads(args.threads)
+    base = next(emodb_folds(argparse.Namespace(**{**vars(args), "seeds": 1}, emodb_session_length=0, epochs=None)))
+    speakers = sorted(base.manifest["speaker"].unique())
+    records = []
+    for reported in speakers:
+        inner = [s for s in speakers if s != reported]
+        manifest = base.manifest[base.manifest["speaker"] != reported]
+        for position, inner_test in enumerate(inner):
+            selecting = inner[(position + 1) % len(inner)]
+            split = np.where(manifest["speaker"] == inner_test, "test", np.where(manifest["speaker"] == selecting, "dev", "train"))
+            data = build_dialogue_data(manifest.assign(split=split), base.features, len(base.labels))
+            for seed in range(args.seeds):
+                for candidate in candidates:
+                    config = with_overrides(base.config, {**CANDIDATES[candidate], "train.seed": seed})
+                    with tempfile.TemporaryDirectory() as run_dir:
+                        result = train_on_dialogue_data(config, data, base.labels, Path(run_dir), resume=False)
+                    record = {
+                        "reported_speaker": reported, "inner_test_speaker": inner_test, "seed": seed, "candidate": candidate,
+                        "inner_test_weighted_f1": round(result.test_metrics["weighted_f1"], 2), "kept_epoch": result.best_epoch,
+                    }
+                    print(json.dumps(record), flush=True)
+                    records.append(record)
+    table = pd.DataFrame(records).groupby(["reported_speaker", "candidate"])["inner_test_weighted_f1"].mean().unstack()[candidates]
+    summary = {
+        speaker: {**{candidate: round(row[candidate], 2) for candidate in candidates}, "nested_choice": row.idxmax()}
+        for speaker, row in table.iterrows()
+    }
+    means = {candidate: round(table[candidate].mean(), 2) for candidate in candidates}
+    print(json.dumps({"benchmark": "emodb_nested_choice", "seeds": args.seeds, "per_reported_speaker": summary, "mean": means}))
+
+
+if __name__ == "__main__":
+    main()
