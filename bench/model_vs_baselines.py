@@ -15,7 +15,8 @@ where the config leaves them off), ``no_speaker_evidence`` (likewise its speaker
 ``paper`` (the paper-faithful model: Heaviside input encoding, softmax gate over utterances, no
 speaker/position embeddings, DialogueRNN output replacing its input, no speaker evidence, tau 10, loss weights
 0.4/1/0.3, Adam with L2; same sizes and schedule so the comparison isolates the design) and ``linear_probe``
-(the probe every training run fits). Each line printed is one run; the last line is the summary: per dataset
+(the probe every training run fits); ``linear_probe_speaker_zscore`` is that probe on inputs z-scored over each
+speaker's utterances in each dialogue, as ``model.speaker_relative_inputs: zscore`` sees them. Each line printed is one run; the last line is the summary: per dataset
 and variant the mean ± std of the reported split's weighted-F1 (and accuracy), and the differences of ``ours``
 from the probe and from ``no_spiking``.
 
@@ -42,6 +43,7 @@ from spikemo.data.demo import DemoCorpusSettings, make_demo_corpus
 from spikemo.data.schema import read_manifest
 from spikemo.features.extract import load_features, preprocess
 from spikemo.training import build_dialogue_data, train_on_dialogue_data
+from spikemo.model.spikemo import SPEAKER_VARIANCE_FLOOR
 from spikemo.training.baseline import fit_linear_probe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +67,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
 }
 PROBE = "linear_probe"
+SPEAKER_PROBE = "linear_probe_speaker_zscore"  # the probe on inputs z-scored over each speaker in each dialogue
+PROBES = (PROBE, SPEAKER_PROBE)
 
 
 @dataclass
@@ -154,15 +158,38 @@ def _prepared(config: SpikEmoConfig) -> tuple[pd.DataFrame, list[str], dict[str,
     return manifest, metadata["labels"], features
 
 
+def _speaker_zscored(manifest: pd.DataFrame, features: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Each modality's usable embeddings as ``model.speaker_relative_inputs: zscore`` sees them: standardised with
+    the train split's statistics, then z-scored over the same speaker's utterances in the same dialogue."""
+    speakers = manifest.set_index("utterance_key")[["dialogue_id", "speaker", "split"]]
+    normalised = {}
+    for modality, table in features.items():
+        usable = table[table["status"] == "ok"].join(speakers, on="utterance_key")
+        values = np.stack(usable["embedding"].to_numpy()).astype(np.float64)
+        train = values[usable["split"].to_numpy() == "train"]
+        values = (values - train.mean(0)) / np.where(train.std(0) > 1e-6, train.std(0), 1.0)
+        groups = usable.groupby(["dialogue_id", "speaker"]).ngroup().to_numpy()
+        centred = values - pd.DataFrame(values).groupby(groups).transform("mean").to_numpy()
+        variance = pd.DataFrame(centred**2).groupby(groups).transform("mean").to_numpy()
+        zscores = (centred / np.sqrt(variance + SPEAKER_VARIANCE_FLOOR)).astype(np.float32)
+        normalised[modality] = table.copy()
+        normalised[modality].loc[usable.index, "embedding"] = pd.Series(list(zscores), index=usable.index)
+    return normalised
+
+
 def run_fold(dataset: str, fold: Fold, variants: list[str]) -> list[dict[str, Any]]:
     records = []
     seed = fold.config.train.seed
     data = build_dialogue_data(fold.manifest, fold.features, len(fold.labels))
-    if PROBE in variants and seed == 0:  # the probe is deterministic: one fit per fold
+    for probe_variant in (v for v in PROBES if v in variants and seed == 0):  # deterministic: one fit per fold
         started = time.perf_counter()
-        probe = fit_linear_probe(data, fold.labels, seed=seed)
-        records.append(_record(dataset, fold.name, PROBE, seed, probe.test_metrics, probe.dev_metrics, time.perf_counter() - started, C=probe.C))
-    for variant in (v for v in variants if v != PROBE):
+        features = fold.features if probe_variant == PROBE else _speaker_zscored(fold.manifest, fold.features)
+        probe_data = data if probe_variant == PROBE else build_dialogue_data(fold.manifest, features, len(fold.labels))
+        probe = fit_linear_probe(probe_data, fold.labels, seed=seed)
+        records.append(
+            _record(dataset, fold.name, probe_variant, seed, probe.test_metrics, probe.dev_metrics, time.perf_counter() - started, C=probe.C)
+        )
+    for variant in (v for v in variants if v not in PROBES):
         config = with_overrides(fold.config, VARIANTS[variant])
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as run_dir:
@@ -216,7 +243,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="meld,emodb,demo", help="comma-separated subset of meld,emodb,demo")
-    parser.add_argument("--variants", default="ours,no_spiking,ce_only,paper,linear_probe", help=f"any of {[*VARIANTS, PROBE]}")
+    parser.add_argument("--variants", default="ours,no_spiking,ce_only,paper,linear_probe", help=f"any of {[*VARIANTS, *PROBES]}")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per dataset (EmoDB: per fold)")
     parser.add_argument("--epochs", type=int, help="override each config's train.epochs")
     parser.add_argument("--demo-dialogues", type=int, default=400, help="size of the generated corpus (also its seed)")
@@ -231,9 +258,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     variants = args.variants.split(",")
-    unknown = set(variants) - {*VARIANTS, PROBE}
+    unknown = set(variants) - {*VARIANTS, *PROBES}
     if unknown:
-        parser.error(f"unknown variant(s) {sorted(unknown)}; choose from {[*VARIANTS, PROBE]}")
+        parser.error(f"unknown variant(s) {sorted(unknown)}; choose from {[*VARIANTS, *PROBES]}")
     records = []
     for dataset in args.datasets.split(","):
         for fold in DATASETS[dataset](args):
