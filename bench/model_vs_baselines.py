@@ -16,9 +16,9 @@ where the config leaves them off), ``no_speaker_evidence`` (likewise its speaker
 speaker/position embeddings, DialogueRNN output replacing its input, no speaker evidence, tau 10, loss weights
 0.4/1/0.3, Adam with L2; same sizes and schedule so the comparison isolates the design) and ``linear_probe``
 (the probe every training run fits); ``linear_probe_speaker_zscore`` is that probe on inputs z-scored over each
-speaker's utterances in each dialogue, as ``model.speaker_relative_inputs: zscore`` sees them. Each line printed is one run; the last line is the summary: per dataset
-and variant the mean ± std of the reported split's weighted-F1 (and accuracy), and the differences of ``ours``
-from the probe and from ``no_spiking``.
+speaker's utterances in each dialogue, as ``model.speaker_relative_inputs: zscore`` sees them. Each line printed
+is one run; the last line is the summary: per dataset and variant the mean ± std of the reported split's
+weighted-F1 (and accuracy), and the differences of ``ours`` from the other variants and probes.
 
     .venv/bin/python bench/model_vs_baselines.py --datasets meld,emodb,demo --seeds 3
 """
@@ -42,8 +42,8 @@ from spikemo.config import SpikEmoConfig, load_config, with_overrides
 from spikemo.data.demo import DemoCorpusSettings, make_demo_corpus
 from spikemo.data.schema import read_manifest
 from spikemo.features.extract import load_features, preprocess
-from spikemo.training import build_dialogue_data, train_on_dialogue_data
 from spikemo.model.spikemo import SPEAKER_VARIANCE_FLOOR
+from spikemo.training import build_dialogue_data, train_on_dialogue_data
 from spikemo.training.baseline import fit_linear_probe
 
 REPO = Path(__file__).resolve().parents[1]
