@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import torch
+import transformers
 
 from spikemo.config import DataConfig, EncoderConfig, FeaturesConfig, SpikEmoConfig, TextEncoderConfig
 from spikemo.data.ingest import ingest
@@ -210,6 +212,23 @@ def test_hugging_face_encoders_with_tiny_local_models(demo_manifest: Path, tiny_
     mtcnn = features.model_copy(update={"visual": EncoderConfig(name="hf-image", params={"model": str(tiny_models["vit"])})})
     detected = extract_modality(demo_manifest, "visual", mtcnn, cache)
     assert (detected.encoded, detected.failed, detected.failure_reasons) == (0, 7, {"cannot open video": 1, "no face detected in any of 3 frames": 6})
+
+
+def test_text_features_can_pool_a_lower_layer(tiny_models: dict[str, Path]) -> None:
+    def text_encoder(layer: int):
+        return build_encoder("text", FeaturesConfig(text=TextEncoderConfig(name="hf-text", params={"model": str(tiny_models["bert"]), "layer": layer})))
+
+    inputs = text_encoder(1).build_inputs(pd.DataFrame({"text": ["a short line", "another, somewhat longer line of text"]}))
+    model = transformers.AutoModel.from_pretrained(tiny_models["bert"]).eval()
+    tokens = text_encoder(1).tokenize(inputs)
+    with torch.inference_mode():
+        states = model(**tokens, output_hidden_states=True).hidden_states
+    mask = tokens["attention_mask"].unsqueeze(-1).float()
+    for layer, expected in ((1, states[1]), (-1, states[2]), (0, states[0])):
+        pooled = (expected * mask).sum(1) / mask.sum(1)
+        np.testing.assert_allclose(text_encoder(layer).encode(inputs).embeddings, pooled.numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="layer=3: .* has layers 0 \\(embeddings\\) to 2"):
+        text_encoder(3).encode(inputs)
 
 
 def test_cache_is_plain_parquet_with_metadata(demo_manifest: Path, tmp_path: Path) -> None:

@@ -80,14 +80,13 @@ class UtteranceClassifier(nn.Module):
 
     def __init__(self, encoder: HFTextEncoder, num_labels: int, dropout: float):
         super().__init__()
-        self.pool = encoder.pool
+        self.pooled = encoder.pooled
         self.encoder = load_pretrained(transformers.AutoModel, encoder.model_dir, "features.text.params.model")
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.encoder.config.hidden_size, num_labels)
 
     def forward(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        states = self.encoder(**tokens).last_hidden_state
-        return self.head(self.dropout(self.pool(states, tokens["attention_mask"]).float()))
+        return self.head(self.dropout(self.pooled(self.encoder, tokens).float()))
 
 
 def finetune_folder(config: SpikEmoConfig, manifest: pd.DataFrame) -> Path:

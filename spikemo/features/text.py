@@ -16,6 +16,7 @@ import transformers
 from pydantic import Field
 
 from spikemo.features.base import EncodedBatch, Encoder, EncoderParams, batches, model_files, register_encoder
+from spikemo.errors import ConfigError
 from spikemo.features.hf import load_pretrained, masked_mean, resolve_model_dir
 
 
@@ -99,6 +100,11 @@ class TextEncoder(Encoder):
 class HFTextParams(EncoderParams):
     model: str = Field("minilm", description="Hugging Face model folder or cached id; 'minilm' = packaged all-MiniLM-L6-v2.")
     pooling: Literal["mean", "cls"] = "mean"
+    layer: int = Field(
+        -1,
+        description="Hidden layer whose states are pooled: 0 the embeddings, 1..n the transformer layers, negative "
+        "counts from the top (-1 the last).",
+    )
     context_turns: int = Field(0, ge=0, description="Previous turns of the dialogue given as the first segment (EmoBERTa).")
     future_turns: int = Field(0, ge=0, description="Next turns of the dialogue, after the utterance and a separator.")
     speaker_names: bool = Field(False, description="Prepend 'Speaker: ' to the utterance and to each context turn.")
@@ -112,7 +118,7 @@ class HFTextParams(EncoderParams):
 
 @register_encoder
 class HFTextEncoder(TextEncoder):
-    """Any Hugging Face text encoder (AutoModel + AutoTokenizer), mean- or CLS-pooled."""
+    """Any Hugging Face text encoder (AutoModel + AutoTokenizer), mean- or CLS-pooled at any layer."""
 
     name = "hf-text"
     Params = HFTextParams
@@ -164,8 +170,19 @@ class HFTextEncoder(TextEncoder):
             pairs = ([item.text for item in inputs],)
         return self.tokenizer(*pairs, padding=True, truncation=True, max_length=self.params.max_length, return_tensors="pt")
 
-    def pool(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return states[:, 0] if self.params.pooling == "cls" else masked_mean(states, attention_mask)
+    def pooled(self, model: Any, tokens: Any) -> torch.Tensor:
+        """``model``'s states at ``params.layer`` for the tokens, pooled per input."""
+        layers = model.config.num_hidden_layers
+        if not -(layers + 1) <= self.params.layer <= layers:
+            raise ConfigError(
+                f"features.text.params.layer={self.params.layer}: {self.model_dir} has layers 0 (embeddings) to {layers}; "
+                "choose one of them or count from the top (-1 the last)"
+            )
+        if self.params.layer == -1:
+            states = model(**tokens).last_hidden_state
+        else:
+            states = model(**tokens, output_hidden_states=True).hidden_states[self.params.layer]
+        return states[:, 0] if self.params.pooling == "cls" else masked_mean(states, tokens["attention_mask"])
 
     @torch.inference_mode()
     def encode(self, inputs: Sequence[TextItem]) -> EncodedBatch:
@@ -174,8 +191,7 @@ class HFTextEncoder(TextEncoder):
         for chunk in batches(len(inputs), self.runtime.batch_size, longest_first):
             tokens = self.tokenize([inputs[i] for i in chunk]).to(self.runtime.device)
             with self.runtime.autocast():
-                states = self.model(**tokens).last_hidden_state
-            pooled = self.pool(states, tokens["attention_mask"])
+                pooled = self.pooled(self.model, tokens)
             if self.params.normalize:
                 pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
             out[chunk] = pooled.float().cpu().numpy()
