@@ -7,7 +7,7 @@ summary gives the inner test speakers' mean weighted-F1 of each candidate and th
 would pick for that fold, never having looked at speaker k. Each line printed is one inner run; the last line
 is the summary.
 
-    .venv/bin/python bench/emodb_nested_choice.py --candidates best_dev,last --seeds 1
+    .venv/bin/python bench/emodb_nested_choice.py --candidates feature_gate_last,softmax_gate_last --seeds 3
 """
 
 from __future__ import annotations
@@ -26,17 +26,18 @@ from model_vs_baselines import REPO, SHARED_DATA, VARIANTS, emodb_folds
 from spikemo.config import with_overrides
 from spikemo.training import build_dialogue_data, train_on_dialogue_data
 
-CANDIDATES: dict[str, dict[str, Any]] = {
-    "best_dev": {"train.keep": "best_dev", "train.patience": 15},  # the epoch the selection speaker likes best
-    "last": {"train.keep": "last"},  # the weights after the last epoch
-    "softmax_gate": {"train.keep": "last", "model.spike_gate": "utterance_softmax"},
-    "paper": {"train.keep": "last", **VARIANTS["paper"]},
+CANDIDATES: dict[str, dict[str, Any]] = {  # each names its gate and epoch rule, whatever the config holds
+    "feature_gate_best_dev": {"model.spike_gate": "feature", "train.keep": "best_dev", "train.patience": 15},
+    "feature_gate_last": {"model.spike_gate": "feature", "train.keep": "last"},
+    "softmax_gate_best_dev": {"model.spike_gate": "utterance_softmax", "train.keep": "best_dev", "train.patience": 15},
+    "softmax_gate_last": {"model.spike_gate": "utterance_softmax", "train.keep": "last"},
+    "paper_last": {**VARIANTS["paper"], "train.keep": "last"},
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--candidates", default="best_dev,last", help=f"comma-separated subset of {list(CANDIDATES)}")
+    parser.add_argument("--candidates", default="feature_gate_last,softmax_gate_last", help=f"comma-separated subset of {list(CANDIDATES)}")
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--emodb-root", type=Path, default=SHARED_DATA / "emodb")
     parser.add_argument("--cache", type=Path, default=REPO / "feature_cache")
