@@ -42,7 +42,7 @@ from spikemo.config import SpikEmoConfig, load_config, with_overrides
 from spikemo.data.demo import DemoCorpusSettings, make_demo_corpus
 from spikemo.data.schema import read_manifest
 from spikemo.features.extract import load_features, preprocess
-from spikemo.model.spikemo import SPEAKER_VARIANCE_FLOOR
+from spikemo.model.spikemo import speaker_zscores
 from spikemo.training import build_dialogue_data, train_on_dialogue_data
 from spikemo.training.baseline import fit_linear_probe
 
@@ -168,10 +168,11 @@ def _speaker_zscored(manifest: pd.DataFrame, features: dict[str, pd.DataFrame]) 
         values = np.stack(usable["embedding"].to_numpy()).astype(np.float64)
         train = values[usable["split"].to_numpy() == "train"]
         values = (values - train.mean(0)) / np.where(train.std(0) > 1e-6, train.std(0), 1.0)
-        groups = usable.groupby(["dialogue_id", "speaker"]).ngroup().to_numpy()
-        centred = values - pd.DataFrame(values).groupby(groups).transform("mean").to_numpy()
-        variance = pd.DataFrame(centred**2).groupby(groups).transform("mean").to_numpy()
-        zscores = (centred / np.sqrt(variance + SPEAKER_VARIANCE_FLOOR)).astype(np.float32)
+        zscores = np.empty_like(values, dtype=np.float32)
+        for rows in usable.groupby("dialogue_id").indices.values():
+            party = torch.from_numpy(pd.factorize(usable["speaker"].to_numpy()[rows])[0])[None]
+            dialogue = torch.from_numpy(values[rows])[None]
+            zscores[rows] = speaker_zscores(dialogue, party, torch.ones_like(party, dtype=torch.bool))[0].numpy()
         normalised[modality] = table.copy()
         normalised[modality].loc[usable.index, "embedding"] = pd.Series(list(zscores), index=usable.index)
     return normalised

@@ -69,6 +69,13 @@ def _speaker_means(features: torch.Tensor, party: torch.Tensor, present: torch.T
     return (membership @ (sums / counts)) * present.unsqueeze(-1).to(features.dtype)
 
 
+def speaker_zscores(features: torch.Tensor, party: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """``features`` [B, L, D] minus their speaker's mean in the dialogue, over that speaker's standard deviation
+    there (its variance plus ``SPEAKER_VARIANCE_FLOOR``); a speaker with one present utterance gets zeros."""
+    centred = features - _speaker_means(features, party, present)
+    return centred / (_speaker_means(centred.square(), party, present) + SPEAKER_VARIANCE_FLOOR).sqrt()
+
+
 class SpikEmo(nn.Module):
     def __init__(self, config: ModelConfig, input_dims: dict[str, int], num_classes: int):
         super().__init__()
@@ -144,10 +151,9 @@ class SpikEmo(nn.Module):
         mode = self.config.speaker_relative_inputs
         if mode == "off":
             return features
-        centred = features - _speaker_means(features, party, present)
         if mode == "centred":
-            return torch.cat([features, centred], -1)
-        return centred / (_speaker_means(centred.square(), party, present) + SPEAKER_VARIANCE_FLOOR).sqrt()
+            return torch.cat([features, features - _speaker_means(features, party, present)], -1)
+        return speaker_zscores(features, party, present)
 
     def _spike_gate(
         self, hidden: dict[str, torch.Tensor], present: dict[str, torch.Tensor], party: torch.Tensor
