@@ -11,7 +11,7 @@ probe and SpikEmo (``configs/meld.yaml``, text) on the fine-tuned encoder's feat
 own wall time. Prints one JSON line per part.
 
     .venv/bin/python bench/finetune_text.py --part speed
-    .venv/bin/python bench/finetune_text.py --part accuracy --config configs/meld-finetuned.yaml
+    .venv/bin/python bench/finetune_text.py --part accuracy --configs configs/meld-mpnet.yaml,configs/meld-finetuned.yaml
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import psutil
 import torch
 
 from spikemo.config import SpikEmoConfig, load_config
@@ -106,9 +108,10 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def accuracy(args: argparse.Namespace) -> dict[str, Any]:
-    """Fine-tune on train less a fixed 10% of its dialogues, select on that 10%, report MELD dev."""
-    config = _meld_config(args, {}, args.config)
-    manifest_path = _ingested(config)  # features do not depend on the split (context stays in its dialogue): extracted on it
+    """Fine-tune on train less a fixed 10% of its dialogues, select on that 10%, report MELD dev; one row per
+    recipe (``--configs``), all in this invocation on the same splits."""
+    base = _meld_config(args, {}, args.configs[0])
+    manifest_path = _ingested(base)  # features do not depend on the split (context stays in its dialogue): extracted on it
     manifest, metadata = read_manifest(manifest_path)
     train_dialogues = np.sort(manifest.loc[manifest["split"] == "train", "dialogue_id"].unique())
     selection = set(np.random.default_rng(0).choice(train_dialogues, size=round(0.1 * len(train_dialogues)), replace=False))
@@ -119,42 +122,84 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
     resplit_path = Path(args.work) / "meld-select10" / "manifest.parquet"
     write_manifest(resplit, pd.read_parquet(problems_path(manifest_path)), resplit_path, dataset=metadata["dataset"],
                    labels=metadata["labels"], speakers=metadata["speakers"], root=Path(metadata["root"]))
-    config = config.model_copy(update={"data": config.data.model_copy(update={"name": "meld-select10"})})
+    rows = []
+    for path in args.configs:
+        rows.append(_recipe_row(args, path, manifest_path, resplit, resplit_path, metadata["labels"]))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return {"benchmark": "finetune_text_accuracy", "reported_split": "MELD dev (selection: a fixed 10% of train dialogues)",
+            "threads": args.threads, "recipes": rows}
 
-    frozen_features = config.features.model_copy(update={"text": config.features.text.model_copy(update={"finetune": None, "params": {"model": "minilm", "pooling": "mean"}})})
+
+def _recipe_row(args: argparse.Namespace, path: Path, manifest_path: Path, resplit: pd.DataFrame, resplit_path: Path,
+                labels: list[str]) -> dict[str, Any]:
+    """Frozen probe, fine-tune (time, peak memory), the classifier, and the probe and SpikEmo on its features."""
+    config = _meld_config(args, {"data.name": "meld-select10"}, path)
+    text = config.features.text
+    frozen_layer = args.frozen_layer.get(text.params["model"], -1)
+    frozen_text = text.model_copy(update={"finetune": None, "params": {"model": text.params["model"], "pooling": "mean", "layer": frozen_layer}})
+    frozen_features = config.features.model_copy(update={"text": frozen_text})
     extract_modality(manifest_path, "text", frozen_features, config.cache)
-    frozen_probe = _probe(resplit, load_features(resplit, "text", frozen_features, config.cache), metadata["labels"])
+    frozen_probe = _probe(resplit, load_features(resplit, "text", frozen_features, config.cache), labels)
 
-    started = time.perf_counter()
-    finetuned = finetune_text_encoder(config, resplit_path)
-    finetune_seconds = time.perf_counter() - started
+    with PeakRSS() as memory:
+        started = time.perf_counter()
+        finetuned = finetune_text_encoder(config, resplit_path)
+        finetune_seconds = time.perf_counter() - started
     tuned = finetuned_text_config(config, resplit_path)
     extract_modality(manifest_path, "text", tuned.features, config.cache)
     features = {"text": load_features(resplit, "text", tuned.features, config.cache)}
-    tuned_probe = _probe(resplit, features["text"], metadata["labels"])
+    tuned_probe = _probe(resplit, features["text"], labels)
     spikemo_scores = []
     for seed in range(args.seeds):
         seeded = tuned.model_copy(update={"train": tuned.train.model_copy(update={"seed": seed})})
         with tempfile.TemporaryDirectory() as run_dir:
-            result = train_model(seeded, resplit, features, metadata["labels"], Path(run_dir), resume=False)
+            result = train_model(seeded, resplit, features, labels, Path(run_dir), resume=False)
         spikemo_scores.append(result.test_metrics["weighted_f1"])
-        print(json.dumps({"spikemo_seed": seed, "reported_weighted_f1": result.test_metrics["weighted_f1"], "best_epoch": result.best_epoch}), file=sys.stderr, flush=True)
+        print(json.dumps({"config": str(path), "spikemo_seed": seed, "reported_weighted_f1": result.test_metrics["weighted_f1"],
+                          "best_epoch": result.best_epoch}), file=sys.stderr, flush=True)
+    spikemo_mean = float(np.mean(spikemo_scores))
     return {
-        "benchmark": "finetune_text_accuracy",
-        "reported_split": "MELD dev (selection: a fixed 10% of train dialogues)",
-        "text_params": config.features.text.params,
-        "finetune": config.features.text.finetune.model_dump() if config.features.text.finetune else None,
+        "config": str(path),
+        "text_params": text.params,
+        "finetune": text.finetune.model_dump() if text.finetune else None,
         "finetune_seconds": round(finetune_seconds, 1),
+        "finetune_peak_rss_gb": round(memory.peak / 2**30, 2),
         "finetune_reused": finetuned.reused,
         "finetune_epochs_run": finetuned.epochs_run,
+        "frozen_layer": frozen_layer,
         "frozen_probe_weighted_f1": round(frozen_probe, 2),
         "finetuned_classifier_selection_weighted_f1": round(finetuned.dev_weighted_f1, 2),  # what recipes are chosen on
         "finetuned_classifier_weighted_f1": round(finetuned.test_weighted_f1, 2),
         "finetuned_probe_weighted_f1": round(tuned_probe, 2),
-        "spikemo_finetuned_weighted_f1_mean": round(float(np.mean(spikemo_scores)), 2),
+        "spikemo_finetuned_weighted_f1": [round(score, 2) for score in spikemo_scores],
+        "spikemo_finetuned_weighted_f1_mean": round(spikemo_mean, 2),
         "spikemo_finetuned_weighted_f1_std": round(float(np.std(spikemo_scores, ddof=1)), 2) if len(spikemo_scores) > 1 else 0.0,
-        "spikemo_minus_frozen_probe": round(float(np.mean(spikemo_scores)) - frozen_probe, 2),
+        "spikemo_minus_finetuned_probe": round(spikemo_mean - tuned_probe, 2),
+        "spikemo_minus_finetuned_classifier": round(spikemo_mean - finetuned.test_weighted_f1, 2),
+        "spikemo_minus_frozen_probe": round(spikemo_mean - frozen_probe, 2),
     }
+
+
+class PeakRSS:
+    """The process's peak resident memory while the block runs, sampled every 0.2 s."""
+
+    def __enter__(self) -> PeakRSS:
+        self.peak = 0
+        self._process = psutil.Process()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while True:
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            if self._stop.wait(0.2):
+                return
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _probe(manifest: pd.DataFrame, features: pd.DataFrame, labels: list[str]) -> float:
@@ -176,7 +221,11 @@ def _ingested(config: SpikEmoConfig) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=["speed", "accuracy", "speed-worker"], required=True)
-    parser.add_argument("--config", type=Path, default=REPO / "configs" / "meld-finetuned.yaml", help="accuracy: the recipe")
+    parser.add_argument("--configs", type=lambda value: [Path(path) for path in value.split(",")],
+                        default=[REPO / "configs" / "meld-mpnet.yaml", REPO / "configs" / "meld-finetuned.yaml"],
+                        help="accuracy: comma-separated recipes, one row each (default: MPNet, then MiniLM)")
+    parser.add_argument("--frozen-layer", type=lambda value: {k: int(v) for k, v in (item.split("=") for item in value.split(","))},
+                        default={"minilm": 4, "mpnet": 8}, help="accuracy: layer of the frozen-probe features per model alias")
     parser.add_argument("--setting", type=int, nargs=3, metavar=("MAX_LENGTH", "CONTEXT_TURNS", "FREEZE_LAYERS"))
     parser.add_argument("--steps", type=int, default=12, help="speed: timed training steps per setting")
     parser.add_argument("--batch-size", type=int, default=16)

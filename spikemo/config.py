@@ -80,6 +80,12 @@ class TextFinetuneConfig(Section):
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of the optimizer steps with a linear warm-up; linear decay after.")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before the classification head.")
     freeze_layers: int = Field(0, ge=0, description="Freeze the embeddings and this many lowest transformer layers (faster, less memory).")
+    layer_lr_decay: float = Field(
+        1.0, gt=0, le=1, description="Layer-wise lr decay: the head gets lr, the top layer lr x this, each layer below x this again."
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="bf16 autocast: 'auto' uses it on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX)."
+    )
     patience: int = Field(2, ge=1, description="Epochs without a better dev weighted-F1 before stopping.")
     seed: int = 0
 

