@@ -337,14 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace) -> SpikEmoConfig:
-    """Defaults, the config file, ``--set`` overrides, then the command's own options (commands without the
-    common options, such as ``make-demo-data``, get the defaults)."""
+    """Defaults, the config file, ``--set`` overrides, then the command's own options that were given (commands
+    without the common options, such as ``make-demo-data``, get the defaults)."""
     overrides: dict[str, Any] = dict(parse_override(item) for item in getattr(args, "overrides", []))
     if getattr(args, "workdir", None):
         overrides["workdir"] = str(args.workdir)
     if getattr(args, "cache", None):
         overrides["cache"] = str(args.cache)
-    overrides.update(args.overrides_from(args))
+    overrides.update({key: value for key, value in args.overrides_from(args).items() if value is not None})
     return load_config(getattr(args, "config", None) or getattr(args, "default_config", None), overrides)
 
 

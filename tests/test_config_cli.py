@@ -105,3 +105,28 @@ def test_overrides_on_a_resolved_config_keep_its_nulls():
     assert config.train.ema_decay is None
     changed = with_overrides(config, {"train.epochs": 3, "train.grad_clip": None})
     assert changed.train.epochs == 3 and changed.train.ema_decay is None and changed.train.grad_clip is None
+
+
+@pytest.mark.parametrize(
+    ("command", "key", "set_value", "option", "option_value", "read"),
+    [
+        ("train", "train.epochs", "4", ["--epochs", "7"], 7, lambda c: c.train.epochs),
+        ("train", "features.modalities", "[audio]", ["--modalities", "visual"], ["visual"], lambda c: c.features.modalities),
+        ("preprocess", "features.modalities", "[audio]", ["--modalities", "visual"], ["visual"], lambda c: c.features.modalities),
+        ("ingest", "data.format", "emorynlp", ["--format", "manifest"], "manifest", lambda c: c.data.format),
+        ("finetune-text", "data.name", "from-set", ["--name", "from-option"], "from-option", lambda c: c.data.dataset_name),
+        ("evaluate", "data.name", "from-set", ["--name", "from-option"], "from-option", lambda c: c.data.dataset_name),
+        ("ui", "workdir", "from-set", ["--workdir", "from-option"], "from-option", lambda c: Path(c.workdir).name),
+    ],
+)
+def test_precedence_is_defaults_then_config_then_set_then_given_options(command, key, set_value, option, option_value, read, tmp_path):
+    from spikemo.cli import resolve_config
+
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("train:\n  epochs: 20\nfeatures:\n  modalities: [text]\ndata:\n  name: from-file\n")
+    required = {"evaluate": ["--model", "models:/m@champion"]}.get(command, [])
+    parse = lambda *extra: resolve_config(build_parser().parse_args([command, *required, "--config", str(config_file), *extra]))  # noqa: E731
+    from_file = parse()
+    from_set = parse("--set", f"{key}={set_value}")
+    assert read(from_set) != read(from_file) and read(from_set) == read(load_config(config_file, dict([parse_override(f"{key}={set_value}")])))
+    assert read(parse("--set", f"{key}={set_value}", *option)) == option_value
