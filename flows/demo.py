@@ -7,12 +7,12 @@ under ``<workdir>/prefect``), a sqlite MLflow store and the local feature cache,
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from spikemo.config import SpikEmoConfig
+from spikemo.servers import run_until_stopped
 
 PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -81,6 +81,6 @@ def serve_prefect_ui(workdir: Path, host: str, port: int) -> dict[str, Any]:
         "PREFECT_UI_API_URL": api_url,
     }
     prefect = Path(sys.executable).with_name("prefect")
-    print(f"Prefect UI for {os.environ['PREFECT_HOME']} at http://{host}:{port} (Ctrl-C stops it)", file=sys.stderr)
-    subprocess.run([str(prefect), "server", "start", "--host", host, "--port", str(port)], env=environment, check=False)
+    print(f"Prefect UI for {os.environ['PREFECT_HOME']} at http://{host}:{port} (Ctrl-C or SIGTERM stops it)", file=sys.stderr)
+    run_until_stopped([str(prefect), "server", "start", "--host", host, "--port", str(port)], env=environment)
     return {"command": "prefect-ui", "url": f"http://{host}:{port}", "api_url": api_url, "prefect_home": os.environ["PREFECT_HOME"]}

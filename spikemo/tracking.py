@@ -38,6 +38,7 @@ from spikemo import reports
 from spikemo.bundle import SPEC_FILE, EncoderSpec, ModelSpec
 from spikemo.config import SpikEmoConfig
 from spikemo.errors import ConfigError
+from spikemo.servers import run_until_stopped
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -487,6 +488,6 @@ def serve_ui(config: SpikEmoConfig, host: str, port: int) -> dict[str, Any]:
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     if uri == f"sqlite:///{(config.workdir / 'mlflow.db').resolve()}":
         command += ["--default-artifact-root", (config.workdir / "mlartifacts").resolve().as_uri()]
-    print(f"MLflow UI for {redact(uri)} at {url} (Ctrl-C stops it)", file=sys.stderr)
-    subprocess.run(command, check=False)
+    print(f"MLflow UI for {redact(uri)} at {url} (Ctrl-C or SIGTERM stops it)", file=sys.stderr)
+    run_until_stopped(command)
     return {"command": "ui", "url": url, "tracking_uri": redact(uri)}

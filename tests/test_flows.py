@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -110,33 +111,59 @@ def test_training_cache_key_follows_the_library_code(tmp_path, monkeypatch, meld
     assert train._training_inputs(None, parameters) != before
 
 
-def test_prefect_ui_on_any_port_calls_its_own_api(tmp_path):
+def _free_port() -> int:
     import socket
-    import time
-    import urllib.request
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    environment = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "spikemo.cli", "prefect-ui", "--workdir", str(tmp_path), "--port", str(port)],
-        env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
+        return probe.getsockname()[1]
+
+
+def _answers(url: str) -> bytes | None:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read()
+    except OSError:
+        return None
+
+
+def _serve_then_sigterm(command: list[str], url: str, environment: dict[str, str]) -> bytes:
+    """Start a ``spikemo`` server command, wait for ``url`` to answer, SIGTERM the command alone (not its
+    group) and check that it exits and its server no longer answers; returns the first answer."""
+    import time
+
+    server = subprocess.Popen([sys.executable, "-m", "spikemo.cli", *command], env=environment,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
-        settings = None
-        while time.monotonic() < deadline and settings is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui-settings", timeout=5) as response:
-                    settings = json.loads(response.read())
-            except OSError:
-                time.sleep(2)
-        assert settings is not None, "the Prefect server did not answer"
-        assert settings["api_url"] == f"http://127.0.0.1:{port}/api"
+        answer = None
+        while time.monotonic() < deadline and answer is None:
+            answer = _answers(url)
+            time.sleep(0 if answer else 2)
+        assert answer is not None, f"{command[0]} did not answer"
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+        assert _answers(url) is None, "the child server survived SIGTERM"
+        return answer
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=60)
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+
+
+def test_prefect_ui_on_any_port_calls_its_own_api_and_stops_on_sigterm(tmp_path):
+    port = _free_port()
+    environment = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    answer = _serve_then_sigterm(["prefect-ui", "--workdir", str(tmp_path), "--port", str(port)],
+                                 f"http://127.0.0.1:{port}/ui-settings", environment)
+    assert json.loads(answer)["api_url"] == f"http://127.0.0.1:{port}/api"
+
+
+def test_mlflow_ui_stops_on_sigterm(tmp_path):
+    port = _free_port()
+    answer = _serve_then_sigterm(["ui", "--workdir", str(tmp_path), "--port", str(port)], f"http://127.0.0.1:{port}/health", dict(os.environ))
+    assert answer.strip() == b"OK"
 
 
 def test_extraction_runs_on_a_local_dask_cluster(tmp_path, meld_conversations, tiny_config):
