@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
 from functools import cache
@@ -19,6 +21,21 @@ from spikemo.config import SpikEmoConfig, load_config, with_overrides
 from spikemo.errors import ConfigError, SpikemoError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def show_spikemo_progress() -> None:
+    """spikemo's INFO lines (epochs, extraction counts, registry decisions) reach the flow-run logs wherever a
+    flow runs (a deployment's worker process included): Prefect attaches its handlers to the ``spikemo`` logger
+    (PREFECT_LOGGING_EXTRA_LOGGERS) but leaves its level to the root's WARNING. A level set by the CLI is kept.
+    Outside a terminal, MLflow's artifact progress bars are off (their frames fill worker logs)."""
+    logger = logging.getLogger("spikemo")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    if not sys.stderr.isatty():
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+show_spikemo_progress()
 
 
 def resolve_config(config_path: str | None, overrides: dict[str, Any] | None, config: dict[str, Any] | None = None) -> SpikEmoConfig:

@@ -222,3 +222,47 @@ def test_pipeline_flow_fine_tunes_the_text_encoder_then_reuses_it(tmp_path, meld
     assert first["finetune"]["model_path"] == second["finetune"]["model_path"]
     assert first["text"]["encoded"] == 594 and second["text"]["encoded"] == 0
     assert first["alias"] == "champion"
+
+
+def test_a_deployment_run_by_a_real_worker_logs_spikemo_progress(tmp_path, meld_conversations, tiny_config):
+    """prefect.yaml's work pool settings, a Prefect server, `prefect deploy`, `prefect deployment run` and a
+    worker process (not in-process): spikemo's INFO lines reach the flow run's logs in the API."""
+    import re
+    import time
+
+    port = _free_port()
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    environment = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                   "DO_NOT_TRACK": "true", "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    environment.pop("PREFECT_LOGGING_EXTRA_LOGGERS", None)  # only the deployment's own settings may set it
+    server = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=environment,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while _answers(f"http://127.0.0.1:{port}/api/health") is None:
+            assert time.monotonic() < deadline, "the Prefect server did not answer"
+            time.sleep(2)
+        document = yaml.safe_load((REPO / "prefect.yaml").read_text())
+        pool = document["definitions"]["work_pools"]["process_pool"]
+        config = tiny_config(meld_conversations, tmp_path / "work", tmp_path / "cache", **{"train.epochs": 2})
+        document["deployments"] = [{"name": "tiny", "entrypoint": "flows/train.py:train_flow", "work_pool": pool,
+                                    "parameters": {"config": config.model_dump(mode="json")}}]
+        prefect_file = tmp_path / "prefect.yaml"
+        prefect_file.write_text(yaml.safe_dump(document))
+
+        def prefect_cli(*arguments: str, timeout: float = 300) -> str:
+            done = subprocess.run([prefect, *arguments], env=environment, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+            return done.stdout
+
+        prefect_cli("work-pool", "create", pool["name"], "--type", "process")
+        prefect_cli("--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file))
+        flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", prefect_cli("deployment", "run", "spikemo-train/tiny")).group(1)
+        prefect_cli("worker", "start", "--pool", pool["name"], "--run-once", timeout=600)
+        logs = prefect_cli("flow-run", "logs", flow_run_id)
+        assert re.search(r"epoch 1 of 0-1: train loss", logs), logs[-3000:]
+        assert re.search(r"text \(hf-text\): \d+ encoded, 0 reused", logs), logs[-3000:]
+        assert "gating score" in logs and "Downloading artifacts" not in logs
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
