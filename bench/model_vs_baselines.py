@@ -1,8 +1,10 @@
 """SpikEmo variants against a linear probe, on splits never used for selection, over several seeds.
 
 Datasets (each trained with its shipped config's model and training sections):
-- ``meld``: MELD text (frozen MiniLM features from the cache). A fixed 10% of the train dialogues selects
-  (epoch, probe C), MELD's dev split is reported: the shared copy holds no test split.
+- ``meld``: MELD text (``--meld-config``, default configs/meld.yaml: frozen MiniLM features from the cache; a
+  config with a text fine-tune reads the encoder that bench/finetune_text.py fine-tuned on the same selection
+  split). A fixed 10% of the train dialogues selects (epoch, probe C), MELD's dev split is reported: the
+  shared copy holds no test split.
 - ``emodb``: EmoDB speech, eGeMAPS features, speaker-independent. Each speaker's clips form one session
   (a "dialogue" of that speaker's utterances); fold k reports on speaker k, selects on speaker k+1 and
   trains on the other six; every one of the 8 folds runs every seed.
@@ -10,7 +12,9 @@ Datasets (each trained with its shipped config's model and training sections):
   utterances are reported, a standard error of about 1.7 points; 200 dialogues leave 179 and 309), all three
   modalities, its own train/dev/test.
 Variants: ``ours`` (the config as shipped), ``no_spiking`` (its spiking branch removed), ``ce_only`` (its loss
-reduced to cross-entropy), ``no_speaker_relative`` (its speaker-relative inputs off; the same as ``ours``
+reduced to cross-entropy), ``speaker_evidence`` (two rounds of speaker-chain evidence), ``text_dialogue_rnn``
+(the DialogueRNN on text too), ``input_noise`` (Gaussian noise of 0.5 standard deviations on the standardised
+training inputs), ``no_speaker_relative`` (its speaker-relative inputs off; the same as ``ours``
 where the config leaves them off), ``no_speaker_evidence`` (likewise its speaker-chain evidence rounds),
 ``paper`` (the paper-faithful model: Heaviside input encoding, softmax gate over utterances, no
 speaker/position embeddings, DialogueRNN output replacing its input, no speaker evidence, tau 10, loss weights
@@ -42,6 +46,7 @@ from spikemo.config import SpikEmoConfig, load_config, with_overrides
 from spikemo.data.demo import DemoCorpusSettings, make_demo_corpus
 from spikemo.data.schema import read_manifest
 from spikemo.features.extract import load_features, preprocess
+from spikemo.features.finetune import finetuned_text_config
 from spikemo.model.spikemo import speaker_zscores
 from spikemo.training import build_dialogue_data, train_on_dialogue_data
 from spikemo.training.baseline import fit_linear_probe
@@ -65,6 +70,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "train.optimizer": "adam",
         "train.weight_decay": 1e-5,
     },
+    # ideas for features of a fine-tuned encoder (--meld-config configs/meld-mpnet.yaml), judged on the selection split
+    "speaker_evidence": {"model.speaker_evidence_rounds": 2},
+    "text_dialogue_rnn": {"model.dialogue_context": ["text", "audio", "visual"]},
+    "input_noise": {"model.input_noise": 0.5},
 }
 PROBE = "linear_probe"
 SPEAKER_PROBE = "linear_probe_speaker_zscore"  # the probe on inputs z-scored over each speaker in each dialogue
@@ -83,10 +92,16 @@ class Fold:
 
 
 def meld_folds(args: argparse.Namespace) -> Iterator[Fold]:
-    config = _config("meld.yaml", args, {"data.root": str(args.meld_root), "features.modalities": ["text"]})
+    config = _config(args.meld_config, args, {"data.root": str(args.meld_root), "features.modalities": ["text"]})
+    if config.features.text.finetune is not None:  # the fine-tune bench/finetune_text.py ran on the same resplit
+        resplit_path = args.work / "meld-select10" / "manifest.parquet"
+        if not resplit_path.is_file():
+            raise SystemExit(f"{args.meld_config} fine-tunes its text encoder: run bench/finetune_text.py --part accuracy with it first")
+        fine_tuned_on = config.model_copy(update={"workdir": args.work, "data": config.data.model_copy(update={"name": "meld-select10"})})
+        config = config.model_copy(update={"features": finetuned_text_config(fine_tuned_on, resplit_path).features})
     manifest, labels, features = _prepared(config)
     train_dialogues = np.sort(manifest.loc[manifest["split"] == "train", "dialogue_id"].unique())
-    rng = np.random.default_rng(0)  # the same selection dialogues for every seed and variant
+    rng = np.random.default_rng(0)  # the same selection dialogues for every seed and variant (and bench/finetune_text.py)
     selection = set(rng.choice(train_dialogues, size=round(0.1 * len(train_dialogues)), replace=False))
     resplit = manifest["split"].map({"train": "train", "dev": "test"}).where(
         ~manifest["dialogue_id"].isin(selection) | (manifest["split"] != "train"), "dev"
@@ -230,6 +245,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
                 "weighted_f1_mean": round(runs["reported_weighted_f1"].mean(), 2),
                 "weighted_f1_std": round(runs["reported_weighted_f1"].std(ddof=1), 2) if len(runs) > 1 else 0.0,
                 "accuracy_mean": round(runs["reported_accuracy"].mean(), 2),
+                "selection_weighted_f1_mean": round(runs["selection_weighted_f1"].mean(), 2),
                 "runs": len(runs),
                 "seconds_mean": round(runs["seconds"].mean(), 1),
             }
@@ -249,6 +265,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="override each config's train.epochs")
     parser.add_argument("--demo-dialogues", type=int, default=400, help="size of the generated corpus (also its seed)")
     parser.add_argument("--meld-root", type=Path, default=SHARED_DATA / "meld")
+    parser.add_argument("--meld-config", default="meld.yaml", help="MELD config under configs/ (one with a text fine-tune "
+                        "reads the encoder bench/finetune_text.py fine-tuned on the same selection split)")
     parser.add_argument(
         "--emodb-session-length", type=int, default=0, help="EmoDB clips per speaker session (0: all of a speaker's clips)"
     )

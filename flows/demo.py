@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from spikemo.config import SpikEmoConfig
+from spikemo.reports import score_with_interval, verdict_line
 from spikemo.servers import run_until_stopped
 
 PREFECT_DEFAULTS = {
@@ -50,9 +51,10 @@ def run_demo(config: SpikEmoConfig, data: Path | None, dialogues: int | None) ->
                 "",
                 f"SpikEmo on the demo corpus ({result['preprocess']['utterances']} utterances, modalities {', '.join(config.features.modalities)}):",
                 f"  dev weighted-F1  {trained['dev_weighted_f1']:.2f}",
-                f"  test weighted-F1 {trained['test_weighted_f1']:.2f}   macro-F1 {trained['test_macro_f1']:.2f}   accuracy {trained['test_accuracy']:.2f}",
-                f"  linear probe on the same features: test weighted-F1 {_score(trained['baseline_test_weighted_f1'])}"
-                f"   (SpikEmo {'beats' if trained['beats_baseline'] else 'does not beat'} it)",
+                f"  test weighted-F1 {score_with_interval(trained, 'test_weighted_f1')}   macro-F1 "
+                f"{score_with_interval(trained, 'test_macro_f1')}   accuracy {score_with_interval(trained, 'test_accuracy')}",
+                f"  linear probe on the same features: test weighted-F1 {score_with_interval(trained, 'baseline_test_weighted_f1')}",
+                f"  SpikEmo - probe: {verdict_line(trained)}   (95% intervals over test dialogues)",
                 f"  registered: {trained['model_uri']} -> alias '{trained['alias']}'",
                 "",
                 f"MLflow UI:  spikemo ui --workdir {config.workdir}      (http://127.0.0.1:5000)",
@@ -64,9 +66,6 @@ def run_demo(config: SpikEmoConfig, data: Path | None, dialogues: int | None) ->
     )
     return {"command": "demo", "corpus": str(corpus), **trained, "preprocess": result["preprocess"]}
 
-
-def _score(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
 
 
 def serve_prefect_ui(workdir: Path, host: str, port: int) -> dict[str, Any]:

@@ -118,12 +118,13 @@ def cmd_finetune_text(args: argparse.Namespace, config: SpikEmoConfig) -> dict[s
 
 def cmd_train(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
     from spikemo.experiment import run_experiment
+    from spikemo.reports import score_with_interval, verdict_line
 
     summary = run_experiment(config)
     print(
         f"run {summary['run_id']}: dev weighted-F1 {summary['dev_weighted_f1']:.2f}, "
-        f"test weighted-F1 {_percent(summary['test_weighted_f1'])} "
-        f"(linear probe {_percent(summary['baseline_test_weighted_f1'])}); "
+        f"test weighted-F1 {score_with_interval(summary, 'test_weighted_f1')} "
+        f"(linear probe {score_with_interval(summary, 'baseline_test_weighted_f1')}; {verdict_line(summary)}); "
         f"{summary['registered_model']} v{summary['model_version']} is {summary['alias']}"
     )
     return {"command": "train", "dataset": config.data.dataset_name, **summary}
@@ -131,12 +132,14 @@ def cmd_train(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]
 
 def cmd_evaluate(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
     from spikemo.predict import Predictor, evaluate_predictions
+    from spikemo.reports import score_with_interval
 
     tracking_connect(config)
     predictor = Predictor.from_uri(args.model)
     data = config.data if (config.data.root or config.data.manifest) else None
-    metrics = evaluate_predictions(predictor, data, config.cache, args.split)
-    print(f"{args.model} on {args.split}: weighted-F1 {metrics['weighted_f1']:.2f}, accuracy {metrics['accuracy']:.2f}")
+    metrics = evaluate_predictions(predictor, data, config.cache, args.split, config.tracking.bootstrap_draws, config.tracking.bootstrap_seed)
+    print(f"{args.model} on {args.split}: weighted-F1 {score_with_interval(metrics, 'weighted_f1')}, macro-F1 "
+          f"{score_with_interval(metrics, 'macro_f1')}, accuracy {score_with_interval(metrics, 'accuracy')} (95% intervals over dialogues)")
     return {"command": "evaluate", "model": args.model, "split": args.split, **metrics}
 
 

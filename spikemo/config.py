@@ -185,6 +185,12 @@ class ModelConfig(Section):
         "probabilities in the dialogue (nearest earlier, nearest later, mean of the rest; weights start at zero): "
         "a stacked emotion-chain smoother, model/evidence.py. 0: off.",
     )
+    input_noise: float = Field(
+        0.0,
+        ge=0,
+        description="Training only: standard deviation of Gaussian noise added to the standardised inputs (features "
+        "of a fine-tuned encoder are cleaner on the utterances it was trained on than on new ones). 0: off.",
+    )
     compile_neurons: bool = Field(False, description="torch.compile each LIF neuron (fuses its time loop; first call compiles).")
 
     @field_validator("speaker_relative_inputs", mode="before")
@@ -249,6 +255,10 @@ class TrackingConfig(Section):
     require_beating_baseline: bool = Field(
         False, description="Champion only if the run also beats its own linear probe on the gating split."
     )
+    bootstrap_draws: int = Field(
+        1000, ge=100, description="Resamples of whole test dialogues behind each reported score's 95% interval."
+    )
+    bootstrap_seed: int = 0
 
 
     @field_validator("gating_split", mode="before")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
@@ -30,6 +31,8 @@ from spikemo.features.finetune import finetuned_text_config
 from spikemo.predict import Predictor, evaluate_predictions
 from spikemo.training import build_dialogue_data, train_on_dialogue_data
 from spikemo.training.baseline import fit_linear_probe
+from spikemo.training.data import DialogueData
+from spikemo.training.metrics import BootstrapReport, dialogue_bootstrap
 
 ACTIVE_RUN_FILE = "mlflow_run_id"
 log = logging.getLogger(__name__)
@@ -105,7 +108,8 @@ def train_and_log(config: SpikEmoConfig, data: PreparedData) -> TrainedRun:
         mlflow.log_metric("best_epoch", result.best_epoch, step=result.best_epoch)
         probe = fit_linear_probe(dialogue_data, data.labels, seed=config.train.seed)
         baseline = {"dev": probe.dev_metrics, **({"test": probe.test_metrics} if probe.test_metrics else {})}
-        comparison = tracking.log_baseline(probe.C, baseline, metrics, final)
+        intervals = _test_intervals(config, dialogue_data, result.test_predictions, probe.test_predictions, len(data.labels))
+        comparison = tracking.log_baseline(probe.C, baseline, metrics, final, intervals)
         mlflow.set_tag("spikemo.device", result.device)
         spec = ModelSpec(
             dataset=config.data.dataset_name, labels=data.labels, model=config.model, features=data.features_config, encoders=data.encoders
@@ -127,11 +131,27 @@ def train_and_log(config: SpikEmoConfig, data: PreparedData) -> TrainedRun:
         "baseline_test_weighted_f1": (probe.test_metrics or {}).get("weighted_f1"),
         "beats_baseline": comparison.beats,
         "baseline_comparison": comparison.description,
+        **(intervals.summary("test_") if intervals is not None else {}),
     }
     gating_split = config.tracking.gating_split
     return TrainedRun(
         run.info.run_id, bundle, metrics[gating_split]["weighted_f1"], summary, baseline[gating_split]["weighted_f1"],
         logged_model.model_id,
+    )
+
+
+def _test_intervals(
+    config: SpikEmoConfig, data: DialogueData, model: np.ndarray | None, probe: np.ndarray | None, num_classes: int
+) -> BootstrapReport | None:
+    """95% intervals of the test scores of the model and the probe, and of their paired difference, from
+    resampling whole test dialogues; None without a labelled test split."""
+    if model is None or probe is None:
+        return None
+    test = data.splits["test"]
+    labelled = test.labels >= 0
+    return dialogue_bootstrap(
+        test.labels[labelled], model, test.dialogue_index[labelled], num_classes, baseline_predictions=probe,
+        draws=config.tracking.bootstrap_draws, seed=config.tracking.bootstrap_seed,
     )
 
 

@@ -27,7 +27,7 @@ from spikemo.features.base import build_encoder
 from spikemo.features.extract import extract_modality, load_features
 from spikemo.model.spikemo import SpikEmo
 from spikemo.training.data import build_dialogue_data, collate_dialogues
-from spikemo.training.metrics import classification_metrics
+from spikemo.training.metrics import classification_metrics, dialogue_bootstrap
 from spikemo.tracking import resolve_model_uri
 
 log = logging.getLogger(__name__)
@@ -177,15 +177,18 @@ def read_conversations(path: Path) -> pd.DataFrame:
     return frame
 
 
-def evaluate_predictions(predictor: Predictor, data: DataConfig | None, cache: Path, split: str) -> dict[str, Any]:
-    """Score ``predictor`` on one split of a dataset (default: the dataset the model was trained on)."""
+def evaluate_predictions(
+    predictor: Predictor, data: DataConfig | None, cache: Path, split: str, bootstrap_draws: int = 1000, bootstrap_seed: int = 0
+) -> dict[str, Any]:
+    """Score ``predictor`` on one split of a dataset (default: the dataset the model was trained on), with
+    95% intervals of the headline scores from resampling the split's dialogues (``weighted_f1_ci`` …)."""
     if data is None:
         raise ConfigError("evaluate needs the dataset: pass --format/--root (or --manifest) or a --config with data.root")
     predictions = predictor.predict_dataset(data, Path(cache), splits=[split])
     manifest, _ = read_manifest(Path(cache) / f"{data.dataset_name}-predict" / "manifest.parquet")
-    truth = manifest.set_index("utterance_key")["label"]  # by name: the data's label order may differ from the model's
+    by_key = manifest.set_index("utterance_key")
     scored = predictions[predictions["utterance_key"].notna()]
-    names = truth.reindex(scored["utterance_key"]).to_numpy()
+    names = by_key["label"].reindex(scored["utterance_key"]).to_numpy()  # by name: the label order may differ from the model's
     labelled = pd.notna(names)
     if not labelled.any():
         raise DataError(f"the {split} split has no labelled utterance to score")
@@ -198,7 +201,9 @@ def evaluate_predictions(predictor: Predictor, data: DataConfig | None, cache: P
         )
     truth_ids = np.array([label_ids[name] for name in names[labelled]], dtype=np.int64)
     predicted = scored["label"].map(label_ids).to_numpy()[labelled].astype(np.int64)
-    return classification_metrics(truth_ids, predicted, predictor.spec.labels)
+    dialogues = by_key["dialogue_id"].reindex(scored["utterance_key"]).to_numpy()[labelled]
+    intervals = dialogue_bootstrap(truth_ids, predicted, dialogues, len(label_ids), draws=bootstrap_draws, seed=bootstrap_seed)
+    return {**classification_metrics(truth_ids, predicted, predictor.spec.labels), **intervals.summary()}
 
 
 def write_predictions(predictions: pd.DataFrame, out: Path) -> dict[str, Any]:

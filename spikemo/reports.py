@@ -1,4 +1,5 @@
-"""Figures and tables that describe a training run: confusion matrix, learning curves, firing rates.
+"""Figures, tables and score lines that describe a training run: confusion matrix, learning curves, firing
+rates, scores with their intervals.
 
 Figures use matplotlib's object API (no pyplot, no global backend state).
 """
@@ -11,6 +12,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+
+
+def score_with_interval(summary: dict[str, Any], key: str) -> str:
+    """``60.4 [55.1, 65.3]``: ``summary[key]`` and its 95% interval ``summary[key + '_ci']`` when present."""
+    value = summary.get(key)
+    if value is None:
+        return "n/a"
+    interval = summary.get(f"{key}_ci")
+    return f"{value:.1f}" + (f" [{interval[0]:.1f}, {interval[1]:.1f}]" if interval else "")
+
+
+def verdict_line(summary: dict[str, Any]) -> str:
+    """The model against its linear probe on test: the paired difference, its interval and the verdict."""
+    difference = summary.get("test_weighted_f1_minus_baseline")
+    if difference is None:
+        return f"SpikEmo {'beats' if summary.get('beats_baseline') else 'does not beat'} it"
+    value, low, high = difference
+    return f"difference {value:+.1f} [{low:+.1f}, {high:+.1f}]: {summary['verdict_vs_baseline']}"
 
 
 def confusion_matrix_figure(matrix: Sequence[Sequence[int]], labels: list[str], title: str) -> Figure:

@@ -39,6 +39,7 @@ from spikemo.bundle import SPEC_FILE, EncoderSpec, ModelSpec
 from spikemo.config import SpikEmoConfig
 from spikemo.errors import ConfigError
 from spikemo.servers import run_until_stopped
+from spikemo.training.metrics import BootstrapReport
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -270,25 +271,49 @@ class BaselineComparison:
     split: str  # test when the run has one, else dev
     beats: bool  # the model's weighted-F1 on that split is strictly higher than the probe's
     description: str
+    verdict: str | None = None  # on test: better / worse / no significant difference (paired bootstrap)
 
 
 def log_baseline(
-    C: float, baseline: dict[str, dict[str, Any]], model: dict[str, dict[str, Any]], final: FinalMetrics
+    C: float,
+    baseline: dict[str, dict[str, Any]],
+    model: dict[str, dict[str, Any]],
+    final: FinalMetrics,
+    intervals: BootstrapReport | None = None,
 ) -> BaselineComparison:
     """The linear probe's scores as ``baseline_<split>_*`` metrics beside the model's, and tags saying whether
-    the model beats it on the reported split (test, else dev)."""
+    the model beats it on the reported split (test, else dev). With the test bootstrap ``intervals``, every
+    test score's 95% interval (``test/weighted_f1_ci_low`` …), the paired difference model - probe
+    (``test/minus_baseline_weighted_f1`` …) and the verdict (tag ``spikemo.verdict_vs_baseline``)."""
     mlflow.log_param("baseline.C", C)
     for split, scores in baseline.items():
         final.log(_final_metrics(split, scores, "baseline_"), split)
     split = "test" if "test" in baseline and "test" in model else "dev"
     ours, probe = model[split]["weighted_f1"], baseline[split]["weighted_f1"]
-    comparison = BaselineComparison(
-        split=split,
-        beats=ours > probe,
-        description=f"{split} weighted-F1 {ours:.2f} vs linear probe {probe:.2f} ({ours - probe:+.2f})",
-    )
+    description = f"{split} weighted-F1 {ours:.2f} vs linear probe {probe:.2f} ({ours - probe:+.2f})"
+    verdict = None
+    if intervals is not None and split == "test" and intervals.difference is not None:
+        final.log(_interval_metrics(intervals), "test")
+        verdict = intervals.verdict
+        gap = intervals.difference["weighted_f1"]
+        description = (f"test weighted-F1 {intervals.scores['weighted_f1']} vs linear probe {intervals.baseline['weighted_f1']}: "
+                       f"difference {gap}, {verdict} (95% intervals, {intervals.draws} dialogue resamples)")
+        mlflow.set_tag("spikemo.verdict_vs_baseline", verdict)
+    comparison = BaselineComparison(split=split, beats=ours > probe, description=description, verdict=verdict)
     mlflow.set_tags({"spikemo.beats_baseline": str(comparison.beats).lower(), "spikemo.baseline_comparison": comparison.description})
     return comparison
+
+
+def _interval_metrics(intervals: BootstrapReport) -> dict[str, float]:
+    metrics = {}
+    groups = {"": intervals.scores, "baseline_": intervals.baseline or {}, "minus_baseline_": intervals.difference or {}}
+    for prefix, scores in groups.items():
+        for name, interval in scores.items():
+            if prefix == "minus_baseline_":
+                metrics[f"test/{prefix}{name}"] = interval.value
+            metrics[f"test/{prefix}{name}_ci_low"] = interval.low
+            metrics[f"test/{prefix}{name}_ci_high"] = interval.high
+    return metrics
 
 
 PREDICTION_INPUT = Schema(
@@ -390,9 +415,11 @@ def _version_description(config: SpikEmoConfig, summary: dict[str, Any], alias: 
         value = summary.get(key)
         return "n/a" if value is None else f"{value:.2f}"
 
+    verdict = f"; against the probe: {reports.verdict_line(summary)}" if summary.get("verdict_vs_baseline") else ""
     return (
         f"SpikEmo on {config.data.dataset_name} ({', '.join(config.features.modalities)}). "
-        f"Test weighted-F1 {score('test_weighted_f1')} (linear probe {score('baseline_test_weighted_f1')}), "
+        f"Test weighted-F1 {reports.score_with_interval(summary, 'test_weighted_f1')} (linear probe "
+        f"{reports.score_with_interval(summary, 'baseline_test_weighted_f1')}{verdict}; 95% intervals over test dialogues), "
         f"dev {score('dev_weighted_f1')}, accuracy {score('test_accuracy')}; best epoch {summary.get('best_epoch', 'n/a')} "
         f"of {summary.get('epochs_run', 'n/a')}. Alias {alias}: {decision}."
     )

@@ -91,6 +91,7 @@ def test_evaluate_reproduces_the_training_runs_test_score(text_model, tmp_path, 
     assert code == 0
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert scores["weighted_f1"] == pytest.approx(summary["test_weighted_f1"], abs=1e-6)
+    assert scores["weighted_f1_ci"] == summary["test_weighted_f1_ci"]  # same dialogues, same seed, same resamples
 
 
 def _as_manifest(root, out):
@@ -119,6 +120,7 @@ def test_evaluate_maps_labels_by_name_and_refuses_unknown_ones(text_model, tmp_p
     assert main([*common, str(tmp_path / "gentext.csv"), "--labels", reversed_labels]) == 0
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert scores["weighted_f1"] == pytest.approx(summary["test_weighted_f1"], abs=1e-6)
+    assert scores["weighted_f1_ci"] == summary["test_weighted_f1_ci"]  # same dialogues, same seed, same resamples
 
     manifest.loc[0, "label"] = "sarcasm"
     manifest.to_csv(tmp_path / "sarcastic.csv", index=False)

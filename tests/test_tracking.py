@@ -69,6 +69,14 @@ def test_run_holds_params_metrics_artifacts_and_inputs(store):
     beats = summary["test_weighted_f1"] > summary["baseline_test_weighted_f1"]
     assert run.data.tags["spikemo.beats_baseline"] == str(beats).lower() and summary["beats_baseline"] == beats
     assert run.data.tags["spikemo.baseline_comparison"].startswith("test weighted-F1 ")
+    low, high = summary["test_weighted_f1_ci"]
+    assert low <= summary["test_weighted_f1"] <= high and low < high
+    assert run.data.metrics["test/weighted_f1_ci_low"] == pytest.approx(low, abs=0.01)
+    difference, difference_low, difference_high = summary["test_weighted_f1_minus_baseline"]
+    assert difference == pytest.approx(summary["test_weighted_f1"] - summary["baseline_test_weighted_f1"], abs=0.01)
+    assert run.data.metrics["test/minus_baseline_weighted_f1_ci_high"] == pytest.approx(difference_high, abs=0.01)
+    expected_verdict = "better" if difference_low > 0 else "worse" if difference_high < 0 else "no significant difference"
+    assert summary["verdict_vs_baseline"] == run.data.tags["spikemo.verdict_vs_baseline"] == expected_verdict
     contexts = {tag.value for dataset_input in run.inputs.dataset_inputs for tag in dataset_input.tags if tag.key == "mlflow.data.context"}
     assert {"train", "dev", "test", "features"} <= contexts
 
@@ -93,6 +101,9 @@ def test_logged_model_and_version_describe_the_selected_model(store):
     version = client.get_model_version("spikemo-meldsmall", summary["model_version"])
     assert version.description.startswith("SpikEmo on meldsmall (text). Test weighted-F1 ")
     assert "linear probe" in version.description and "Alias champion" in version.description
+    low, high = summary["test_weighted_f1_ci"]
+    assert f"{summary['test_weighted_f1']:.1f} [{low:.1f}, {high:.1f}]" in version.description
+    assert summary["verdict_vs_baseline"] in version.description
     experiment_id = client.get_experiment_by_name(config.tracking.experiment).experiment_id
     (logged,) = mlflow.search_logged_models(
         experiment_ids=[experiment_id], filter_string=f"source_run_id = '{summary['run_id']}'", output_format="list"

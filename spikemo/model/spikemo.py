@@ -1,7 +1,8 @@
 """SpikEmo (Yu, Wang, Qiao 2024): projection -> dialogue context -> spiking gate -> MultiAttn fusion -> classifier.
 
 Per modality m with features u_m [B, L, D_m]:
-    h_m = Linear(u_m)                                      (zeroed where m is absent); with
+    h_m = Linear(u_m)                                      (zeroed where m is absent; u_m standardised, plus
+                                                           model.input_noise Gaussian noise in training); with
                                                            model.speaker_relative_inputs, u_m relative to the
                                                            speaker's u_m in the dialogue: centred
                                                            Linear([u_m; u_m - mean]), zscore
@@ -132,6 +133,8 @@ class SpikEmo(nn.Module):
         hidden = {}
         for m in self.modalities:
             standardised = (batch.features[m] - getattr(self, f"input_mean_{m}")) / getattr(self, f"input_std_{m}")
+            if self.training and self.config.input_noise:
+                standardised = standardised + self.config.input_noise * torch.randn_like(standardised)
             standardised = self._speaker_relative(standardised, batch.party, present[m])
             h = self.input_dropout(self.projections[m](standardised)) * present[m].unsqueeze(-1).to(batch.features[m].dtype)
             if m in self.contexts:

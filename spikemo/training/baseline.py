@@ -31,6 +31,7 @@ class LinearProbeResult:
     dev_metrics: dict[str, Any]
     test_metrics: dict[str, Any] | None  # None when there is no labelled test split
     dev_weighted_f1_by_C: dict[float, float]
+    test_predictions: np.ndarray | None = None  # of the labelled test utterances, in storage order
 
 
 def fit_linear_probe(data: DialogueData, label_names: list[str], seed: int = 0) -> LinearProbeResult:
@@ -52,12 +53,13 @@ def fit_linear_probe(data: DialogueData, label_names: list[str], seed: int = 0) 
     C, _, parameters = best
     classifier.coef_, classifier.intercept_ = parameters
     dev_metrics = classification_metrics(dev_y, classifier.predict(dev_x), label_names)
-    test_metrics = None
+    test_metrics = test_predictions = None
     test_set = data.splits.get("test")
     if test_set is not None and (test_set.labels >= 0).any():
         test_x, test_y = _labelled_inputs(test_set, scalers)
-        test_metrics = classification_metrics(test_y, classifier.predict(test_x), label_names)
-    return LinearProbeResult(C=C, dev_metrics=dev_metrics, test_metrics=test_metrics, dev_weighted_f1_by_C=scores)
+        test_predictions = classifier.predict(test_x)
+        test_metrics = classification_metrics(test_y, test_predictions, label_names)
+    return LinearProbeResult(C, dev_metrics, test_metrics, scores, test_predictions)
 
 
 def _parameters(classifier: LogisticRegression) -> tuple[np.ndarray, np.ndarray]:

@@ -100,6 +100,11 @@ class DialogueDataset(Dataset[Dialogue]):
         """Label id of every utterance in storage order (``IGNORE_INDEX`` where unlabelled)."""
         return self._labels.numpy()
 
+    @property
+    def dialogue_index(self) -> np.ndarray:
+        """The dialogue (0..len-1) of every utterance in storage order: the unit a bootstrap resamples."""
+        return np.repeat(np.arange(len(self)), self.dialogue_lengths)
+
     def labelled_rows(self, dialogue_indices: Sequence[int]) -> np.ndarray:
         """Storage rows of the labelled utterances of these dialogues, in the order a batch of them yields."""
         rows = [np.arange(self.dialogue_offsets[i], self.dialogue_offsets[i + 1]) for i in dialogue_indices]

@@ -82,6 +82,7 @@ class TrainResult:
     spike_statistics_split: str  # the split firing_rates and energy were measured on
     checkpoint_path: Path  # best-epochNNNN.safetensors: selected weights + spec (epoch, dims, labels, model config)
     device: str
+    test_predictions: np.ndarray | None = None  # predicted label of each labelled test utterance, in storage order
 
 
 def train_model(
@@ -178,7 +179,7 @@ class _TrainingRun:
             if selection.epochs_without_improvement >= self.train_config.patience:
                 break
             metrics = {"epoch": float(epoch), **self._train_epoch(epoch)}
-            dev_scores, firing_rates, _ = self._evaluate_split(self._selected_model(), self.data.splits["dev"], monitor_spikes=True)
+            dev_scores, _, firing_rates, _ = self._evaluate_split(self._selected_model(), self.data.splits["dev"], monitor_spikes=True)
             metrics.update({f"dev_{name}": float(dev_scores[name]) for name in ("loss", "weighted_f1", "macro_f1", "accuracy")})
             metrics.update({f"firing_rate.{group}": rate for group, rate in firing_rates_by_group(firing_rates).items()})
             self._select(selection, epoch, metrics)
@@ -266,9 +267,9 @@ class _TrainingRun:
 
     def _evaluate_split(
         self, model: SpikEmo, dataset: DialogueDataset, monitor_spikes: bool
-    ) -> tuple[dict[str, Any], dict[str, float], dict[str, float]]:
-        """Metrics over the whole split and, if asked and the model spikes, SpikeMonitor's firing rates and
-        energy estimate (empty dicts otherwise).
+    ) -> tuple[dict[str, Any], np.ndarray, dict[str, float], dict[str, float]]:
+        """Metrics over the whole split, the predicted label of each labelled utterance (storage order) and, if
+        asked and the model spikes, SpikeMonitor's firing rates and energy estimate (empty dicts otherwise).
 
         Ranks predict their share of the batches and the predictions are all-reduced. A monitored pass runs
         on rank 0 alone, over the whole split, so its statistics are exact; they exist on rank 0 only.
@@ -302,7 +303,7 @@ class _TrainingRun:
         if sharded:
             loss_sums = all_reduce_sum(loss_sums, self.context)
         metrics["loss"] = float(loss_sums[0] / loss_sums[1].clamp(min=1))
-        return metrics, firing_rates, energy
+        return metrics, everywhere[labelled], firing_rates, energy
 
     def _select(self, selection: SelectionState, epoch: int, metrics: dict[str, float]) -> None:
         """Model selection, learning-rate schedule and early-stopping count, all on dev weighted-F1 (with
@@ -350,10 +351,10 @@ class _TrainingRun:
         self.model.load_state_dict(best_weights)
         test_set = self.data.splits.get("test")
         has_test = test_set is not None and bool((test_set.labels >= 0).any())
-        dev_metrics, firing_rates, energy = self._evaluate_split(self.model, self.data.splits["dev"], monitor_spikes=not has_test)
-        test_metrics = None
+        dev_metrics, _, firing_rates, energy = self._evaluate_split(self.model, self.data.splits["dev"], monitor_spikes=not has_test)
+        test_metrics = test_predictions = None
         if has_test:
-            test_metrics, firing_rates, energy = self._evaluate_split(self.model, test_set, monitor_spikes=True)
+            test_metrics, test_predictions, firing_rates, energy = self._evaluate_split(self.model, test_set, monitor_spikes=True)
         self.model.eval()
         return TrainResult(
             model=self.model,
@@ -368,6 +369,7 @@ class _TrainingRun:
             spike_statistics_split="test" if has_test else "dev",
             checkpoint_path=best_path,
             device=str(self.context.device),
+            test_predictions=test_predictions,
         )
 
     def _best_spec(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:

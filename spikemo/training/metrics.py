@@ -6,12 +6,14 @@ Rates are percentages (0-100), as the ERC literature reports them; ``weighted_f1
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 HEADLINE_METRICS = ("weighted_f1", "macro_f1", "accuracy")
+BOOTSTRAP_LEVEL = 0.95
 
 
 def classification_metrics(labels: np.ndarray, predictions: np.ndarray, label_names: Sequence[str]) -> dict[str, Any]:
@@ -53,3 +55,99 @@ def firing_rates_by_group(rates: dict[str, float]) -> dict[str, float]:
         end = indices[-1] + 2 if indices and indices[-1] + 2 < len(parts) else max(len(parts) - 1, 1)
         groups.setdefault(".".join(parts[:end]), []).append(rate)
     return {group: float(np.mean(values)) for group, values in groups.items()}
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A score (percent) and its bootstrap confidence interval."""
+
+    value: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"{self.value:.1f} [{self.low:.1f}, {self.high:.1f}]"
+
+    def as_list(self) -> list[float]:
+        return [round(self.value, 2), round(self.low, 2), round(self.high, 2)]
+
+
+@dataclass(frozen=True)
+class BootstrapReport:
+    """Headline scores with 95% intervals from resampling whole dialogues; with a baseline scored on the same
+    utterances, its scores and the paired difference (model - baseline) per draw."""
+
+    scores: dict[str, Interval]
+    baseline: dict[str, Interval] | None = None
+    difference: dict[str, Interval] | None = None
+    draws: int = 0
+
+    @property
+    def verdict(self) -> str | None:
+        """Against the baseline on weighted-F1: 'better' / 'worse' when the difference's interval excludes 0."""
+        if self.difference is None:
+            return None
+        gap = self.difference["weighted_f1"]
+        return "better" if gap.low > 0 else "worse" if gap.high < 0 else "no significant difference"
+
+    def summary(self, prefix: str = "") -> dict[str, Any]:
+        """Flat entries for a JSON summary: ``<prefix><metric>_ci`` = [low, high]; with a baseline also
+        ``baseline_<prefix><metric>_ci``, ``<prefix><metric>_minus_baseline`` = [value, low, high] and the verdict."""
+        entries: dict[str, Any] = {f"{prefix}{name}_ci": score.as_list()[1:] for name, score in self.scores.items()}
+        if self.baseline is not None and self.difference is not None:
+            entries.update({f"baseline_{prefix}{name}_ci": score.as_list()[1:] for name, score in self.baseline.items()})
+            entries.update({f"{prefix}{name}_minus_baseline": score.as_list() for name, score in self.difference.items()})
+            entries["verdict_vs_baseline"] = self.verdict
+        return entries
+
+
+def dialogue_bootstrap(
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    dialogues: np.ndarray,
+    num_classes: int,
+    baseline_predictions: np.ndarray | None = None,
+    draws: int = 1000,
+    seed: int = 0,
+) -> BootstrapReport:
+    """Percentile intervals of weighted-F1, macro-F1 and accuracy (as ``classification_metrics`` computes them)
+    over ``draws`` resamples of whole dialogues with replacement (utterances of one dialogue are not independent).
+    With ``baseline_predictions`` each draw scores both on the same resample: a paired difference."""
+    _, dialogue_codes = np.unique(np.asarray(dialogues), return_inverse=True)
+    count = int(dialogue_codes.max()) + 1
+    resamples = np.random.default_rng(seed).multinomial(count, np.full(count, 1.0 / count), size=draws)
+    weights = np.vstack([np.ones((1, len(labels))), resamples[:, dialogue_codes]])  # row 0: the data as they are
+    model = _weighted_scores(labels, predictions, weights, num_classes)
+    scores = {name: _interval(values) for name, values in model.items()}
+    if baseline_predictions is None:
+        return BootstrapReport(scores, draws=draws)
+    other = _weighted_scores(labels, baseline_predictions, weights, num_classes)
+    baseline = {name: _interval(values) for name, values in other.items()}
+    difference = {name: _interval(model[name] - other[name]) for name in model}
+    return BootstrapReport(scores, baseline, difference, draws)
+
+
+def _interval(values: np.ndarray) -> Interval:
+    """``values[0]`` the point estimate, ``values[1:]`` its bootstrap replicates."""
+    tail = 100 * (1 - BOOTSTRAP_LEVEL) / 2
+    low, high = np.percentile(values[1:], [tail, 100 - tail])
+    return Interval(float(values[0]), float(low), float(high))
+
+
+def _weighted_scores(labels: np.ndarray, predictions: np.ndarray, weights: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
+    """Headline metrics (percent) for each row of ``weights`` [rows, utterances] (multiplicities), from weighted
+    confusion matrices; the same definitions as scikit-learn's with ``labels=range(num_classes)``, zero_division=0."""
+    pairs = np.asarray(labels, dtype=np.int64) * num_classes + np.asarray(predictions, dtype=np.int64)
+    one_hot = np.zeros((len(pairs), num_classes * num_classes))
+    one_hot[np.arange(len(pairs)), pairs] = 1.0
+    confusion = (weights @ one_hot).reshape(-1, num_classes, num_classes)  # [draws, true, predicted]
+    support, predicted = confusion.sum(2), confusion.sum(1)
+    true_positive = np.diagonal(confusion, axis1=1, axis2=2)
+    denominator = support + predicted
+    f1 = np.divide(2 * true_positive, denominator, out=np.zeros_like(denominator), where=denominator > 0)
+    total = support.sum(1)
+    return {
+        "weighted_f1": 100 * (f1 * support).sum(1) / total,
+        "macro_f1": 100 * f1.mean(1),
+        "accuracy": 100 * true_positive.sum(1) / total,
+    }
