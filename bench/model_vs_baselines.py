@@ -22,7 +22,9 @@ speaker/position embeddings, DialogueRNN output replacing its input, no speaker 
 (the probe every training run fits); ``linear_probe_speaker_zscore`` is that probe on inputs z-scored over each
 speaker's utterances in each dialogue, as ``model.speaker_relative_inputs: zscore`` sees them. Each line printed
 is one run; the last line is the summary: per dataset and variant the mean ± std of the reported split's
-weighted-F1 (and accuracy), and the differences of ``ours`` from the other variants and probes.
+weighted-F1 (and accuracy, and the selection split's mean), the differences of ``ours`` from the other variants
+and probes, and 95% intervals of those seed means and differences from resampling the reported split's
+dialogues (EmoDB: clips, a test fold being one speaker's session), every run scored on the same resamples.
 
     .venv/bin/python bench/model_vs_baselines.py --datasets meld,emodb,demo --seeds 3
 """
@@ -50,6 +52,7 @@ from spikemo.features.finetune import finetuned_text_config
 from spikemo.model.spikemo import speaker_zscores
 from spikemo.training import build_dialogue_data, train_on_dialogue_data
 from spikemo.training.baseline import fit_linear_probe
+from spikemo.training.metrics import bootstrap_weights, interval, weighted_scores
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -89,6 +92,7 @@ class Fold:
     labels: list[str]
     config: SpikEmoConfig
     name: str = "all"  # which evaluation split this is (EmoDB: the reported speaker)
+    resample_utterances: bool = False  # bootstrap unit: the utterance (EmoDB: a test fold is one speaker session)
 
 
 def meld_folds(args: argparse.Namespace) -> Iterator[Fold]:
@@ -137,7 +141,8 @@ def emodb_folds(args: argparse.Namespace) -> Iterator[Fold]:
         dev_speaker = speakers[(fold + 1) % len(speakers)]
         split = np.where(manifest["speaker"] == test_speaker, "test", np.where(manifest["speaker"] == dev_speaker, "dev", "train"))
         for seed in range(args.seeds):
-            yield Fold(manifest.assign(split=split), features, labels, _seeded(config, seed), name=f"speaker{test_speaker}")
+            yield Fold(manifest.assign(split=split), features, labels, _seeded(config, seed), name=f"speaker{test_speaker}",
+                       resample_utterances=True)
 
 
 def demo_folds(args: argparse.Namespace) -> Iterator[Fold]:
@@ -193,15 +198,31 @@ def _speaker_zscored(manifest: pd.DataFrame, features: dict[str, pd.DataFrame]) 
     return normalised
 
 
-def run_fold(dataset: str, fold: Fold, variants: list[str]) -> list[dict[str, Any]]:
+@dataclass
+class ReportedPredictions:
+    """What each run predicted on a fold's reported split, kept for the bootstrap of the summary."""
+
+    labels: np.ndarray
+    units: np.ndarray  # what a resample draws: dialogues (or utterances)
+    num_classes: int
+    by_run: dict[tuple[str, int], np.ndarray]  # (variant, seed) -> predicted label of each labelled utterance
+
+
+def run_fold(dataset: str, fold: Fold, variants: list[str], predictions: dict[tuple[str, str], ReportedPredictions]) -> list[dict[str, Any]]:
+    """Every variant on one fold and seed; their reported-split predictions go into ``predictions``."""
     records = []
     seed = fold.config.train.seed
     data = build_dialogue_data(fold.manifest, fold.features, len(fold.labels))
+    test = data.splits["test"]
+    labelled = test.labels >= 0
+    units = np.arange(int(labelled.sum())) if fold.resample_utterances else test.dialogue_index[labelled]
+    reported = predictions.setdefault((dataset, fold.name), ReportedPredictions(test.labels[labelled], units, len(fold.labels), {}))
     for probe_variant in (v for v in PROBES if v in variants and seed == 0):  # deterministic: one fit per fold
         started = time.perf_counter()
         features = fold.features if probe_variant == PROBE else _speaker_zscored(fold.manifest, fold.features)
         probe_data = data if probe_variant == PROBE else build_dialogue_data(fold.manifest, features, len(fold.labels))
         probe = fit_linear_probe(probe_data, fold.labels, seed=seed)
+        reported.by_run[(probe_variant, seed)] = probe.test_predictions
         records.append(
             _record(dataset, fold.name, probe_variant, seed, probe.test_metrics, probe.dev_metrics, time.perf_counter() - started, C=probe.C)
         )
@@ -210,6 +231,7 @@ def run_fold(dataset: str, fold: Fold, variants: list[str]) -> list[dict[str, An
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as run_dir:
             result = train_on_dialogue_data(config, data, fold.labels, Path(run_dir), resume=False)
+        reported.by_run[(variant, seed)] = result.test_predictions
         records.append(
             _record(
                 dataset, fold.name, variant, seed, result.test_metrics, result.dev_metrics, time.perf_counter() - started,
@@ -235,7 +257,26 @@ def _record(dataset: str, fold: str, variant: str, seed: int, reported: dict, se
     return record
 
 
-def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
+def seed_mean_intervals(folds: list[ReportedPredictions], draws: int) -> dict[str, Any]:
+    """95% intervals of each variant's reported weighted-F1 averaged over folds and seeds, and of ``ours``
+    minus each other variant: every fold's reported units resampled (1,000 draws, seed 0), each run scored on
+    the same resample, the scores averaged as the reported means are."""
+    replicates: dict[str, list[np.ndarray]] = {}
+    for fold in folds:
+        weights = bootstrap_weights(fold.units, draws, seed=0)
+        per_variant: dict[str, list[np.ndarray]] = {}
+        for (variant, _), predicted in fold.by_run.items():
+            per_variant.setdefault(variant, []).append(weighted_scores(fold.labels, predicted, weights, fold.num_classes)["weighted_f1"])
+        for variant, runs in per_variant.items():
+            replicates.setdefault(variant, []).append(np.mean(runs, axis=0))
+    means = {variant: np.mean(runs, axis=0) for variant, runs in replicates.items()}
+    intervals: dict[str, Any] = {f"{variant}_ci": interval(values).as_list()[1:] for variant, values in means.items()}
+    if "ours" in means:
+        intervals.update({f"ours_minus_{other}_ci": interval(means["ours"] - values).as_list()[1:] for other, values in means.items() if other != "ours"})
+    return intervals
+
+
+def summarise(records: list[dict[str, Any]], predictions: dict[tuple[str, str], ReportedPredictions], draws: int) -> dict[str, Any]:
     table = pd.DataFrame(records)
     summary: dict[str, Any] = {}
     for dataset, rows in table.groupby("dataset", sort=False):
@@ -253,7 +294,8 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         differences = {
             f"ours_minus_{other}": round(means["ours"] - means[other], 2) for other in means if other != "ours" and "ours" in means
         }
-        summary[dataset] = {"variants": per_variant, "differences": differences}
+        folds = [reported for (name, _), reported in predictions.items() if name == dataset]
+        summary[dataset] = {"variants": per_variant, "differences": differences, "intervals_95": seed_mean_intervals(folds, draws)}
     return summary
 
 
@@ -274,6 +316,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=REPO / "feature_cache")
     parser.add_argument("--work", type=Path, default=REPO / ".spikemo" / "bench", help="generated corpora and session lists")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bootstrap-draws", type=int, default=1000, help="resamples behind the summary's 95%% intervals")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     variants = args.variants.split(",")
@@ -281,10 +324,12 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variant(s) {sorted(unknown)}; choose from {[*VARIANTS, *PROBES]}")
     records = []
+    predictions: dict[tuple[str, str], ReportedPredictions] = {}
     for dataset in args.datasets.split(","):
         for fold in DATASETS[dataset](args):
-            records.extend(run_fold(dataset, fold, variants))
-    print(json.dumps({"benchmark": "model_vs_baselines", "seeds": args.seeds, "summary": summarise(records)}))
+            records.extend(run_fold(dataset, fold, variants, predictions))
+    summary = summarise(records, predictions, args.bootstrap_draws)
+    print(json.dumps({"benchmark": "model_vs_baselines", "seeds": args.seeds, "summary": summary}))
 
 
 if __name__ == "__main__":

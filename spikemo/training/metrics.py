@@ -113,28 +113,34 @@ def dialogue_bootstrap(
     """Percentile intervals of weighted-F1, macro-F1 and accuracy (as ``classification_metrics`` computes them)
     over ``draws`` resamples of whole dialogues with replacement (utterances of one dialogue are not independent).
     With ``baseline_predictions`` each draw scores both on the same resample: a paired difference."""
-    _, dialogue_codes = np.unique(np.asarray(dialogues), return_inverse=True)
-    count = int(dialogue_codes.max()) + 1
-    resamples = np.random.default_rng(seed).multinomial(count, np.full(count, 1.0 / count), size=draws)
-    weights = np.vstack([np.ones((1, len(labels))), resamples[:, dialogue_codes]])  # row 0: the data as they are
-    model = _weighted_scores(labels, predictions, weights, num_classes)
-    scores = {name: _interval(values) for name, values in model.items()}
+    weights = bootstrap_weights(dialogues, draws, seed)
+    model = weighted_scores(labels, predictions, weights, num_classes)
+    scores = {name: interval(values) for name, values in model.items()}
     if baseline_predictions is None:
         return BootstrapReport(scores, draws=draws)
-    other = _weighted_scores(labels, baseline_predictions, weights, num_classes)
-    baseline = {name: _interval(values) for name, values in other.items()}
-    difference = {name: _interval(model[name] - other[name]) for name in model}
+    other = weighted_scores(labels, baseline_predictions, weights, num_classes)
+    baseline = {name: interval(values) for name, values in other.items()}
+    difference = {name: interval(model[name] - other[name]) for name in model}
     return BootstrapReport(scores, baseline, difference, draws)
 
 
-def _interval(values: np.ndarray) -> Interval:
-    """``values[0]`` the point estimate, ``values[1:]`` its bootstrap replicates."""
+def bootstrap_weights(units: np.ndarray, draws: int, seed: int) -> np.ndarray:
+    """``[draws + 1, items]`` multiplicities: row 0 all ones (the data as they are), then one row per resample
+    of the distinct ``units`` (one per item, e.g. its dialogue) with replacement."""
+    _, codes = np.unique(np.asarray(units), return_inverse=True)
+    count = int(codes.max()) + 1
+    resamples = np.random.default_rng(seed).multinomial(count, np.full(count, 1.0 / count), size=draws)
+    return np.vstack([np.ones((1, len(codes))), resamples[:, codes]])
+
+
+def interval(values: np.ndarray) -> Interval:
+    """``values[0]`` the point estimate, ``values[1:]`` its bootstrap replicates: the 95% percentile interval."""
     tail = 100 * (1 - BOOTSTRAP_LEVEL) / 2
     low, high = np.percentile(values[1:], [tail, 100 - tail])
     return Interval(float(values[0]), float(low), float(high))
 
 
-def _weighted_scores(labels: np.ndarray, predictions: np.ndarray, weights: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
+def weighted_scores(labels: np.ndarray, predictions: np.ndarray, weights: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
     """Headline metrics (percent) for each row of ``weights`` [rows, utterances] (multiplicities), from weighted
     confusion matrices; the same definitions as scikit-learn's with ``labels=range(num_classes)``, zero_division=0."""
     pairs = np.asarray(labels, dtype=np.int64) * num_classes + np.asarray(predictions, dtype=np.int64)
