@@ -318,23 +318,44 @@ def parse_override(assignment: str) -> tuple[str, Any]:
 
 
 def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> SpikEmoConfig:
-    """Defaults, then the YAML file, then dotted overrides (command-line flags last)."""
+    """Defaults, then the YAML file (over the files it ``extends``), then dotted overrides (command-line flags last)."""
     tree: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found; pass an existing YAML file to --config") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: a config file must be a YAML mapping of sections")
-        tree = loaded or {}
+        tree = _read_config_file(path, ())
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(tree, dotted, value)
     return _validated(tree, f"{path}: " if path is not None else "")
+
+
+def _read_config_file(path: Path, extending: tuple[Path, ...]) -> dict[str, Any]:
+    """A config file's tree merged over the tree of the file its ``extends`` key names (a path relative to
+    it, itself possibly extending another): mappings merge key by key, any other value replaces."""
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        named_by = f" (named by {extending[-1]}'s extends)" if extending else ""
+        raise ConfigError(f"{path}: config file not found{named_by}; pass an existing YAML file to --config") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: a config file must be a YAML mapping of sections")
+    tree = loaded or {}
+    base = tree.pop("extends", None)
+    if base is None:
+        return tree
+    base_path = (path.parent / str(base)).resolve()
+    if base_path in extending or base_path == path.resolve():
+        raise ConfigError(f"{path}: extends {base} makes a cycle; a config may not extend itself, directly or not")
+    return _merged(_read_config_file(base_path, (*extending, path.resolve())), tree)
+
+
+def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _merged(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
 
 
 def with_overrides(config: SpikEmoConfig, overrides: dict[str, Any]) -> SpikEmoConfig:

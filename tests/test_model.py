@@ -415,3 +415,18 @@ def test_spikingjelly_neurons_plug_in(settings):
     neuron_layer = model.spikformer.blocks[0].mlp.expand.lif
     current = torch.randn(1, 5, 8) * 2
     torch.testing.assert_close(neuron_layer(current), neuron_layer(current.expand(config.timesteps, 5, 8)))
+
+
+def test_input_noise_perturbs_training_passes_only():
+    torch.manual_seed(0)
+    quiet = SpikEmo(tiny_config(dropout=0.0), DIMS, NUM_CLASSES)
+    noisy = SpikEmo(tiny_config(dropout=0.0, input_noise=0.5), DIMS, NUM_CLASSES)
+    noisy.load_state_dict(quiet.state_dict())
+    batch = make_batch([4, 3])
+    quiet.eval(), noisy.eval()
+    assert torch.equal(quiet(batch).logits, noisy(batch).logits)
+    quiet.train(), noisy.train()
+    torch.manual_seed(1)
+    clean = quiet(batch).logits
+    torch.manual_seed(1)
+    assert not torch.allclose(clean, noisy(batch).logits)
