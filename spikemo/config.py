@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from spikemo.errors import ConfigError
 
@@ -185,6 +185,18 @@ class ModelConfig(Section):
         "probabilities in the dialogue (nearest earlier, nearest later, mean of the rest; weights start at zero): "
         "a stacked emotion-chain smoother, model/evidence.py. 0: off.",
     )
+    causal: bool = Field(
+        False,
+        description="Every path sees only the current and earlier turns (attention masks, speaker statistics and "
+        "evidence from earlier turns): a turn's prediction never changes when later turns arrive, so a "
+        "conversation can be scored as it goes (needs features.text.params.future_turns 0). Default: bidirectional.",
+    )
+    speaker_min_utterances: int = Field(
+        2,
+        ge=1,
+        description="With speaker_relative_inputs: a speaker with fewer present utterances in the dialogue (so far, "
+        "when causal) is normalised with the training population's statistics instead of their own.",
+    )
     input_noise: float = Field(
         0.0,
         ge=0,
@@ -277,6 +289,12 @@ class SpikEmoConfig(Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _causal_text_reads_no_future(self) -> SpikEmoConfig:
+        if self.model.causal and self.features.text.params.get("future_turns"):
+            raise ValueError("model.causal reads no later turn: set features.text.params.future_turns to 0")
+        return self
 
     @property
     def manifest_path(self) -> Path:
@@ -373,4 +391,6 @@ def _validated(tree: dict[str, Any], source: str) -> SpikEmoConfig:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
+        if not where:  # a check across sections
+            raise ConfigError(f"{source}{first['msg'].removeprefix('Value error, ')}") from None
         raise ConfigError(f"{source}config key {where!r}: {first['msg']}") from None

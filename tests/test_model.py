@@ -13,7 +13,7 @@ from spikemo.losses import SpikEmoLoss
 from spikemo.model.batch import IGNORE_INDEX, DialogueBatch
 from spikemo.model.fusion import CrossAttention
 from spikemo.model.snn_stats import SpikeMonitor
-from spikemo.model.spikemo import SpikEmo, _speaker_means
+from spikemo.model.spikemo import SpikEmo, _speaker_means, _speaker_peers
 from spikemo.model.spiking import LinearNormLIF, MultiStepLIF, Spikformer, is_fused_lif
 from spikemo.training.evaluation import autocast_for
 
@@ -120,9 +120,11 @@ def test_speaker_means_average_each_speakers_present_utterances_of_the_dialogue(
     features = torch.tensor([[[1.0], [10.0], [3.0], [100.0]], [[5.0], [7.0], [0.0], [0.0]]])
     party = torch.tensor([[0, 1, 0, 0], [1, 1, 0, 0]])
     present = torch.tensor([[True, True, True, False], [True, True, False, False]])  # [0, 3] absent; row 1 padded
-    means = _speaker_means(features, party, present)
+    means = _speaker_means(features, _speaker_peers(party, present, causal=False))
     expected = torch.tensor([[[2.0], [10.0], [2.0], [0.0]], [[6.0], [6.0], [0.0], [0.0]]])
     torch.testing.assert_close(means, expected)
+    so_far = _speaker_means(features, _speaker_peers(party, present, causal=True))
+    torch.testing.assert_close(so_far, torch.tensor([[[1.0], [10.0], [2.0], [0.0]], [[5.0], [6.0], [0.0], [0.0]]]))
 
 
 @pytest.mark.parametrize("speaker_relative", ["centred", "zscore"])
@@ -430,3 +432,73 @@ def test_input_noise_perturbs_training_passes_only():
     clean = quiet(batch).logits
     torch.manual_seed(1)
     assert not torch.allclose(clean, noisy(batch).logits)
+
+
+def _without_identity_starts(model: SpikEmo) -> SpikEmo:
+    """The spike gates and the speaker evidence start at zero (the identity): random weights make every path count."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if not parameter.any():
+                parameter.normal_(std=0.5)
+    return model
+
+
+CAUSAL_VARIANTS = [
+    {},
+    {"spike_gate": "utterance_softmax", "spike_encoding": "heaviside"},
+    {"speaker_relative_inputs": "zscore", "speaker_evidence_rounds": 2},
+    {"speaker_relative_inputs": "centred", "dialogue_context": ["text", "audio", "visual"]},
+    {"use_spiking": False, "speaker_evidence_rounds": 1},
+]
+MODALITY_SETS = [combo for size in (1, 2, 3) for combo in itertools.combinations(DIMS, size)]
+
+
+@pytest.mark.parametrize("modalities", MODALITY_SETS, ids="+".join)
+@pytest.mark.parametrize("variant", CAUSAL_VARIANTS, ids=lambda v: ",".join(v) or "default")
+def test_causal_predictions_for_a_turn_do_not_change_when_later_turns_arrive(modalities, variant):
+    torch.manual_seed(0)
+    config = firing_config(causal=True, **variant)
+    model = _without_identity_starts(SpikEmo(config, {m: DIMS[m] for m in modalities}, NUM_CLASSES)).double().eval()
+    whole = make_batch([7, 5], modalities=modalities, seed=3, dtype=torch.float64)
+    whole.party = torch.tensor([[0, 1, 0, 0, 1, 2, 0], [1, 0, 1, 1, 0, 0, 0]])
+    whole.modality_mask[modalities[0]][0, 2] = False  # an absent modality on an earlier turn
+    logits = model(whole).logits
+    for k in range(7):
+        cut = DialogueBatch(
+            features={m: x[:, : k + 1] for m, x in whole.features.items()},
+            modality_mask={m: x[:, : k + 1] for m, x in whole.modality_mask.items()},
+            utterance_mask=whole.utterance_mask[:, : k + 1],
+            party=whole.party[:, : k + 1],
+            labels=whole.labels[:, : k + 1],
+        )
+        torch.testing.assert_close(model(cut).logits[0, k], logits[0, k], rtol=0, atol=1e-12)
+    changed = make_batch([7, 5], modalities=modalities, seed=3, dtype=torch.float64)
+    changed.party, changed.modality_mask = whole.party, whole.modality_mask
+    for m in modalities:
+        changed.features[m][0, 6] += 3.0  # the last turn only
+    assert torch.equal(model(changed).logits[0, :6], logits[0, :6])
+
+
+@pytest.mark.parametrize("variant", CAUSAL_VARIANTS, ids=lambda v: ",".join(v) or "default")
+def test_the_bidirectional_default_reads_later_turns(variant):
+    torch.manual_seed(0)
+    model = _without_identity_starts(SpikEmo(firing_config(**variant), DIMS, NUM_CLASSES)).double().eval()
+    batch = make_batch([7], seed=3, dtype=torch.float64)
+    batch.party = torch.tensor([[0, 1, 0, 0, 1, 2, 0]])
+    reference = model(batch).logits
+    for m in DIMS:
+        batch.features[m][0, 6] += 3.0
+    assert not torch.allclose(model(batch).logits[0, :6], reference[0, :6])
+
+
+def test_a_lone_utterance_is_z_scored_against_the_training_population_not_itself():
+    torch.manual_seed(0)
+    clips = make_batch([1, 1, 1, 1], modalities=("audio",), seed=6, dtype=torch.float64)  # four one-clip "sessions"
+    logits = {}
+    for minimum in (1, 2):
+        config = tiny_config(speaker_relative_inputs="zscore", speaker_min_utterances=minimum, dialogue_context=[])
+        torch.manual_seed(0)
+        model = SpikEmo(config, {"audio": DIMS["audio"]}, NUM_CLASSES).double().eval()
+        logits[minimum] = model(clips).logits[:, 0]
+    assert torch.allclose(logits[1], logits[1][:1].expand_as(logits[1]))  # own statistics: every clip looks the same
+    assert not torch.allclose(logits[2], logits[2][:1].expand_as(logits[2]))  # population statistics: clips differ

@@ -10,6 +10,8 @@ its first level), prev/next are the nearest earlier/later turns of s, and the in
 exist. The correction is applied ``rounds`` times with the same W, b, each round reading the previous round's
 probabilities, so evidence travels beyond the nearest turns (like loopy belief propagation, a round also
 echoes t's own evidence back through its neighbours; the learned W absorbs that). Padding never contributes.
+With ``model.causal`` only earlier turns are read: the next-turn part is always absent and the mean runs over
+the speaker's earlier turns.
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ def _nearest(same_speaker: torch.Tensor, earlier: bool) -> tuple[torch.Tensor, t
 
 
 class SpeakerEvidence(nn.Module):
-    def __init__(self, num_classes: int, rounds: int):
+    def __init__(self, num_classes: int, rounds: int, causal: bool = False):
         super().__init__()
         self.rounds = rounds
+        self.causal = causal  # read earlier turns only: no next turn, the mean over the speaker's earlier turns
         self.mix = nn.Linear(3 * (num_classes + 1), num_classes)
         nn.init.zeros_(self.mix.weight)
         nn.init.zeros_(self.mix.bias)
@@ -48,7 +51,10 @@ class SpeakerEvidence(nn.Module):
     def forward(self, logits: torch.Tensor, party: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """logits [B, L, C] (any values at padding), party [B, L], mask [B, L] real utterances -> [B, L, C]."""
         same_speaker = _same_speaker(party, mask)
-        neighbours = [_nearest(same_speaker, earlier) for earlier in (True, False)]
+        if self.causal:
+            length = party.shape[1]
+            same_speaker = same_speaker & torch.ones(length, length, dtype=torch.bool, device=party.device).tril()
+        neighbours = [_nearest(same_speaker, earlier) for earlier in (True, False)]  # causal: no later turn is found
         others = same_speaker.to(logits.dtype)
         count = others.sum(-1, keepdim=True)
         others_mean = others / count.clamp(min=1)  # [B, t, j]: averages over t's speaker's other turns

@@ -2,7 +2,8 @@
 
 A layer for query modality m: for each other modality o (in a fixed order), post-norm residual
 multi-head cross-attention from m to o; then a post-norm residual feed-forward block. Keys are the
-utterances of the same dialogue where modality o is present; a query with no such key gets a zero update.
+utterances of the same dialogue where modality o is present (with ``model.causal``, the query's own and earlier
+ones only); a query with no such key gets a zero update.
 The per-head Q/K/V linears of the released code are one linear each here (same function, one matmul).
 Everything but the attention products acts on each utterance alone, so it runs on the packed real utterances
 ``[N, D]`` of the batch; only the products see the padded ``[B, heads, L, d]`` layout.
@@ -18,11 +19,12 @@ from spikemo.config import ModelConfig
 
 
 class CrossAttention(nn.Module):
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, causal: bool = False):
         super().__init__()
         if dim % heads:
             raise ValueError(f"model_dim {dim} is not divisible by fusion_heads {heads}")
         self.heads = heads
+        self.causal = causal  # a query sees keys at its own and earlier utterances only
         self.query = nn.Linear(dim, dim)
         self.key = nn.Linear(dim, dim)
         self.value = nn.Linear(dim, dim)
@@ -38,20 +40,24 @@ class CrossAttention(nn.Module):
             padded[utterance_mask] = x
             return padded.unflatten(-1, (self.heads, -1)).transpose(1, 2)
 
-        has_key = key_mask.any(-1, keepdim=True)  # [B, 1]
-        allowed = (key_mask | ~has_key)[:, None, None, :]  # avoid all-masked rows (NaN)
+        length = utterance_mask.shape[1]
+        visible = key_mask.unsqueeze(1).expand(-1, length, -1)  # [B, query, key]
+        if self.causal:
+            visible = visible & torch.ones(length, length, dtype=torch.bool, device=key_mask.device).tril()
+        has_key = visible.any(-1)  # [B, L]
+        allowed = (visible | ~has_key.unsqueeze(-1)).unsqueeze(1)  # avoid all-masked rows (NaN)
         attended = F.scaled_dot_product_attention(
             split(self.query(queries)), split(self.key(keys)), split(self.value(keys)), attn_mask=allowed
         )
         attended = attended.transpose(1, 2).flatten(-2)[utterance_mask]
-        return self.output(attended) * has_key.expand_as(utterance_mask)[utterance_mask].unsqueeze(-1)
+        return self.output(attended) * has_key[utterance_mask].unsqueeze(-1)
 
 
 class FusionLayer(nn.Module):
     def __init__(self, num_sources: int, config: ModelConfig):
         super().__init__()
         dim = config.model_dim
-        self.attentions = nn.ModuleList(CrossAttention(dim, config.fusion_heads) for _ in range(num_sources))
+        self.attentions = nn.ModuleList(CrossAttention(dim, config.fusion_heads, config.causal) for _ in range(num_sources))
         self.attention_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(num_sources))
         self.feed_forward = nn.Sequential(
             nn.Linear(dim, config.fusion_hidden),

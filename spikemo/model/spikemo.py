@@ -57,24 +57,42 @@ def _unpack(packed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return unpacked
 
 
-def _speaker_means(features: torch.Tensor, party: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-    """For each utterance, the mean of ``features`` [B, L, D] over its speaker's present utterances in the dialogue.
+def _speaker_peers(party: torch.Tensor, present: torch.Tensor, causal: bool) -> torch.Tensor:
+    """``[B, t, j]`` bool: j is a present utterance of present utterance t's speaker in the dialogue (and not
+    later than t when ``causal``); t itself included. Padding (``present`` False) never contributes."""
+    same = (party.unsqueeze(2) == party.unsqueeze(1)) & present.unsqueeze(1) & present.unsqueeze(2)
+    if causal:
+        same = same & torch.ones(party.shape[1], party.shape[1], dtype=torch.bool, device=party.device).tril()
+    return same
 
-    Zeros where the utterance's modality is absent; padding (``present`` False) never contributes.
-    """
-    party = party.clamp(min=0)
-    membership = torch.nn.functional.one_hot(party, int(party.max().item()) + 1).to(features.dtype)  # [B, L, P]
-    membership = membership * present.unsqueeze(-1).to(features.dtype)
-    sums = membership.transpose(1, 2) @ features  # [B, P, D]
-    counts = membership.sum(1).clamp(min=1).unsqueeze(-1)  # [B, P, 1]
-    return (membership @ (sums / counts)) * present.unsqueeze(-1).to(features.dtype)
+
+def _speaker_means(features: torch.Tensor, peers: torch.Tensor) -> torch.Tensor:
+    """For each utterance, the mean of ``features`` [B, L, D] over its ``peers`` [B, L, L]; zeros where it has none."""
+    weights = peers.to(features.dtype)
+    return weights @ features / weights.sum(-1, keepdim=True).clamp(min=1)
+
+
+def speaker_relative(
+    features: torch.Tensor, party: torch.Tensor, present: torch.Tensor, mode: str, causal: bool = False, min_utterances: int = 1
+) -> torch.Tensor:
+    """Standardised ``features`` [B, L, D] relative to their speaker's present utterances in the dialogue (the
+    earlier and current ones when ``causal``): ``centred`` appends the features minus the speaker's mean;
+    ``zscore`` gives them minus that mean over that speaker's standard deviation there (its variance plus
+    ``SPEAKER_VARIANCE_FLOOR``). A speaker with fewer than ``min_utterances`` such utterances is taken as the
+    training population (mean 0, standard deviation 1: the features are standardised with its statistics);
+    with ``min_utterances`` 1 a lone utterance is its own speaker's mean (zero after centring)."""
+    peers = _speaker_peers(party, present, causal)
+    enough = peers.sum(-1, keepdim=True) >= min_utterances  # [B, L, 1]
+    centred = features - _speaker_means(features, peers) * enough
+    if mode == "centred":
+        return torch.cat([features, centred], -1)
+    variance = _speaker_means(centred.square(), peers) + SPEAKER_VARIANCE_FLOOR
+    return centred / torch.where(enough, variance.sqrt(), torch.ones_like(variance))
 
 
 def speaker_zscores(features: torch.Tensor, party: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-    """``features`` [B, L, D] minus their speaker's mean in the dialogue, over that speaker's standard deviation
-    there (its variance plus ``SPEAKER_VARIANCE_FLOOR``); a speaker with one present utterance gets zeros."""
-    centred = features - _speaker_means(features, party, present)
-    return centred / (_speaker_means(centred.square(), party, present) + SPEAKER_VARIANCE_FLOOR).sqrt()
+    """``features`` [B, L, D] as ``model.speaker_relative_inputs: zscore`` feeds them (bidirectional, no fallback)."""
+    return speaker_relative(features, party, present, "zscore")
 
 
 class SpikEmo(nn.Module):
@@ -113,7 +131,9 @@ class SpikEmo(nn.Module):
         self.classifier = nn.Sequential(
             nn.Linear(dim, 2 * dim), nn.ReLU(), nn.Dropout(config.dropout), nn.Linear(2 * dim, num_classes)
         )
-        self.speaker_evidence = SpeakerEvidence(num_classes, config.speaker_evidence_rounds) if config.speaker_evidence_rounds else None
+        self.speaker_evidence = (
+            SpeakerEvidence(num_classes, config.speaker_evidence_rounds, config.causal) if config.speaker_evidence_rounds else None
+        )
 
     def set_input_statistics(self, statistics: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Per modality, the mean and standard deviation of its features on the training split.
@@ -151,12 +171,10 @@ class SpikEmo(nn.Module):
         return SpikEmoOutput(logits=logits, modality_features={m: _unpack(f, real) for m, f in fused.items()})
 
     def _speaker_relative(self, features: torch.Tensor, party: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        mode = self.config.speaker_relative_inputs
-        if mode == "off":
+        config = self.config
+        if config.speaker_relative_inputs == "off":
             return features
-        if mode == "centred":
-            return torch.cat([features, features - _speaker_means(features, party, present)], -1)
-        return speaker_zscores(features, party, present)
+        return speaker_relative(features, party, present, config.speaker_relative_inputs, config.causal, config.speaker_min_utterances)
 
     def _spike_gate(
         self, hidden: dict[str, torch.Tensor], present: dict[str, torch.Tensor], party: torch.Tensor
@@ -181,5 +199,9 @@ class SpikEmo(nn.Module):
                 gated[m] = hidden[m] * 2 * torch.sigmoid(scale) + shift * present[m].unsqueeze(-1)
             else:
                 scores = s.masked_fill(~present[m].unsqueeze(-1), torch.finfo(s.dtype).min)
-                gated[m] = hidden[m] + hidden[m] * torch.softmax(scores, dim=1)
+                if self.config.causal:  # normalised over the utterances so far
+                    weights = torch.exp(scores - torch.logcumsumexp(scores, dim=1))
+                else:
+                    weights = torch.softmax(scores, dim=1)
+                gated[m] = hidden[m] + hidden[m] * weights
         return gated

@@ -241,11 +241,16 @@ class SpikingSelfAttention(nn.Module):
         self.value = LinearNormLIF(dim, dim, config)
         self.attention_lif = spiking_neuron(config, threshold_scale=0.5)
         self.output = LinearNormLIF(dim, dim, config)
+        self.causal = config.causal
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x: ``[N, D]`` or ``[T, N, D]`` for the N present utterances of ``mask`` [B, L] -> ``[T, N, D]``."""
+        """x: ``[N, D]`` or ``[T, N, D]`` for the N present utterances of ``mask`` [B, L] -> ``[T, N, D]``; with
+        ``model.causal`` an utterance attends to itself and the earlier ones only."""
         q, k, v = (self._split_heads(projection(x), mask) for projection in (self.query, self.key, self.value))
-        attended = (q @ k.transpose(-2, -1)) * ATTENTION_SCALE @ v  # [T, B, heads, L, d]
+        scores = q @ k.transpose(-2, -1)  # [T, B, heads, L, L]
+        if self.causal:
+            scores = scores * torch.ones(scores.shape[-2:], dtype=scores.dtype, device=scores.device).tril()
+        attended = scores * ATTENTION_SCALE @ v  # [T, B, heads, L, d]
         attended = attended.transpose(2, 3).flatten(-2)[:, mask]
         return self.output(self.attention_lif(attended))
 
