@@ -10,16 +10,18 @@ from prefect.cache_policies import NONE
 
 from flows.common import flow_run_name, resolve_config, task_run_name
 from spikemo.config import SpikEmoConfig
-from spikemo.predict import Predictor, write_predictions
+from spikemo.predict import Predictor, newest_turns, write_predictions
 from spikemo.tracking import connect
 
 
 @task(name="score-dataset", task_run_name=task_run_name("score"), retries=1, cache_policy=NONE)
-def score_task(model_uri: str, config: dict[str, Any], out: str) -> dict[str, Any]:
+def score_task(model_uri: str, config: dict[str, Any], out: str, newest: int = 0) -> dict[str, Any]:
     resolved = SpikEmoConfig.model_validate(config)
     connect(resolved)
     predictor = Predictor.from_uri(model_uri)
     predictions = predictor.predict_dataset(resolved.data, resolved.cache)
+    if newest > 0:  # conversations so far: the label of each one's newest turn(s)
+        predictions = newest_turns(predictions, newest)
     return write_predictions(predictions, Path(out))
 
 
@@ -30,8 +32,11 @@ def score_flow(
     config_path: str | None = None,
     overrides: dict[str, Any] | None = None,
     config: dict[str, Any] | None = None,
+    newest: int = 0,
 ) -> dict[str, Any]:
+    """Score a dataset; with ``newest`` n > 0 each dialogue is a conversation so far and only its n newest
+    turns are written."""
     resolved = resolve_config(config_path, overrides, config)
     if not out.endswith(".parquet"):
         out = f"{out}.parquet"
-    return score_task(model_uri, resolved.model_dump(mode="json"), out)
+    return score_task(model_uri, resolved.model_dump(mode="json"), out, newest)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from spikemo.config import SpikEmoConfig, load_config, parse_override
-from spikemo.errors import SpikemoError
+from spikemo.errors import ConfigError, DataError, SpikemoError
 
 log = logging.getLogger("spikemo")
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
@@ -148,10 +148,46 @@ def cmd_predict(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, An
 
     tracking_connect(config)
     predictor = Predictor.from_uri(args.model)
+    if args.incremental:
+        return _predict_incremental(args, predictor)
+    if args.out is None:
+        raise ConfigError("predict: give --out FILE (.jsonl or .parquet), or --incremental to answer requests")
     predictions = predictor.predict_frame(read_conversations(args.input), args.media_root, config.cache)
     summary = write_predictions(predictions, args.out)
     print(f"{summary['predicted']} of {summary['utterances']} utterances predicted -> {args.out}")
     return {"command": "predict", "model": args.model, **summary}
+
+
+def _predict_incremental(args: argparse.Namespace, predictor: Any) -> dict[str, Any]:
+    """Answer each request line of --input (``-``: standard input, as it arrives) with one JSON line."""
+    import numpy as np
+
+    from spikemo.incremental import IncrementalScorer
+
+    from_stdin = str(args.input) == "-"
+    scorer = IncrementalScorer(predictor, args.media_root or (None if from_stdin else args.input.parent))
+    source = sys.stdin if from_stdin else _open_input(args.input)
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    milliseconds = []
+    try:
+        for answer in scorer.score_lines(source):
+            milliseconds.append(answer["milliseconds"])
+            out.write(json.dumps(answer) + "\n")
+            out.flush()
+    finally:
+        if out is not sys.stdout:
+            out.close()
+        if source is not sys.stdin:
+            source.close()
+    quantiles = np.percentile(milliseconds, [50, 95]).round(2).tolist() if milliseconds else [None, None]
+    return {"command": "predict", "incremental": True, "model": args.model, "causal": scorer.causal, "requests": len(milliseconds),
+            "p50_ms": quantiles[0], "p95_ms": quantiles[1]}
+
+
+def _open_input(path: Path) -> Any:
+    if not path.is_file():
+        raise DataError(f"{path}: requests file not found; give a JSON-lines file or - for standard input")
+    return path.open(encoding="utf-8")
 
 
 def cmd_install_model(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
@@ -291,9 +327,15 @@ def build_parser() -> argparse.ArgumentParser:
         "Output: one row per utterance with the predicted label and every class's probability.",
     )
     predict.add_argument("--model", required=True, help="model URI, e.g. models:/spikemo-meld@champion")
-    predict.add_argument("--input", required=True, type=Path, help="conversations file")
+    predict.add_argument("--input", required=True, type=Path, help="conversations file (--incremental: JSON-lines requests, - for stdin)")
     predict.add_argument("--media-root", type=Path, help="folder that media paths are relative to (default: the input's folder)")
-    predict.add_argument("--out", required=True, type=Path, help="output file (.jsonl or .parquet)")
+    predict.add_argument("--out", type=Path, help="output file (.jsonl or .parquet); with --incremental default standard output")
+    predict.add_argument(
+        "--incremental",
+        action="store_true",
+        help="live scoring: each input line is a conversation so far; answer the label of its newest turn(s), reusing "
+        "the encodings of turns already seen (request/response: spikemo/incremental.py)",
+    )
     predict.set_defaults(handler=cmd_predict, overrides_from=lambda args: {})
 
     install_model = commands.add_parser(

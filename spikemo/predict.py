@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from spikemo.bundle import ModelSpec, load_bundle
-from spikemo.config import DataConfig
+from spikemo.config import DataConfig, ModelConfig
 from spikemo.data.ingest import REJECTED, ingest
 from spikemo.data.readers import read_csv_strict, require_columns
 from spikemo.data.schema import read_manifest
@@ -41,6 +41,24 @@ class Predictor:
         self.model = model.eval()
         self.spec = spec
         self.batch_dialogues = batch_dialogues
+
+    def _warn_about_isolated_utterances(self, manifest: pd.DataFrame) -> None:
+        """A model that reads dialogue context, given no conversation of two turns or more, scores each utterance
+        out of context; speakers with fewer utterances than ``model.speaker_min_utterances`` are normalised with
+        the training population's statistics."""
+        reads = _reads_dialogue_context(self.spec.model)
+        sizes = manifest.groupby(["split", "dialogue_id"]).size()
+        if reads and sizes.max() < 2:
+            log.warning(
+                "every conversation given holds a single utterance, but this model reads dialogue context (%s): "
+                "give each conversation's turns together (same dialogue_id) for the scores it was trained for", ", ".join(reads)
+            )
+        if self.spec.model.speaker_relative_inputs != "off":
+            per_speaker = manifest.groupby(["split", "dialogue_id", "party"]).size()
+            few = int((per_speaker < self.spec.model.speaker_min_utterances).sum())
+            if few:
+                log.info("%d speaker(s) with fewer than %d utterances in their conversation: normalised with the training "
+                         "population's statistics", few, self.spec.model.speaker_min_utterances)
 
     @classmethod
     def from_bundle(cls, directory: Path) -> Predictor:
@@ -95,13 +113,16 @@ class Predictor:
             if extracted.failed:
                 log.warning("%s: %d utterance(s) failed to encode; they are masked for this modality", modality, extracted.failed)
             features[modality] = load_features(manifest, modality, self.spec.features, cache)
-        predictions = self._predict(manifest, features)
+        predictions = self.predict_features(manifest, features)
         return _with_rejected(predictions, ingested.problems, self.spec.labels)
 
     @torch.inference_mode()
-    def _predict(self, manifest: pd.DataFrame, features: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    def predict_features(self, manifest: pd.DataFrame, features: dict[str, pd.DataFrame]) -> pd.DataFrame:
+        """Labels and probabilities of manifest rows (``utterance_key``, ``split``, ``dialogue_id``, ``turn``,
+        ``party``, ``utterance_index``, ``speaker``) from their feature tables (``load_features``'s layout)."""
         if not any((table["status"] == "ok").any() for table in features.values()):
             raise DataError("no utterance has usable features for any of the model's modalities; check the input's text and media")
+        self._warn_about_isolated_utterances(manifest)
         unlabelled = manifest.assign(label_id=-1)  # predictions never read labels, whatever label set the data uses
         data = build_dialogue_data(unlabelled, features, len(self.spec.labels), input_dims=self.spec.input_dims)
         device = next(self.model.parameters()).device
@@ -128,6 +149,18 @@ class Predictor:
         out[by_key.columns] = by_key.to_numpy().astype(np.float64)
         out["problem"] = None
         return out
+
+
+def _reads_dialogue_context(config: ModelConfig) -> list[str]:
+    """What in a model's settings draws on the other turns of a conversation."""
+    reads = []
+    if config.speaker_relative_inputs != "off":
+        reads.append(f"speaker_relative_inputs {config.speaker_relative_inputs}")
+    if config.speaker_evidence_rounds:
+        reads.append("speaker evidence")
+    if config.use_spiking or config.dialogue_context:
+        reads.append("attention across turns")
+    return reads
 
 
 def _with_rejected(predictions: pd.DataFrame, problems: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
@@ -204,6 +237,12 @@ def evaluate_predictions(
     dialogues = by_key["dialogue_id"].reindex(scored["utterance_key"]).to_numpy()[labelled]
     intervals = dialogue_bootstrap(truth_ids, predicted, dialogues, len(label_ids), draws=bootstrap_draws, seed=bootstrap_seed)
     return {**classification_metrics(truth_ids, predicted, predictor.spec.labels), **intervals.summary()}
+
+
+def newest_turns(predictions: pd.DataFrame, newest: int) -> pd.DataFrame:
+    """The ``newest`` last predicted turns of each dialogue (rejected rows, which have no prediction, dropped)."""
+    predicted = predictions[predictions["label"].notna()].sort_values(["split", "dialogue_id", "utterance_index"], kind="stable")
+    return predicted.groupby(["split", "dialogue_id"], sort=False).tail(newest).reset_index(drop=True)
 
 
 def write_predictions(predictions: pd.DataFrame, out: Path) -> dict[str, Any]:

@@ -4,6 +4,10 @@ Input: a DataFrame of utterances (``dialogue_id``, ``utterance_index``, ``speake
 optionally ``media_path``, ``media_start``, ``media_end``). Features are rebuilt with the encoders the
 model records; media paths resolve against the ``media_root`` parameter. Output: one row per utterance
 with the predicted ``label`` and ``prob_<label>`` for every class.
+
+With the ``newest`` parameter n > 0 each dialogue is a conversation so far: only its n newest turns are
+answered, by the live scorer (spikemo/incremental.py) that the loaded model keeps, so a served model
+(``mlflow models serve``) encodes only the turns a conversation's earlier requests did not already bring.
 """
 
 from __future__ import annotations
@@ -15,16 +19,34 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
+from spikemo.incremental import IncrementalScorer
 from spikemo.predict import Predictor
 
 
 class SpikEmoPyfunc(PythonModel):
     def load_context(self, context: PythonModelContext) -> None:
         self.predictor = Predictor.from_bundle(Path(context.artifacts["bundle"]))
+        self.scorer: IncrementalScorer | None = None
 
     def predict(self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        media_root = (params or {}).get("media_root")
-        return self.predictor.predict_frame(model_input, Path(media_root) if media_root else None)
+        params = params or {}
+        media_root = Path(params["media_root"]) if params.get("media_root") else None
+        newest = int(params.get("newest") or 0)
+        if newest > 0:
+            return self._newest_turns(model_input, media_root, newest)
+        return self.predictor.predict_frame(model_input, media_root)
+
+    def _newest_turns(self, model_input: pd.DataFrame, media_root: Path | None, newest: int) -> pd.DataFrame:
+        if self.scorer is None or self.scorer.media_root != (media_root or Path.cwd()):
+            self.scorer = IncrementalScorer(self.predictor, media_root)
+        rows = []
+        for dialogue, turns in model_input.sort_values("utterance_index", kind="stable").groupby("dialogue_id", sort=False):
+            request = {"dialogue_id": str(dialogue), "newest": newest, "turns": turns.to_dict("records")}
+            for turn in self.scorer.score(request)["turns"]:
+                index = int(turns["utterance_index"].iloc[turn["utterance_index"]])
+                probabilities = {f"prob_{label}": p for label, p in turn["probabilities"].items()}
+                rows.append({"dialogue_id": str(dialogue), "utterance_index": index, "label": turn["label"], **probabilities})
+        return pd.DataFrame(rows)
 
 
 mlflow.models.set_model(SpikEmoPyfunc())

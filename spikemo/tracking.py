@@ -332,7 +332,7 @@ PREDICTION_INPUT = Schema(
 def prediction_signature(labels: list[str]) -> ModelSignature:
     outputs = [ColSpec("string", "dialogue_id"), ColSpec("long", "utterance_index"), ColSpec("string", "label")]
     outputs += [ColSpec("double", f"prob_{label}") for label in labels]
-    params = ParamSchema([ParamSpec("media_root", "string", "")])
+    params = ParamSchema([ParamSpec("media_root", "string", ""), ParamSpec("newest", "long", 0)])
     return ModelSignature(inputs=PREDICTION_INPUT, outputs=Schema(outputs), params=params)
 
 

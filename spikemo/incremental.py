@@ -1,0 +1,210 @@
+"""Live scoring: the emotion of a conversation's newest turn(s) while it goes on.
+
+A request holds one conversation so far; the answer holds the label and class probabilities of its newest
+turn(s). The scorer keeps the encoders loaded and remembers every turn's encoding (keyed by exactly what the
+encoder read: the text with its context window, or the media file's size, modification time and segment),
+so each request encodes only the turns it has not seen; the SpikEmo pass over the dialogue is recomputed
+(milliseconds). With a ``model.causal`` model a turn's answer is final: later turns never change it. A
+bidirectional model reads later turns too, so an earlier turn's label may still change; every answer says
+which (``causal``, and ``final`` per turn).
+
+Request (JSON; ``spikemo predict --incremental``, one request per line)::
+
+    {"dialogue_id": "call-17", "newest": 1,
+     "turns": [{"speaker": "Ann", "text": "Hi!"},
+               {"speaker": "Bob", "text": "What now?", "media_path": "clips/17-2.mp4", "media_start": 3.5, "media_end": 6.0}]}
+
+``turns`` are in order (their position is the utterance index); ``newest`` (default 1) is how many of the
+last turns to answer; media paths are relative to the scorer's media root. Response::
+
+    {"dialogue_id": "call-17", "causal": true, "encoded": 1, "reused": 1, "milliseconds": 12.4,
+     "turns": [{"utterance_index": 1, "speaker": "Bob", "label": "anger", "final": true,
+                "probabilities": {"anger": 0.61, "neutral": 0.2, ...}}]}
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from spikemo.errors import DataError
+from spikemo.features.base import build_encoder
+from spikemo.features.extract import MediaSource, input_decoder
+from spikemo.features.text import TextEncoder
+from spikemo.predict import Predictor
+
+MEMO_SIZE = 100_000  # remembered encodings (about 1.5 KB each for a 384-d text encoder)
+
+
+class IncrementalScorer:
+    """Answers requests (module docstring) with one loaded model; encodings persist across requests."""
+
+    def __init__(self, predictor: Predictor, media_root: Path | None = None, memo_size: int = MEMO_SIZE) -> None:
+        predictor.check_encoders()
+        self.predictor = predictor
+        self.media_root = Path(media_root) if media_root else Path.cwd()
+        self.encoders = {modality: build_encoder(modality, predictor.spec.features) for modality in predictor.spec.modalities}
+        self.memo: OrderedDict[tuple[str, Any], np.ndarray | str] = OrderedDict()  # vector, or the reason it failed
+        self.memo_size = memo_size
+
+    @property
+    def causal(self) -> bool:
+        return self.predictor.spec.model.causal
+
+    def score(self, request: dict[str, Any]) -> dict[str, Any]:
+        started = time.perf_counter()
+        manifest, newest = _request_manifest(request)
+        counts = {"encoded": 0, "reused": 0}
+        features = {modality: self._features(modality, encoder, manifest, counts) for modality, encoder in self.encoders.items()}
+        predictions = self.predictor.predict_features(manifest, features).sort_values("utterance_index")
+        labels = self.predictor.spec.labels
+        answered = predictions.tail(newest)
+        turns = [
+            {
+                "utterance_index": int(row["utterance_index"]),
+                "speaker": row["speaker"],
+                "label": row["label"],
+                "final": self.causal,
+                "probabilities": {label: round(float(row[f"prob_{label}"]), 6) for label in labels},
+            }
+            for _, row in answered.iterrows()
+        ]
+        milliseconds = round(1000 * (time.perf_counter() - started), 2)
+        return {"dialogue_id": str(request["dialogue_id"]), "causal": self.causal, **counts, "milliseconds": milliseconds, "turns": turns}
+
+    def score_lines(self, lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+        """One answer per non-empty JSON line; a line that is not a valid request is a DataError naming it."""
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                request = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"request line {number}: not JSON ({error.msg}); send one JSON object per line") from None
+            try:
+                yield self.score(request)
+            except DataError as error:
+                raise DataError(f"request line {number}: {error}") from None
+
+    def _features(self, modality: str, encoder: Any, manifest: pd.DataFrame, counts: dict[str, int]) -> pd.DataFrame:
+        """The feature table ``load_features`` would give, from the memo or encoded now."""
+        if isinstance(encoder, TextEncoder):
+            sources: list[Any] = encoder.build_inputs(manifest)
+            keys: list[Any] = [item.fingerprint if item.text.strip() else None for item in sources]
+        else:
+            sources, keys = self._media_sources(manifest)
+        todo = [position for position, key in enumerate(keys) if key is not None and (modality, key) not in self.memo]
+        if todo:
+            self._encode(modality, encoder, [sources[position] for position in todo], [keys[position] for position in todo])
+        counts["encoded"] += len(todo)
+        counts["reused"] += sum(key is not None for key in keys) - len(todo)
+        status, reason, embedding = [], [], []
+        for key in keys:
+            value = None
+            if key is not None:
+                value = self.memo[(modality, key)]
+                self.memo.move_to_end((modality, key))
+            ok = isinstance(value, np.ndarray)
+            status.append("ok" if ok else "failed" if value is not None else "missing_media")
+            reason.append(None if ok else value or "no input for this modality")
+            embedding.append(value if ok else None)
+        return pd.DataFrame({"utterance_key": manifest["utterance_key"], "status": status, "reason": reason, "embedding": embedding})
+
+    def _media_sources(self, manifest: pd.DataFrame) -> tuple[list[Any], list[Any]]:
+        sources, keys = [], []
+        for path, start, end in zip(manifest["media_path"], manifest["media_start"], manifest["media_end"]):
+            if not path:
+                sources.append(None)
+                keys.append(None)
+                continue
+            full = (self.media_root / path).resolve()
+            if not full.is_relative_to(self.media_root.resolve()) or not full.is_file():
+                raise DataError(f"media_path {path!r}: no such file under the media root {self.media_root}")
+            stat = full.stat()
+            sources.append(MediaSource(full, start, end))
+            keys.append((str(full), stat.st_size, stat.st_mtime_ns, start, end))
+        return sources, keys
+
+    def _encode(self, modality: str, encoder: Any, sources: list[Any], keys: list[Any]) -> None:
+        decode = input_decoder(encoder, self.predictor.spec.features)
+        inputs, ready = [], []
+        for source, key in zip(sources, keys):
+            try:
+                inputs.append(decode(source) if decode else source)
+                ready.append(key)
+            except Exception as error:  # a clip that cannot be decoded is masked for this modality, as in extraction
+                self._remember(modality, key, f"{type(error).__name__}: {error}")
+        if not inputs:
+            return
+        batch = encoder.encode(inputs)
+        for row, key in enumerate(ready):
+            vector = batch.embeddings[row]
+            failure = batch.failures.get(row) or (None if np.isfinite(vector).all() else "non-finite values in the embedding")
+            self._remember(modality, key, failure or vector.copy())
+
+    def _remember(self, modality: str, key: Any, value: np.ndarray | str) -> None:
+        self.memo[(modality, key)] = value
+        while len(self.memo) > self.memo_size:
+            self.memo.popitem(last=False)
+
+
+def _request_manifest(request: Any) -> tuple[pd.DataFrame, int]:
+    """The request's conversation as manifest rows (one dialogue, turns in order) and how many to answer."""
+    if not isinstance(request, dict) or "dialogue_id" not in request or not isinstance(request.get("turns"), list) or not request["turns"]:
+        raise DataError('a request is {"dialogue_id": ..., "turns": [{"speaker": ..., "text": ...}, ...], "newest": 1} with at least one turn')
+    newest = request.get("newest", 1)
+    if not isinstance(newest, int) or newest < 1:
+        raise DataError(f"newest {newest!r}: give how many of the last turns to answer (1 or more)")
+    rows = []
+    for index, turn in enumerate(request["turns"]):
+        if not isinstance(turn, dict):
+            raise DataError(f"turn {index}: a turn is an object with speaker, text and optionally media_path")
+        text, media_path = str(_given(turn.get("text")) or "").strip(), _given(turn.get("media_path"))
+        if not (text or media_path):
+            raise DataError(f"turn {index}: give its text and/or media_path")
+        rows.append(
+            {
+                "speaker": " ".join(str(_given(turn.get("speaker")) or "").split()),
+                "text": text,
+                "media_path": media_path,
+                "media_start": _seconds(turn.get("media_start"), index),
+                "media_end": _seconds(turn.get("media_end"), index),
+            }
+        )
+    frame = pd.DataFrame(rows)
+    dialogue = str(request["dialogue_id"])
+    count = len(frame)
+    frame = frame.assign(
+        utterance_key=[f"live/{dialogue}/{index}" for index in range(count)],
+        dataset="live",
+        split="test",
+        dialogue_id=dialogue,
+        utterance_index=np.arange(count),
+        turn=np.arange(count),
+        party=pd.factorize(frame["speaker"])[0],
+        label_id=-1,
+    )
+    return frame, min(newest, count)
+
+
+def _given(value: Any) -> Any:
+    """None for an absent value (None, NaN from a DataFrame, an empty string)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value == "":
+        return None
+    return value
+
+
+def _seconds(value: Any, index: int) -> float | None:
+    if _given(value) is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"turn {index}: media times are seconds, got {value!r}") from None

@@ -1,0 +1,101 @@
+"""Live scoring of conversations so far with a causal model: answers, reuse of encodings, CLI and pyfunc."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from spikemo import experiment
+from spikemo.cli import main
+from spikemo.data.demo import DemoCorpusSettings, plan_demo_corpus, write_annotations
+from spikemo.incremental import IncrementalScorer
+from spikemo.predict import Predictor
+from spikemo.tracking import connect
+
+MODEL_URI = "models:/spikemo-livetext@champion"
+
+
+@pytest.fixture(scope="module")
+def causal_model(tmp_path_factory, tiny_config):
+    """A causal text SpikEmo with speaker evidence and z-scored speaker inputs, on generated transcripts."""
+    root = tmp_path_factory.mktemp("live-text")
+    write_annotations(plan_demo_corpus(DemoCorpusSettings(dialogues=60, seed=4)), root)
+    config = tiny_config(root / "unused.csv", root / "work", root / "cache", **{
+        "data.format": "meld", "data.root": str(root), "data.manifest": None, "data.name": "livetext",
+        "features.text.params": {"model": "minilm", "context_turns": 2, "speaker_names": True},
+        "model.causal": True, "model.speaker_evidence_rounds": 2, "model.speaker_relative_inputs": "centred",
+        "train.epochs": 4,
+    })
+    experiment.run_experiment(config)
+    connect(config)
+    dev = pd.read_csv(root / "dev_sent_emo.csv", dtype={"Dialogue_ID": str}).rename(
+        columns={"Dialogue_ID": "dialogue_id", "Utterance_ID": "utterance_index", "Speaker": "speaker", "Utterance": "text"}
+    )[["dialogue_id", "utterance_index", "speaker", "text"]]
+    return config, Predictor.from_uri(MODEL_URI), dev
+
+
+def _request(turns: pd.DataFrame, newest: int = 1) -> dict:
+    return {"dialogue_id": str(turns["dialogue_id"].iloc[0]), "newest": newest,
+            "turns": turns[["speaker", "text"]].to_dict("records")}
+
+
+def test_each_turn_is_answered_as_the_whole_conversation_scores_it_and_encoded_once(causal_model):
+    _, predictor, dev = causal_model
+    dialogue = max((turns for _, turns in dev.groupby("dialogue_id")), key=len).sort_values("utterance_index")
+    whole = predictor.predict_frame(dialogue).sort_values("utterance_index")
+    probabilities = [c for c in whole.columns if c.startswith("prob_")]
+    scorer = IncrementalScorer(predictor)
+    for k in range(len(dialogue)):
+        answer = scorer.score(_request(dialogue.iloc[: k + 1]))
+        assert answer["causal"] and (answer["encoded"], answer["reused"]) == (1, k)  # only the new turn is encoded
+        (turn,) = answer["turns"]
+        assert turn["utterance_index"] == k and turn["final"] and turn["label"] == whole["label"].iloc[k]
+        expected = whole[probabilities].iloc[k].to_numpy()
+        np.testing.assert_allclose([turn["probabilities"][c.removeprefix("prob_")] for c in probabilities], expected, atol=1e-5)
+    assert len(scorer.score(_request(dialogue, newest=3))["turns"]) == 3
+
+
+def test_cli_answers_request_lines_and_names_a_bad_one(causal_model, tmp_path, capsys):
+    config, _, dev = causal_model
+    dialogue = dev[dev["dialogue_id"] == dev["dialogue_id"].iloc[0]]
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("\n".join(json.dumps(_request(dialogue.iloc[: k + 1])) for k in range(len(dialogue))) + "\n")
+    common = ["predict", "--incremental", "--workdir", str(config.workdir), "--model", MODEL_URI]
+    assert main([*common, "--input", str(requests)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    answers, summary = [json.loads(line) for line in lines[:-1]], json.loads(lines[-1])
+    assert [a["turns"][0]["utterance_index"] for a in answers] == list(range(len(dialogue)))
+    assert summary["requests"] == len(dialogue) and summary["causal"] and summary["p95_ms"] >= summary["p50_ms"] > 0
+
+    requests.write_text(json.dumps(_request(dialogue)) + '\n{"dialogue_id": "x", "turns": []}\n')
+    assert main([*common, "--input", str(requests)]) == 3
+    captured = capsys.readouterr()
+    assert len(captured.out.strip().splitlines()) == 1  # the good request was answered before the bad one
+    error = captured.err.strip().splitlines()
+    assert len(error) == 1 and "request line 2" in error[0]
+
+
+def test_pyfunc_newest_turns_match_the_full_prediction(causal_model):
+    _, predictor, dev = causal_model
+    conversations = dev[dev["dialogue_id"].isin(dev["dialogue_id"].unique()[:3])]
+    full = predictor.predict_frame(conversations).sort_values(["dialogue_id", "utterance_index"])
+    last = full.groupby("dialogue_id").tail(1).reset_index(drop=True)
+    served = mlflow.pyfunc.load_model(MODEL_URI).predict(conversations, params={"newest": 1})
+    served = served.sort_values("dialogue_id").reset_index(drop=True)
+    assert served["label"].tolist() == last.sort_values("dialogue_id")["label"].tolist()
+    assert served["utterance_index"].tolist() == last.sort_values("dialogue_id")["utterance_index"].tolist()
+
+
+def test_isolated_utterances_given_to_a_context_model_are_warned_about(causal_model, caplog):
+    _, predictor, dev = causal_model
+    isolated = dev.head(6).assign(dialogue_id=[f"alone{i}" for i in range(6)])
+    with caplog.at_level(logging.INFO, logger="spikemo"):
+        predictions = predictor.predict_frame(isolated)
+    assert predictions["label"].notna().all()
+    assert any("single utterance" in record.message and record.levelno == logging.WARNING for record in caplog.records)
+    assert any("training population" in record.message for record in caplog.records)
