@@ -54,6 +54,10 @@ class IncrementalScorer:
         self.memo: OrderedDict[tuple[str, Any], np.ndarray | str] = OrderedDict()  # vector, or the reason it failed
         self.memo_size = memo_size
 
+    def forget(self) -> None:
+        """Drop every remembered encoding (the next request encodes all its turns)."""
+        self.memo.clear()
+
     @property
     def causal(self) -> bool:
         return self.predictor.spec.model.causal
@@ -63,7 +67,7 @@ class IncrementalScorer:
         manifest, newest = _request_manifest(request)
         counts = {"encoded": 0, "reused": 0}
         features = {modality: self._features(modality, encoder, manifest, counts) for modality, encoder in self.encoders.items()}
-        predictions = self.predictor.predict_features(manifest, features).sort_values("utterance_index")
+        predictions = self.predictor.predict_features(manifest, features, warn_isolated=False).sort_values("utterance_index")
         labels = self.predictor.spec.labels
         answered = predictions.tail(newest)
         turns = [

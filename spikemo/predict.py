@@ -117,12 +117,14 @@ class Predictor:
         return _with_rejected(predictions, ingested.problems, self.spec.labels)
 
     @torch.inference_mode()
-    def predict_features(self, manifest: pd.DataFrame, features: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    def predict_features(self, manifest: pd.DataFrame, features: dict[str, pd.DataFrame], warn_isolated: bool = True) -> pd.DataFrame:
         """Labels and probabilities of manifest rows (``utterance_key``, ``split``, ``dialogue_id``, ``turn``,
-        ``party``, ``utterance_index``, ``speaker``) from their feature tables (``load_features``'s layout)."""
+        ``party``, ``utterance_index``, ``speaker``) from their feature tables (``load_features``'s layout);
+        ``warn_isolated`` False for a live conversation's first turn."""
         if not any((table["status"] == "ok").any() for table in features.values()):
             raise DataError("no utterance has usable features for any of the model's modalities; check the input's text and media")
-        self._warn_about_isolated_utterances(manifest)
+        if warn_isolated:
+            self._warn_about_isolated_utterances(manifest)
         unlabelled = manifest.assign(label_id=-1)  # predictions never read labels, whatever label set the data uses
         data = build_dialogue_data(unlabelled, features, len(self.spec.labels), input_dims=self.spec.input_dims)
         device = next(self.model.parameters()).device
