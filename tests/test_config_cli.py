@@ -130,3 +130,33 @@ def test_precedence_is_defaults_then_config_then_set_then_given_options(command,
     from_set = parse("--set", f"{key}={set_value}")
     assert read(from_set) != read(from_file) and read(from_set) == read(load_config(config_file, dict([parse_override(f"{key}={set_value}")])))
     assert read(parse("--set", f"{key}={set_value}", *option)) == option_value
+
+
+def test_a_config_extends_another_and_overrides_only_what_it_names(tmp_path):
+    (tmp_path / "base.yaml").write_text("model:\n  model_dim: 64\n  dropout: 0.4\ntrain:\n  epochs: 9\nfeatures:\n  modalities: [text, audio]\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "middle.yaml").write_text("extends: ../base.yaml\nmodel:\n  dropout: 0.1\n")
+    (tmp_path / "leaf.yaml").write_text("extends: sub/middle.yaml\nfeatures:\n  modalities: [text]\ntrain:\n  lr: 0.01\n")
+    config = load_config(tmp_path / "leaf.yaml", {"train.epochs": 3})
+    assert (config.model.model_dim, config.model.dropout) == (64, 0.1)  # a section merges key by key
+    assert config.features.modalities == ["text"]  # a list replaces
+    assert (config.train.epochs, config.train.lr) == (3, 0.01)  # overrides still come last
+    assert "extends" not in config.flat()
+
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "orphan.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(ConfigError, match="named by .*orphan.yaml"):
+        load_config(tmp_path / "orphan.yaml")
+
+
+def test_shipped_variants_extend_their_base_and_resolve_completely():
+    meld = load_config(REPO / "configs" / "meld.yaml")
+    for name in ("meld-finetuned.yaml", "meld-mpnet.yaml"):
+        text = (REPO / "configs" / name).read_text()
+        assert text.count("\nextends: meld.yaml") == 1 and "model:" not in text and "train:" not in text, name
+        variant = load_config(REPO / "configs" / name)
+        assert variant.model == meld.model and variant.train == meld.train and variant.data == meld.data
+        assert variant.features.modalities == ["text"] and variant.features.text.finetune is not None
