@@ -11,7 +11,7 @@ import torch
 import transformers
 
 from spikemo.config import SpikEmoConfig, load_config
-from spikemo.data.demo import DemoCorpusSettings, make_demo_corpus
+from spikemo.data.demo import DemoCorpusSettings, make_demo_corpus, plan_demo_corpus, write_annotations
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -84,6 +84,19 @@ def tiny_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_config():
     return make_tiny_config
+
+
+def make_generated_text_config(root: Path, name: str, dialogues: int, seed: int, **overrides) -> SpikEmoConfig:
+    """A tiny SpikEmo on generated transcripts in MELD's layout (annotations only, no media) under ``root``."""
+    write_annotations(plan_demo_corpus(DemoCorpusSettings(dialogues=dialogues, seed=seed)), root)
+    return make_tiny_config(root / "unused.csv", root / "work", root / "cache", **{
+        "data.format": "meld", "data.root": str(root), "data.manifest": None, "data.name": name, **overrides,
+    })
+
+
+@pytest.fixture(scope="session")
+def generated_text_config():
+    return make_generated_text_config
 
 
 @pytest.fixture(scope="session")

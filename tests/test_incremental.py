@@ -12,7 +12,6 @@ import pytest
 
 from spikemo import experiment
 from spikemo.cli import main
-from spikemo.data.demo import DemoCorpusSettings, plan_demo_corpus, write_annotations
 from spikemo.incremental import IncrementalScorer
 from spikemo.predict import Predictor
 from spikemo.tracking import connect
@@ -21,12 +20,10 @@ MODEL_URI = "models:/spikemo-livetext@champion"
 
 
 @pytest.fixture(scope="module")
-def causal_model(tmp_path_factory, tiny_config):
-    """A causal text SpikEmo with speaker evidence and z-scored speaker inputs, on generated transcripts."""
+def causal_model(tmp_path_factory, generated_text_config):
+    """A causal text SpikEmo with speaker evidence and speaker-centred inputs, on generated transcripts."""
     root = tmp_path_factory.mktemp("live-text")
-    write_annotations(plan_demo_corpus(DemoCorpusSettings(dialogues=60, seed=4)), root)
-    config = tiny_config(root / "unused.csv", root / "work", root / "cache", **{
-        "data.format": "meld", "data.root": str(root), "data.manifest": None, "data.name": "livetext",
+    config = generated_text_config(root, "livetext", dialogues=60, seed=4, **{
         "features.text.params": {"model": "minilm", "context_turns": 2, "speaker_names": True},
         "model.causal": True, "model.speaker_evidence_rounds": 2, "model.speaker_relative_inputs": "centred",
         "train.epochs": 4,

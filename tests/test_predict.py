@@ -11,7 +11,6 @@ import pytest
 
 from spikemo import experiment
 from spikemo.cli import main
-from spikemo.data.demo import DemoCorpusSettings, plan_demo_corpus, write_annotations
 from spikemo.predict import Predictor
 from spikemo.tracking import connect
 
@@ -19,12 +18,10 @@ EMOTIONS = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]
 
 
 @pytest.fixture(scope="module")
-def text_model(tmp_path_factory, tiny_config):
+def text_model(tmp_path_factory, generated_text_config):
     """A text-only SpikEmo with speaker evidence, trained on generated transcripts (annotations only: 100 dialogues)."""
     root = tmp_path_factory.mktemp("generated-text")
-    write_annotations(plan_demo_corpus(DemoCorpusSettings(dialogues=100, seed=3)), root)
-    config = tiny_config(root / "unused.csv", root / "work", root / "cache", **{
-        "data.format": "meld", "data.root": str(root), "data.manifest": None, "data.name": "gentext",
+    config = generated_text_config(root, "gentext", dialogues=100, seed=3, **{
         "model.model_dim": 32, "model.speaker_evidence_rounds": 2, "train.epochs": 15, "train.patience": 5,
     })
     return config, experiment.run_experiment(config), root
