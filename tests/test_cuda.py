@@ -8,7 +8,7 @@ import torch
 from spikemo.config import LossWeights
 from spikemo.losses import SpikEmoLoss
 from spikemo.model.spikemo import SpikEmo
-from spikemo.model.spiking import MultiStepLIF
+from spikemo.model.neuron import MultiStepLIF
 from spikemo.training.evaluation import autocast_for
 from test_model import DIMS, NUM_CLASSES, make_batch, tiny_config
 

@@ -14,7 +14,8 @@ from spikemo.model.batch import IGNORE_INDEX, DialogueBatch
 from spikemo.model.fusion import CrossAttention
 from spikemo.model.snn_stats import SpikeMonitor
 from spikemo.model.spikemo import SpikEmo, _speaker_means, _speaker_peers
-from spikemo.model.spiking import LinearNormLIF, MultiStepLIF, Spikformer, is_fused_lif
+from spikemo.model.neuron import MultiStepLIF, is_fused_lif
+from spikemo.model.spikformer import LinearNormLIF, Spikformer
 from spikemo.training.evaluation import autocast_for
 
 DIMS = {"text": 6, "audio": 5, "visual": 4}

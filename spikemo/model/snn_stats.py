@@ -17,7 +17,8 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from spikemo.model.spiking import SpikingNeuron, Spikformer
+from spikemo.model.neuron import SpikingNeuron
+from spikemo.model.spikformer import Spikformer
 
 PICOJOULES_PER_AC = 0.9
 PICOJOULES_PER_MAC = 4.6

@@ -37,7 +37,7 @@ from spikemo.model.batch import DialogueBatch
 from spikemo.model.context import DialogueRNN
 from spikemo.model.evidence import SpeakerEvidence
 from spikemo.model.fusion import MultiAttnFusion
-from spikemo.model.spiking import Spikformer
+from spikemo.model.spikformer import Spikformer
 
 MAX_PARTIES = 16  # speakers per dialogue with their own embedding; later ones share the last
 MAX_TURNS = 64  # turn positions with their own embedding; later ones share the last
