@@ -49,3 +49,11 @@ class DialogueBatch:
     @property
     def max_length(self) -> int:
         return self.utterance_mask.shape[1]
+
+
+def scatter_to_padded(packed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[..., N, D]`` rows for the N True positions of ``mask`` [B, L] -> ``[..., B, L, D]``, zeros elsewhere:
+    the way back from the packed real (or present) utterances to the padded dialogue layout."""
+    padded = packed.new_zeros(*packed.shape[:-2], *mask.shape, packed.shape[-1])
+    padded[(slice(None),) * (packed.dim() - 2) + (mask,)] = packed
+    return padded

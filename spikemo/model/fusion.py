@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikemo.config import ModelConfig
+from spikemo.model.batch import scatter_to_padded
 
 
 class CrossAttention(nn.Module):
@@ -36,9 +37,7 @@ class CrossAttention(nn.Module):
         """queries, keys [N, D] at the N real utterances of utterance_mask [B, L]; key_mask [B, L] bool -> [N, D]."""
 
         def split(x: torch.Tensor) -> torch.Tensor:
-            padded = x.new_zeros(*utterance_mask.shape, x.shape[-1])
-            padded[utterance_mask] = x
-            return padded.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+            return scatter_to_padded(x, utterance_mask).unflatten(-1, (self.heads, -1)).transpose(1, 2)
 
         length = utterance_mask.shape[1]
         visible = key_mask.unsqueeze(1).expand(-1, length, -1)  # [B, query, key]

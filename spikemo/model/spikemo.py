@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from spikemo.config import MODALITIES, ModelConfig
-from spikemo.model.batch import DialogueBatch
+from spikemo.model.batch import DialogueBatch, scatter_to_padded
 from spikemo.model.context import DialogueRNN
 from spikemo.model.evidence import SpeakerEvidence
 from spikemo.model.fusion import MultiAttnFusion
@@ -48,13 +48,6 @@ SPEAKER_VARIANCE_FLOOR = 1e-2  # added to a speaker's variance (features are sta
 class SpikEmoOutput:
     logits: torch.Tensor  # [B, L, num_classes], zero at padding
     modality_features: dict[str, torch.Tensor]  # modality -> fused features [B, L, H] fed to the classifier
-
-
-def _unpack(packed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``[N, H]`` rows for the True positions of ``mask`` [B, L] -> ``[B, L, H]``, zeros elsewhere."""
-    unpacked = packed.new_zeros(*mask.shape, packed.shape[-1])
-    unpacked[mask] = packed
-    return unpacked
 
 
 def _speaker_peers(party: torch.Tensor, present: torch.Tensor, causal: bool) -> torch.Tensor:
@@ -165,10 +158,10 @@ class SpikEmo(nn.Module):
             hidden = self._spike_gate(hidden, present, batch.party)
         real = batch.utterance_mask
         fused = self.fusion({m: hidden[m][real] for m in self.modalities}, real, present)  # [N, D] per modality
-        logits = _unpack(self.classifier(self.merge(torch.cat([fused[m] for m in self.modalities], dim=-1))), real)
+        logits = scatter_to_padded(self.classifier(self.merge(torch.cat([fused[m] for m in self.modalities], dim=-1))), real)
         if self.speaker_evidence is not None:
             logits = self.speaker_evidence(logits, batch.party, real)
-        return SpikEmoOutput(logits=logits, modality_features={m: _unpack(f, real) for m, f in fused.items()})
+        return SpikEmoOutput(logits=logits, modality_features={m: scatter_to_padded(f, real) for m, f in fused.items()})
 
     def _speaker_relative(self, features: torch.Tensor, party: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         config = self.config

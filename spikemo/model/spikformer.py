@@ -32,6 +32,7 @@ from spikingjelly.activation_based import surrogate
 from torch import nn
 
 from spikemo.config import ModelConfig
+from spikemo.model.batch import scatter_to_padded
 from spikemo.model.neuron import spiking_neuron
 
 ATTENTION_SCALE = 0.125  # Spikformer's fixed scale for spike-product attention
@@ -80,9 +81,7 @@ class SpikingSelfAttention(nn.Module):
 
     def _split_heads(self, spikes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``[T, N, D]`` packed -> ``[T, B, heads, L, d]`` with zeros at the utterances that ``mask`` leaves out."""
-        padded = spikes.new_zeros(spikes.shape[0], *mask.shape, spikes.shape[-1])
-        padded[:, mask] = spikes
-        return padded.unflatten(-1, (self.heads, -1)).transpose(2, 3)
+        return scatter_to_padded(spikes, mask).unflatten(-1, (self.heads, -1)).transpose(2, 3)
 
 
 class SpikingMLP(nn.Module):
@@ -125,9 +124,7 @@ class Spikformer(nn.Module):
         x = self.encode(features[mask])  # [N, D], identical at every timestep
         for block in self.blocks:
             x = block(x, mask)
-        output = features.new_zeros(features.shape)
-        output[mask] = self.norm(x).mean(0)
-        return output
+        return scatter_to_padded(self.norm(x).mean(0).to(features.dtype), mask)
 
 
 def _spikformer_init(module: nn.Module) -> None:
