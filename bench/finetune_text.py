@@ -1,14 +1,16 @@
 """Fine-tuning the text encoder on MELD (EmoBERTa's recipe): its speed and memory here, and what it buys.
 
-``--part speed``: for each setting (max_length, context turns, frozen lower layers) a fresh process trains
-``--steps`` batches of 16 MELD train inputs (plain AdamW, after two warm-up steps) and reports training
-samples/s, the inputs' mean token count and the process's peak RSS; the estimated epoch time follows.
+``--part speed``: for each setting (encoder, max_length, past and future context turns, frozen lower layers,
+fp32 or bf16 autocast) a fresh process trains ``--steps`` batches of 16 MELD train inputs (plain AdamW, after
+two warm-up steps) and reports training samples/s, the inputs' mean token count and the process's peak RSS;
+the estimated epoch time follows.
 
 ``--part accuracy``: MELD with a fixed 10% of the train dialogues as the selection split and MELD dev
-reported (the shared copy holds no test split), weighted-F1 of: the linear probe on frozen features
-(MiniLM, mean-pooled, no context: the pipeline's default), the fine-tuned classifier itself, and the linear
-probe and SpikEmo (``configs/meld.yaml``, text) on the fine-tuned encoder's features, with the fine-tune's
-own wall time. Prints one JSON line per part.
+reported (the shared copy holds no test split). Per recipe (``--configs``, default MPNet then MiniLM, all in
+one invocation): the linear probe on the frozen encoder (mean-pooled at ``--frozen-layer``, no context), the
+fine-tune's wall time and peak resident memory, the fine-tuned classifier itself, and the linear probe and
+SpikEmo (the recipe's model section, ``--seeds`` seeds) on the fine-tuned encoder's features. Prints one JSON
+line per part.
 
     .venv/bin/python bench/finetune_text.py --part speed
     .venv/bin/python bench/finetune_text.py --part accuracy --configs configs/meld-mpnet.yaml,configs/meld-finetuned.yaml
@@ -37,27 +39,36 @@ from spikemo.data.ingest import ingest
 from spikemo.data.schema import problems_path, read_manifest, write_manifest
 from spikemo.features.base import build_encoder
 from spikemo.features.extract import extract_modality, load_features
-from spikemo.features.finetune import UtteranceClassifier, finetune_text_encoder, finetuned_text_config, freeze_lower_layers
+from spikemo.features.finetune import (
+    UtteranceClassifier,
+    finetune_autocast,
+    finetune_text_encoder,
+    finetuned_text_config,
+    freeze_lower_layers,
+)
 from spikemo.training import build_dialogue_data, train_model
 from spikemo.training.baseline import fit_linear_probe
 
 REPO = Path(__file__).resolve().parents[1]
 MELD = REPO.parent / "shared" / "data" / "meld"
-SPEED_SETTINGS = [  # (max_length, context_turns, freeze_layers)
-    (64, 0, 0),
-    (128, 0, 0),
-    (128, 2, 0),
-    (128, 2, 3),
-    (256, 4, 0),
+SPEED_SETTINGS = [  # (model, max_length, context_turns, future_turns, freeze_layers, precision)
+    ("minilm", 128, 2, 0, 0, "fp32"),
+    ("minilm", 128, 2, 0, 0, "bf16"),
+    ("mpnet", 128, 2, 1, 0, "fp32"),
+    ("mpnet", 128, 2, 1, 0, "bf16"),
+    ("mpnet", 128, 2, 1, 2, "bf16"),  # configs/meld-mpnet.yaml
+    ("mpnet", 128, 2, 1, 6, "bf16"),
 ]
 
 
 def speed_worker(args: argparse.Namespace) -> dict[str, Any]:
     """One setting, in this (fresh) process."""
-    max_length, context_turns, freeze_layers = args.setting
+    model_name, max_length, context_turns, future_turns, freeze_layers, precision = args.setting
+    max_length, context_turns, future_turns, freeze_layers = map(int, (max_length, context_turns, future_turns, freeze_layers))
     config = _meld_config(args, {
-        "features.text.params": {"model": "minilm", "context_turns": context_turns, "speaker_names": True, "max_length": max_length},
-        "features.text.finetune": {"freeze_layers": freeze_layers},
+        "features.text.params": {"model": model_name, "context_turns": context_turns, "future_turns": future_turns,
+                                 "speaker_names": True, "max_length": max_length},
+        "features.text.finetune": {"freeze_layers": freeze_layers, "precision": precision},
     })
     manifest, _ = read_manifest(_ingested(config))
     train = manifest[manifest["split"] == "train"]
@@ -67,6 +78,7 @@ def speed_worker(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     model = UtteranceClassifier(encoder, 7, dropout=0.1)
     freeze_lower_layers(model.encoder, freeze_layers)
+    autocast = finetune_autocast(precision, torch.device("cpu"))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-5)
     rows = np.random.default_rng(0).permutation(len(items))
     batches = [rows[i : i + args.batch_size] for i in range(0, (args.steps + 2) * args.batch_size, args.batch_size)]
@@ -76,7 +88,9 @@ def speed_worker(args: argparse.Namespace) -> dict[str, Any]:
         if step == 2:
             started = time.perf_counter()
         tokens = encoder.tokenize([items[row] for row in batch])
-        loss = torch.nn.functional.cross_entropy(model(tokens), labels[batch])
+        with autocast():
+            logits = model(tokens)
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels[batch])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -85,9 +99,12 @@ def speed_worker(args: argparse.Namespace) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     samples = args.steps * args.batch_size
     return {
+        "model": model_name,
         "max_length": max_length,
         "context_turns": context_turns,
+        "future_turns": future_turns,
         "freeze_layers": freeze_layers,
+        "precision": precision,
         "samples_per_s": round(samples / seconds, 2),
         "mean_tokens": round(tokens_seen / samples, 1),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
@@ -226,7 +243,7 @@ def main() -> None:
                         help="accuracy: comma-separated recipes, one row each (default: MPNet, then MiniLM)")
     parser.add_argument("--frozen-layer", type=lambda value: {k: int(v) for k, v in (item.split("=") for item in value.split(","))},
                         default={"minilm": 4, "mpnet": 8}, help="accuracy: layer of the frozen-probe features per model alias")
-    parser.add_argument("--setting", type=int, nargs=3, metavar=("MAX_LENGTH", "CONTEXT_TURNS", "FREEZE_LAYERS"))
+    parser.add_argument("--setting", nargs=6, metavar=("MODEL", "MAX_LENGTH", "CONTEXT_TURNS", "FUTURE_TURNS", "FREEZE_LAYERS", "PRECISION"))
     parser.add_argument("--steps", type=int, default=12, help="speed: timed training steps per setting")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seeds", type=int, default=3, help="accuracy: SpikEmo seeds on the fine-tuned features")

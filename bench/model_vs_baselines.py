@@ -14,7 +14,7 @@ Datasets (each trained with its shipped config's model and training sections):
 Variants: ``ours`` (the config as shipped), ``no_spiking`` (its spiking branch removed), ``ce_only`` (its loss
 reduced to cross-entropy), ``speaker_evidence`` (two rounds of speaker-chain evidence), ``text_dialogue_rnn``
 (the DialogueRNN on text too), ``input_noise`` (Gaussian noise of 0.5 standard deviations on the standardised
-training inputs), ``no_speaker_relative`` (its speaker-relative inputs off; the same as ``ours``
+training inputs), ``causal`` (``model.causal``: only the current and earlier turns), ``no_speaker_relative`` (its speaker-relative inputs off; the same as ``ours``
 where the config leaves them off), ``no_speaker_evidence`` (likewise its speaker-chain evidence rounds),
 ``paper`` (the paper-faithful model: Heaviside input encoding, softmax gate over utterances, no
 speaker/position embeddings, DialogueRNN output replacing its input, no speaker evidence, tau 10, loss weights
@@ -77,6 +77,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "speaker_evidence": {"model.speaker_evidence_rounds": 2},
     "text_dialogue_rnn": {"model.dialogue_context": ["text", "audio", "visual"]},
     "input_noise": {"model.input_noise": 0.5},
+    "causal": {"model.causal": True},  # reads only the current and earlier turns (live scoring)
 }
 PROBE = "linear_probe"
 SPEAKER_PROBE = "linear_probe_speaker_zscore"  # the probe on inputs z-scored over each speaker in each dialogue
