@@ -11,6 +11,7 @@ champion); otherwise the new version gets ``challenger``. Scores and the decisio
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import re
@@ -372,6 +373,17 @@ INPUT_EXAMPLE = pd.DataFrame(
 )
 
 
+@contextmanager
+def _spikemo_warnings_only() -> Iterator[None]:
+    logger = logging.getLogger("spikemo")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def log_and_register(
     bundle: Path, config: SpikEmoConfig, gating_score: float, baseline_score: float | None = None,
     summary: dict[str, Any] | None = None, champion_rescore: Callable[[str], float | None] | None = None,
@@ -387,18 +399,19 @@ def log_and_register(
     name = registered_model_name(config)
     summary = summary or {}
     labels = ModelSpec.model_validate_json((bundle / SPEC_FILE).read_text(encoding="utf-8")).labels
-    info = mlflow.pyfunc.log_model(
-        name=logged_model_name(config),
-        model_id=model_id,
-        input_example=INPUT_EXAMPLE,
-        step=-1,  # link no per-epoch metric: the final ones were linked through model_id when logged
-        python_model=str(PYFUNC_MODEL_FILE),
-        artifacts={"bundle": str(bundle)},
-        code_paths=[str(Path(__file__).parent)],
-        signature=prediction_signature(labels),
-        pip_requirements=pip_requirements(),
-        registered_model_name=name,
-    )
+    with _spikemo_warnings_only():  # MLflow predicts the input example: its extraction lines are not news
+        info = mlflow.pyfunc.log_model(
+            name=logged_model_name(config),
+            model_id=model_id,
+            input_example=INPUT_EXAMPLE,
+            step=-1,  # link no per-epoch metric: the final ones were linked through model_id when logged
+            python_model=str(PYFUNC_MODEL_FILE),
+            artifacts={"bundle": str(bundle)},
+            code_paths=[str(Path(__file__).parent)],
+            signature=prediction_signature(labels),
+            pip_requirements=pip_requirements(),
+            registered_model_name=name,
+        )
     version = str(info.registered_model_version)
     client = MlflowClient()
     required_baseline = baseline_score if config.tracking.require_beating_baseline else None
