@@ -246,7 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Every command ends its standard output with one JSON line summarising its results.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_data_commands(commands, common)
+    _add_model_commands(commands, common)
+    _add_tool_commands(commands, common)
+    return parser
 
+
+def _add_data_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """ingest, make-demo-data, preprocess."""
     ingest = commands.add_parser(
         "ingest",
         parents=[common],
@@ -283,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     preprocess.add_argument("--modalities", help="comma-separated subset of text,audio,visual (default from config: text)")
     preprocess.set_defaults(handler=cmd_preprocess, overrides_from=_modality_overrides)
 
+
+def _add_model_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """finetune-text, train, evaluate, predict."""
     finetune = commands.add_parser(
         "finetune-text",
         parents=[common],
@@ -338,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.set_defaults(handler=cmd_predict, overrides_from=lambda args: {})
 
+
+def _add_tool_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """install-model, ui, prefect-ui, demo."""
     install_model = commands.add_parser(
         "install-model",
         parents=[_debug_option()],
@@ -378,7 +391,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data", type=Path, help="demo corpus folder (default <workdir>/demo_corpus; generated when absent)")
     demo.add_argument("--dialogues", type=int, help="dialogues to generate when the corpus is absent (default 60)")
     demo.set_defaults(handler=cmd_demo, overrides_from=lambda args: {}, default_config=DEMO_CONFIG)
-    return parser
 
 
 def resolve_config(args: argparse.Namespace) -> SpikEmoConfig:

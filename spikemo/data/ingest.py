@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,16 +107,7 @@ def ingest(config: DataConfig, out: Path, require_labels: bool = True) -> Ingest
          + " first seen at row " + first_row.fillna(-1).astype(int).astype(str))
 
     media = _resolve_media(rows, raw.root)
-    has_media_path = rows["media_path"].notna()
-    flag(has_media_path & (media["problem"] == "escapes"), "media path outside the dataset root: " + rows["media_path"].astype(str))
-    flag(has_media_path & (media["problem"] == "directory"), "media path is a directory: " + rows["media_path"].astype(str))
-    missing = has_media_path & (media["problem"] == "missing")
-    empty_text = rows["text"] == ""
-    flag(missing & empty_text, "missing clip and empty text: " + rows["media_path"].astype(str))
-    flag(empty_text & ~has_media_path, "empty text and no media")
-    segment_bad = rows["media_start"].notna() & rows["media_end"].notna() & (rows["media_end"] <= rows["media_start"])
-    flag(segment_bad, "media_end is not after media_start")
-
+    missing = _flag_media(rows, media, flag)
     dropped = missing & reasons.isna()
     reasons[dropped] = "missing clip: " + rows.loc[dropped, "media_path"].astype(str)
     action[dropped] = MEDIA_DROPPED
@@ -129,6 +121,21 @@ def ingest(config: DataConfig, out: Path, require_labels: bool = True) -> Ingest
     manifest, speakers = _build_manifest(accepted, media, labels, config.dataset_name, raw.root, out)
     write_manifest(manifest, problems, out, dataset=config.dataset_name, labels=labels, speakers=speakers, root=raw.root)
     return IngestResult(out, problems_path(out), manifest, problems, raw.warnings)
+
+
+def _flag_media(rows: pd.DataFrame, media: pd.DataFrame, flag: Callable[[pd.Series, str | pd.Series], None]) -> pd.Series:
+    """Flag rows whose media path escapes the root or names a directory, rows with neither text nor a clip,
+    and bad segments; returns which rows name a clip that is missing."""
+    has_media_path = rows["media_path"].notna()
+    flag(has_media_path & (media["problem"] == "escapes"), "media path outside the dataset root: " + rows["media_path"].astype(str))
+    flag(has_media_path & (media["problem"] == "directory"), "media path is a directory: " + rows["media_path"].astype(str))
+    missing = has_media_path & (media["problem"] == "missing")
+    empty_text = rows["text"] == ""
+    flag(missing & empty_text, "missing clip and empty text: " + rows["media_path"].astype(str))
+    flag(empty_text & ~has_media_path, "empty text and no media")
+    segment_bad = rows["media_start"].notna() & rows["media_end"].notna() & (rows["media_end"] <= rows["media_start"])
+    flag(segment_bad, "media_end is not after media_start")
+    return missing
 
 
 def _match_labels(raw: pd.Series, labels: list[str]) -> tuple[pd.Series, pd.Series]:
