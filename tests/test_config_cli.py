@@ -156,7 +156,7 @@ def test_shipped_variants_extend_their_base_and_resolve_completely():
     meld = load_config(REPO / "configs" / "meld.yaml")
     for name in ("meld-finetuned.yaml", "meld-mpnet.yaml"):
         text = (REPO / "configs" / name).read_text()
-        assert text.count("\nextends: meld.yaml") == 1 and "model:" not in text and "train:" not in text, name
+        assert text.count("\nextends: meld.yaml") == 1 and "\nmodel:" not in text and "\ntrain:" not in text, name
         variant = load_config(REPO / "configs" / name)
         assert variant.model == meld.model and variant.train == meld.train and variant.data == meld.data
         assert variant.features.modalities == ["text"] and variant.features.text.finetune is not None
