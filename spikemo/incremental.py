@@ -36,7 +36,8 @@ import pandas as pd
 
 from spikemo.errors import DataError
 from spikemo.features.base import build_encoder
-from spikemo.features.extract import MediaSource, input_decoder
+from spikemo.features.cache import FAILED, MISSING_MEDIA, OK
+from spikemo.features.extract import MediaSource, decode_input, encode_decoded, input_decoder
 from spikemo.features.text import TextEncoder
 from spikemo.predict import Predictor
 
@@ -116,7 +117,7 @@ class IncrementalScorer:
                 value = self.memo[(modality, key)]
                 self.memo.move_to_end((modality, key))
             ok = isinstance(value, np.ndarray)
-            status.append("ok" if ok else "failed" if value is not None else "missing_media")
+            status.append(OK if ok else FAILED if value is not None else MISSING_MEDIA)
             reason.append(None if ok else value or "no input for this modality")
             embedding.append(value if ok else None)
         return pd.DataFrame({"utterance_key": manifest["utterance_key"], "status": status, "reason": reason, "embedding": embedding})
@@ -137,21 +138,18 @@ class IncrementalScorer:
         return sources, keys
 
     def _encode(self, modality: str, encoder: Any, sources: list[Any], keys: list[Any]) -> None:
+        """Decode and encode as extraction does: a failure masks that modality for the turn."""
         decode = input_decoder(encoder, self.predictor.spec.features)
         inputs, ready = [], []
         for source, key in zip(sources, keys):
-            try:
-                inputs.append(decode(source) if decode else source)
+            value, failure = decode_input(decode, source)
+            if failure is None:
+                inputs.append(value)
                 ready.append(key)
-            except Exception as error:  # a clip that cannot be decoded is masked for this modality, as in extraction
-                self._remember(modality, key, f"{type(error).__name__}: {error}")
-        if not inputs:
-            return
-        batch = encoder.encode(inputs)
-        for row, key in enumerate(ready):
-            vector = batch.embeddings[row]
-            failure = batch.failures.get(row) or (None if np.isfinite(vector).all() else "non-finite values in the embedding")
-            self._remember(modality, key, failure or vector.copy())
+            else:
+                self._remember(modality, key, failure)
+        for key, outcome in zip(ready, encode_decoded(encoder, inputs)):
+            self._remember(modality, key, outcome if isinstance(outcome, str) else outcome.copy())
 
     def _remember(self, modality: str, key: Any, value: np.ndarray | str) -> None:
         self.memo[(modality, key)] = value

@@ -286,12 +286,7 @@ def _decode_stream(items: Sequence[WorkItem], decode: Callable[[Any], Any] | Non
     def run(item: WorkItem) -> _Decoded:
         if item.missing_reason is not None:
             return _Decoded(item)
-        if decode is None:
-            return _Decoded(item, item.source)
-        try:
-            return _Decoded(item, decode(item.source))
-        except (MediaError, FeatureFailure) as failure:
-            return _Decoded(item, failure=str(failure))
+        return _Decoded(item, *decode_input(decode, item.source))
 
     if decode is None:
         yield from map(run, items)
@@ -334,19 +329,41 @@ def _run(todo: list[WorkItem], encoder: Encoder, cache: FeatureCache, features: 
             cache.write_part(rows, encoder, result.dim)
 
 
+def encode_decoded(encoder: Encoder, inputs: list[Any]) -> list[np.ndarray | str]:
+    """Encode decoded inputs: per input its vector, or why it yields none (the encoder's failure, non-finite values)."""
+    if not inputs:
+        return []
+    batch = encoder.encode(inputs)
+    outcomes: list[np.ndarray | str] = []
+    for row, vector in enumerate(batch.embeddings):
+        if row in batch.failures:
+            outcomes.append(batch.failures[row])
+        elif not np.isfinite(vector).all():
+            outcomes.append("non-finite values in the embedding")
+        else:
+            outcomes.append(vector)
+    return outcomes
+
+
+def decode_input(decode: Callable[[Any], Any] | None, source: Any) -> tuple[Any, str | None]:
+    """``decode(source)`` (the source itself without a decoder) and None, or None and why it cannot be decoded."""
+    if decode is None:
+        return source, None
+    try:
+        return decode(source), None
+    except (MediaError, FeatureFailure) as failure:
+        return None, str(failure)
+
+
 def _encode_chunk(decoded: list[_Decoded], encoder: Encoder, result: ExtractionResult) -> list[CacheRow]:
     ready = [position for position, entry in enumerate(decoded) if entry.item.missing_reason is None and entry.failure is None]
-    vectors: dict[int, np.ndarray] = {}
     failures = {position: entry.failure for position, entry in enumerate(decoded) if entry.failure is not None}
-    if ready:
-        batch = encoder.encode([decoded[position].value for position in ready])
-        for row, position in enumerate(ready):
-            if row in batch.failures:
-                failures[position] = batch.failures[row]
-            elif not np.isfinite(batch.embeddings[row]).all():
-                failures[position] = "non-finite values in the embedding"
-            else:
-                vectors[position] = batch.embeddings[row]
+    vectors: dict[int, np.ndarray] = {}
+    for position, outcome in zip(ready, encode_decoded(encoder, [decoded[position].value for position in ready])):
+        if isinstance(outcome, str):
+            failures[position] = outcome
+        else:
+            vectors[position] = outcome
     rows = []
     for position, entry in enumerate(decoded):
         item = entry.item
