@@ -14,7 +14,8 @@ Datasets (each trained with its shipped config's model and training sections):
 Variants: ``ours`` (the config as shipped), ``no_spiking`` (its spiking branch removed), ``ce_only`` (its loss
 reduced to cross-entropy), ``speaker_evidence`` (two rounds of speaker-chain evidence), ``text_dialogue_rnn``
 (the DialogueRNN on text too), ``input_noise`` (Gaussian noise of 0.5 standard deviations on the standardised
-training inputs), ``causal`` (``model.causal``: only the current and earlier turns), ``no_speaker_relative`` (its speaker-relative inputs off; the same as ``ours``
+training inputs), ``causal`` (``model.causal``: only the current and earlier turns), ``speaker_evidence_cross_fitted`` (two rounds of
+speaker-chain evidence fitted on out-of-fold probabilities, ``train.speaker_evidence_fit: cross_fitted``), ``no_speaker_relative`` (its speaker-relative inputs off; the same as ``ours``
 where the config leaves them off), ``no_speaker_evidence`` (likewise its speaker-chain evidence rounds),
 ``paper`` (the paper-faithful model: Heaviside input encoding, softmax gate over utterances, no
 speaker/position embeddings, DialogueRNN output replacing its input, no speaker evidence, tau 10, loss weights
@@ -78,6 +79,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "text_dialogue_rnn": {"model.dialogue_context": ["text", "audio", "visual"]},
     "input_noise": {"model.input_noise": 0.5},
     "causal": {"model.causal": True},  # reads only the current and earlier turns (live scoring)
+    # speaker evidence fitted on out-of-fold probabilities (training/cross_fit.py) rather than jointly
+    "speaker_evidence_cross_fitted": {"model.speaker_evidence_rounds": 2, "train.speaker_evidence_fit": "cross_fitted"},
 }
 PROBE = "linear_probe"
 SPEAKER_PROBE = "linear_probe_speaker_zscore"  # the probe on inputs z-scored over each speaker in each dialogue

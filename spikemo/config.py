@@ -245,6 +245,13 @@ class TrainConfig(Section):
         "`patience` epochs without one; last: the weights after the last epoch, no early stopping (for dev splits "
         "too small to pick an epoch, such as one speaker's clips). Dev still scores the kept weights for gating.",
     )
+    speaker_evidence_fit: Literal["joint", "cross_fitted"] = Field(
+        "joint",
+        description="How the speaker-chain evidence (model.speaker_evidence_rounds) learns: joint, with the rest of "
+        "the model on its own in-sample probabilities; cross_fitted, stacked on out-of-fold probabilities of "
+        "models trained without each fold of the training dialogues (training/cross_fit.py; folds + 1 trainings).",
+    )
+    speaker_evidence_folds: int = Field(5, ge=2, description="Folds of the training dialogues for cross_fitted evidence.")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field(

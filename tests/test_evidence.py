@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from spikemo.model.evidence import SpeakerEvidence, _nearest, _same_speaker
 from spikemo.model.spikemo import SpikEmo
+from spikemo.training.cross_fit import fit_speaker_evidence
+from spikemo.training.data import Dialogue, DialogueDataset, collate_dialogues
 from tests.test_model import DIMS, NUM_CLASSES, make_batch, tiny_config
 
 
@@ -47,3 +50,43 @@ def test_model_with_evidence_trains_and_keeps_padding_zero():
     assert output.logits[1, 3:].abs().max() == 0
     output.logits[batch.utterance_mask].logsumexp(-1).sum().backward()
     assert model.speaker_evidence.mix.weight.grad.abs().sum() > 0
+
+
+def test_fitting_on_fixed_logits_learns_that_a_speakers_turns_agree():
+    """Each speaker keeps one emotion through a dialogue, and the logits point at it on some turns only: the
+    fitted evidence reads the speaker's other turns and gets the rest right."""
+    torch.manual_seed(0)
+    dialogues, logits = [], []
+    for _ in range(40):
+        party = torch.tensor([0, 1, 0, 1, 0, 1])
+        emotion = torch.randint(NUM_CLASSES, (2,))
+        labels = emotion[party]
+        turn_logits = torch.randn(6, NUM_CLASSES) * 0.1
+        turn_logits[:2] += 4.0 * torch.nn.functional.one_hot(labels[:2], NUM_CLASSES)  # only the first turns are clear
+        features = {"text": torch.zeros(6, 1)}
+        dialogues.append(Dialogue(features, {"text": torch.ones(6, dtype=torch.bool)}, party, labels))
+        logits.append(turn_logits)
+    dataset = _dataset(dialogues)
+    evidence = fit_speaker_evidence(logits, dataset, SpeakerEvidence(NUM_CLASSES, rounds=1), None)
+
+    batch = collate_dialogues(dialogues)
+    padded = torch.stack(logits)
+    with torch.no_grad():
+        corrected = evidence(padded, batch.party, batch.utterance_mask)
+    later = slice(2, None)
+    before = (padded[:, later].argmax(-1) == batch.labels[:, later]).float().mean()
+    after = (corrected[:, later].argmax(-1) == batch.labels[:, later]).float().mean()
+    assert before < 0.6 and after > 0.95
+
+
+def _dataset(dialogues: list[Dialogue]) -> DialogueDataset:
+    lengths = [len(dialogue) for dialogue in dialogues]
+    return DialogueDataset(
+        split="train",
+        utterance_keys=np.array([f"d{d}/{t}" for d, length in enumerate(lengths) for t in range(length)]),
+        dialogue_offsets=np.r_[0, np.cumsum(lengths)].astype(np.int64),
+        features={"text": torch.cat([d.features["text"] for d in dialogues]).numpy()},
+        modality_mask={"text": torch.cat([d.modality_mask["text"] for d in dialogues]).numpy()},
+        party=torch.cat([d.party for d in dialogues]).numpy(),
+        labels=torch.cat([d.labels for d in dialogues]).numpy(),
+    )

@@ -20,6 +20,7 @@ from spikemo.model.spikemo import SpikEmo
 from spikemo.training import NonFiniteLossError, TrainResult, build_dialogue_data, collate_dialogues, evaluate, train_model
 from spikemo.training import loop
 from spikemo.training.checkpoint import SelectionState, load_model_checkpoint
+from spikemo.training.cross_fit import out_of_fold_logits
 from spikemo.training.data import LengthBucketBatchSampler
 from spikemo.training.baseline import C_GRID, fit_linear_probe
 from spikemo.training.metrics import classification_metrics, firing_rates_by_group
@@ -265,6 +266,53 @@ def test_resume_after_interruption_continues_from_last_checkpoint(corpus, tmp_pa
     )
     with pytest.raises(DataError, match="other settings"):
         train_model(tiny_config(epochs=4, lr=1e-3), manifest, features, LABELS, tmp_path / "killed")
+
+
+def _with_evidence(config: SpikEmoConfig, fit: str) -> SpikEmoConfig:
+    model = config.model.model_copy(update={"speaker_evidence_rounds": 2})
+    train = config.train.model_copy(update={"speaker_evidence_fit": fit, "speaker_evidence_folds": 3})
+    return config.model_copy(update={"model": model, "train": train})
+
+
+def test_out_of_fold_logits_of_a_dialogue_never_see_its_labels(corpus, tmp_path):
+    manifest, features = corpus
+    config = _with_evidence(tiny_config(epochs=2), "cross_fitted")
+    data = build_dialogue_data(manifest, features, len(LABELS))
+    relabelled_manifest = manifest.copy()
+    target = (relabelled_manifest["split"] == "train") & (relabelled_manifest["dialogue_id"] == "0")
+    relabelled_manifest.loc[target, "label_id"] = (relabelled_manifest.loc[target, "label_id"] + 1) % len(LABELS)
+    relabelled = build_dialogue_data(relabelled_manifest, features, len(LABELS))
+    index = int(np.flatnonzero(data.splits["train"].utterance_keys == "toy/train/0/0")[0])
+    dialogue = int(data.splits["train"].dialogue_index[index])
+
+    honest = out_of_fold_logits(config, data, LABELS, tmp_path / "honest", resume=False)
+    changed = out_of_fold_logits(config, relabelled, LABELS, tmp_path / "relabelled", resume=False)
+
+    assert len(honest) == len(data.splits["train"])
+    assert [len(logits) for logits in honest] == data.splits["train"].dialogue_lengths.tolist()
+    assert torch.equal(honest[dialogue], changed[dialogue])  # its fold's model trained without it
+    assert sum(not torch.equal(a, b) for a, b in zip(honest, changed)) >= len(honest) // 2  # the other folds' did not
+
+
+def test_cross_fitted_evidence_sits_on_the_model_trained_on_all_dialogues(corpus, tmp_path):
+    manifest, features = corpus
+    config = _with_evidence(tiny_config(epochs=3), "cross_fitted")
+    epochs: list[int] = []
+    result = train_model(config, manifest, features, LABELS, tmp_path, on_epoch_end=lambda e, m: epochs.append(e))
+    base = train_model(tiny_config(epochs=3), manifest, features, LABELS, tmp_path / "plain")  # no evidence layer
+
+    assert epochs == [0, 1, 2]  # the epochs of the model trained on all dialogues; fold models are not reported
+    assert result.history == base.history and result.best_epoch == base.best_epoch
+    weights, spec = load_model_checkpoint(result.checkpoint_path)
+    assert result.checkpoint_path.parent == tmp_path / "checkpoints" and spec["model"]["speaker_evidence_rounds"] == 2
+    for name, tensor in base.model.state_dict().items():
+        assert torch.equal(weights[name], tensor), name
+    assert weights["speaker_evidence.mix.weight"].abs().sum() > 0
+    reloaded = SpikEmo(ModelConfig(**spec["model"]), spec["input_dims"], len(LABELS))
+    reloaded.load_state_dict(weights)
+    test = build_dialogue_data(manifest, features, len(LABELS)).splits["test"]
+    batches = [collate_dialogues([test[i] for i in range(len(test))])]
+    assert evaluate(reloaded, batches, LABELS)["weighted_f1"] == pytest.approx(result.test_metrics["weighted_f1"])
 
 
 def test_non_finite_loss_raises(corpus, tmp_path):

@@ -105,11 +105,29 @@ class DialogueDataset(Dataset[Dialogue]):
         """The dialogue (0..len-1) of every utterance in storage order: the unit a bootstrap resamples."""
         return np.repeat(np.arange(len(self)), self.dialogue_lengths)
 
+    def subset(self, dialogue_indices: Sequence[int]) -> DialogueDataset:
+        """A dataset of these dialogues only, in the order given."""
+        flat = self._rows(dialogue_indices)
+        lengths = self.dialogue_lengths[np.asarray(dialogue_indices, dtype=np.int64)]
+        return DialogueDataset(
+            split=self.split,
+            utterance_keys=self.utterance_keys[flat],
+            dialogue_offsets=np.r_[0, np.cumsum(lengths)].astype(np.int64),
+            features={modality: matrix[flat] for modality, matrix in self.features.items()},
+            modality_mask={modality: mask[flat] for modality, mask in self.modality_mask.items()},
+            party=self._party.numpy()[flat],
+            labels=self.labels[flat],
+        )
+
     def labelled_rows(self, dialogue_indices: Sequence[int]) -> np.ndarray:
         """Storage rows of the labelled utterances of these dialogues, in the order a batch of them yields."""
-        rows = [np.arange(self.dialogue_offsets[i], self.dialogue_offsets[i + 1]) for i in dialogue_indices]
-        flat = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        flat = self._rows(dialogue_indices)
         return flat[self.labels[flat] != IGNORE_INDEX]
+
+    def _rows(self, dialogue_indices: Sequence[int]) -> np.ndarray:
+        """Storage rows of these dialogues' utterances, dialogue after dialogue."""
+        rows = [np.arange(self.dialogue_offsets[i], self.dialogue_offsets[i + 1]) for i in dialogue_indices]
+        return np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
 
 
 @dataclass(frozen=True)

@@ -119,9 +119,38 @@ def train_on_dialogue_data(
             raise DataError(f"the manifest has no {split!r} split; training needs train and dev (selection uses dev)")
     if not (data.splits["dev"].labels >= 0).any():
         raise DataError("the dev split has no labelled utterance; model selection needs dev labels")
+    if config.model.speaker_evidence_rounds and config.train.speaker_evidence_fit == "cross_fitted":
+        from spikemo.training.cross_fit import train_with_cross_fitted_evidence  # it trains through this function
+
+        return train_with_cross_fitted_evidence(config, data, label_names, Path(run_dir), on_epoch_end, resume)
     with distributed_context(config.train.device) as context:
         run = _TrainingRun(config, data, label_names, Path(run_dir), context)
         return run.execute(on_epoch_end, resume)
+
+
+def result_with_weights(
+    config: SpikEmoConfig,
+    data: DialogueData,
+    label_names: list[str],
+    run_dir: Path,
+    weights: dict[str, torch.Tensor],
+    trained: TrainResult,
+) -> TrainResult:
+    """The result of a model assembled after training (``weights`` for ``config``'s model, e.g. a trained model
+    with a layer fitted on top): written as the selected checkpoint of ``trained``'s best epoch in
+    ``run_dir/checkpoints``, then dev and test scored as after any training, with ``trained``'s history."""
+    with distributed_context(config.train.device) as context:
+        run = _TrainingRun(config, data, label_names, Path(run_dir), context)
+        run.model.load_state_dict(weights)
+        selection = SelectionState(
+            epoch=len(trained.history) - 1, best_epoch=trained.best_epoch,
+            best_score=trained.dev_metrics[SELECTION_METRIC], epochs_without_improvement=0, history=trained.history,
+        )
+        dev_scores = run._evaluate_split(run.model, data.splits["dev"], monitor_spikes=False)[0]
+        if context.is_main:
+            spec_metrics = {f"dev_{SELECTION_METRIC}": float(dev_scores[SELECTION_METRIC])}
+            save_model_checkpoint(run._best_path(trained.best_epoch), run.model, run._best_spec(trained.best_epoch, spec_metrics))
+        return run._finish(selection)
 
 
 class _TrainingRun:
