@@ -101,14 +101,15 @@ def test_finetune_loss_falls_and_no_test_utterance_reaches_the_optimizer(
         return forward(self, tokens)
 
     losses: list[float] = []
-    train_epoch = _FinetuneRun._train_epoch
+    train_epoch = _FinetuneRun.train_epoch
 
     def recording_epoch(self, epoch):
-        losses.append(train_epoch(self, epoch))
-        return losses[-1]
+        metrics = train_epoch(self, epoch)
+        losses.append(metrics["train_loss"])
+        return metrics
 
     monkeypatch.setattr(UtteranceClassifier, "forward", recording_forward)
-    monkeypatch.setattr(_FinetuneRun, "_train_epoch", recording_epoch)
+    monkeypatch.setattr(_FinetuneRun, "train_epoch", recording_epoch)
     finetune_text_encoder(config, manifest_path)
     assert losses[-1] < losses[0]
 
@@ -151,9 +152,9 @@ def test_a_killed_finetune_resumes_after_its_last_epoch_and_ends_as_an_uninterru
     with pytest.raises(KeyboardInterrupt):
         finetune_text_encoder(config, manifest_path)
     monkeypatch.setattr(_FinetuneRun, "_evaluate", evaluate)
-    train_epoch = _FinetuneRun._train_epoch
+    train_epoch = _FinetuneRun.train_epoch
     epochs_trained: list[int] = []
-    monkeypatch.setattr(_FinetuneRun, "_train_epoch", lambda self, epoch: epochs_trained.append(epoch) or train_epoch(self, epoch))
+    monkeypatch.setattr(_FinetuneRun, "train_epoch", lambda self, epoch: epochs_trained.append(epoch) or train_epoch(self, epoch))
     resumed = finetune_text_encoder(config, manifest_path)
     assert epochs_trained == [1, 2]
     assert (resumed.epochs_run, resumed.best_epoch, resumed.run_id is not None) == (3, uninterrupted.best_epoch, True)

@@ -30,7 +30,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,8 @@ from spikemo.errors import ConfigError, DataError
 from spikemo.features.base import EncoderRuntime, build_encoder
 from spikemo.features.hf import load_pretrained
 from spikemo.features.text import HFTextEncoder, TextItem
+from spikemo.training.checkpoint import SelectionState
+from spikemo.training.epochs import EpochPlan, run_epochs
 from spikemo.training.loop import seed_everything
 from spikemo.training.metrics import classification_metrics
 
@@ -230,34 +232,36 @@ class _FinetuneRun:
         self.scheduler = transformers.get_linear_schedule_with_warmup(
             self.optimizer, round(self.settings.warmup_ratio * total_steps), total_steps
         )
+        self.started = time.perf_counter()
+        self.run_id: str | None = None  # its MLflow run (an interrupted run's, when resuming)
+        self.earlier_seconds = 0.0  # spent by the runs this one resumes
+        self.resumed = self._restore()
 
     def execute(self) -> FinetuneResult:
-        started = time.perf_counter()
-        state = self._resume()
-        earlier_seconds = state["seconds"]  # spent by the runs this one resumes
         tracking.connect(self.config)
-        with self._mlflow_run(state.get("run_id")) as run:
-            state["run_id"] = run.info.run_id
-            for epoch in range(state["epoch"] + 1, self.settings.epochs):
-                if state["epochs_without_improvement"] >= self.settings.patience:
-                    break
-                train_loss = self._train_epoch(epoch)
-                dev = self._evaluate("dev")
-                metrics = {"train/loss": train_loss, "dev/weighted_f1": dev["weighted_f1"], "dev/accuracy": dev["accuracy"], "dev/loss": dev["loss"]}
-                mlflow.log_metrics(metrics, step=epoch)
-                state["history"].append({"epoch": epoch, **metrics})
-                if dev["weighted_f1"] > state["best_score"]:
-                    state.update(best_score=dev["weighted_f1"], best_epoch=epoch, epochs_without_improvement=0)
-                    self._save_weights(self.checkpoints / "best")
-                else:
-                    state["epochs_without_improvement"] += 1
-                state.update(epoch=epoch, seconds=earlier_seconds + time.perf_counter() - started)
-                self._save_checkpoint(state)
-                log.info("fine-tune epoch %d: train loss %.4f, dev weighted-F1 %.2f (best %.2f at epoch %d)",
-                         epoch, train_loss, dev["weighted_f1"], state["best_score"], state["best_epoch"])
-            result = self._finish(state, earlier_seconds + time.perf_counter() - started)
+        with self._mlflow_run(self.run_id) as run:
+            self.run_id = run.info.run_id
+            plan = EpochPlan(self.settings.epochs, self.settings.patience, label="fine-tune epoch")
+            result = self._finish(run_epochs(self, plan, tracking.log_epoch))
         shutil.rmtree(self.checkpoints, ignore_errors=True)
         return result
+
+    def load_last(self) -> SelectionState | None:
+        return self.resumed
+
+    def evaluate_dev(self) -> dict[str, float]:
+        dev = self._evaluate("dev")
+        return {f"dev_{name}": float(dev[name]) for name in ("weighted_f1", "accuracy", "loss")}
+
+    def save_best(self, epoch: int, metrics: dict[str, float]) -> None:
+        self._save_weights(self.checkpoints / "best")
+
+    def end_epoch(self, selection: SelectionState) -> None:
+        self._save_checkpoint(selection)
+
+    def _seconds(self) -> float:
+        """Training and evaluation time so far, the runs this one resumes included."""
+        return self.earlier_seconds + time.perf_counter() - self.started
 
     def _training_batches(self, items: list[TextItem], epoch: int) -> list[np.ndarray]:
         """Shuffled batches of similar-length inputs (less padding): a random permutation is cut into pools of
@@ -271,7 +275,7 @@ class _FinetuneRun:
             batches += [np.asarray(pool[start : start + size]) for start in range(0, len(pool), size)]
         return [batches[index] for index in rng.permutation(len(batches))]
 
-    def _train_epoch(self, epoch: int) -> float:
+    def train_epoch(self, epoch: int) -> dict[str, float]:
         items, labels = self.splits["train"]
         self.model.train()
         accumulation = self.settings.gradient_accumulation
@@ -293,7 +297,7 @@ class _FinetuneRun:
             total += float(loss.detach()) * len(rows)
             seen += len(rows)
             progress.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
-        return total / seen
+        return {"train_loss": total / seen}
 
     @torch.inference_mode()
     def _evaluate(self, split: str) -> dict[str, Any]:
@@ -328,10 +332,12 @@ class _FinetuneRun:
         self.model.encoder.load_state_dict(encoder.state_dict())
         self.model.head.load_state_dict(load_file(directory / HEAD_FILE))
 
-    def _save_checkpoint(self, state: dict[str, Any]) -> None:
+    def _save_checkpoint(self, selection: SelectionState) -> None:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         payload = {
-            **state,
+            **asdict(selection),
+            "run_id": self.run_id,
+            "seconds": self._seconds(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -342,21 +348,23 @@ class _FinetuneRun:
         torch.save(payload, partial)
         os.replace(partial, self.checkpoints / LAST_CHECKPOINT)
 
-    def _resume(self) -> dict[str, Any]:
-        fresh = {"epoch": -1, "best_epoch": -1, "best_score": -math.inf, "epochs_without_improvement": 0, "history": [], "run_id": None, "seconds": 0.0}
+    def _restore(self) -> SelectionState | None:
+        """The last checkpoint's weights, optimizer, schedule and RNG states restored, its MLflow run and time
+        taken over; where it stood (None without one)."""
         last = self.checkpoints / LAST_CHECKPOINT
         if not last.is_file():
-            return fresh
+            return None
         payload = torch.load(last, map_location="cpu", weights_only=True)  # RNG states must stay on the CPU
-        self.model.load_state_dict(payload.pop("model"))
-        self.optimizer.load_state_dict(payload.pop("optimizer"))
-        self.scheduler.load_state_dict(payload.pop("scheduler"))
-        rng = payload.pop("rng")
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        rng = payload["rng"]
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
+        self.run_id, self.earlier_seconds = payload["run_id"], payload["seconds"]
         log.info("resuming the text fine-tune after epoch %d from %s", payload["epoch"], last)
-        return {**fresh, **payload}
+        return SelectionState(**{field.name: payload[field.name] for field in fields(SelectionState)})
 
     @contextlib.contextmanager
     def _mlflow_run(self, run_id: str | None) -> Iterator[mlflow.ActiveRun]:
@@ -389,7 +397,7 @@ class _FinetuneRun:
             raise
         mlflow.end_run()
 
-    def _finish(self, state: dict[str, Any], seconds: float) -> FinetuneResult:
+    def _finish(self, selection: SelectionState) -> FinetuneResult:
         best = self.checkpoints / "best"
         if not best.is_dir():
             raise DataError("the text fine-tune finished no epoch; nothing to save")
@@ -398,21 +406,21 @@ class _FinetuneRun:
         if len(self.splits["test"][1]):
             scores["test"] = self._evaluate("test")
         for split, metrics in scores.items():
-            mlflow.log_metrics({f"{split}/{key}": float(metrics[key]) for key in ("weighted_f1", "macro_f1", "accuracy")}, step=state["best_epoch"])
+            mlflow.log_metrics({f"{split}/{key}": float(metrics[key]) for key in ("weighted_f1", "macro_f1", "accuracy")}, step=selection.best_epoch)
             mlflow.log_figure(
                 reports.confusion_matrix_figure(metrics["confusion_matrix"], self.labels, f"fine-tuned text classifier, {split}"),
                 f"plots/{split}_confusion_matrix.png",
             )
-        mlflow.log_metric("best_epoch", state["best_epoch"])
+        mlflow.log_metric("best_epoch", selection.best_epoch)
         model = self.folder / "model"
         result = FinetuneResult(
             model_path=str(model),
             dev_weighted_f1=float(scores["dev"]["weighted_f1"]),
             test_weighted_f1=float(scores["test"]["weighted_f1"]) if "test" in scores else None,
-            best_epoch=int(state["best_epoch"]),
-            epochs_run=len(state["history"]),
-            seconds=round(seconds, 1),
-            run_id=state["run_id"],
+            best_epoch=selection.best_epoch,
+            epochs_run=len(selection.history),
+            seconds=round(self._seconds(), 1),
+            run_id=self.run_id,
         )
         (best / SUMMARY_FILE).write_text(json.dumps(result.summary(), indent=2), encoding="utf-8")
         mlflow.log_artifacts(str(best), "text_encoder")

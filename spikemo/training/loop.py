@@ -4,14 +4,14 @@ moving average of the weights, early stopping and model selection on DEV weighte
 The test split never influences training or selection: it is evaluated once, after training, with the
 weights selected on dev. Under ``torchrun`` the model is wrapped in DistributedDataParallel, each rank
 trains on its share of the dialogues, evaluation predictions are all-reduced, and only rank 0 writes
-checkpoints and calls ``on_epoch_end``.
+checkpoints and calls ``on_epoch_end``. The epoch loop itself (selection, early stopping, checkpoint order) is
+training/epochs.py's, shared with the text fine-tune.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import random
 import sys
 from collections.abc import Callable, Mapping
@@ -49,17 +49,15 @@ from spikemo.training.distributed import (
     distributed_context,
     gather_predictions,
 )
+from spikemo.training.epochs import SELECTION_KEY, EpochCallback, EpochPlan, run_epochs
 from spikemo.training.evaluation import LossTally, autocast_for, predict
 from spikemo.training.metrics import classification_metrics, firing_rates_by_group
 from spikemo.training.schedule import LearningRateSchedule
 
 log = logging.getLogger(__name__)
 
-SELECTION_METRIC = "weighted_f1"
 LAST_CHECKPOINT = "last.safetensors"
 BEST_CHECKPOINT_PATTERN = "best-epoch{epoch:04d}.safetensors"
-
-EpochCallback = Callable[[int, dict[str, float]], None]
 
 
 class NonFiniteLossError(SpikemoError):
@@ -124,8 +122,8 @@ def train_on_dialogue_data(
 
         return train_with_cross_fitted_evidence(config, data, label_names, Path(run_dir), on_epoch_end, resume)
     with distributed_context(config.train.device) as context:
-        run = _TrainingRun(config, data, label_names, Path(run_dir), context)
-        return run.execute(on_epoch_end, resume)
+        run = _TrainingRun(config, data, label_names, Path(run_dir), context, resume)
+        return run.execute(on_epoch_end)
 
 
 def result_with_weights(
@@ -144,11 +142,11 @@ def result_with_weights(
         run.model.load_state_dict(weights)
         selection = SelectionState(
             epoch=len(trained.history) - 1, best_epoch=trained.best_epoch,
-            best_score=trained.dev_metrics[SELECTION_METRIC], epochs_without_improvement=0, history=trained.history,
+            best_score=trained.dev_metrics["weighted_f1"], epochs_without_improvement=0, history=trained.history,
         )
         dev_scores = run._evaluate_split(run.model, data.splits["dev"], monitor_spikes=False)[0]
         if context.is_main:
-            spec_metrics = {f"dev_{SELECTION_METRIC}": float(dev_scores[SELECTION_METRIC])}
+            spec_metrics = {SELECTION_KEY: float(dev_scores["weighted_f1"])}
             save_model_checkpoint(run._best_path(trained.best_epoch), run.model, run._best_spec(trained.best_epoch, spec_metrics))
         return run._finish(selection)
 
@@ -161,8 +159,10 @@ class _TrainingRun:
         label_names: list[str],
         run_dir: Path,
         context: DistributedContext,
+        resume: bool = False,
     ) -> None:
         self.config = config
+        self.resume = resume  # continue after the last checkpoint in run_dir, if there is one
         self.train_config = config.train
         self.data = data
         self.label_names = list(label_names)
@@ -201,39 +201,41 @@ class _TrainingRun:
         self.train_loader = DataLoader(train_set, batch_sampler=self.train_sampler, collate_fn=collate_dialogues)
         self.scheduler = LearningRateSchedule(self.optimizer, self.train_config, len(self.train_sampler))
 
-    def execute(self, on_epoch_end: EpochCallback | None, resume: bool) -> TrainResult:
-        selection = self._initial_selection(resume)
-        epochs = self.train_config.epochs
-        for epoch in range(selection.epoch + 1, epochs):
-            if selection.epochs_without_improvement >= self.train_config.patience:
-                break
-            metrics = {"epoch": float(epoch), **self._train_epoch(epoch)}
-            dev_scores, _, firing_rates, _ = self._evaluate_split(self._selected_model(), self.data.splits["dev"], monitor_spikes=True)
-            metrics.update({f"dev_{name}": float(dev_scores[name]) for name in ("loss", "weighted_f1", "macro_f1", "accuracy")})
-            metrics.update({f"firing_rate.{group}": rate for group, rate in firing_rates_by_group(firing_rates).items()})
-            self._select(selection, epoch, metrics)
-            if self.context.is_main:
-                log.info(
-                    "epoch %d of 0-%d: train loss %.4f, dev weighted-F1 %.2f (best %.2f at epoch %d)",
-                    epoch, epochs - 1, metrics["train_loss"], metrics["dev_weighted_f1"],
-                    selection.best_score, selection.best_epoch,
-                )
-                if on_epoch_end is not None:
-                    on_epoch_end(epoch, metrics)
-        return self._finish(selection)
+    def execute(self, on_epoch_end: EpochCallback | None) -> TrainResult:
+        plan = EpochPlan(
+            self.train_config.epochs, self.train_config.patience, keep_last=self.train_config.keep == "last", is_main=self.context.is_main
+        )
+        return self._finish(run_epochs(self, plan, on_epoch_end))
 
-    def _initial_selection(self, resume: bool) -> SelectionState:
+    def load_last(self) -> SelectionState | None:
         last = self.checkpoint_dir / LAST_CHECKPOINT
-        if resume and last.is_file():
-            selection = load_training_checkpoint(
-                last, self.model, self.optimizer, self.scheduler, self._run_identity(), self.averaged
-            )
-            if self.context.is_main:
-                log.info("resuming after epoch %d from %s", selection.epoch, last)
-            return selection
-        return SelectionState(epoch=-1, best_epoch=-1, best_score=-math.inf, epochs_without_improvement=0)
+        if not (self.resume and last.is_file()):
+            return None
+        selection = load_training_checkpoint(last, self.model, self.optimizer, self.scheduler, self._run_identity(), self.averaged)
+        if self.context.is_main:
+            log.info("resuming after epoch %d from %s", selection.epoch, last)
+        return selection
 
-    def _train_epoch(self, epoch: int) -> dict[str, float]:
+    def evaluate_dev(self) -> dict[str, float]:
+        scores, _, firing_rates, _ = self._evaluate_split(self._selected_model(), self.data.splits["dev"], monitor_spikes=True)
+        metrics = {f"dev_{name}": float(scores[name]) for name in ("loss", "weighted_f1", "macro_f1", "accuracy")}
+        metrics.update({f"firing_rate.{group}": rate for group, rate in firing_rates_by_group(firing_rates).items()})
+        return metrics
+
+    def save_best(self, epoch: int, metrics: dict[str, float]) -> None:
+        if self.context.is_main:
+            save_model_checkpoint(self._best_path(epoch), self._selected_model(), self._best_spec(epoch, metrics))
+
+    def end_epoch(self, selection: SelectionState) -> None:
+        """The plateau schedule follows dev; the last checkpoint, then the best-weight files it no longer names."""
+        self.scheduler.after_epoch(selection.history[-1][SELECTION_KEY])
+        if self.context.is_main:
+            save_training_checkpoint(
+                self.checkpoint_dir / LAST_CHECKPOINT, self.model, self.optimizer, self.scheduler, selection, self._run_identity(), self.averaged
+            )
+            self._remove_unselected_best(selection.best_epoch)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
         self.network.train()
         self.train_sampler.set_epoch(epoch)
         device = self.context.device
@@ -334,33 +336,6 @@ class _TrainingRun:
         metrics["loss"] = float(loss_sums[0] / loss_sums[1].clamp(min=1))
         return metrics, everywhere[labelled], firing_rates, energy
 
-    def _select(self, selection: SelectionState, epoch: int, metrics: dict[str, float]) -> None:
-        """Model selection, learning-rate schedule and early-stopping count, all on dev weighted-F1 (with
-        ``train.keep: last`` every epoch is kept in turn, so training runs to the end)."""
-        score = metrics[f"dev_{SELECTION_METRIC}"]
-        selection.epoch = epoch
-        selection.history.append(metrics)
-        if score > selection.best_score or self.train_config.keep == "last":
-            selection.best_score = score
-            selection.best_epoch = epoch
-            selection.epochs_without_improvement = 0
-            if self.context.is_main:
-                save_model_checkpoint(self._best_path(epoch), self._selected_model(), self._best_spec(epoch, metrics))
-        else:
-            selection.epochs_without_improvement += 1
-        self.scheduler.after_epoch(score)
-        if self.context.is_main:
-            save_training_checkpoint(
-                self.checkpoint_dir / LAST_CHECKPOINT,
-                self.model,
-                self.optimizer,
-                self.scheduler,
-                selection,
-                self._run_identity(),
-                self.averaged,
-            )
-            self._remove_unselected_best(selection.best_epoch)
-
     def _best_path(self, epoch: int) -> Path:
         return self.checkpoint_dir / BEST_CHECKPOINT_PATTERN.format(epoch=epoch)
 
@@ -404,7 +379,7 @@ class _TrainingRun:
     def _best_spec(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
         return {
             "epoch": epoch,
-            "dev_weighted_f1": metrics[f"dev_{SELECTION_METRIC}"],
+            "dev_weighted_f1": metrics[SELECTION_KEY],
             "input_dims": self.data.input_dims,
             "label_names": self.label_names,
             "model": self.config.model.model_dump(mode="json"),
