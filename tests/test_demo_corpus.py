@@ -145,9 +145,9 @@ def test_every_clip_decodes_with_speech_length(corpus):
         path = str(root / utterance.clip_path)
         video = decord.VideoReader(path)
         audio = decord.AudioReader(path, sample_rate=16000, mono=True)
-        assert video.get_avg_fps() == pytest.approx(25)
-        assert video[0].shape == (192, 192, 3)
-        video_seconds = len(video) / 25
+        assert video.get_avg_fps() == pytest.approx(SMALL.fps)
+        assert video[0].shape == (SMALL.image_size, SMALL.image_size, 3)
+        video_seconds = len(video) / SMALL.fps
         audio_seconds = audio.shape[1] / 16000
         assert video_seconds > 1.0
         assert audio_seconds == pytest.approx(video_seconds, abs=0.06)
