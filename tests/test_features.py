@@ -32,6 +32,7 @@ from spikemo.features import (
 )
 from spikemo.features.audio import LogMelEncoder
 from spikemo.features.extract import loaded_encoder
+from spikemo.features.native_logs import native_stderr_filtered
 
 MELD = Path("/work/shared/data/meld")
 LABELS = ["neutral", "joy", "anger"]
@@ -351,3 +352,17 @@ def test_loaded_encoders_are_reused_within_a_thread_and_never_shared_across_thre
     worker.start()
     worker.join()
     assert other_thread[0] is not first and other_thread[0].fingerprint == first.fingerprint
+
+
+def test_mediapipe_start_up_lines_are_dropped_and_other_native_stderr_kept(capfd):
+    with native_stderr_filtered():
+        os.write(2, b"W0000 00:00:1.0 123 inference_feedback_manager.cc:114] Feedback manager requires ...\n")
+        os.write(2, b"E0000 something real went wrong\n")
+        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+    assert capfd.readouterr().err == "E0000 something real went wrong\n"
+
+
+def test_face_mesh_encoding_prints_no_start_up_lines(capfd):
+    encoder = build_encoder("visual", FeaturesConfig(modalities=["visual"]))
+    encoder.encode([np.zeros((2, 96, 96, 3), dtype=np.uint8)])
+    assert "inference_feedback_manager" not in capfd.readouterr().err

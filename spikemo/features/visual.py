@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,7 @@ from spikemo.features.base import (
     register_encoder,
 )
 from spikemo.features.hf import load_pretrained, resolve_model_dir
+from spikemo.features.native_logs import native_stderr_filtered
 
 
 class VisualEncoder(Encoder):
@@ -48,6 +50,7 @@ EXPRESSION_LANDMARKS = _landmark_indices(
     face_mesh_connections.FACEMESH_RIGHT_EYEBROW,
 )
 MEDIAPIPE_DIR = Path(mediapipe.__file__).parent
+BLANK_FRAME = np.zeros((64, 64, 3), dtype=np.uint8)
 FACEMESH_MODEL_FILES = ("modules/face_detection/face_detection_short_range.tflite", "modules/face_landmark/face_landmark.tflite")
 
 
@@ -69,12 +72,15 @@ class FaceMeshEncoder(VisualEncoder):
 
     @functools.cached_property
     def _mesh(self) -> face_mesh.FaceMesh:
-        return face_mesh.FaceMesh(
-            static_image_mode=True,
-            max_num_faces=1,
-            refine_landmarks=False,
-            min_detection_confidence=self.params.min_detection_confidence,
-        )
+        with native_stderr_filtered():  # the graph starts on its first frame: a blank one, with its start-up lines hidden
+            mesh = face_mesh.FaceMesh(
+                static_image_mode=True,
+                max_num_faces=1,
+                refine_landmarks=False,
+                min_detection_confidence=self.params.min_detection_confidence,
+            )
+            mesh.process(BLANK_FRAME)
+        return mesh
 
     @property
     def dim(self) -> int:
@@ -88,7 +94,7 @@ class FaceMeshEncoder(VisualEncoder):
 
     def frame_geometry(self, frame: np.ndarray) -> np.ndarray | None:
         """Normalised (x, y) of the expression landmarks in one RGB frame, or None without a face."""
-        found = self._mesh.process(np.ascontiguousarray(frame)).multi_face_landmarks
+        found = _landmarks(self._mesh, np.ascontiguousarray(frame))
         if not found:
             return None
         height, width = frame.shape[:2]
@@ -111,6 +117,20 @@ class FaceMeshEncoder(VisualEncoder):
 
     def encode(self, inputs: Sequence[np.ndarray]) -> EncodedBatch:
         return per_item(inputs, self.dim, self._encode_one)
+
+
+_FACE_SEEN = threading.Event()  # MediaPipe logs one more start-up line on the first face of a process
+
+
+def _landmarks(mesh: face_mesh.FaceMesh, frame: np.ndarray) -> Any:
+    """The mesh's face landmarks in ``frame``; until a face has been found, with MediaPipe's start-up lines hidden."""
+    if _FACE_SEEN.is_set():
+        return mesh.process(frame).multi_face_landmarks
+    with native_stderr_filtered():
+        found = mesh.process(frame).multi_face_landmarks
+    if found:
+        _FACE_SEEN.set()
+    return found
 
 
 class HFImageParams(EncoderParams):
@@ -148,7 +168,10 @@ class HFImageEncoder(VisualEncoder):
 
     @functools.cached_property
     def _mediapipe_detector(self) -> face_detection.FaceDetection:
-        return face_detection.FaceDetection(model_selection=0, min_detection_confidence=self.params.min_face_probability)
+        with native_stderr_filtered():
+            detector = face_detection.FaceDetection(model_selection=0, min_detection_confidence=self.params.min_face_probability)
+            detector.process(BLANK_FRAME)
+        return detector
 
     def face_boxes(self, frames: np.ndarray) -> list[tuple[float, float, float, float] | None]:
         """Per frame, the pixel box (x0, y0, x1, y1) of its most confident face, or None."""
