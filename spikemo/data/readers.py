@@ -118,36 +118,22 @@ MELD_COLUMNS = ["Utterance", "Speaker", "Dialogue_ID", "Utterance_ID"]
 def read_meld(config: DataConfig, require_labels: bool) -> RawDataset:
     """MELD's raw layout: ``{split}_sent_emo.csv`` plus optional clip folders of ``diaX_uttY.mp4``."""
     root = _require_root(config)
-    present = {split: root / name for split, name in MELD_FILES.items() if (root / name).is_file()}
-    if not present:
-        raise DataError(f"{root}: none of {', '.join(MELD_FILES.values())} found; point --root at MELD's folder")
-    warnings = [f"{root}: no {MELD_FILES[s]}; the {s} split is empty" for s in SPLITS if s not in present]
+    present, warnings = _split_files(root, MELD_FILES, "MELD")
     clip_dirs = {split: root / MELD_CLIP_DIRS[split] for split in present if (root / MELD_CLIP_DIRS[split]).is_dir()}
     if not clip_dirs:
         warnings.append(f"{root}: no clip folders ({', '.join(MELD_CLIP_DIRS.values())}); ingesting MELD text-only")
     parts = []
     for split, path in present.items():
         frame = read_csv_strict(path, MELD_COLUMNS + (["Emotion"] if require_labels else []))
+        dialogue = frame["Dialogue_ID"].str.strip()
         media = None
         if split in clip_dirs:
-            media = MELD_CLIP_DIRS[split] + "/dia" + frame["Dialogue_ID"].str.strip() + "_utt" + frame["Utterance_ID"].str.strip() + ".mp4"
-        parts.append(
-            _candidates(
-                frame,
-                path,
-                root,
-                split=split,
-                dialogue_id=frame["Dialogue_ID"].str.strip(),
-                utterance_index=frame["Utterance_ID"],
-                speaker=frame["Speaker"],
-                text=frame["Utterance"],
-                label=frame.get("Emotion"),
-                media_path=media,
-            )
-        )
+            media = MELD_CLIP_DIRS[split] + "/dia" + dialogue + "_utt" + frame["Utterance_ID"].str.strip() + ".mp4"
+        parts.append(_transcript_rows(frame, path, root, split, dialogue, frame["Speaker"], media))
     return RawDataset(pd.concat(parts, ignore_index=True), root, warnings)
 
 
+EMORYNLP_FILES = {split: f"emorynlp_{split}_final.csv" for split in SPLITS}
 EMORYNLP_COLUMNS = ["Utterance", "Speaker", "Scene_ID", "Utterance_ID", "Season", "Episode"]
 
 
@@ -155,28 +141,31 @@ EMORYNLP_COLUMNS = ["Utterance", "Speaker", "Scene_ID", "Utterance_ID", "Season"
 def read_emorynlp(config: DataConfig, require_labels: bool) -> RawDataset:
     """EmoryNLP as redistributed with MELD: ``emorynlp_{split}_final.csv``; a dialogue is a scene."""
     root = _require_root(config)
-    present = {s: root / f"emorynlp_{s}_final.csv" for s in SPLITS if (root / f"emorynlp_{s}_final.csv").is_file()}
-    if not present:
-        raise DataError(f"{root}: no emorynlp_{{train,dev,test}}_final.csv found; point --root at EmoryNLP's folder")
-    warnings = [f"{root}: no emorynlp_{s}_final.csv; the {s} split is empty" for s in SPLITS if s not in present]
+    present, warnings = _split_files(root, EMORYNLP_FILES, "EmoryNLP")
     parts = []
     for split, path in present.items():
         frame = read_csv_strict(path, EMORYNLP_COLUMNS + (["Emotion"] if require_labels else []))
         scene = "s" + frame["Season"].str.strip() + "e" + frame["Episode"].str.strip() + "c" + frame["Scene_ID"].str.strip()
-        parts.append(
-            _candidates(
-                frame,
-                path,
-                root,
-                split=split,
-                dialogue_id=scene,
-                utterance_index=frame["Utterance_ID"],
-                speaker=frame["Speaker"].map(_emorynlp_speaker),
-                text=frame["Utterance"],
-                label=frame.get("Emotion"),
-            )
-        )
+        parts.append(_transcript_rows(frame, path, root, split, scene, frame["Speaker"].map(_emorynlp_speaker)))
     return RawDataset(pd.concat(parts, ignore_index=True), root, warnings)
+
+
+def _split_files(root: Path, files: dict[str, str], corpus: str) -> tuple[dict[str, Path], list[str]]:
+    """The split files present under ``root`` and a warning for each absent one; none at all is an error."""
+    present = {split: root / name for split, name in files.items() if (root / name).is_file()}
+    if not present:
+        raise DataError(f"{root}: none of {', '.join(files.values())} found; point --root at {corpus}'s folder")
+    return present, [f"{root}: no {files[split]}; the {split} split is empty" for split in SPLITS if split not in present]
+
+
+def _transcript_rows(
+    frame: pd.DataFrame, path: Path, root: Path, split: str, dialogue_id: pd.Series, speaker: pd.Series, media_path: pd.Series | None = None
+) -> pd.DataFrame:
+    """Candidate rows of a MELD-style transcript CSV (MELD and EmoryNLP share Utterance, Utterance_ID, Emotion)."""
+    return _candidates(
+        frame, path, root, split=split, dialogue_id=dialogue_id, utterance_index=frame["Utterance_ID"], speaker=speaker,
+        text=frame["Utterance"], label=frame.get("Emotion"), media_path=media_path,
+    )
 
 
 def _emorynlp_speaker(raw: str) -> str:

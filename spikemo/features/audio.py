@@ -16,7 +16,7 @@ from pydantic import Field
 
 from spikemo.errors import ConfigError
 from spikemo.features.base import EncodedBatch, Encoder, EncoderParams, batches, model_files, per_item, register_encoder
-from spikemo.features.hf import load_pretrained, masked_mean, resolve_model_dir
+from spikemo.features.hf import PretrainedModelFolder, masked_mean
 
 
 class AudioEncoder(Encoder):
@@ -93,7 +93,7 @@ class HFAudioParams(EncoderParams):
 
 
 @register_encoder
-class HFAudioEncoder(AudioEncoder):
+class HFAudioEncoder(PretrainedModelFolder, AudioEncoder):
     """Any Hugging Face speech model (AutoModel + AutoFeatureExtractor), hidden states mean-pooled over time."""
 
     name = "hf-audio"
@@ -101,17 +101,12 @@ class HFAudioEncoder(AudioEncoder):
     params: HFAudioParams
 
     @functools.cached_property
-    def model_dir(self) -> Path:
-        return resolve_model_dir(self.params.model, "features.audio.params.model")
-
-    @functools.cached_property
     def _loaded(self) -> tuple[Any, Any]:
-        setting = "features.audio.params.model"
-        extractor = load_pretrained(transformers.AutoFeatureExtractor, self.model_dir, setting)
+        extractor = self.from_model_folder(transformers.AutoFeatureExtractor)
         expected = getattr(extractor, "sampling_rate", self.runtime.sample_rate)
         if expected != self.runtime.sample_rate:
-            raise ConfigError(f"{setting} {self.model_dir} expects {expected} Hz audio; set features.sample_rate={expected}")
-        model = load_pretrained(transformers.AutoModel, self.model_dir, setting)
+            raise ConfigError(f"{self.model_setting} {self.model_dir} expects {expected} Hz audio; set features.sample_rate={expected}")
+        model = self.from_model_folder(transformers.AutoModel)
         return extractor, model.to(self.runtime.device).eval()
 
     @property

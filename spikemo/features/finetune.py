@@ -49,7 +49,6 @@ from spikemo.config import SpikEmoConfig, TextFinetuneConfig
 from spikemo.data.schema import read_manifest
 from spikemo.errors import ConfigError, DataError
 from spikemo.features.base import EncoderRuntime, build_encoder
-from spikemo.features.hf import load_pretrained
 from spikemo.features.text import HFTextEncoder, TextItem
 from spikemo.training.checkpoint import SelectionState
 from spikemo.training.epochs import EpochPlan, run_epochs
@@ -85,7 +84,7 @@ class UtteranceClassifier(nn.Module):
     def __init__(self, encoder: HFTextEncoder, num_labels: int, dropout: float):
         super().__init__()
         self.pooled = encoder.pooled
-        self.encoder = load_pretrained(transformers.AutoModel, encoder.model_dir, "features.text.params.model")
+        self.encoder = encoder.from_model_folder(transformers.AutoModel)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.encoder.config.hidden_size, num_labels)
 

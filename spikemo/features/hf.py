@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,26 @@ def resolve_model_dir(model: str, setting: str) -> Path:
             f"{setting} {model!r}: not a local model folder nor a model in the local Hugging Face cache; "
             "download it where a hub is reachable (save_pretrained) and give its folder"
         ) from None
+
+
+class PretrainedModelFolder:
+    """For an encoder whose ``params.model`` names a Hugging Face model: the model's local folder, and its parts
+    loaded from it with errors that name the setting (``features.<modality>.params.model``)."""
+
+    modality: str
+    params: Any
+
+    @property
+    def model_setting(self) -> str:
+        return f"features.{self.modality}.params.model"
+
+    @functools.cached_property
+    def model_dir(self) -> Path:
+        return resolve_model_dir(self.params.model, self.model_setting)
+
+    def from_model_folder(self, loader: Any) -> Any:
+        """``loader.from_pretrained`` on the model folder (``transformers.AutoModel``, ``AutoTokenizer``, ...)."""
+        return load_pretrained(loader, self.model_dir, self.model_setting)
 
 
 def load_pretrained(loader: Any, directory: Path, setting: str) -> Any:

@@ -17,7 +17,7 @@ from pydantic import Field
 
 from spikemo.features.base import EncodedBatch, Encoder, EncoderParams, batches, model_files, register_encoder
 from spikemo.errors import ConfigError
-from spikemo.features.hf import load_pretrained, masked_mean, resolve_model_dir
+from spikemo.features.hf import PretrainedModelFolder, masked_mean
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class HFTextParams(EncoderParams):
 
 
 @register_encoder
-class HFTextEncoder(TextEncoder):
+class HFTextEncoder(PretrainedModelFolder, TextEncoder):
     """Any Hugging Face text encoder (AutoModel + AutoTokenizer), mean- or CLS-pooled at any layer."""
 
     name = "hf-text"
@@ -129,18 +129,14 @@ class HFTextEncoder(TextEncoder):
     params: HFTextParams
 
     @functools.cached_property
-    def model_dir(self) -> Path:
-        return resolve_model_dir(self.params.model, "features.text.params.model")
-
-    @functools.cached_property
     def tokenizer(self) -> Any:
-        tokenizer = load_pretrained(transformers.AutoTokenizer, self.model_dir, "features.text.params.model")
+        tokenizer = self.from_model_folder(transformers.AutoTokenizer)
         tokenizer.truncation_side = "right"  # context is already fitted to max_length; an overlong utterance keeps its start
         return tokenizer
 
     @functools.cached_property
     def model(self) -> Any:
-        model = load_pretrained(transformers.AutoModel, self.model_dir, "features.text.params.model")
+        model = self.from_model_folder(transformers.AutoModel)
         return model.to(self.runtime.device).eval()
 
     @property

@@ -25,7 +25,7 @@ from spikemo.features.base import (
     per_item,
     register_encoder,
 )
-from spikemo.features.hf import load_pretrained, resolve_model_dir
+from spikemo.features.hf import PretrainedModelFolder
 from spikemo.features.native_logs import native_stderr_filtered
 
 
@@ -142,7 +142,7 @@ class HFImageParams(EncoderParams):
 
 
 @register_encoder
-class HFImageEncoder(VisualEncoder):
+class HFImageEncoder(PretrainedModelFolder, VisualEncoder):
     """Any Hugging Face image model on MTCNN face crops or whole frames, mean-pooled over frames."""
 
     name = "hf-image"
@@ -150,14 +150,9 @@ class HFImageEncoder(VisualEncoder):
     params: HFImageParams
 
     @functools.cached_property
-    def model_dir(self) -> Path:
-        return resolve_model_dir(self.params.model, "features.visual.params.model")
-
-    @functools.cached_property
     def _loaded(self) -> tuple[Any, Any]:
-        setting = "features.visual.params.model"
-        processor = load_pretrained(transformers.AutoImageProcessor, self.model_dir, setting)
-        model = load_pretrained(transformers.AutoModel, self.model_dir, setting)
+        processor = self.from_model_folder(transformers.AutoImageProcessor)
+        model = self.from_model_folder(transformers.AutoModel)
         return processor, model.to(self.runtime.device).eval()
 
     @functools.cached_property
