@@ -138,17 +138,7 @@ def result_with_weights(
     with a layer fitted on top): written as the selected checkpoint of ``trained``'s best epoch in
     ``run_dir/checkpoints``, then dev and test scored as after any training, with ``trained``'s history."""
     with distributed_context(config.train.device) as context:
-        run = _TrainingRun(config, data, label_names, Path(run_dir), context)
-        run.model.load_state_dict(weights)
-        selection = SelectionState(
-            epoch=len(trained.history) - 1, best_epoch=trained.best_epoch,
-            best_score=trained.dev_metrics["weighted_f1"], epochs_without_improvement=0, history=trained.history,
-        )
-        dev_scores = run._evaluate_split(run.model, data.splits["dev"], monitor_spikes=False)[0]
-        if context.is_main:
-            spec_metrics = {SELECTION_KEY: float(dev_scores["weighted_f1"])}
-            save_model_checkpoint(run._best_path(trained.best_epoch), run.model, run._best_spec(trained.best_epoch, spec_metrics))
-        return run._finish(selection)
+        return _TrainingRun(config, data, label_names, Path(run_dir), context).finish_with_weights(weights, trained)
 
 
 class _TrainingRun:
@@ -206,6 +196,19 @@ class _TrainingRun:
             self.train_config.epochs, self.train_config.patience, keep_last=self.train_config.keep == "last", is_main=self.context.is_main
         )
         return self._finish(run_epochs(self, plan, on_epoch_end))
+
+    def finish_with_weights(self, weights: dict[str, torch.Tensor], trained: TrainResult) -> TrainResult:
+        """``result_with_weights``: the weights kept as ``trained``'s best epoch, then scored like a finished run."""
+        self.model.load_state_dict(weights)
+        dev_scores = self._evaluate_split(self.model, self.data.splits["dev"], monitor_spikes=False)[0]
+        if self.context.is_main:
+            spec = self._best_spec(trained.best_epoch, {SELECTION_KEY: float(dev_scores["weighted_f1"])})
+            save_model_checkpoint(self._best_path(trained.best_epoch), self.model, spec)
+        selection = SelectionState(
+            epoch=len(trained.history) - 1, best_epoch=trained.best_epoch, best_score=trained.dev_metrics["weighted_f1"],
+            epochs_without_improvement=0, history=trained.history,
+        )
+        return self._finish(selection)
 
     def load_last(self) -> SelectionState | None:
         last = self.checkpoint_dir / LAST_CHECKPOINT
