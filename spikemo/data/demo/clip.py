@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import tempfile
+import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 
 from spikemo.data.demo.cast import CAST
@@ -17,7 +18,7 @@ from spikemo.data.demo.face import animate_face
 from spikemo.data.demo.plan import PlannedUtterance
 from spikemo.data.demo.speech import synthesize_speech
 
-AUDIO_BIT_RATE = 64_000
+FFMPEG = "ffmpeg"
 CHARACTERS = {character.name: character for character in CAST}
 NOISE_FLOOR = 0.002  # standard deviation of the background hiss, full scale = 1
 
@@ -45,12 +46,12 @@ def render_clip(utterance: PlannedUtterance, root: Path, image_size: int, fps: i
     video = animate_face(character, utterance.visual_cue, loudness, image_size, fps, rng)
     target = root / utterance.clip_path
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    try:
-        _encode(video, image_size, fps, samples, rate, partial)
+    with tempfile.TemporaryDirectory(prefix=f".{target.stem}.", dir=target.parent) as scratch:
+        audio_path = Path(scratch) / "speech.wav"
+        _write_wav(audio_path, samples, rate)
+        partial = Path(scratch) / "clip.mp4"
+        _encode(video, image_size, fps, audio_path, partial)
         os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
     return RenderedClip(target, len(samples) / rate, frames)
 
 
@@ -61,21 +62,37 @@ def _loudness_per_frame(samples: np.ndarray, frames: int) -> np.ndarray:
     return np.clip(rms / peak, 0, 1) if peak > 0 else rms
 
 
-def _encode(video: Iterator[np.ndarray], size: int, fps: int, samples: np.ndarray, rate: int, out: Path) -> None:
-    """H.264 (BGR frames to yuv420p) and AAC (mono 16-bit) muxed into an mp4, in this process (PyAV's FFmpeg):
-    one thread, bit-exact flags, no metadata, so the same inputs give the same bytes."""
-    bit_exact = {"flags": "+bitexact"}
-    with av.open(str(out), "w", format="mp4", options={"movflags": "+faststart", "fflags": "+bitexact"}) as container:
-        picture = container.add_stream("libx264", rate=fps, options={"preset": "veryfast", "crf": "23", **bit_exact})
-        picture.width = picture.height = size
-        picture.pix_fmt = "yuv420p"
-        picture.codec_context.thread_count = 1
-        sound = container.add_stream("aac", rate=rate, layout="mono", options=bit_exact)
-        sound.bit_rate = AUDIO_BIT_RATE
-        for frame in video:
-            container.mux(picture.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")))
-        container.mux(picture.encode())
-        pcm = av.AudioFrame.from_ndarray((np.clip(samples, -1, 1) * 32767).astype(np.int16)[None], format="s16", layout="mono")
-        pcm.sample_rate, pcm.pts, pcm.time_base = rate, 0, Fraction(1, rate)  # timed, so the muxer trims the encoder's priming
-        container.mux(sound.encode(pcm))
-        container.mux(sound.encode())
+def _write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(rate)
+        handle.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+
+
+def _encode(video: Iterator[np.ndarray], size: int, fps: int, audio_path: Path, out: Path) -> None:
+    """Stream BGR frames into ffmpeg's stdin (whole frames per write) and mux them with the WAV as H.264 + AAC."""
+    command = [
+        FFMPEG, "-nostdin", "-loglevel", "error", "-y",
+        "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{size}x{size}", "-r", str(fps), "-i", "pipe:0",
+        "-i", str(audio_path),
+        "-map", "0:v", "-map", "1:a",
+        "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p", "-threads", "1",
+        "-c:a", "aac", "-b:a", "64k",
+        "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact",
+        "-movflags", "+faststart", str(out),
+    ]
+    with tempfile.TemporaryFile() as errors:
+        encoder = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors)
+        try:
+            for frame in video:
+                encoder.stdin.write(frame.data)
+        except BrokenPipeError:
+            pass  # ffmpeg stopped early; its exit code and message say why
+        finally:
+            encoder.stdin.close()
+            code = encoder.wait()
+        if code != 0:
+            errors.seek(0)
+            detail = errors.read().decode(errors="replace").strip().splitlines()
+            raise RuntimeError(f"ffmpeg could not encode {out.name}: {detail[-1] if detail else f'exit code {code}'}")
