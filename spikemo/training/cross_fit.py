@@ -51,10 +51,9 @@ def train_with_cross_fitted_evidence(
     base = train_on_dialogue_data(base_config, data, label_names, run_dir / "base", on_epoch_end, resume)
     logits = out_of_fold_logits(base_config, data, label_names, run_dir / "folds", resume)
     train_set = data.splits["train"]
-    label_counts = torch.bincount(torch.from_numpy(train_set.labels[train_set.labels >= 0]), minlength=len(label_names))
     evidence = fit_speaker_evidence(
         logits, train_set, SpeakerEvidence(len(label_names), config.model.speaker_evidence_rounds, config.model.causal),
-        class_weights_from_counts(label_counts, config.train.class_weighting),
+        class_weights_from_counts(train_set.label_counts(len(label_names)), config.train.class_weighting),
     )
     weights = {name: tensor.detach().cpu() for name, tensor in base.model.state_dict().items()}
     weights.update({f"speaker_evidence.{name}": tensor.detach().cpu() for name, tensor in evidence.state_dict().items()})

@@ -105,6 +105,11 @@ class DialogueDataset(Dataset[Dialogue]):
         """The dialogue (0..len-1) of every utterance in storage order: the unit a bootstrap resamples."""
         return np.repeat(np.arange(len(self)), self.dialogue_lengths)
 
+    def label_counts(self, num_classes: int) -> torch.Tensor:
+        """How many labelled utterances each class has (``[num_classes]``)."""
+        labels = self._labels[self._labels != IGNORE_INDEX]
+        return torch.bincount(labels, minlength=num_classes)
+
     def subset(self, dialogue_indices: Sequence[int]) -> DialogueDataset:
         """A dataset of these dialogues only, in the order given."""
         flat = self._rows(dialogue_indices)

@@ -168,8 +168,7 @@ class _TrainingRun:
             else self.model
         )
         train_set = data.splits["train"]
-        label_counts = torch.bincount(torch.from_numpy(train_set.labels[train_set.labels >= 0]), minlength=len(label_names))
-        class_weights = class_weights_from_counts(label_counts, self.train_config.class_weighting)
+        class_weights = class_weights_from_counts(train_set.label_counts(len(label_names)), self.train_config.class_weighting)
         self.loss = SpikEmoLoss(
             self.train_config.loss_weights, len(label_names), class_weights, self.train_config.label_smoothing
         ).to(context.device)
