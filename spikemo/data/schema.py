@@ -70,14 +70,11 @@ MANIFEST_SCHEMA = pa.schema(
     ]
 )
 
-PROBLEMS_SCHEMA = pa.schema(
+PROBLEMS_SCHEMA = pa.schema(  # where a problem row points uses the manifest's columns; the index as written in the source
     [
-        ("dataset", pa.string()),
-        ("split", pa.string()),
-        ("dialogue_id", pa.string()),
+        *(MANIFEST_SCHEMA.field(name) for name in ("dataset", "split", "dialogue_id")),
         ("utterance_index", pa.string()),
-        ("source_file", pa.string()),
-        ("source_row", pa.int32()),
+        *(MANIFEST_SCHEMA.field(name) for name in ("source_file", "source_row")),
         ("reason", pa.string()),
         ("action", pa.string()),
     ]

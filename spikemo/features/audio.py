@@ -15,7 +15,7 @@ import transformers
 from pydantic import Field
 
 from spikemo.errors import ConfigError
-from spikemo.features.base import EncodedBatch, Encoder, EncoderParams, batches, model_files, per_item, register_encoder
+from spikemo.features.base import EncodedBatch, Encoder, EncoderParams, batches, per_item, register_encoder
 from spikemo.features.hf import PretrainedModelFolder, masked_mean
 
 
@@ -106,18 +106,11 @@ class HFAudioEncoder(PretrainedModelFolder, AudioEncoder):
         expected = getattr(extractor, "sampling_rate", self.runtime.sample_rate)
         if expected != self.runtime.sample_rate:
             raise ConfigError(f"{self.model_setting} {self.model_dir} expects {expected} Hz audio; set features.sample_rate={expected}")
-        model = self.from_model_folder(transformers.AutoModel)
-        return extractor, model.to(self.runtime.device).eval()
+        return extractor, self.model_on_device()
 
     @property
     def dim(self) -> int:
         return int(self._loaded[1].config.hidden_size)
-
-    def weight_files(self) -> dict[str, Path]:
-        return model_files(self.model_dir)
-
-    def library_versions(self) -> dict[str, str]:
-        return {**super().library_versions(), "transformers": transformers.__version__}
 
     @torch.inference_mode()
     def encode(self, inputs: Sequence[np.ndarray]) -> EncodedBatch:

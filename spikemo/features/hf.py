@@ -12,6 +12,7 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
 from spikemo.errors import ConfigError
+from spikemo.features.base import model_files
 from spikemo.features.packaged import PACKAGED_ALIASES, packaged_model_dir
 
 
@@ -33,11 +34,13 @@ def resolve_model_dir(model: str, setting: str) -> Path:
 
 
 class PretrainedModelFolder:
-    """For an encoder whose ``params.model`` names a Hugging Face model: the model's local folder, and its parts
-    loaded from it with errors that name the setting (``features.<modality>.params.model``)."""
+    """For an encoder whose ``params.model`` names a Hugging Face model: the model's local folder, its parts
+    loaded from it with errors that name the setting (``features.<modality>.params.model``), and the folder's
+    files and ``transformers`` as what the encoder's features depend on."""
 
     modality: str
     params: Any
+    runtime: Any
 
     @property
     def model_setting(self) -> str:
@@ -50,6 +53,16 @@ class PretrainedModelFolder:
     def from_model_folder(self, loader: Any) -> Any:
         """``loader.from_pretrained`` on the model folder (``transformers.AutoModel``, ``AutoTokenizer``, ...)."""
         return load_pretrained(loader, self.model_dir, self.model_setting)
+
+    def model_on_device(self) -> Any:
+        """The folder's ``AutoModel`` on the runtime's device, in eval mode."""
+        return self.from_model_folder(transformers.AutoModel).to(self.runtime.device).eval()
+
+    def weight_files(self) -> dict[str, Path]:
+        return model_files(self.model_dir)
+
+    def library_versions(self) -> dict[str, str]:
+        return {**super().library_versions(), "transformers": transformers.__version__}  # type: ignore[misc]
 
 
 def load_pretrained(loader: Any, directory: Path, setting: str) -> Any:

@@ -6,7 +6,6 @@ import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -15,7 +14,7 @@ import torch
 import transformers
 from pydantic import Field
 
-from spikemo.features.base import EncodedBatch, Encoder, EncoderParams, batches, model_files, register_encoder
+from spikemo.features.base import EncodedBatch, Encoder, EncoderParams, batches, register_encoder
 from spikemo.errors import ConfigError
 from spikemo.features.hf import PretrainedModelFolder, masked_mean
 
@@ -136,18 +135,11 @@ class HFTextEncoder(PretrainedModelFolder, TextEncoder):
 
     @functools.cached_property
     def model(self) -> Any:
-        model = self.from_model_folder(transformers.AutoModel)
-        return model.to(self.runtime.device).eval()
+        return self.model_on_device()
 
     @property
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
-
-    def weight_files(self) -> dict[str, Path]:
-        return model_files(self.model_dir)
-
-    def library_versions(self) -> dict[str, str]:
-        return {**super().library_versions(), "transformers": transformers.__version__}
 
     def decoding(self) -> dict[str, Any]:
         return {"context": "nearest-turns-first"} if self.params.uses_context else {}

@@ -151,9 +151,7 @@ class HFImageEncoder(PretrainedModelFolder, VisualEncoder):
 
     @functools.cached_property
     def _loaded(self) -> tuple[Any, Any]:
-        processor = self.from_model_folder(transformers.AutoImageProcessor)
-        model = self.from_model_folder(transformers.AutoModel)
-        return processor, model.to(self.runtime.device).eval()
+        return self.from_model_folder(transformers.AutoImageProcessor), self.model_on_device()
 
     @functools.cached_property
     def _mtcnn(self) -> Any:
@@ -200,9 +198,6 @@ class HFImageEncoder(PretrainedModelFolder, VisualEncoder):
             mtcnn_dir = Path(importlib.util.find_spec("facenet_pytorch").origin).parent / "data"
             files.update({f"mtcnn/{name}": mtcnn_dir / name for name in ("pnet.pt", "rnet.pt", "onet.pt")})
         return files
-
-    def library_versions(self) -> dict[str, str]:
-        return {**super().library_versions(), "transformers": transformers.__version__}
 
     def face_crops(self, frames: np.ndarray) -> list[np.ndarray]:
         """The most likely face of each frame (with margin); frames without a confident face are skipped."""
