@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -184,16 +185,19 @@ def _recipe_row(args: argparse.Namespace, path: Path, manifest_path: Path, respl
         "finetune_reused": finetuned.reused,
         "finetune_epochs_run": finetuned.epochs_run,
         "frozen_layer": frozen_layer,
-        "frozen_probe_weighted_f1": round(frozen_probe, 2),
+        "frozen_probe_weighted_f1": round(frozen_probe.test_weighted_f1, 2),
+        "frozen_probe_train_minus_selection": frozen_probe.train_minus_selection,
         "finetuned_classifier_selection_weighted_f1": round(finetuned.dev_weighted_f1, 2),  # what recipes are chosen on
         "finetuned_classifier_weighted_f1": round(finetuned.test_weighted_f1, 2),
-        "finetuned_probe_weighted_f1": round(tuned_probe, 2),
+        "finetuned_probe_weighted_f1": round(tuned_probe.test_weighted_f1, 2),
+        # how much better the fine-tuned features separate the utterances the encoder was trained on than held-out ones
+        "finetuned_probe_train_minus_selection": tuned_probe.train_minus_selection,
         "spikemo_finetuned_weighted_f1": [round(score, 2) for score in spikemo_scores],
         "spikemo_finetuned_weighted_f1_mean": round(spikemo_mean, 2),
         "spikemo_finetuned_weighted_f1_std": round(float(np.std(spikemo_scores, ddof=1)), 2) if len(spikemo_scores) > 1 else 0.0,
-        "spikemo_minus_finetuned_probe": round(spikemo_mean - tuned_probe, 2),
+        "spikemo_minus_finetuned_probe": round(spikemo_mean - tuned_probe.test_weighted_f1, 2),
         "spikemo_minus_finetuned_classifier": round(spikemo_mean - finetuned.test_weighted_f1, 2),
-        "spikemo_minus_frozen_probe": round(spikemo_mean - frozen_probe, 2),
+        "spikemo_minus_frozen_probe": round(spikemo_mean - frozen_probe.test_weighted_f1, 2),
     }
 
 
@@ -219,9 +223,17 @@ class PeakRSS:
         self._thread.join()
 
 
-def _probe(manifest: pd.DataFrame, features: pd.DataFrame, labels: list[str]) -> float:
+@dataclass(frozen=True)
+class ProbeScores:
+    test_weighted_f1: float  # the reported split
+    train_minus_selection: dict[str, float]  # weighted-F1 on its own training utterances, on the selection split, the gap
+
+
+def _probe(manifest: pd.DataFrame, features: pd.DataFrame, labels: list[str]) -> ProbeScores:
     probe = fit_linear_probe(build_dialogue_data(manifest, {"text": features}, len(labels)), labels)
-    return float(probe.test_metrics["weighted_f1"])
+    train, selection = probe.train_metrics["weighted_f1"], probe.dev_metrics["weighted_f1"]
+    gap = {"train": round(train, 2), "selection": round(selection, 2), "gap": round(train - selection, 2)}
+    return ProbeScores(float(probe.test_metrics["weighted_f1"]), gap)
 
 
 def _meld_config(args: argparse.Namespace, overrides: dict[str, Any], path: Path | None = None) -> SpikEmoConfig:

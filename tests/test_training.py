@@ -415,6 +415,8 @@ def test_linear_probe_selects_C_on_dev_and_scores_test_once(corpus):
     attacked = fit_linear_probe(build_dialogue_data(adversarial, features, len(LABELS)), LABELS)
     assert attacked.C == probe.C and attacked.dev_weighted_f1_by_C == probe.dev_weighted_f1_by_C
     assert attacked.test_metrics["accuracy"] < probe.test_metrics["accuracy"]
+    assert probe.train_metrics["num_utterances"] == (manifest["split"] == "train").sum()
+    assert attacked.train_metrics == probe.train_metrics  # scored on the training utterances only
 
 
 def test_linear_probe_handles_an_absent_modality(corpus):

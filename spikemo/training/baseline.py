@@ -32,6 +32,7 @@ class LinearProbeResult:
     test_metrics: dict[str, Any] | None  # None when there is no labelled test split
     dev_weighted_f1_by_C: dict[float, float]
     test_predictions: np.ndarray | None = None  # of the labelled test utterances, in storage order
+    train_metrics: dict[str, Any] | None = None  # the selected probe on its own training utterances: how far apart train and dev sit
 
 
 def fit_linear_probe(data: DialogueData, label_names: list[str], seed: int = 0) -> LinearProbeResult:
@@ -53,13 +54,14 @@ def fit_linear_probe(data: DialogueData, label_names: list[str], seed: int = 0) 
     C, _, parameters = best
     classifier.coef_, classifier.intercept_ = parameters
     dev_metrics = classification_metrics(dev_y, classifier.predict(dev_x), label_names)
+    train_metrics = classification_metrics(train_y, classifier.predict(train_x), label_names)
     test_metrics = test_predictions = None
     test_set = data.splits.get("test")
     if test_set is not None and (test_set.labels >= 0).any():
         test_x, test_y = _labelled_inputs(test_set, scalers)
         test_predictions = classifier.predict(test_x)
         test_metrics = classification_metrics(test_y, test_predictions, label_names)
-    return LinearProbeResult(C, dev_metrics, test_metrics, scores, test_predictions)
+    return LinearProbeResult(C, dev_metrics, test_metrics, scores, test_predictions, train_metrics)
 
 
 def _parameters(classifier: LogisticRegression) -> tuple[np.ndarray, np.ndarray]:
