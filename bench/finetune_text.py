@@ -50,6 +50,8 @@ from spikemo.features.finetune import (
 from spikemo.training import build_dialogue_data, train_model
 from spikemo.training.baseline import fit_linear_probe
 
+from meld_splits import selection_resplit  # bench/ is the script's folder
+
 REPO = Path(__file__).resolve().parents[1]
 MELD = REPO.parent / "shared" / "data" / "meld"
 SPEED_SETTINGS = [  # (model, max_length, context_turns, future_turns, freeze_layers, precision)
@@ -131,12 +133,7 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
     base = _meld_config(args, {}, args.configs[0])
     manifest_path = _ingested(base)  # features do not depend on the split (context stays in its dialogue): extracted on it
     manifest, metadata = read_manifest(manifest_path)
-    train_dialogues = np.sort(manifest.loc[manifest["split"] == "train", "dialogue_id"].unique())
-    selection = set(np.random.default_rng(0).choice(train_dialogues, size=round(0.1 * len(train_dialogues)), replace=False))
-    resplit = manifest.assign(
-        split=np.where(manifest["split"] == "dev", "test", np.where(manifest["dialogue_id"].isin(selection), "dev", "train"))
-    )
-    resplit = resplit[resplit["split"].isin(["train", "dev", "test"])]
+    resplit = selection_resplit(manifest)
     resplit_path = Path(args.work) / "meld-select10" / "manifest.parquet"
     write_manifest(resplit, pd.read_parquet(problems_path(manifest_path)), resplit_path, dataset=metadata["dataset"],
                    labels=metadata["labels"], speakers=metadata["speakers"], root=Path(metadata["root"]))

@@ -2,9 +2,11 @@
 
 Datasets (each trained with its shipped config's model and training sections):
 - ``meld``: MELD text (``--meld-config``, default configs/meld.yaml: frozen MiniLM features from the cache; a
-  config with a text fine-tune reads the encoder that bench/finetune_text.py fine-tuned on the same selection
-  split). A fixed 10% of the train dialogues selects (epoch, probe C), MELD's dev split is reported: the
-  shared copy holds no test split.
+  config with a text fine-tune reads the encoder fine-tuned on the same selection split, by
+  bench/finetune_text.py or here when missing). A fixed 10% of the train dialogues selects (epoch, probe C),
+  MELD's dev split is reported: the shared copy holds no test split. ``--meld-stacking half`` trains on a fixed
+  half of the training dialogues; ``held_out`` trains on that half with features of an encoder fine-tuned on
+  the other half only, so that no training utterance's features come from an encoder that saw its label.
 - ``emodb``: EmoDB speech, eGeMAPS features, speaker-independent. Each speaker's clips form one session
   (a "dialogue" of that speaker's utterances); fold k reports on speaker k, selects on speaker k+1 and
   trains on the other six; every one of the 8 folds runs every seed.
@@ -47,13 +49,16 @@ import torch
 
 from spikemo.config import SpikEmoConfig, load_config, with_overrides
 from spikemo.data.demo import DemoCorpusSettings, make_demo_corpus
-from spikemo.data.schema import read_manifest
+from spikemo.data.ingest import ingest
+from spikemo.data.schema import problems_path, read_manifest, write_manifest
 from spikemo.features.extract import load_features, preprocess
-from spikemo.features.finetune import finetuned_text_config
+from spikemo.features.finetune import finetune_text_encoder, finetuned_text_config
 from spikemo.model.spikemo import speaker_zscores
 from spikemo.training import build_dialogue_data, train_on_dialogue_data
 from spikemo.training.baseline import fit_linear_probe
 from spikemo.training.metrics import bootstrap_weights, interval, weighted_scores
+
+from meld_splits import selection_resplit, training_half  # bench/ is the script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -101,22 +106,32 @@ class Fold:
 
 def meld_folds(args: argparse.Namespace) -> Iterator[Fold]:
     config = _config(args.meld_config, args, {"data.root": str(args.meld_root), "features.modalities": ["text"]})
-    if config.features.text.finetune is not None:  # the fine-tune bench/finetune_text.py ran on the same resplit
-        resplit_path = args.work / "meld-select10" / "manifest.parquet"
-        if not resplit_path.is_file():
-            raise SystemExit(f"{args.meld_config} fine-tunes its text encoder: run bench/finetune_text.py --part accuracy with it first")
-        fine_tuned_on = config.model_copy(update={"workdir": args.work, "data": config.data.model_copy(update={"name": "meld-select10"})})
-        config = config.model_copy(update={"features": finetuned_text_config(fine_tuned_on, resplit_path).features})
+    if config.features.text.finetune is not None:
+        config = _with_finetuned_text_encoder(config, args)
     manifest, labels, features = _prepared(config)
-    train_dialogues = np.sort(manifest.loc[manifest["split"] == "train", "dialogue_id"].unique())
-    rng = np.random.default_rng(0)  # the same selection dialogues for every seed and variant (and bench/finetune_text.py)
-    selection = set(rng.choice(train_dialogues, size=round(0.1 * len(train_dialogues)), replace=False))
-    resplit = manifest["split"].map({"train": "train", "dev": "test"}).where(
-        ~manifest["dialogue_id"].isin(selection) | (manifest["split"] != "train"), "dev"
-    )
-    manifest = manifest.assign(split=resplit)
+    manifest = selection_resplit(manifest)  # the same selection dialogues for every seed and variant (and bench/finetune_text.py)
+    if args.meld_stacking != "all":
+        manifest = training_half(manifest, "b")
     for seed in range(args.seeds):
         yield Fold(manifest, features, labels, _seeded(config, seed))
+
+
+def _with_finetuned_text_encoder(config: SpikEmoConfig, args: argparse.Namespace) -> SpikEmoConfig:
+    """``config`` reading the text encoder fine-tuned on the selection resplit's training dialogues (half ``a`` of
+    them with ``--meld-stacking held_out``): the fine-tune bench/finetune_text.py ran, or run here when missing."""
+    ingest(config.data, config.manifest_path)
+    resplit = selection_resplit(read_manifest(config.manifest_path)[0])
+    name = "meld-select10-half-a" if args.meld_stacking == "held_out" else "meld-select10"
+    if args.meld_stacking == "held_out":
+        resplit = training_half(resplit, "a")
+    resplit_path = args.work / name / "manifest.parquet"
+    if not resplit_path.is_file():
+        _, metadata = read_manifest(config.manifest_path)
+        write_manifest(resplit, pd.read_parquet(problems_path(config.manifest_path)), resplit_path, dataset=metadata["dataset"],
+                       labels=metadata["labels"], speakers=metadata["speakers"], root=Path(metadata["root"]))
+    fine_tuned_on = config.model_copy(update={"workdir": args.work, "data": config.data.model_copy(update={"name": "meld-select10"})})
+    finetune_text_encoder(fine_tuned_on, resplit_path)
+    return config.model_copy(update={"features": finetuned_text_config(fine_tuned_on, resplit_path).features})
 
 
 def emodb_folds(args: argparse.Namespace) -> Iterator[Fold]:
@@ -313,6 +328,11 @@ def main() -> None:
     parser.add_argument("--meld-root", type=Path, default=SHARED_DATA / "meld")
     parser.add_argument("--meld-config", default="meld.yaml", help="MELD config under configs/ (one with a text fine-tune "
                         "reads the encoder bench/finetune_text.py fine-tuned on the same selection split)")
+    parser.add_argument(
+        "--meld-stacking", choices=["all", "half", "held_out"], default="all",
+        help="with a fine-tuned text encoder: 'all' trains on every training dialogue; 'half' on half b of them (fixed "
+        "halves); 'held_out' on half b with features of an encoder fine-tuned on half a only (fine-tuned here when missing)",
+    )
     parser.add_argument(
         "--emodb-session-length", type=int, default=0, help="EmoDB clips per speaker session (0: all of a speaker's clips)"
     )
