@@ -9,8 +9,9 @@ the estimated epoch time follows.
 reported (the shared copy holds no test split). Per recipe (``--configs``, default MPNet then MiniLM, all in
 one invocation): the linear probe on the frozen encoder (mean-pooled at ``--frozen-layer``, no context), the
 fine-tune's wall time and peak resident memory, the fine-tuned classifier itself, and the linear probe and
-SpikEmo (the recipe's model section, ``--seeds`` seeds) on the fine-tuned encoder's features. Prints one JSON
-line per part.
+SpikEmo (the recipe's model section, ``--seeds`` seeds) on the fine-tuned encoder's features, and each probe's
+weighted-F1 on its own training utterances against the selection split (how much the features fit the
+utterances the encoder was trained on). Prints one JSON line per part.
 
     .venv/bin/python bench/finetune_text.py --part speed
     .venv/bin/python bench/finetune_text.py --part accuracy --configs configs/meld-mpnet.yaml,configs/meld-finetuned.yaml

@@ -120,13 +120,12 @@ def _with_finetuned_text_encoder(config: SpikEmoConfig, args: argparse.Namespace
     """``config`` reading the text encoder fine-tuned on the selection resplit's training dialogues (half ``a`` of
     them with ``--meld-stacking held_out``): the fine-tune bench/finetune_text.py ran, or run here when missing."""
     ingest(config.data, config.manifest_path)
-    resplit = selection_resplit(read_manifest(config.manifest_path)[0])
-    name = "meld-select10-half-a" if args.meld_stacking == "held_out" else "meld-select10"
+    manifest, metadata = read_manifest(config.manifest_path)
+    resplit, name = selection_resplit(manifest), "meld-select10"
     if args.meld_stacking == "held_out":
-        resplit = training_half(resplit, "a")
+        resplit, name = training_half(resplit, "a"), "meld-select10-half-a"
     resplit_path = args.work / name / "manifest.parquet"
     if not resplit_path.is_file():
-        _, metadata = read_manifest(config.manifest_path)
         write_manifest(resplit, pd.read_parquet(problems_path(config.manifest_path)), resplit_path, dataset=metadata["dataset"],
                        labels=metadata["labels"], speakers=metadata["speakers"], root=Path(metadata["root"]))
     fine_tuned_on = config.model_copy(update={"workdir": args.work, "data": config.data.model_copy(update={"name": "meld-select10"})})
@@ -327,7 +326,7 @@ def main() -> None:
     parser.add_argument("--demo-dialogues", type=int, default=400, help="size of the generated corpus (also its seed)")
     parser.add_argument("--meld-root", type=Path, default=SHARED_DATA / "meld")
     parser.add_argument("--meld-config", default="meld.yaml", help="MELD config under configs/ (one with a text fine-tune "
-                        "reads the encoder bench/finetune_text.py fine-tuned on the same selection split)")
+                        "reads the encoder fine-tuned on the same selection split, fine-tuning it when missing)")
     parser.add_argument(
         "--meld-stacking", choices=["all", "half", "held_out"], default="all",
         help="with a fine-tuned text encoder: 'all' trains on every training dialogue; 'half' on half b of them (fixed "
