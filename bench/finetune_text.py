@@ -38,7 +38,7 @@ import torch
 
 from spikemo.config import SpikEmoConfig, load_config
 from spikemo.data.ingest import ingest
-from spikemo.data.schema import problems_path, read_manifest, write_manifest
+from spikemo.data.schema import read_manifest
 from spikemo.features.base import build_encoder
 from spikemo.features.extract import extract_modality, load_features
 from spikemo.features.finetune import (
@@ -51,7 +51,7 @@ from spikemo.features.finetune import (
 from spikemo.training import build_dialogue_data, train_model
 from spikemo.training.baseline import fit_linear_probe
 
-from meld_splits import selection_resplit  # bench/ is the script's folder
+from meld_splits import selection_resplit, write_resplit  # bench/ is the script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 MELD = REPO.parent / "shared" / "data" / "meld"
@@ -135,9 +135,7 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
     manifest_path = _ingested(base)  # features do not depend on the split (context stays in its dialogue): extracted on it
     manifest, metadata = read_manifest(manifest_path)
     resplit = selection_resplit(manifest)
-    resplit_path = Path(args.work) / "meld-select10" / "manifest.parquet"
-    write_manifest(resplit, pd.read_parquet(problems_path(manifest_path)), resplit_path, dataset=metadata["dataset"],
-                   labels=metadata["labels"], speakers=metadata["speakers"], root=Path(metadata["root"]))
+    resplit_path = write_resplit(resplit, manifest_path, Path(args.work) / "meld-select10" / "manifest.parquet")
     rows = []
     for path in args.configs:
         rows.append(_recipe_row(args, path, manifest_path, resplit, resplit_path, metadata["labels"]))

@@ -4,8 +4,12 @@ left out. The stacking half splits the remaining training dialogues in two fixed
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+
+from spikemo.data.schema import problems_path, read_manifest, write_manifest
 
 SELECTION_SEED = 0
 SELECTION_SHARE = 0.1
@@ -31,3 +35,11 @@ def training_half(resplit: pd.DataFrame, half: str) -> pd.DataFrame:
     in_first = resplit["dialogue_id"].isin(first)
     keep = ~train | (in_first if half == "a" else ~in_first)
     return resplit[keep]
+
+
+def write_resplit(resplit: pd.DataFrame, ingested: Path, out: Path) -> Path:
+    """``resplit`` written as a manifest at ``out``, with the ingested manifest's metadata and problem rows."""
+    _, metadata = read_manifest(ingested)
+    write_manifest(resplit, pd.read_parquet(problems_path(ingested)), out, dataset=metadata["dataset"], labels=metadata["labels"],
+                   speakers=metadata["speakers"], root=Path(metadata["root"]))
+    return out

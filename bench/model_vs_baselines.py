@@ -50,7 +50,7 @@ import torch
 from spikemo.config import SpikEmoConfig, load_config, with_overrides
 from spikemo.data.demo import DemoCorpusSettings, make_demo_corpus
 from spikemo.data.ingest import ingest
-from spikemo.data.schema import problems_path, read_manifest, write_manifest
+from spikemo.data.schema import read_manifest
 from spikemo.features.extract import load_features, preprocess
 from spikemo.features.finetune import finetune_text_encoder, finetuned_text_config
 from spikemo.model.spikemo import speaker_zscores
@@ -58,7 +58,7 @@ from spikemo.training import build_dialogue_data, train_on_dialogue_data
 from spikemo.training.baseline import fit_linear_probe
 from spikemo.training.metrics import bootstrap_weights, interval, weighted_scores
 
-from meld_splits import selection_resplit, training_half  # bench/ is the script's folder
+from meld_splits import selection_resplit, training_half, write_resplit  # bench/ is the script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -120,14 +120,10 @@ def _with_finetuned_text_encoder(config: SpikEmoConfig, args: argparse.Namespace
     """``config`` reading the text encoder fine-tuned on the selection resplit's training dialogues (half ``a`` of
     them with ``--meld-stacking held_out``): the fine-tune bench/finetune_text.py ran, or run here when missing."""
     ingest(config.data, config.manifest_path)
-    manifest, metadata = read_manifest(config.manifest_path)
-    resplit, name = selection_resplit(manifest), "meld-select10"
+    resplit, name = selection_resplit(read_manifest(config.manifest_path)[0]), "meld-select10"
     if args.meld_stacking == "held_out":
         resplit, name = training_half(resplit, "a"), "meld-select10-half-a"
-    resplit_path = args.work / name / "manifest.parquet"
-    if not resplit_path.is_file():
-        write_manifest(resplit, pd.read_parquet(problems_path(config.manifest_path)), resplit_path, dataset=metadata["dataset"],
-                       labels=metadata["labels"], speakers=metadata["speakers"], root=Path(metadata["root"]))
+    resplit_path = write_resplit(resplit, config.manifest_path, args.work / name / "manifest.parquet")
     fine_tuned_on = config.model_copy(update={"workdir": args.work, "data": config.data.model_copy(update={"name": "meld-select10"})})
     finetune_text_encoder(fine_tuned_on, resplit_path)
     return config.model_copy(update={"features": finetuned_text_config(fine_tuned_on, resplit_path).features})
