@@ -4,7 +4,10 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.spikemo-installed
-DEBIAN_PACKAGES := ffmpeg espeak-ng
+# Debian packages (each named after the program it installs): the demo speaks with espeak-ng; the tests also
+# make media with the ffmpeg program (the demo encodes its clips in-process with PyAV).
+DEBIAN_PACKAGES := espeak-ng ffmpeg
+demo: DEBIAN_PACKAGES := espeak-ng
 
 .PHONY: demo test install system-packages
 
@@ -17,11 +20,11 @@ test: install
 install: system-packages $(STAMP)
 
 system-packages:
-	@missing=""; for tool in ffmpeg espeak-ng; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	@missing=""; for tool in $(DEBIAN_PACKAGES); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing" >&2; \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
 # uv resolves and installs the project in well under a minute where pip takes several; pip installs uv itself.

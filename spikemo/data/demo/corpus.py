@@ -15,7 +15,7 @@ from typing import Any
 import cv2
 from tqdm import tqdm
 
-from spikemo.data.demo.clip import FFMPEG, RenderedClip, render_clip
+from spikemo.data.demo.clip import RenderedClip, render_clip
 from spikemo.data.demo.plan import MELD_CLIP_DIRS, PlannedUtterance, plan_demo_corpus, write_annotations
 from spikemo.data.demo.settings import EMOTIONS, SPLIT_NAMES, DemoCorpusSettings
 from spikemo.data.demo.speech import ESPEAK
@@ -66,9 +66,8 @@ def make_demo_corpus(out: Path, settings: DemoCorpusSettings | None = None) -> D
 
 
 def _require_tools() -> None:
-    missing = [tool for tool in (ESPEAK, FFMPEG) if shutil.which(tool) is None]
-    if missing:
-        raise ConfigError(f"{' and '.join(missing)} not found on PATH; install the Debian packages (make system-packages)")
+    if shutil.which(ESPEAK) is None:
+        raise ConfigError(f"{ESPEAK} not found on PATH; install the Debian package (make system-packages)")
 
 
 def _prepare_folder(out: Path, overwrite: bool) -> None:

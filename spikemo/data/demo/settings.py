@@ -48,7 +48,7 @@ class DemoCorpusSettings(BaseModel):
         0.6, ge=0, le=1, description="When a cue hides the emotion: probability it is neutral rather than conflicting."
     )
     image_size: int = Field(192, ge=96, le=1024, description="Video frames are square, this many pixels a side.")
-    fps: int = Field(25, ge=5, le=60, description="Video frame rate.")
+    fps: int = Field(10, ge=5, le=60, description="Video frame rate (the visual encoders sample a few frames a clip).")
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="Processes rendering clips.")
     overwrite: bool = Field(False, description="Write into a non-empty output folder, replacing an earlier corpus.")
 
