@@ -11,6 +11,11 @@ demo: DEBIAN_PACKAGES := espeak-ng
 
 .PHONY: demo test install system-packages
 
+# Python may cache bytecode (in .venv and __pycache__/): the demo and the suite start many Python processes
+# (Prefect server, render workers, flow and worker subprocesses), each importing torch, Prefect and MLflow,
+# in ~10 s from cached bytecode against ~27 s from source on 2 cores.
+unexport PYTHONDONTWRITEBYTECODE
+
 demo: install
 	$(VENV)/bin/spikemo demo
 
