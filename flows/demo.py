@@ -23,8 +23,8 @@ PREFECT_DEFAULTS = {
     "PREFECT_LOGGING_EXTRA_LOGGERS": "spikemo",  # the library's own log lines (epochs, counts, gating) in the run logs
 }
 # The corpus `spikemo demo` generates: half its dialogues are test dialogues, so that the verdict against the
-# linear probe has a 95% interval of about ±3 points (~640 test clips) while generation, extraction and training
-# fit a few minutes on 2 cores. `spikemo make-demo-data` keeps MELD's proportions (70/10/20) by default.
+# linear probe has a 95% interval of about ±3.5 points (~640 test clips) while generation, extraction and
+# training fit a few minutes on 2 cores. `spikemo make-demo-data` keeps MELD's proportions (70/10/20) by default.
 DEMO_RUN_CORPUS = {"dialogues": 150, "split_fractions": (0.4, 0.1, 0.5)}
 
 

@@ -62,9 +62,10 @@ def _loudness_per_frame(samples: np.ndarray, frames: int) -> np.ndarray:
 def _encode(video: Iterator[np.ndarray], samples: np.ndarray, rate: int, size: int, fps: int, out: Path) -> None:
     """Encode BGR frames as H.264 and the speech as AAC into an mp4, in-process (PyAV's FFmpeg).
 
-    x264's ultrafast preset on one thread and FFmpeg's fast AAC coder: the drawn faces compress well either way,
-    and a clip costs a few tens of milliseconds instead of an ``ffmpeg`` process's start and slower coders.
-    The bitexact flags keep library versions out of the file, so the same seed writes the same bytes.
+    x264's ultrafast preset on one thread and FFmpeg's fast AAC coder: a clip costs a few tens of milliseconds
+    instead of an ``ffmpeg`` process's start and slower coders, and renders of the same clip give the same bytes
+    (x264's presets with lookahead, veryfast among them, did not in-process). The bitexact flags keep library
+    versions out of the file.
     """
     try:
         with av.open(str(out), "w", format="mp4", options={"movflags": "+faststart", "fflags": "+bitexact"}) as container:
