@@ -18,6 +18,50 @@ from prefect.flows import load_flow_from_entrypoint
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _answers(url: str) -> bytes | None:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read()
+    except OSError:
+        return None
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory) -> str:
+    """One Prefect server for this module's flow runs: without it each flow process starts an ephemeral server
+    of its own, with a fresh database to migrate."""
+    import time
+
+    port = _free_port()
+    environment = {**os.environ, "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-server")), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    server = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while _answers(f"http://127.0.0.1:{port}/api/health") is None:
+            assert time.monotonic() < deadline, "the Prefect server did not answer"
+            time.sleep(1)
+        yield f"http://127.0.0.1:{port}/api"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+def _flow_environment(workdir: Path, api_url: str) -> dict[str, str]:
+    """A flow process's environment: its own Prefect home (result storage, caches), the module's server."""
+    return {**os.environ, "PREFECT_HOME": str(workdir / "prefect"), "PREFECT_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+
 def test_prefect_yaml_deployments_parse_and_retrain_is_scheduled():
     document = yaml.safe_load((REPO / "prefect.yaml").read_text())
     deployments = {deployment["name"]: deployment for deployment in document["deployments"]}
@@ -33,8 +77,8 @@ def test_prefect_yaml_deployments_parse_and_retrain_is_scheduled():
     assert "schedules" not in deployments["preprocess"]
 
 
-def _demo(workdir: Path, corpus: Path, config: Path) -> dict:
-    environment = {**os.environ, "PREFECT_HOME": str(workdir / "prefect"), "SPIKEMO_HOME": str(workdir)}
+def _demo(workdir: Path, corpus: Path, config: Path, api_url: str) -> dict:
+    environment = {**_flow_environment(workdir, api_url), "SPIKEMO_HOME": str(workdir)}
     result = subprocess.run(
         [sys.executable, "-m", "spikemo.cli", "demo", "--data", str(corpus), "--config", str(config), "--cache", str(workdir / "cache")],
         capture_output=True,
@@ -46,7 +90,7 @@ def _demo(workdir: Path, corpus: Path, config: Path) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_pipeline_flow_end_to_end_then_reuses_caches(tmp_path, tiny_corpus):
+def test_pipeline_flow_end_to_end_then_reuses_caches(tmp_path, tiny_corpus, prefect_api):
     config = tmp_path / "tiny.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -59,27 +103,28 @@ def test_pipeline_flow_end_to_end_then_reuses_caches(tmp_path, tiny_corpus):
             }
         )
     )
-    first = _demo(tmp_path, tiny_corpus, config)
+    first = _demo(tmp_path, tiny_corpus, config, prefect_api)
     assert first["alias"] == "champion" and first["model_version"] == "1"
     modalities = first["preprocess"]["modalities"]
     assert all(modalities[m]["encoded"] > 0 for m in ("text", "audio", "visual"))
     for modality in modalities.values():
         assert list(Path(modality["cache_path"]).glob("*.parquet"))
 
-    second = _demo(tmp_path, tiny_corpus, config)
+    second = _demo(tmp_path, tiny_corpus, config, prefect_api)
     assert all(m["encoded"] == 0 and m["reused"] > 0 for m in second["preprocess"]["modalities"].values())
     assert second["run_id"] == first["run_id"], "unchanged data and config: the training task is served from Prefect's cache"
 
-    query = (
-        "import json; from prefect.client.orchestration import get_client\n"
+    query = (  # this dataset's runs on the module's server
+        "import json\n"
+        "from prefect.client.orchestration import get_client\n"
+        "from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter, LogFilterFlowRunId\n"
         "with get_client(sync_client=True) as client:\n"
-        "    runs = client.read_flow_runs()\n"
-        "    messages = [log.message for log in client.read_logs(limit=200)]\n"
-        "print(json.dumps([any('dev weighted-F1' in m for m in messages)]))\n"
+        "    runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_='tinydemo')))\n"
+        "    logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[r.id for r in runs])))\n"
+        "print(json.dumps([any('dev weighted-F1' in log.message for log in logs)]))\n"
         "print(json.dumps([[r.name, r.state.type.value, str(r.flow_id)] for r in runs]))\n"
     )
-    environment = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
-    listed = subprocess.run([sys.executable, "-c", query], capture_output=True, text=True, env=environment, timeout=300)
+    listed = subprocess.run([sys.executable, "-c", query], capture_output=True, text=True, env=_flow_environment(tmp_path, prefect_api), timeout=300)
     assert listed.returncode == 0, listed.stderr[-2000:]
     runs = json.loads(listed.stdout.strip().splitlines()[-1])
     assert json.loads(listed.stdout.strip().splitlines()[-2]) == [True], "spikemo's epoch lines reach the run logs"
@@ -109,24 +154,6 @@ def test_training_cache_key_follows_the_library_code(tmp_path, monkeypatch, meld
     monkeypatch.setattr(common, "code_digest", lambda: "another version of spikemo")
     monkeypatch.setattr(train, "code_digest", common.code_digest)
     assert train._training_inputs(None, parameters) != before
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _answers(url: str) -> bytes | None:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.read()
-    except OSError:
-        return None
 
 
 def _serve_then_sigterm(command: list[str], url: str, environment: dict[str, str]) -> bytes:
@@ -166,7 +193,7 @@ def test_mlflow_ui_stops_on_sigterm(tmp_path):
     assert answer.strip() == b"OK"
 
 
-def test_extraction_runs_on_a_local_dask_cluster(tmp_path, meld_conversations, tiny_config):
+def test_extraction_runs_on_a_local_dask_cluster(tmp_path, meld_conversations, tiny_config, prefect_api):
     """features.task_runner: dask runs the extraction tasks on a local Dask cluster (prefect-dask)."""
     pytest.importorskip("prefect_dask")
     config = tiny_config(
@@ -179,10 +206,9 @@ def test_extraction_runs_on_a_local_dask_cluster(tmp_path, meld_conversations, t
         "summary = preprocess_flow(config=json.loads(sys.argv[1]))\n"
         "print(json.dumps(summary['modalities']['text']))\n"
     )
-    environment = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     result = subprocess.run(
         [sys.executable, "-c", script, json.dumps(config.model_dump(mode="json"))],
-        capture_output=True, text=True, env=environment, timeout=900, cwd=Path(__file__).resolve().parents[1],
+        capture_output=True, text=True, env=_flow_environment(tmp_path, prefect_api), timeout=900, cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     text = json.loads(result.stdout.strip().splitlines()[-1])
@@ -191,7 +217,7 @@ def test_extraction_runs_on_a_local_dask_cluster(tmp_path, meld_conversations, t
     assert "PrefectDaskClient" in result.stderr and result.stderr.count("distributed.scheduler - Remove worker addr") == 2
 
 
-def test_pipeline_flow_fine_tunes_the_text_encoder_then_reuses_it(tmp_path, meld_conversations, tiny_config, tiny_models):
+def test_pipeline_flow_fine_tunes_the_text_encoder_then_reuses_it(tmp_path, meld_conversations, tiny_config, tiny_models, prefect_api):
     """features.text.finetune chains fine-tune → extraction → training → registration; a re-run reuses the fine-tune."""
     config = tiny_config(
         meld_conversations, tmp_path / "work", tmp_path / "cache",
@@ -201,68 +227,52 @@ def test_pipeline_flow_fine_tunes_the_text_encoder_then_reuses_it(tmp_path, meld
             "train.epochs": 1,
         },
     )
-    script = (
+    script = (  # the pipeline twice in one process
         "import json, sys\n"
         "from flows.pipeline import pipeline_flow\n"
-        "summary = pipeline_flow(config=json.loads(sys.argv[1]))\n"
-        "print(json.dumps({'finetune': summary['preprocess']['text_finetune'], 'text': summary['preprocess']['modalities']['text'],"
+        "for _ in range(2):\n"
+        "    summary = pipeline_flow(config=json.loads(sys.argv[1]))\n"
+        "    print(json.dumps({'finetune': summary['preprocess']['text_finetune'], 'text': summary['preprocess']['modalities']['text'],"
         " 'alias': summary['train']['alias']}))\n"
     )
-    environment = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    runs = []
-    for _ in range(2):
-        result = subprocess.run(
-            [sys.executable, "-c", script, json.dumps(config.model_dump(mode="json"))],
-            capture_output=True, text=True, env=environment, timeout=900, cwd=REPO,
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        runs.append(json.loads(result.stdout.strip().splitlines()[-1]))
-    first, second = runs
+    result = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(config.model_dump(mode="json"))],
+        capture_output=True, text=True, env=_flow_environment(tmp_path, prefect_api), timeout=900, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, second = (json.loads(line) for line in result.stdout.strip().splitlines()[-2:])
     assert not first["finetune"]["reused"] and second["finetune"]["reused"]
     assert first["finetune"]["model_path"] == second["finetune"]["model_path"]
     assert first["text"]["encoded"] == 594 and second["text"]["encoded"] == 0
     assert first["alias"] == "champion"
 
 
-def test_a_deployment_run_by_a_real_worker_logs_spikemo_progress(tmp_path, meld_conversations, tiny_config):
+def test_a_deployment_run_by_a_real_worker_logs_spikemo_progress(tmp_path, meld_conversations, tiny_config, prefect_api):
     """prefect.yaml's work pool settings, a Prefect server, `prefect deploy`, `prefect deployment run` and a
     worker process (not in-process): spikemo's INFO lines reach the flow run's logs in the API."""
     import re
-    import time
 
-    port = _free_port()
     prefect = str(Path(sys.executable).with_name("prefect"))
-    environment = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                   "DO_NOT_TRACK": "true", "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    environment = {**_flow_environment(tmp_path, prefect_api), "DO_NOT_TRACK": "true"}
     environment.pop("PREFECT_LOGGING_EXTRA_LOGGERS", None)  # only the deployment's own settings may set it
-    server = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=environment,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while _answers(f"http://127.0.0.1:{port}/api/health") is None:
-            assert time.monotonic() < deadline, "the Prefect server did not answer"
-            time.sleep(2)
-        document = yaml.safe_load((REPO / "prefect.yaml").read_text())
-        pool = document["definitions"]["work_pools"]["process_pool"]
-        config = tiny_config(meld_conversations, tmp_path / "work", tmp_path / "cache", **{"train.epochs": 2})
-        document["deployments"] = [{"name": "tiny", "entrypoint": "flows/train.py:train_flow", "work_pool": pool,
-                                    "parameters": {"config": config.model_dump(mode="json")}}]
-        prefect_file = tmp_path / "prefect.yaml"
-        prefect_file.write_text(yaml.safe_dump(document))
+    document = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    pool = document["definitions"]["work_pools"]["process_pool"]
+    config = tiny_config(meld_conversations, tmp_path / "work", tmp_path / "cache", **{"train.epochs": 2})
+    document["deployments"] = [{"name": "tiny", "entrypoint": "flows/train.py:train_flow", "work_pool": pool,
+                                "parameters": {"config": config.model_dump(mode="json")}}]
+    prefect_file = tmp_path / "prefect.yaml"
+    prefect_file.write_text(yaml.safe_dump(document))
 
-        def prefect_cli(*arguments: str, timeout: float = 300) -> str:
-            done = subprocess.run([prefect, *arguments], env=environment, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-            return done.stdout
+    def prefect_cli(*arguments: str, timeout: float = 300) -> str:
+        done = subprocess.run([prefect, *arguments], env=environment, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        return done.stdout
 
-        prefect_cli("work-pool", "create", pool["name"], "--type", "process")
-        prefect_cli("--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file))
-        flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", prefect_cli("deployment", "run", "spikemo-train/tiny")).group(1)
-        prefect_cli("worker", "start", "--pool", pool["name"], "--run-once", timeout=600)
-        logs = prefect_cli("flow-run", "logs", flow_run_id)
-        assert re.search(r"epoch 1 of 0-1: train loss", logs), logs[-3000:]
-        assert re.search(r"text \(hf-text\): \d+ encoded, 0 reused", logs), logs[-3000:]
-        assert "gating score" in logs and "Downloading artifacts" not in logs
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+    prefect_cli("work-pool", "create", pool["name"], "--type", "process")
+    prefect_cli("--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file))
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", prefect_cli("deployment", "run", "spikemo-train/tiny")).group(1)
+    prefect_cli("worker", "start", "--pool", pool["name"], "--run-once", timeout=600)
+    logs = prefect_cli("flow-run", "logs", flow_run_id)
+    assert re.search(r"epoch 1 of 0-1: train loss", logs), logs[-3000:]
+    assert re.search(r"text \(hf-text\): \d+ encoded, 0 reused", logs), logs[-3000:]
+    assert "gating score" in logs and "Downloading artifacts" not in logs
