@@ -11,10 +11,16 @@ one invocation): the linear probe on the frozen encoder (mean-pooled at ``--froz
 fine-tune's wall time and peak resident memory, the fine-tuned classifier itself, and the linear probe and
 SpikEmo (the recipe's model section, ``--seeds`` seeds) on the fine-tuned encoder's features, and each probe's
 weighted-F1 on its own training utterances against the selection split (how much the features fit the
-utterances the encoder was trained on). Prints one JSON line per part.
+utterances the encoder was trained on).
+
+``--part combine``: the same splits; the finished fine-tunes of ``--configs`` (run first when absent) combined
+as one text feature, their vectors concatenated or averaged (all members of one width). The linear probe and
+SpikEmo (the first recipe's model section, ``--seeds`` seeds) on each member's features and on each
+combination, all in one invocation. Prints one JSON line per part.
 
     .venv/bin/python bench/finetune_text.py --part speed
     .venv/bin/python bench/finetune_text.py --part accuracy --configs configs/meld-mpnet.yaml,configs/meld-finetuned.yaml
+    .venv/bin/python bench/finetune_text.py --part combine --configs configs/meld-mpnet.yaml,configs/meld-mpnet-llrd.yaml
 """
 
 from __future__ import annotations
@@ -131,17 +137,23 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
 def accuracy(args: argparse.Namespace) -> dict[str, Any]:
     """Fine-tune on train less a fixed 10% of its dialogues, select on that 10%, report MELD dev; one row per
     recipe (``--configs``), all in this invocation on the same splits."""
-    base = _meld_config(args, {}, args.configs[0])
-    manifest_path = _ingested(base)  # features do not depend on the split (context stays in its dialogue): extracted on it
-    manifest, metadata = read_manifest(manifest_path)
-    resplit = selection_resplit(manifest)
-    resplit_path = write_resplit(resplit, manifest_path, Path(args.work) / "meld-select10" / "manifest.parquet")
+    manifest_path, resplit, resplit_path, labels = _selection_splits(args)
     rows = []
     for path in args.configs:
-        rows.append(_recipe_row(args, path, manifest_path, resplit, resplit_path, metadata["labels"]))
+        rows.append(_recipe_row(args, path, manifest_path, resplit, resplit_path, labels))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return {"benchmark": "finetune_text_accuracy", "reported_split": "MELD dev (selection: a fixed 10% of train dialogues)",
             "threads": args.threads, "recipes": rows}
+
+
+def _selection_splits(args: argparse.Namespace) -> tuple[Path, pd.DataFrame, Path, list[str]]:
+    """MELD ingested (features do not depend on the split: context stays in its dialogue, so they are
+    extracted on the ingested manifest), its resplit with the selection split, where that is written, the labels."""
+    manifest_path = _ingested(_meld_config(args, {}, args.configs[0]))
+    manifest, metadata = read_manifest(manifest_path)
+    resplit = selection_resplit(manifest)
+    resplit_path = write_resplit(resplit, manifest_path, Path(args.work) / "meld-select10" / "manifest.parquet")
+    return manifest_path, resplit, resplit_path, metadata["labels"]
 
 
 def _recipe_row(args: argparse.Namespace, path: Path, manifest_path: Path, resplit: pd.DataFrame, resplit_path: Path,
@@ -163,14 +175,7 @@ def _recipe_row(args: argparse.Namespace, path: Path, manifest_path: Path, respl
     extract_modality(manifest_path, "text", tuned.features, config.cache)
     features = {"text": load_features(resplit, "text", tuned.features, config.cache)}
     tuned_probe = _probe(resplit, features["text"], labels)
-    spikemo_scores = []
-    for seed in range(args.seeds):
-        seeded = tuned.model_copy(update={"train": tuned.train.model_copy(update={"seed": seed})})
-        with tempfile.TemporaryDirectory() as run_dir:
-            result = train_model(seeded, resplit, features, labels, Path(run_dir), resume=False)
-        spikemo_scores.append(result.test_metrics["weighted_f1"])
-        print(json.dumps({"config": str(path), "spikemo_seed": seed, "reported_weighted_f1": result.test_metrics["weighted_f1"],
-                          "best_epoch": result.best_epoch}), file=sys.stderr, flush=True)
+    spikemo_scores = _spikemo_scores(tuned, resplit, features, labels, args.seeds, str(path))
     spikemo_mean = float(np.mean(spikemo_scores))
     return {
         "config": str(path),
@@ -195,6 +200,54 @@ def _recipe_row(args: argparse.Namespace, path: Path, manifest_path: Path, respl
         "spikemo_minus_finetuned_classifier": round(spikemo_mean - finetuned.test_weighted_f1, 2),
         "spikemo_minus_frozen_probe": round(spikemo_mean - frozen_probe.test_weighted_f1, 2),
     }
+
+
+def combine(args: argparse.Namespace) -> dict[str, Any]:
+    """The probe and SpikEmo on each fine-tune's features and on the members concatenated and averaged."""
+    manifest_path, resplit, resplit_path, labels = _selection_splits(args)
+    members = {}
+    for path in args.configs:
+        config = _meld_config(args, {"data.name": "meld-select10"}, path)
+        finetune_text_encoder(config, resplit_path)
+        tuned = finetuned_text_config(config, resplit_path)
+        extract_modality(manifest_path, "text", tuned.features, config.cache)
+        members[str(path)] = load_features(resplit, "text", tuned.features, config.cache)
+    model_config = finetuned_text_config(_meld_config(args, {"data.name": "meld-select10"}, args.configs[0]), resplit_path)
+    vectors = [list(frame["embedding"]) for frame in members.values()]
+    first = next(iter(members.values()))
+    combined = {
+        "concatenated": first.assign(embedding=[np.concatenate(parts) for parts in zip(*vectors)]),
+        "averaged": first.assign(embedding=[np.mean(parts, axis=0, dtype=np.float32) for parts in zip(*vectors)]),
+    }
+    rows = []
+    for name, features in {**members, **combined}.items():
+        probe = _probe(resplit, features, labels)
+        scores = _spikemo_scores(model_config, resplit, {"text": features}, labels, args.seeds, name)
+        rows.append({"features": name, "probe_weighted_f1": round(probe.test_weighted_f1, 2),
+                     "probe_train_minus_selection": probe.train_minus_selection,
+                     "spikemo_weighted_f1": [round(score, 2) for score in scores],
+                     "spikemo_weighted_f1_mean": round(float(np.mean(scores)), 2),
+                     "spikemo_minus_probe": round(float(np.mean(scores)) - probe.test_weighted_f1, 2)})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    best_member = max(rows[:len(members)], key=lambda row: row["spikemo_weighted_f1_mean"])
+    for row in rows[len(members):]:
+        row["spikemo_minus_best_member_spikemo"] = round(row["spikemo_weighted_f1_mean"] - best_member["spikemo_weighted_f1_mean"], 2)
+    return {"benchmark": "finetune_text_combine", "reported_split": "MELD dev (selection: a fixed 10% of train dialogues)",
+            "threads": args.threads, "rows": rows}
+
+
+def _spikemo_scores(config: SpikEmoConfig, manifest: pd.DataFrame, features: dict[str, pd.DataFrame], labels: list[str],
+                    seeds: int, name: str) -> list[float]:
+    """SpikEmo's weighted-F1 on the reported split for seeds 0 .. seeds-1 (epoch selected on the selection split)."""
+    scores = []
+    for seed in range(seeds):
+        seeded = config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
+        with tempfile.TemporaryDirectory() as run_dir:
+            result = train_model(seeded, manifest, features, labels, Path(run_dir), resume=False)
+        scores.append(result.test_metrics["weighted_f1"])
+        print(json.dumps({"features": name, "spikemo_seed": seed, "reported_weighted_f1": result.test_metrics["weighted_f1"],
+                          "best_epoch": result.best_epoch}), file=sys.stderr, flush=True)
+    return scores
 
 
 class PeakRSS:
@@ -245,23 +298,23 @@ def _ingested(config: SpikEmoConfig) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["speed", "accuracy", "speed-worker"], required=True)
+    parser.add_argument("--part", choices=["speed", "accuracy", "combine", "speed-worker"], required=True)
     parser.add_argument("--configs", type=lambda value: [Path(path) for path in value.split(",")],
                         default=[REPO / "configs" / "meld-mpnet.yaml", REPO / "configs" / "meld-finetuned.yaml"],
-                        help="accuracy: comma-separated recipes, one row each (default: MPNet, then MiniLM)")
+                        help="accuracy: comma-separated recipes, one row each (default: MPNet, then MiniLM); combine: the members")
     parser.add_argument("--frozen-layer", type=lambda value: {k: int(v) for k, v in (item.split("=") for item in value.split(","))},
                         default={"minilm": 4, "mpnet": 8}, help="accuracy: layer of the frozen-probe features per model alias")
     parser.add_argument("--setting", nargs=6, metavar=("MODEL", "MAX_LENGTH", "CONTEXT_TURNS", "FUTURE_TURNS", "FREEZE_LAYERS", "PRECISION"))
     parser.add_argument("--steps", type=int, default=12, help="speed: timed training steps per setting")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--seeds", type=int, default=3, help="accuracy: SpikEmo seeds on the fine-tuned features")
+    parser.add_argument("--seeds", type=int, default=3, help="accuracy, combine: SpikEmo seeds on each set of features")
     parser.add_argument("--meld", type=Path, default=MELD)
     parser.add_argument("--cache", type=Path, default=REPO / "feature_cache")
     parser.add_argument("--work", type=Path, default=REPO / ".spikemo" / "bench", help="fine-tuned encoders go under here")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    part = {"speed": speed, "accuracy": accuracy, "speed-worker": speed_worker}[args.part]
+    part = {"speed": speed, "accuracy": accuracy, "combine": combine, "speed-worker": speed_worker}[args.part]
     print(json.dumps(part(args)))
 
 
