@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,7 @@ def _answers(url: str) -> bytes | None:
 
 
 @pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory) -> str:
+def prefect_api(tmp_path_factory) -> Iterator[str]:
     """One Prefect server for this module's flow runs: without it each flow process starts an ephemeral server
     of its own, with a fresh database to migrate."""
     import time
@@ -57,9 +58,12 @@ def prefect_api(tmp_path_factory) -> str:
         server.wait(timeout=60)
 
 
-def _flow_environment(workdir: Path, api_url: str) -> dict[str, str]:
-    """A flow process's environment: its own Prefect home (result storage, caches), the module's server."""
-    return {**os.environ, "PREFECT_HOME": str(workdir / "prefect"), "PREFECT_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+def _flow_environment(workdir: Path, api_url: str | None) -> dict[str, str]:
+    """A flow process's environment: its own Prefect home (result storage, caches) and the given server, or
+    none: an ephemeral server of its own, as `make demo` runs."""
+    environment = {**os.environ, "PREFECT_HOME": str(workdir / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    environment.pop("PREFECT_API_URL", None)
+    return {**environment, "PREFECT_API_URL": api_url} if api_url else environment
 
 
 def test_prefect_yaml_deployments_parse_and_retrain_is_scheduled():
@@ -217,7 +221,7 @@ def test_extraction_runs_on_a_local_dask_cluster(tmp_path, meld_conversations, t
     assert "PrefectDaskClient" in result.stderr and result.stderr.count("distributed.scheduler - Remove worker addr") == 2
 
 
-def test_pipeline_flow_fine_tunes_the_text_encoder_then_reuses_it(tmp_path, meld_conversations, tiny_config, tiny_models, prefect_api):
+def test_pipeline_flow_fine_tunes_the_text_encoder_then_reuses_it(tmp_path, meld_conversations, tiny_config, tiny_models):
     """features.text.finetune chains fine-tune → extraction → training → registration; a re-run reuses the fine-tune."""
     config = tiny_config(
         meld_conversations, tmp_path / "work", tmp_path / "cache",
@@ -227,7 +231,7 @@ def test_pipeline_flow_fine_tunes_the_text_encoder_then_reuses_it(tmp_path, meld
             "train.epochs": 1,
         },
     )
-    script = (  # the pipeline twice in one process
+    script = (  # the pipeline twice in one process, on an ephemeral Prefect server as `make demo` runs it
         "import json, sys\n"
         "from flows.pipeline import pipeline_flow\n"
         "for _ in range(2):\n"
@@ -237,7 +241,7 @@ def test_pipeline_flow_fine_tunes_the_text_encoder_then_reuses_it(tmp_path, meld
     )
     result = subprocess.run(
         [sys.executable, "-c", script, json.dumps(config.model_dump(mode="json"))],
-        capture_output=True, text=True, env=_flow_environment(tmp_path, prefect_api), timeout=900, cwd=REPO,
+        capture_output=True, text=True, env=_flow_environment(tmp_path, None), timeout=900, cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     first, second = (json.loads(line) for line in result.stdout.strip().splitlines()[-2:])
