@@ -12,13 +12,13 @@ import json
 import subprocess
 import tempfile
 import time
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
 import cv2
 import numpy as np
+import soundfile
 
 from spikemo.data.demo import DemoCorpusSettings, plan_demo_corpus
 from spikemo.data.demo import clip as demo_clip
@@ -26,11 +26,7 @@ from spikemo.data.demo import clip as demo_clip
 
 def encode_with_ffmpeg_process(video: Iterator[np.ndarray], samples: np.ndarray, rate: int, size: int, fps: int, out: Path) -> None:
     audio = out.with_suffix(".wav")
-    with wave.open(str(audio), "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(rate)
-        handle.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    soundfile.write(str(audio), np.clip(samples, -1, 1), rate, subtype="PCM_16")
     command = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{size}x{size}",
                "-r", str(fps), "-i", "pipe:0", "-i", str(audio), "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset",
                "veryfast", "-crf", "23", "-pix_fmt", "yuv420p", "-threads", "1", "-c:a", "aac", "-b:a", "64k", "-f", "mp4", str(out)]

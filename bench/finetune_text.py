@@ -171,9 +171,8 @@ def _recipe_row(args: argparse.Namespace, path: Path, manifest_path: Path, respl
         started = time.perf_counter()
         finetuned = finetune_text_encoder(config, resplit_path)
         finetune_seconds = time.perf_counter() - started
-    tuned = finetuned_text_config(config, resplit_path)
-    extract_modality(manifest_path, "text", tuned.features, config.cache)
-    features = {"text": load_features(resplit, "text", tuned.features, config.cache)}
+    tuned, text_features = _finetuned_features(config, manifest_path, resplit, resplit_path)
+    features = {"text": text_features}
     tuned_probe = _probe(resplit, features["text"], labels)
     spikemo_scores = _spikemo_scores(tuned, resplit, features, labels, args.seeds, str(path))
     spikemo_mean = float(np.mean(spikemo_scores))
@@ -205,14 +204,13 @@ def _recipe_row(args: argparse.Namespace, path: Path, manifest_path: Path, respl
 def combine(args: argparse.Namespace) -> dict[str, Any]:
     """The probe and SpikEmo on each fine-tune's features and on the members concatenated and averaged."""
     manifest_path, resplit, resplit_path, labels = _selection_splits(args)
-    members = {}
+    members, tuned_configs = {}, []
     for path in args.configs:
         config = _meld_config(args, {"data.name": "meld-select10"}, path)
         finetune_text_encoder(config, resplit_path)
-        tuned = finetuned_text_config(config, resplit_path)
-        extract_modality(manifest_path, "text", tuned.features, config.cache)
-        members[str(path)] = load_features(resplit, "text", tuned.features, config.cache)
-    model_config = finetuned_text_config(_meld_config(args, {"data.name": "meld-select10"}, args.configs[0]), resplit_path)
+        tuned, members[str(path)] = _finetuned_features(config, manifest_path, resplit, resplit_path)
+        tuned_configs.append(tuned)
+    model_config = tuned_configs[0]
     vectors = [list(frame["embedding"]) for frame in members.values()]
     first = next(iter(members.values()))
     combined = {
@@ -234,6 +232,14 @@ def combine(args: argparse.Namespace) -> dict[str, Any]:
         row["spikemo_minus_best_member_spikemo"] = round(row["spikemo_weighted_f1_mean"] - best_member["spikemo_weighted_f1_mean"], 2)
     return {"benchmark": "finetune_text_combine", "reported_split": "MELD dev (selection: a fixed 10% of train dialogues)",
             "threads": args.threads, "rows": rows}
+
+
+def _finetuned_features(config: SpikEmoConfig, manifest_path: Path, resplit: pd.DataFrame,
+                        resplit_path: Path) -> tuple[SpikEmoConfig, pd.DataFrame]:
+    """The config resolved to its finished fine-tune, and that encoder's features of the resplit (extracted if missing)."""
+    tuned = finetuned_text_config(config, resplit_path)
+    extract_modality(manifest_path, "text", tuned.features, config.cache)
+    return tuned, load_features(resplit, "text", tuned.features, config.cache)
 
 
 def _spikemo_scores(config: SpikEmoConfig, manifest: pd.DataFrame, features: dict[str, pd.DataFrame], labels: list[str],
