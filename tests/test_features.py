@@ -30,7 +30,7 @@ from spikemo.features import (
     plan_shards,
     preprocess,
 )
-from spikemo.features.audio import LogMelEncoder
+from spikemo.features.audio import PROSODY_STATISTICS, LogMelEncoder
 from spikemo.features.extract import loaded_encoder
 from spikemo.features.native_logs import native_stderr_filtered
 
@@ -243,6 +243,37 @@ def test_cache_is_plain_parquet_with_metadata(demo_manifest: Path, tmp_path: Pat
     assert table.loc[table["status"] != OK, "embedding"].isna().all()
     metadata = pq.read_schema(next(result.cache_path.glob("part-*.parquet"))).metadata
     assert b'"encoder": "logmel"' in metadata[b"spikemo"] and b'"dim": 32' in metadata[b"spikemo"]
+
+
+def voice(f0: float, seconds: float, amplitude: float, rate: int = 16000) -> np.ndarray:
+    """A voiced vowel stand-in: a harmonic tone at ``f0`` with falling harmonics."""
+    t = np.arange(int(seconds * rate)) / rate
+    return (amplitude * sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 6))).astype(np.float32)
+
+
+def test_prosody_statistics_follow_pitch_loudness_and_pauses() -> None:
+    encoder = build_encoder("audio", FeaturesConfig(audio=EncoderConfig(name="prosody")))
+    pause = np.zeros(8000, np.float32)
+    low_quiet = np.concatenate([voice(110, 1.0, 0.05), pause, voice(110, 1.0, 0.05)])
+    high_loud = np.concatenate([voice(170, 1.0, 0.3), pause, voice(170, 1.0, 0.3)])
+    one_run = voice(140, 2.0, 0.1)
+    encoded = encoder.encode([low_quiet, high_loud, one_run])
+    assert not encoded.failures and encoded.embeddings.shape == (3, encoder.dim) == (3, 2 * 64 + len(PROSODY_STATISTICS))
+    stats = [dict(zip(PROSODY_STATISTICS, row[-len(PROSODY_STATISTICS):], strict=True)) for row in encoded.embeddings]
+    for row, f0 in zip(stats, (110, 170, 140), strict=True):
+        assert np.exp(row["log_pitch_p50"]) == pytest.approx(f0, rel=0.03)
+        assert row["log_pitch_std"] < 0.05 and row["pitch_movement"] < 0.05
+    assert stats[1]["log_rms_mean"] - stats[0]["log_rms_mean"] == pytest.approx(np.log(6), abs=0.05)
+    assert stats[0]["voiced_share"] == pytest.approx(0.8, abs=0.02) and stats[2]["voiced_share"] == pytest.approx(1.0)
+    assert stats[0]["voiced_runs_per_second"] == pytest.approx(2 / 2.5) and stats[2]["voiced_runs_per_second"] == pytest.approx(1 / 2.0)
+    assert stats[0]["seconds"] == pytest.approx(2.5)
+
+
+def test_audio_too_short_for_a_spectrogram_is_a_failed_item() -> None:
+    encoder = build_encoder("audio", FeaturesConfig(audio=EncoderConfig(name="prosody")))
+    encoded = encoder.encode([voice(120, 0.01, 0.1), voice(120, 0.05, 0.1)])
+    assert set(encoded.failures) == {0} and "audio too short: 160 samples" in encoded.failures[0]
+    assert np.isfinite(encoded.embeddings[1]).all()
 
 
 def test_shard_filter_and_crash_lose_at_most_the_shard_in_flight(demo_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,6 +1,6 @@
 """Feature extraction: encoders registered by name, the Parquet feature cache, and the extraction runs.
 
-Importing the package registers every encoder (``hf-text``; ``egemaps``, ``logmel``, ``hf-audio``;
+Importing the package registers every encoder (``hf-text``; ``egemaps``, ``logmel``, ``prosody``, ``hf-audio``;
 ``facemesh``, ``hf-image``).
 """
 
