@@ -366,6 +366,7 @@ def test_preprocess_ingests_then_extracts_each_modality(media_dataset: tuple[Pat
     [
         (EncoderConfig(name="facemesh"), "not a registered audio encoder"),
         (EncoderConfig(name="logmel", params={"n_mels": 2}), "params.n_mels"),
+        (EncoderConfig(name="prosody", params={"min_pitch": 300, "max_pitch": 200}), "params.max_pitch: Value error, must be above min_pitch"),
         (EncoderConfig(name="hf-audio", params={"model": "/nonexistent/model"}), "not a local model folder"),
     ],
 )

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import librosa
 import numpy as np
 import opensmile
 import torch
 import torchaudio
 import transformers
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from spikemo.errors import ConfigError
 from spikemo.features.base import EncodedBatch, Encoder, EncoderParams, FeatureFailure, batches, per_item, register_encoder
@@ -89,11 +91,17 @@ class LogMelEncoder(AudioEncoder):
 
 
 class ProsodyParams(LogMelParams):
-    frame_seconds: float = Field(0.02, gt=0, le=0.1, description="Frame of the pitch and loudness contours.")
-    min_pitch: int = Field(50, gt=0, description="Lowest pitch searched, Hz.")
-    max_pitch: int = Field(500, gt=0, description="Highest pitch searched, Hz.")
+    frame_seconds: float = Field(0.02, gt=0, le=0.1, description="Hop of the pitch and loudness contours.")
+    min_pitch: float = Field(50.0, gt=0, description="Lowest pitch searched, Hz.")
+    max_pitch: float = Field(500.0, gt=0, description="Highest pitch searched, Hz.")
     voicing_threshold: float = Field(0.1, gt=0, lt=1, description="A frame is voiced when its RMS exceeds this share of the clip's loudest frame.")
-    median_frames: int = Field(15, ge=1, description="Median smoothing of the pitch contour, in frames.")
+
+    @field_validator("max_pitch")
+    @classmethod
+    def _above_min_pitch(cls, max_pitch: float, info: ValidationInfo) -> float:
+        if max_pitch <= info.data.get("min_pitch", 0.0):
+            raise ValueError("must be above min_pitch")
+        return max_pitch
 
 
 PROSODY_STATISTICS = (
@@ -109,8 +117,7 @@ PROSODY_STATISTICS = (
 @register_encoder
 class ProsodyEncoder(LogMelEncoder):
     """Log-mel statistics plus the prosody eGeMAPS summarises (pitch level and range, loudness, voicing,
-    tempo): torchaudio's NCCF pitch tracker and frame energies, a few times cheaper than openSMILE. The
-    tracker can err by an octave on high voices; the statistics are means and percentiles over the clip."""
+    tempo): a YIN pitch contour and frame energies (librosa), a few times cheaper than openSMILE."""
 
     name = "prosody"
     Params = ProsodyParams
@@ -120,6 +127,9 @@ class ProsodyEncoder(LogMelEncoder):
     def dim(self) -> int:
         return super().dim + len(PROSODY_STATISTICS)
 
+    def library_versions(self) -> dict[str, str]:
+        return {**super().library_versions(), "librosa": librosa.__version__}
+
     @torch.inference_mode()
     def _encode_one(self, samples: np.ndarray) -> np.ndarray:
         return np.concatenate([super()._encode_one(samples), self._prosody(samples)])
@@ -127,20 +137,13 @@ class ProsodyEncoder(LogMelEncoder):
     def _prosody(self, samples: np.ndarray) -> np.ndarray:
         """``PROSODY_STATISTICS`` over the voiced frames (those louder than ``voicing_threshold`` of the peak)."""
         p, rate = self.params, self.runtime.sample_rate
-        frame = max(1, round(rate * p.frame_seconds))
-        own_frames = -(-len(samples) // frame)
-        # Silence completes the last frame and pads short clips to what the tracker needs: its median window
-        # plus one pitch period.
-        padded_length = max(own_frames * frame, frame * (p.median_frames + 2) + rate // p.min_pitch)
-        wave = torch.nn.functional.pad(torch.from_numpy(samples), (0, padded_length - len(samples)))
-        pitch = torchaudio.functional.detect_pitch_frequency(
-            wave, rate, frame_time=p.frame_seconds, win_length=p.median_frames, freq_low=p.min_pitch, freq_high=p.max_pitch
-        )
-        rms = wave[: own_frames * frame].reshape(own_frames, frame).pow(2).mean(dim=-1).sqrt()
-        voiced = (rms > p.voicing_threshold * rms.max()).numpy()
-        pitch = pitch[:own_frames].clamp(p.min_pitch, p.max_pitch).numpy()
-        log_pitch = np.log(pitch)[voiced[: len(pitch)]]
-        log_rms = np.log(rms.numpy()[voiced] + 1e-5)
+        hop = max(1, round(rate * p.frame_seconds))
+        window = 1 << math.ceil(math.log2(2 * rate / p.min_pitch))  # YIN needs two periods of the lowest pitch
+        pitch = librosa.yin(samples, fmin=p.min_pitch, fmax=p.max_pitch, sr=rate, frame_length=window, hop_length=hop)
+        rms = librosa.feature.rms(y=samples, frame_length=2 * hop, hop_length=hop)[0]  # the same centred frames
+        voiced = rms > p.voicing_threshold * rms.max()
+        log_pitch = np.log(pitch[voiced])
+        log_rms = np.log(rms[voiced] + 1e-5)
         runs = np.count_nonzero(np.diff(voiced.astype(np.int8), prepend=0) == 1)
         seconds = len(samples) / rate
         return np.array(
