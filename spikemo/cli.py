@@ -386,7 +386,7 @@ def _add_tool_commands(commands: Any, common: argparse.ArgumentParser) -> None:
 
     demo = _command(commands, "demo", common, cmd_demo, default_config=DEMO_CONFIG)
     demo.add_argument("--data", type=Path, help="demo corpus folder (default <workdir>/demo_corpus; generated when absent)")
-    demo.add_argument("--dialogues", type=int, help="dialogues to generate when the corpus is absent (default 230, half of them test)")
+    demo.add_argument("--dialogues", type=int, help="dialogues to generate when the corpus is absent (default 200, 55%% of them test)")
 
 
 def resolve_config(args: argparse.Namespace) -> SpikEmoConfig:

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import librosa
 import numpy as np
 import opensmile
 import torch
@@ -117,7 +116,7 @@ PROSODY_STATISTICS = (
 @register_encoder
 class ProsodyEncoder(LogMelEncoder):
     """Log-mel statistics plus the prosody eGeMAPS summarises (pitch level and range, loudness, voicing,
-    tempo): a YIN pitch contour and frame energies (librosa), a few times cheaper than openSMILE."""
+    tempo) from a YIN pitch contour and frame energies: a sixth of openSMILE's time on the demo corpus."""
 
     name = "prosody"
     Params = ProsodyParams
@@ -127,9 +126,6 @@ class ProsodyEncoder(LogMelEncoder):
     def dim(self) -> int:
         return super().dim + len(PROSODY_STATISTICS)
 
-    def library_versions(self) -> dict[str, str]:
-        return {**super().library_versions(), "librosa": librosa.__version__}
-
     @torch.inference_mode()
     def _encode_one(self, samples: np.ndarray) -> np.ndarray:
         return np.concatenate([super()._encode_one(samples), self._prosody(samples)])
@@ -138,12 +134,10 @@ class ProsodyEncoder(LogMelEncoder):
         """``PROSODY_STATISTICS`` over the voiced frames (those louder than ``voicing_threshold`` of the peak)."""
         p, rate = self.params, self.runtime.sample_rate
         hop = max(1, round(rate * p.frame_seconds))
-        window = 1 << math.ceil(math.log2(2 * rate / p.min_pitch))  # YIN needs two periods of the lowest pitch
-        pitch = librosa.yin(samples, fmin=p.min_pitch, fmax=p.max_pitch, sr=rate, frame_length=window, hop_length=hop)
-        rms = librosa.feature.rms(y=samples, frame_length=2 * hop, hop_length=hop)[0]  # the same centred frames
-        voiced = rms > p.voicing_threshold * rms.max()
-        log_pitch = np.log(pitch[voiced])
-        log_rms = np.log(rms[voiced] + 1e-5)
+        pitch, rms = yin_contours(torch.from_numpy(samples), rate, hop, p.min_pitch, p.max_pitch)
+        voiced = (rms > p.voicing_threshold * rms.max()).numpy()
+        log_pitch = np.log(pitch.numpy()[voiced])
+        log_rms = np.log(rms.numpy()[voiced] + 1e-5)
         runs = np.count_nonzero(np.diff(voiced.astype(np.int8), prepend=0) == 1)
         seconds = len(samples) / rate
         return np.array(
@@ -157,6 +151,39 @@ class ProsodyEncoder(LogMelEncoder):
             ],
             dtype=np.float32,
         )
+
+
+def yin_contours(
+    samples: torch.Tensor, rate: int, hop: int, min_pitch: float, max_pitch: float, threshold: float = 0.1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pitch (Hz) and RMS of a window every ``hop`` samples, pitch by YIN (de Cheveigné and Kawahara, 2002):
+    the first dip of the cumulative-mean-normalised difference below ``threshold``, else its minimum, refined
+    by a parabola. A window is one period of the lowest pitch; its frame extends it by that period, so frames
+    lie inside the clip (a clip shorter than one frame is padded with silence). All frames at once with FFT
+    correlations: no per-lag loop holding the GIL (torchaudio's NCCF tracker) and no JIT compilation on first
+    use (librosa's ``yin``: ~30 s on 2 cores)."""
+    max_lag = math.ceil(rate / min_pitch)
+    min_lag = max(2, math.floor(rate / max_pitch))
+    width = max_lag  # the difference function's integration window
+    frame_length = width + max_lag + 1
+    frames = torch.nn.functional.pad(samples, (0, max(0, frame_length - len(samples)))).unfold(0, frame_length, hop)
+    size = 1 << math.ceil(math.log2(frame_length + width))
+    correlation = torch.fft.irfft(torch.fft.rfft(frames[:, :width], size).conj() * torch.fft.rfft(frames, size), size)[:, : max_lag + 1]
+    energy = torch.nn.functional.pad(frames.pow(2).cumsum(dim=-1), (1, 0))
+    shifted_energy = energy[:, width : width + max_lag + 1] - energy[:, : max_lag + 1]  # sum of x[j + lag]^2 over the window
+    difference = (shifted_energy[:, :1] + shifted_energy - 2 * correlation).clamp_min(0)
+    lags = torch.arange(max_lag + 1, dtype=samples.dtype)
+    normalised = torch.ones_like(difference)
+    normalised[:, 1:] = difference[:, 1:] * lags[1:] / difference[:, 1:].cumsum(dim=-1).clamp_min(1e-12)
+    search = normalised[:, min_lag:max_lag]
+    dips = (search < threshold) & (search <= normalised[:, min_lag + 1 : max_lag + 1])
+    first_dip = dips.int().argmax(dim=-1)
+    best = torch.where(dips.any(dim=-1), first_dip, search.argmin(dim=-1)) + min_lag
+    before, at, after = (normalised.gather(1, (best + step)[:, None])[:, 0] for step in (-1, 0, 1))
+    curvature = before - 2 * at + after
+    offset = torch.where(curvature > 0, (before - after) / (2 * curvature.clamp_min(1e-12)), torch.zeros_like(at)).clamp(-1, 1)
+    pitch = rate / (best.to(samples.dtype) + offset)
+    return pitch.clamp(min_pitch, max_pitch), frames[:, :width].pow(2).mean(dim=-1).sqrt()
 
 
 def _spread(values: np.ndarray) -> list[float]:
