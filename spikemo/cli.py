@@ -97,7 +97,7 @@ def cmd_make_demo_data(args: argparse.Namespace, config: SpikEmoConfig) -> dict[
     """
     from spikemo.data.demo import DemoCorpusSettings, make_demo_corpus
 
-    chosen = {"dialogues": args.dialogues, "seed": args.seed, "workers": args.workers, "overwrite": args.overwrite}
+    chosen = {"dialogues": args.dialogues, "seed": args.seed, "fps": args.fps, "workers": args.workers, "overwrite": args.overwrite}
     settings = DemoCorpusSettings(**{key: value for key, value in chosen.items() if value is not None})
     summary = make_demo_corpus(args.out, settings).to_dict()
     print(f"demo corpus: {summary['total_clips']} clips, {summary['media_seconds']:.0f} s of media in {summary['wall_seconds']:.0f} s -> {args.out}")
@@ -337,6 +337,7 @@ def _add_data_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     demo_data.add_argument("out", type=Path, help="output folder")
     demo_data.add_argument("--dialogues", type=int, help="number of dialogues (default 60, about 500 clips)")
     demo_data.add_argument("--seed", type=int, help="random seed (same seed, same corpus)")
+    demo_data.add_argument("--fps", type=int, help="video frame rate (default 10; spikemo demo renders at 5)")
     demo_data.add_argument("--workers", type=int, help="rendering processes (default: CPU count)")
     demo_data.add_argument("--overwrite", action="store_true", default=None, help="replace an earlier corpus in OUT")
 

@@ -84,6 +84,21 @@ def test_make_demo_data_offers_only_its_own_options(tmp_path):
     assert parser.parse_args(["make-demo-data", str(tmp_path), "--debug"]).debug
 
 
+def test_make_demo_data_passes_its_options_to_the_generator(tmp_path, monkeypatch, capsys):
+    import spikemo.data.demo as demo
+    from spikemo.data.demo.corpus import DemoCorpusSummary
+
+    chosen = []
+
+    def record(out: Path, settings: demo.DemoCorpusSettings) -> DemoCorpusSummary:
+        chosen.append(settings)
+        return DemoCorpusSummary(out, {"train": 0}, {"train": 0}, {}, 0.0, 0.0, settings.workers)
+
+    monkeypatch.setattr(demo, "make_demo_corpus", record)
+    assert main(["make-demo-data", str(tmp_path), "--dialogues", "12", "--seed", "4", "--fps", "5", "--workers", "1"]) == 0
+    assert chosen == [demo.DemoCorpusSettings(dialogues=12, seed=4, fps=5, workers=1)]
+
+
 def test_diverging_training_has_its_own_exit_code(monkeypatch, capsys):
     def diverge(config):
         raise NonFiniteLossError("epoch 0, step 3: training loss is not finite")

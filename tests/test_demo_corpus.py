@@ -31,7 +31,7 @@ from spikemo.data.ingest import ingest
 from spikemo.errors import ConfigError
 
 MELD_HEADER = "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime"
-SMALL = DemoCorpusSettings(dialogues=4, seed=3, workers=2)
+SMALL = DemoCorpusSettings(dialogues=4, seed=3, fps=5, workers=2)  # the frame rate spikemo demo renders at
 
 
 @pytest.fixture(scope="module")
