@@ -21,6 +21,11 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
+# Under pytest-xdist (`make test`) the workers share the cores rather than each running a torch thread per core.
+XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if XDIST_WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // XDIST_WORKERS))
+
 TINY_MODEL = {
     "model.model_dim": 16,
     "model.timesteps": 2,
