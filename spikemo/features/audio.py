@@ -116,7 +116,7 @@ PROSODY_STATISTICS = (
 @register_encoder
 class ProsodyEncoder(LogMelEncoder):
     """Log-mel statistics plus the prosody eGeMAPS summarises (pitch level and range, loudness, voicing,
-    tempo) from a YIN pitch contour and frame energies: a sixth of openSMILE's time on the demo corpus."""
+    tempo) from a YIN pitch contour and frame energies: a sixth of openSMILE's time on the generated corpus."""
 
     name = "prosody"
     Params = ProsodyParams
