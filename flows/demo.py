@@ -23,7 +23,7 @@ PREFECT_DEFAULTS = {
     "PREFECT_LOGGING_EXTRA_LOGGERS": "spikemo",  # the library's own log lines (epochs, counts, gating) in the run logs
 }
 # The corpus `spikemo demo` generates: 55% of its dialogues are test dialogues, so that the verdict against
-# the linear probe has a 95% interval of under ±3 points (~950 test clips), and video at 5 frames a second
+# the linear probe has a 95% interval of under ±3 points (~910 test clips), and video at 5 frames a second
 # (the visual encoders sample 4 frames a clip), so that generation, extraction and training fit a few minutes
 # on 2 cores. `spikemo make-demo-data` keeps MELD's proportions (70/10/20) and 10 fps by default.
 DEMO_RUN_CORPUS = {"dialogues": 200, "split_fractions": (0.35, 0.1, 0.55), "fps": 5}
