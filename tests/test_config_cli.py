@@ -84,7 +84,7 @@ def test_make_demo_data_offers_only_its_own_options(tmp_path):
     assert parser.parse_args(["make-demo-data", str(tmp_path), "--debug"]).debug
 
 
-def test_make_demo_data_passes_its_options_to_the_generator(tmp_path, monkeypatch, capsys):
+def test_make_demo_data_passes_its_options_to_the_generator(tmp_path, monkeypatch):
     import spikemo.data.demo as demo
     from spikemo.data.demo.corpus import DemoCorpusSummary
 
