@@ -49,7 +49,7 @@ def plan_task(manifest: str, modality: str, config: dict[str, Any]) -> list[dict
     return [{"index": plan.index, "rows": plan.rows, "pending": len(plan.pending_keys)} for plan in plans]
 
 
-@task(name="extract-shard", task_run_name="extract-{modality}-shard-{shard}", retries=2, retry_delay_seconds=10, cache_policy=NONE, tags=["spikemo-extraction"])
+@task(name="extract-shard", task_run_name="extract-{modality}-shard-{shard}", retries=2, retry_delay_seconds=10, cache_policy=NONE)
 def extract_shard_task(manifest: str, modality: str, shard: int, config: dict[str, Any]) -> dict[str, Any]:
     resolved = SpikEmoConfig.model_validate(config)
     return extract_modality(Path(manifest), modality, resolved.features, resolved.cache, shard_filter=[shard]).summary()
