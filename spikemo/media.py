@@ -2,8 +2,9 @@
 
 Video frames are read with decord, which seeks to the sampled frames instead of decoding the whole
 clip; a segment (``start``/``end`` in seconds) restricts sampling to part of a longer file. Audio
-comes from decord's ``AudioReader`` for containers (its ``duration()`` can be short, so the decoded
-samples are trusted) and from soundfile for plain audio files; torchaudio resamples.
+in containers is decoded and resampled by PyAV (FFmpeg's decoders and resampler: 5 ms for a 3 s demo
+clip where decord's ``AudioReader`` took 13, holding the GIL throughout), plain audio files by
+soundfile with torchaudio resampling.
 
 Every way a file can be unusable (missing, empty, corrupt, no audio or video stream, segment outside
 the file) raises ``MediaError`` with a short reason that feature extraction records per item.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import av
 import cv2  # noqa: F401  (cv2 must load before decord: decord bundles an old zlib that breaks cv2's PNG reader)
 import decord
 import numpy as np
@@ -72,15 +74,17 @@ def read_audio(path: Path, sample_rate: int, start: float | None = None, end: fl
 
 
 def _read_container_audio(path: Path, sample_rate: int) -> np.ndarray:
+    """The first audio stream, every decoded sample (a container's stated duration can be short)."""
     try:
-        reader = decord.AudioReader(str(path), ctx=decord.cpu(0), sample_rate=sample_rate, mono=True)
-        samples = reader[:].asnumpy()
-    except (RuntimeError, decord.DECORDError) as exc:
-        message = _first_line(exc)
-        if "Can't find audio stream" in message:
-            raise MediaError("no audio track") from None
-        raise MediaError(f"cannot decode audio: {message}") from None
-    return samples.reshape(-1)
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise MediaError("no audio track")
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+            frames = [out for frame in container.decode(container.streams.audio[0]) for out in resampler.resample(frame)]
+            frames += resampler.resample(None)
+    except av.FFmpegError as exc:
+        raise MediaError(f"cannot decode audio: {exc.strerror or exc}") from None
+    return np.concatenate([frame.to_ndarray().reshape(-1) for frame in frames]) if frames else np.zeros(0, np.float32)
 
 
 def _read_plain_audio(path: Path, sample_rate: int) -> np.ndarray:
