@@ -8,6 +8,7 @@ Exit codes: 0 success; 1 unexpected internal error (re-run with ``--debug`` for 
 from __future__ import annotations
 
 import argparse
+import gc
 import inspect
 import json
 import logging
@@ -457,5 +458,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def console() -> None:
+    """The ``spikemo`` command: ``main``, then exit with its code. The collector is frozen first, so that the
+    interpreter's shutdown does not traverse every object of the torch, MLflow and Prefect modules loaded by
+    then (2 to 4 s of a ``demo``'s exit on 2 cores, against 0.3 s frozen)."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
