@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,20 @@ def prepare_environment(workdir: Path) -> None:
         os.environ.setdefault(key, value)
 
 
+def start_temporary_prefect_api() -> threading.Thread | None:
+    """Without a configured Prefect API, start the temporary server that the first flow would otherwise start
+    (about 10 s on 2 cores) in the background, so that it comes up while the corpus is generated. The caller
+    joins the thread before running a flow; a failed start is retried, and reported, by that flow."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return None
+    thread = threading.Thread(target=SubprocessASGIServer().start, name="prefect-api-start", daemon=True)
+    thread.start()
+    return thread
+
+
 def run_demo(config: SpikEmoConfig, data: Path | None, dialogues: int | None) -> dict[str, Any]:
     prepare_environment(config.workdir)
     from flows.pipeline import pipeline_flow
@@ -46,7 +61,12 @@ def run_demo(config: SpikEmoConfig, data: Path | None, dialogues: int | None) ->
     if not (corpus / "train_sent_emo.csv").is_file():
         settings = DemoCorpusSettings(**{**DEMO_RUN_CORPUS, **({"dialogues": dialogues} if dialogues else {})}, overwrite=True)
         print(f"generating the demo corpus in {corpus} ...", file=sys.stderr)
-        make_demo_corpus(corpus, settings)
+        api_starting = start_temporary_prefect_api()
+        generated = make_demo_corpus(corpus, settings)
+        print(f"generated {sum(generated.clips.values())} clips ({generated.media_seconds / 60:.0f} minutes of media) in "
+              f"{generated.wall_seconds:.0f} s", file=sys.stderr)
+        if api_starting is not None:
+            api_starting.join()
     config = config.model_copy(update={"data": config.data.model_copy(update={"format": "meld", "root": corpus, "name": config.data.name or "demo"})})
     result = pipeline_flow(config=config.model_dump(mode="json"))
     trained = result["train"]
