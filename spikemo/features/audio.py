@@ -24,7 +24,8 @@ class AudioEncoder(Encoder):
     modality = "audio"
 
     def decoding(self) -> dict[str, Any]:
-        return {"sample_rate": self.runtime.sample_rate}
+        # the decoder of audio in containers shapes the samples (resampler, codec delay): PyAV (spikemo.media)
+        return {"sample_rate": self.runtime.sample_rate, "container_decoder": "pyav"}
 
 
 @register_encoder
