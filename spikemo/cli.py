@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
 def console() -> None:
     """The ``spikemo`` command: ``main``, then exit with its code. The collector is frozen first, so that the
     interpreter's shutdown does not traverse every object of the torch, MLflow and Prefect modules loaded by
-    then (2 to 4 s of a ``demo``'s exit on 2 cores, against 0.3 s frozen)."""
+    then (2 to 5 s of a ``demo``'s exit on 2 cores, against 0.3 s frozen)."""
     code = main()
     gc.freeze()
     sys.exit(code)
