@@ -280,3 +280,28 @@ def test_a_deployment_run_by_a_real_worker_logs_spikemo_progress(tmp_path, meld_
     assert re.search(r"epoch 1 of 0-1: train loss", logs), logs[-3000:]
     assert re.search(r"text \(hf-text\): \d+ encoded, 0 reused", logs), logs[-3000:]
     assert "gating score" in logs and "Downloading artifacts" not in logs
+
+
+def test_demo_starts_the_temporary_prefect_api_only_without_a_configured_one(tmp_path):
+    """While the demo generates its corpus, Prefect's temporary API comes up in the background and is the one
+    the flows then use; with an API configured nothing is started."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.demo import start_temporary_prefect_api
+
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        assert start_temporary_prefect_api() is None
+    script = (
+        "import httpx\n"
+        "from flows.demo import start_temporary_prefect_api\n"
+        "from prefect.server.api.server import SubprocessASGIServer\n"
+        "starting = start_temporary_prefect_api()\n"
+        "starting.join()\n"
+        "server = SubprocessASGIServer()\n"
+        "print(server.running, httpx.get(server.api_url + '/health').status_code)\n"
+    )
+    environment = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    environment.pop("PREFECT_API_URL", None)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment, cwd=REPO, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["True", "200"]
