@@ -417,6 +417,11 @@ def test_linear_probe_selects_C_on_dev_and_scores_test_once(corpus):
     assert attacked.test_metrics["accuracy"] < probe.test_metrics["accuracy"]
     assert probe.train_metrics["num_utterances"] == (manifest["split"] == "train").sum()
     assert attacked.train_metrics == probe.train_metrics  # scored on the training utterances only
+    for split in ("dev", "test"):
+        probabilities = probe.probabilities[split]
+        assert probabilities.shape == ((manifest["split"] == split).sum(), len(LABELS))
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(probe.probabilities["test"].argmax(axis=1), probe.test_predictions)
 
 
 def test_linear_probe_handles_an_absent_modality(corpus):

@@ -10,7 +10,7 @@ once on test.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ class LinearProbeResult:
     dev_weighted_f1_by_C: dict[float, float]
     test_predictions: np.ndarray | None = None  # of the labelled test utterances, in storage order
     train_metrics: dict[str, Any] | None = None  # the selected probe on its own training utterances: how far apart train and dev sit
+    probabilities: dict[str, np.ndarray] = field(default_factory=dict)  # split -> (labelled utterances, labels), storage order
 
 
 def fit_linear_probe(data: DialogueData, label_names: list[str], seed: int = 0) -> LinearProbeResult:
@@ -55,13 +56,22 @@ def fit_linear_probe(data: DialogueData, label_names: list[str], seed: int = 0) 
     classifier.coef_, classifier.intercept_ = parameters
     dev_metrics = classification_metrics(dev_y, classifier.predict(dev_x), label_names)
     train_metrics = classification_metrics(train_y, classifier.predict(train_x), label_names)
+    probabilities = {"dev": _probabilities(classifier, dev_x, len(label_names))}
     test_metrics = test_predictions = None
     test_set = data.splits.get("test")
     if test_set is not None and (test_set.labels >= 0).any():
         test_x, test_y = _labelled_inputs(test_set, scalers)
         test_predictions = classifier.predict(test_x)
         test_metrics = classification_metrics(test_y, test_predictions, label_names)
-    return LinearProbeResult(C, dev_metrics, test_metrics, scores, test_predictions, train_metrics)
+        probabilities["test"] = _probabilities(classifier, test_x, len(label_names))
+    return LinearProbeResult(C, dev_metrics, test_metrics, scores, test_predictions, train_metrics, probabilities)
+
+
+def _probabilities(classifier: LogisticRegression, inputs: np.ndarray, num_classes: int) -> np.ndarray:
+    """Class probabilities with a column for every label id (zero for labels absent from training)."""
+    placed = np.zeros((len(inputs), num_classes))
+    placed[:, classifier.classes_] = classifier.predict_proba(inputs)
+    return placed
 
 
 def _parameters(classifier: LogisticRegression) -> tuple[np.ndarray, np.ndarray]:
