@@ -68,17 +68,24 @@ class EncoderConfig(Section):
 
 
 class TextFinetuneConfig(Section):
-    """Fine-tuning the text encoder as an utterance emotion classifier on train before extraction (EmoBERTa's
-    recipe). Its input is what the encoder reads: ``features.text.params`` (speaker names, context turns,
-    max_length, pooling)."""
+    """Fine-tuning the text encoder as an emotion classifier on train before extraction (EmoBERTa's recipe).
+    Its input is what the encoder reads: ``features.text.params`` (speaker names, context turns, max_length,
+    pooling)."""
 
+    head: Literal["utterance", "dialogue"] = Field(
+        "utterance",
+        description="'utterance': dropout and a linear head on each input alone; 'dialogue': the model section's SpikEmo "
+        "over each dialogue's pooled utterances, trained with the encoder on the train section's loss "
+        "(batches of whole dialogues, about batch_size utterances each).",
+    )
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(16, ge=1)
     gradient_accumulation: int = Field(1, ge=1, description="Batches per optimizer step (effective batch = batch_size x this).")
     lr: float = Field(3e-5, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of the optimizer steps with a linear warm-up; linear decay after.")
-    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before the classification head.")
+    head_lr: float | None = Field(None, gt=0, description="The head's lr (default: lr); a dialogue head starts from scratch.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before the utterance head (a dialogue head uses model.dropout).")
     freeze_layers: int = Field(0, ge=0, description="Freeze the embeddings and this many lowest transformer layers (faster, less memory).")
     layer_lr_decay: float = Field(
         1.0, gt=0, le=1, description="Layer-wise lr decay: the head gets lr, the top layer lr x this, each layer below x this again."

@@ -16,8 +16,18 @@ from spikemo.data.ingest import ingest
 from spikemo.errors import ConfigError
 from spikemo.features.base import build_encoder
 from spikemo.features.extract import preprocess
-from spikemo.features.finetune import HEAD_FILE, SUMMARY_FILE, UtteranceClassifier, _FinetuneRun, finetune_text_encoder, finetuned_text_config
+from spikemo.features.finetune import (
+    HEAD_FILE,
+    SUMMARY_FILE,
+    DialogueClassifier,
+    UtteranceClassifier,
+    _FinetuneRun,
+    finetune_folder,
+    finetune_text_encoder,
+    finetuned_text_config,
+)
 from spikemo.features.text import dialogue_text_items
+from spikemo.model.batch import IGNORE_INDEX, DialogueBatch
 
 
 def words(lines: list[str]) -> list[int]:
@@ -123,6 +133,48 @@ def test_finetune_loss_falls_and_no_test_utterance_reaches_the_optimizer(
     train_utterances = {tuple(tokenizer.encode(f"{s}: {t}", add_special_tokens=False)[:8]) for s, t in zip(train_rows["speaker"], train_rows["text"])}
     targets = {tuple(_utterance_ids(ids, tokenizer.sep_token_id)[:8]) for ids in seen}
     assert targets <= train_utterances and not targets & (test_utterances - train_utterances)
+
+
+def test_a_dialogue_head_trains_with_the_encoder_on_whole_train_dialogues(
+    tiny_config, meld_conversations: Path, tiny_models: dict[str, Path], tmp_path: Path, monkeypatch
+) -> None:
+    config = tiny_finetune_config(tiny_config, meld_conversations, tmp_path, tiny_models["bert"], epochs=3, head="dialogue", head_lr=3e-3)
+    manifest_path = _ingested(tiny_config, meld_conversations, tmp_path)
+    manifest = pd.read_parquet(manifest_path)
+    losses: list[float] = []
+    batches: list[DialogueBatch] = []  # the first epoch's
+    forward = DialogueClassifier.forward
+
+    def recording_forward(self, batch):
+        if self.training and not losses:
+            batches.append(batch)
+        return forward(self, batch)
+
+    train_epoch = _FinetuneRun.train_epoch
+
+    def recording_epoch(self, epoch):
+        losses.append(train_epoch(self, epoch)["train_loss"])
+        return {"train_loss": losses[-1]}
+
+    monkeypatch.setattr(DialogueClassifier, "forward", recording_forward)
+    monkeypatch.setattr(_FinetuneRun, "train_epoch", recording_epoch)
+    result = finetune_text_encoder(config, manifest_path)
+    assert losses[-1] < losses[0] and result.epochs_run == 3
+
+    train = manifest[manifest["split"] == "train"]
+    lengths = sorted(int(length) for batch in batches for length in batch.utterance_mask.sum(1))
+    assert lengths == sorted(train.groupby("dialogue_id").size().tolist())  # every train dialogue once, whole
+    assert all(int(batch.utterance_mask.sum()) <= 16 or batch.batch_size == 1 for batch in batches)
+    labelled = batches[0].labels[batches[0].utterance_mask]
+    assert set(labelled.tolist()) <= set(range(7)) | {IGNORE_INDEX} and (labelled != IGNORE_INDEX).any()
+
+    head = load_file(Path(result.model_path) / HEAD_FILE)
+    assert "input_std_text" in head and not torch.equal(head["input_std_text"], torch.ones_like(head["input_std_text"]))
+    utterance_config = tiny_finetune_config(tiny_config, meld_conversations, tmp_path, tiny_models["bert"], epochs=3)
+    assert finetune_folder(utterance_config, manifest) != finetune_folder(config, manifest)
+    wider = config.model_copy(update={"model": config.model.model_copy(update={"model_dim": 2 * config.model.model_dim})})
+    assert finetune_folder(wider, manifest) != finetune_folder(config, manifest)  # the head shapes the encoder
+    assert finetune_folder(utterance_config.model_copy(update={"model": wider.model}), manifest) == finetune_folder(utterance_config, manifest)
 
 
 def _utterance_ids(ids: tuple[int, ...], sep: int) -> list[int]:

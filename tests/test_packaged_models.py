@@ -114,7 +114,9 @@ def test_layerwise_lr_decay_gives_lower_layers_smaller_steps(tiny_models: dict[s
     assert learning_rates[id(next(layers[0].parameters()))] == pytest.approx(2.5e-4)
     assert learning_rates[id(classifier.encoder.embeddings.word_embeddings.weight)] == pytest.approx(1.25e-4)
     assert sum(len(group["params"]) for group in groups) == len(list(classifier.parameters()))
-    assert [group["lr"] for group in layerwise_lr_groups(classifier, lr=1e-3, decay=1.0)] == [1e-3]
+    assert [group["lr"] for group in layerwise_lr_groups(classifier, lr=1e-3, decay=1.0)] == [1e-3, 1e-3]
+    encoder_group, head_group = layerwise_lr_groups(classifier, lr=1e-3, decay=1.0, head_lr=1e-2)
+    assert head_group == {"params": [classifier.head.weight, classifier.head.bias], "lr": 1e-2} and encoder_group["lr"] == 1e-3
 
 
 def test_finetune_precision_autocasts_only_where_asked(monkeypatch) -> None:

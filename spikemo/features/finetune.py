@@ -1,10 +1,13 @@
-"""Fine-tuning the text encoder as an utterance emotion classifier (EmoBERTa's recipe), before extraction.
+"""Fine-tuning the text encoder as an emotion classifier (EmoBERTa's recipe), before extraction.
 
 The classifier reads exactly what the ``hf-text`` encoder reads under the same ``features.text.params``
 (``Speaker: utterance``, the dialogue's previous and next turns nearest first within ``max_length``) and
-puts dropout and a linear head on the encoder's pooled output (CLS or mean, as configured). Only the
-labelled train rows update weights; dev weighted-F1 picks the epoch and stops training early; test is
-scored once, with the picked weights, at the end. AdamW with linear warm-up and decay, optional layer-wise
+pools it as the feature extractor does (CLS or mean). Its head (``finetune.head``) is either dropout and a
+linear layer on each input alone (``utterance``) or SpikEmo (the config's model section) over each dialogue's
+pooled utterances, trained jointly with the encoder on the train section's loss (``dialogue``): batches of
+whole dialogues, each batch's inputs encoded in chunks of similar lengths; the head's input standardisation
+is set once from the base encoder's pooled train utterances. Only the labelled train rows update weights;
+dev weighted-F1 picks the epoch and stops training early; test is scored once, with the picked weights, at the end. AdamW with linear warm-up and decay, optional layer-wise
 lr decay, gradient clipping and accumulation, batches of similar lengths, frozen lower layers on request, and
 bf16 autocast on CUDA and on CPUs with native bf16 (``precision``).
 
@@ -45,11 +48,14 @@ from torch import nn
 from tqdm import tqdm
 
 from spikemo import reports, tracking
-from spikemo.config import SpikEmoConfig, TextFinetuneConfig
+from spikemo.config import ModelConfig, SpikEmoConfig, TextFinetuneConfig
 from spikemo.data.schema import read_manifest
 from spikemo.errors import ConfigError, DataError
 from spikemo.features.base import EncoderRuntime, build_encoder
 from spikemo.features.text import HFTextEncoder, TextItem
+from spikemo.losses import SpikEmoLoss, class_weights_from_counts
+from spikemo.model.batch import IGNORE_INDEX, DialogueBatch, scatter_to_padded
+from spikemo.model.spikemo import SpikEmo, SpikEmoOutput
 from spikemo.training.checkpoint import SelectionState
 from spikemo.training.epochs import EpochPlan, run_epochs
 from spikemo.training.loop import seed_everything
@@ -60,6 +66,9 @@ SUMMARY_FILE = "finetune.json"
 LAST_CHECKPOINT = "last.pt"
 MAX_GRAD_NORM = 1.0
 BUCKET_BATCHES = 50  # batches per pool of similar-length inputs
+ENCODER_CHUNK = 8  # a dialogue batch's inputs go through the encoder this many at a time, similar lengths together
+STATISTICS_SAMPLE = 512  # train utterances that set a dialogue head's input standardisation
+NEW_SETTING_DEFAULTS = {"head": "utterance", "head_lr": None}  # fine-tune settings added after fine-tunes were made
 log = logging.getLogger(__name__)
 
 
@@ -92,17 +101,70 @@ class UtteranceClassifier(nn.Module):
         return self.head(self.dropout(self.pooled(self.encoder, tokens).float()))
 
 
+class DialogueClassifier(nn.Module):
+    """The text encoder, pooled as the feature extractor pools it, then SpikEmo over each dialogue's utterances."""
+
+    def __init__(self, encoder: HFTextEncoder, num_labels: int, model_config: ModelConfig):
+        super().__init__()
+        self.pooled = encoder.pooled
+        self.encoder = encoder.from_model_folder(transformers.AutoModel)
+        self.head = SpikEmo(model_config, {"text": self.encoder.config.hidden_size}, num_labels)
+
+    def encode(self, chunks: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """Pooled vectors [N, H] (fp32) of the chunks' inputs, in chunk order."""
+        return torch.cat([self.pooled(self.encoder, tokens).float() for tokens in chunks])
+
+    def forward(self, batch: DialogueBatch) -> SpikEmoOutput:
+        """``batch.features["text"]`` holds the pooled vectors in the dialogues' padded layout."""
+        return self.head(batch)
+
+
+@dataclass
+class _SplitInputs:
+    """One split's labelled and unlabelled utterances in manifest order, and its dialogues."""
+
+    items: list[TextItem]
+    labels: np.ndarray  # label id, -1 where unlabelled
+    party: np.ndarray
+    dialogues: list[np.ndarray]  # each dialogue's positions in ``items``, in turn order
+
+    @classmethod
+    def of(cls, rows: pd.DataFrame, items: list[TextItem]) -> _SplitInputs:
+        order = rows.assign(_position=np.arange(len(rows))).sort_values(["dialogue_id", "turn"], kind="stable")
+        return cls(
+            items=items,
+            labels=rows["label_id"].fillna(-1).to_numpy(dtype=np.int64),
+            party=rows["party"].to_numpy(dtype=np.int64),
+            dialogues=[group.to_numpy() for _, group in order.groupby("dialogue_id", sort=False)["_position"]],
+        )
+
+    @property
+    def labelled(self) -> np.ndarray:
+        return np.flatnonzero(self.labels >= 0)
+
+
 def finetune_folder(config: SpikEmoConfig, manifest: pd.DataFrame) -> Path:
     """Where the fine-tune of these settings on this manifest lives (same inputs, same folder)."""
     text = config.features.text
     spec = _base_encoder(config).spec()  # name, parameters, input construction, weight hashes
     spec["params"].pop("model")  # the same weights found at another path are the same base model
     content = manifest[["utterance_key", "split", "dialogue_id", "turn", "speaker", "text", "label_id"]].astype(str)
+    settings = text.finetune.model_dump() if text.finetune else None
+    head: dict[str, Any] = {}
+    if settings is not None:
+        for name, default in NEW_SETTING_DEFAULTS.items():  # at their defaults, fine-tunes made before them are found again
+            if settings[name] == default:
+                del settings[name]
+        if settings.get("head") == "dialogue":  # the head's architecture and loss shape the encoder too
+            train = config.train
+            head = {"model": config.model.model_dump(), "loss": train.loss_weights.model_dump(),
+                    "class_weighting": train.class_weighting, "label_smoothing": train.label_smoothing}
     digest = hashlib.sha256(
         json.dumps(
             {
                 "encoder": spec,
-                "finetune": text.finetune.model_dump() if text.finetune else None,
+                "finetune": settings,
+                **({"dialogue_head": head} if head else {}),
                 "data": hashlib.sha256(pd.util.hash_pandas_object(content, index=False).to_numpy().tobytes()).hexdigest(),
             },
             sort_keys=True,
@@ -161,13 +223,16 @@ def _transformer_layers(encoder: nn.Module, setting: str) -> nn.ModuleList:
     return max(layer_lists, key=len)
 
 
-def layerwise_lr_groups(model: UtteranceClassifier, lr: float, decay: float) -> list[dict[str, Any]]:
-    """AdamW parameter groups of the trainable weights: the head (and anything above the layers) at ``lr``,
-    transformer layer i of n at ``lr * decay ** (n - i)`` (i from 0) and the embeddings at ``lr * decay ** (n + 1)``.
-    One group at ``lr`` when ``decay`` is 1."""
-    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+def layerwise_lr_groups(
+    model: UtteranceClassifier | DialogueClassifier, lr: float, decay: float, head_lr: float | None = None
+) -> list[dict[str, Any]]:
+    """AdamW parameter groups of the trainable weights: the head at ``head_lr`` (default ``lr``), anything of
+    the encoder above its layers at ``lr``, transformer layer i of n at ``lr * decay ** (n - i)`` (i from 0) and
+    the embeddings at ``lr * decay ** (n + 1)``. The encoder's weights in one group at ``lr`` when ``decay`` is 1."""
+    head = [{"params": list(model.head.parameters()), "lr": head_lr or lr}]
+    trainable = [parameter for parameter in model.encoder.parameters() if parameter.requires_grad]
     if decay == 1.0:
-        return [{"params": trainable, "lr": lr}]
+        return [{"params": trainable, "lr": lr}, *head]
     layers = _transformer_layers(model.encoder, "layer_lr_decay")
     depth = {id(p): index + 1 for index, layer in enumerate(layers) for p in layer.parameters()}  # 1..n
     embeddings = getattr(model.encoder, "embeddings", model.encoder.get_input_embeddings())
@@ -176,7 +241,7 @@ def layerwise_lr_groups(model: UtteranceClassifier, lr: float, decay: float) -> 
     groups: dict[int, list[nn.Parameter]] = {}
     for parameter in trainable:
         groups.setdefault(depth.get(id(parameter), top), []).append(parameter)
-    return [{"params": params, "lr": lr * decay ** (top - level)} for level, params in sorted(groups.items())]
+    return [*({"params": params, "lr": lr * decay ** (top - level)} for level, params in sorted(groups.items())), *head]
 
 
 def cpu_has_native_bf16() -> bool:
@@ -211,22 +276,34 @@ class _FinetuneRun:
         self.encoder = _base_encoder(config)
         self.runtime: EncoderRuntime = self.encoder.runtime
         items = self.encoder.build_inputs(manifest)  # context never crosses a dialogue (nor a split)
-        label_ids = manifest["label_id"].fillna(-1).to_numpy(dtype=np.int64)
-        self.splits: dict[str, tuple[list[TextItem], np.ndarray]] = {}
+        self.splits: dict[str, _SplitInputs] = {}
         for split in ("train", "dev", "test"):
-            rows = np.flatnonzero((manifest["split"] == split).to_numpy() & (label_ids >= 0))
-            self.splits[split] = ([items[row] for row in rows], label_ids[rows])
+            rows = np.flatnonzero((manifest["split"] == split).to_numpy())
+            self.splits[split] = _SplitInputs.of(manifest.iloc[rows], [items[row] for row in rows])
         for split in ("train", "dev"):
-            if not len(self.splits[split][1]):
+            if not len(self.splits[split].labelled):
                 raise DataError(f"fine-tuning the text encoder needs labelled {split} utterances; the manifest has none")
         seed_everything(self.settings.seed)
-        self.model = UtteranceClassifier(self.encoder, len(labels), self.settings.dropout).to(self.runtime.device)
+        self.dialogue_head = self.settings.head == "dialogue"
+        self.model: UtteranceClassifier | DialogueClassifier
+        if self.dialogue_head:
+            self.model = DialogueClassifier(self.encoder, len(labels), config.model).to(self.runtime.device)
+            train = config.train
+            counts = torch.bincount(torch.from_numpy(self.splits["train"].labels[self.splits["train"].labelled]), minlength=len(labels))
+            self.loss = SpikEmoLoss(
+                train.loss_weights, len(labels), class_weights_from_counts(counts, train.class_weighting), train.label_smoothing
+            ).to(self.runtime.device)
+        else:
+            self.model = UtteranceClassifier(self.encoder, len(labels), self.settings.dropout).to(self.runtime.device)
         freeze_lower_layers(self.model.encoder, self.settings.freeze_layers)
         self.autocast = finetune_autocast(self.settings.precision, self.runtime.device)
-        steps_per_epoch = math.ceil(math.ceil(len(self.splits["train"][1]) / self.settings.batch_size) / self.settings.gradient_accumulation)
-        total_steps = steps_per_epoch * self.settings.epochs
+        if self.dialogue_head:
+            self._set_head_statistics()
+        accumulation = self.settings.gradient_accumulation
+        total_steps = sum(math.ceil(len(self._training_batches(epoch)) / accumulation) for epoch in range(self.settings.epochs))
         self.optimizer = torch.optim.AdamW(
-            layerwise_lr_groups(self.model, self.settings.lr, self.settings.layer_lr_decay), weight_decay=self.settings.weight_decay
+            layerwise_lr_groups(self.model, self.settings.lr, self.settings.layer_lr_decay, self.settings.head_lr),
+            weight_decay=self.settings.weight_decay,
         )
         self.scheduler = transformers.get_linear_schedule_with_warmup(
             self.optimizer, round(self.settings.warmup_ratio * total_steps), total_steps
@@ -262,59 +339,131 @@ class _FinetuneRun:
         """Training and evaluation time so far, the runs this one resumes included."""
         return self.earlier_seconds + time.perf_counter() - self.started
 
-    def _training_batches(self, items: list[TextItem], epoch: int) -> list[np.ndarray]:
-        """Shuffled batches of similar-length inputs (less padding): a random permutation is cut into pools of
-        ``BUCKET_BATCHES`` batches, each pool sorted by length and cut into batches, and the batches shuffled."""
+    def _training_batches(self, epoch: int) -> list[list[np.ndarray]]:
+        """Shuffled batches, each a list of position arrays into the train split: with the utterance head one array
+        of similar-length inputs (a random permutation is cut into pools of ``BUCKET_BATCHES`` batches, each pool
+        sorted by length and cut into batches, and the batches shuffled); with the dialogue head whole dialogues
+        in random order, packed up to ``batch_size`` utterances."""
         rng = np.random.default_rng([self.settings.seed, epoch])
         size = self.settings.batch_size
-        order = rng.permutation(len(items))
+        train = self.splits["train"]
+        if self.dialogue_head:
+            return self._dialogue_batches(train, size, rng.permutation(len(train.dialogues)))
+        labelled = train.labelled
+        order = labelled[rng.permutation(len(labelled))]
         batches = []
         for begin in range(0, len(order), size * BUCKET_BATCHES):
-            pool = sorted(order[begin : begin + size * BUCKET_BATCHES], key=lambda row: len(items[row]))
-            batches += [np.asarray(pool[start : start + size]) for start in range(0, len(pool), size)]
+            pool = sorted(order[begin : begin + size * BUCKET_BATCHES], key=lambda position: len(train.items[position]))
+            batches += [[np.asarray(pool[start : start + size])] for start in range(0, len(pool), size)]
         return [batches[index] for index in rng.permutation(len(batches))]
 
+    @staticmethod
+    def _dialogue_batches(inputs: _SplitInputs, size: int, order: np.ndarray) -> list[list[np.ndarray]]:
+        """The dialogues in ``order`` packed into batches of at most ``size`` utterances (a longer one alone)."""
+        batches: list[list[np.ndarray]] = []
+        current: list[np.ndarray] = []
+        for index in order:
+            dialogue = inputs.dialogues[index]
+            if current and sum(map(len, current)) + len(dialogue) > size:
+                batches.append(current)
+                current = []
+            current.append(dialogue)
+        return batches + [current] if current else batches
+
+    def _evaluation_batches(self, split: str) -> list[list[np.ndarray]]:
+        inputs, size = self.splits[split], self.runtime.batch_size
+        if self.dialogue_head:
+            return self._dialogue_batches(inputs, size, np.arange(len(inputs.dialogues)))
+        longest_first = sorted(inputs.labelled, key=lambda position: len(inputs.items[position]), reverse=True)
+        return [[np.asarray(longest_first[begin : begin + size])] for begin in range(0, len(longest_first), size)]
+
+    def _logits(self, inputs: _SplitInputs, batch: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits [N, C] (fp32) of the batch's positions, concatenated in order, and the dialogue head's training
+        loss (None for the utterance head)."""
+        if not self.dialogue_head:
+            tokens = self.encoder.tokenize([inputs.items[position] for position in batch[0]]).to(self.runtime.device)
+            with self.autocast():
+                return self.model(tokens).float(), None
+        assert isinstance(self.model, DialogueClassifier)
+        layout = self._dialogue_layout(inputs, batch)
+        layout.features["text"] = scatter_to_padded(self._pooled(inputs, np.concatenate(batch)), layout.utterance_mask)
+        output = self.model(layout)
+        return output.logits[layout.utterance_mask], self.loss(output, layout).total
+
+    def _pooled(self, inputs: _SplitInputs, positions: np.ndarray) -> torch.Tensor:
+        """The dialogue classifier's pooled vectors [N, H] of ``positions``, encoded ``ENCODER_CHUNK`` at a time by length."""
+        assert isinstance(self.model, DialogueClassifier)
+        by_length = sorted(range(len(positions)), key=lambda index: len(inputs.items[positions[index]]))
+        chunks = [by_length[begin : begin + ENCODER_CHUNK] for begin in range(0, len(by_length), ENCODER_CHUNK)]
+        tokens = [self.encoder.tokenize([inputs.items[positions[index]] for index in chunk]).to(self.runtime.device) for chunk in chunks]
+        with self.autocast():
+            pooled = self.model.encode(tokens)
+        return pooled[torch.from_numpy(np.argsort(np.concatenate(chunks))).to(pooled.device)]
+
+    def _dialogue_layout(self, inputs: _SplitInputs, batch: list[np.ndarray]) -> DialogueBatch:
+        """The batch's dialogues padded (masks, parties, labels; ``features`` left empty)."""
+        mask = torch.zeros(len(batch), max(map(len, batch)), dtype=torch.bool)
+        party = torch.zeros(mask.shape, dtype=torch.long)
+        labels = torch.full(mask.shape, IGNORE_INDEX, dtype=torch.long)
+        for row, dialogue in enumerate(batch):
+            mask[row, : len(dialogue)] = True
+            party[row, : len(dialogue)] = torch.from_numpy(inputs.party[dialogue])
+            labels[row, : len(dialogue)] = torch.from_numpy(np.where(inputs.labels[dialogue] >= 0, inputs.labels[dialogue], IGNORE_INDEX))
+        device = self.runtime.device
+        mask = mask.to(device)
+        return DialogueBatch(features={}, modality_mask={"text": mask}, utterance_mask=mask, party=party.to(device), labels=labels.to(device))
+
+    @torch.inference_mode()
+    def _set_head_statistics(self) -> None:
+        """The dialogue head's input standardisation from the base encoder's pooled vectors of train utterances."""
+        assert isinstance(self.model, DialogueClassifier)
+        train = self.splits["train"]
+        sample = np.random.default_rng(self.settings.seed).permutation(len(train.items))[:STATISTICS_SAMPLE]
+        self.model.eval()
+        pooled = self._pooled(train, sample)
+        self.model.head.set_input_statistics({"text": (pooled.mean(0), pooled.std(0))})
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        items, labels = self.splits["train"]
+        train = self.splits["train"]
         self.model.train()
         accumulation = self.settings.gradient_accumulation
-        batches = self._training_batches(items, epoch)
+        batches = self._training_batches(epoch)
         total, seen = 0.0, 0
         progress = tqdm(batches, desc=f"fine-tune epoch {epoch}", unit="batch", mininterval=1.0, disable=None)
-        for step, rows in enumerate(progress):
-            tokens = self.encoder.tokenize([items[row] for row in rows]).to(self.runtime.device)
-            target = torch.from_numpy(labels[rows]).to(self.runtime.device)
-            with self.autocast():
-                logits = self.model(tokens)
-            loss = nn.functional.cross_entropy(logits.float(), target)
+        for step, batch in enumerate(progress):
+            logits, loss = self._logits(train, batch)
+            labels = train.labels[np.concatenate(batch)]
+            labelled = labels >= 0
+            if loss is None:
+                loss = nn.functional.cross_entropy(logits, torch.from_numpy(labels).to(logits.device))
             (loss / accumulation).backward()
             if (step + 1) % accumulation == 0 or step + 1 == len(batches):
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), MAX_GRAD_NORM)
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
-            total += float(loss.detach()) * len(rows)
-            seen += len(rows)
-            progress.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
-        return {"train_loss": total / seen}
+            total += float(loss.detach()) * int(labelled.sum())
+            seen += int(labelled.sum())
+            progress.set_postfix(loss=f"{total / max(seen, 1):.4f}", refresh=False)
+        return {"train_loss": total / max(seen, 1)}
 
     @torch.inference_mode()
     def _evaluate(self, split: str) -> dict[str, Any]:
-        items, labels = self.splits[split]
+        """The classifier's metrics and mean cross-entropy on the split's labelled utterances."""
+        inputs = self.splits[split]
         self.model.eval()
-        predictions = np.zeros(len(labels), dtype=np.int64)
+        predictions = np.full(len(inputs.labels), -1, dtype=np.int64)
         total = 0.0
-        longest_first = sorted(range(len(items)), key=lambda i: len(items[i]), reverse=True)
-        for begin in range(0, len(items), self.runtime.batch_size):
-            rows = np.asarray(longest_first[begin : begin + self.runtime.batch_size])
-            tokens = self.encoder.tokenize([items[row] for row in rows]).to(self.runtime.device)
-            with self.autocast():
-                logits = self.model(tokens).float()
-            target = torch.from_numpy(labels[rows]).to(self.runtime.device)
-            total += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
-            predictions[rows] = logits.argmax(-1).cpu().numpy()
-        metrics = classification_metrics(labels, predictions, self.labels)
-        metrics["loss"] = total / max(len(labels), 1)
+        for batch in self._evaluation_batches(split):
+            logits, _ = self._logits(inputs, batch)
+            positions = np.concatenate(batch)
+            labelled = inputs.labels[positions] >= 0
+            target = torch.from_numpy(inputs.labels[positions][labelled]).to(logits.device)
+            total += float(nn.functional.cross_entropy(logits[torch.from_numpy(labelled).to(logits.device)], target, reduction="sum"))
+            predictions[positions] = logits.argmax(-1).cpu().numpy()
+        labelled = inputs.labelled
+        metrics = classification_metrics(inputs.labels[labelled], predictions[labelled], self.labels)
+        metrics["loss"] = total / max(len(labelled), 1)
         return metrics
 
     def _save_weights(self, directory: Path) -> None:
@@ -379,7 +528,8 @@ class _FinetuneRun:
                     "spikemo.dataset": self.config.data.dataset_name,
                     "spikemo.path.finetune_folder": str(self.folder),
                     MLFLOW_RUN_NOTE: (
-                        f"Text encoder {text.params.get('model', 'minilm')} fine-tuned as an utterance emotion classifier "
+                        f"Text encoder {text.params.get('model', 'minilm')} fine-tuned as an emotion classifier "
+                        f"({'SpikEmo over each dialogue' if self.dialogue_head else 'a linear head on each utterance'}) "
                         f"on {self.config.data.dataset_name} train; epoch picked on dev weighted-F1, test scored once."
                     ),
                 },
@@ -402,7 +552,7 @@ class _FinetuneRun:
             raise DataError("the text fine-tune finished no epoch; nothing to save")
         self._load_weights(best)
         scores = {"dev": self._evaluate("dev")}
-        if len(self.splits["test"][1]):
+        if len(self.splits["test"].labelled):
             scores["test"] = self._evaluate("test")
         for split, metrics in scores.items():
             mlflow.log_metrics({f"{split}/{key}": float(metrics[key]) for key in ("weighted_f1", "macro_f1", "accuracy")}, step=selection.best_epoch)
