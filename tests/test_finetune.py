@@ -183,13 +183,15 @@ def _utterance_ids(ids: tuple[int, ...], sep: int) -> list[int]:
     return list(ids[first + 1 : ids.index(sep, first + 1)])
 
 
+@pytest.mark.parametrize("head", ["utterance", "dialogue"])
 def test_a_killed_finetune_resumes_after_its_last_epoch_and_ends_as_an_uninterrupted_one(
-    tiny_config, meld_conversations: Path, tiny_models: dict[str, Path], tmp_path: Path, monkeypatch
+    tiny_config, meld_conversations: Path, tiny_models: dict[str, Path], tmp_path: Path, monkeypatch, head: str
 ) -> None:
     uninterrupted = finetune_text_encoder(
-        tiny_finetune_config(tiny_config, meld_conversations, tmp_path / "a", tiny_models["bert"], epochs=3), _ingested(tiny_config, meld_conversations, tmp_path / "a")
+        tiny_finetune_config(tiny_config, meld_conversations, tmp_path / "a", tiny_models["bert"], epochs=3, head=head),
+        _ingested(tiny_config, meld_conversations, tmp_path / "a"),
     )
-    config = tiny_finetune_config(tiny_config, meld_conversations, tmp_path / "b", tiny_models["bert"], epochs=3)
+    config = tiny_finetune_config(tiny_config, meld_conversations, tmp_path / "b", tiny_models["bert"], epochs=3, head=head)
     manifest_path = _ingested(tiny_config, meld_conversations, tmp_path / "b")
     evaluate = _FinetuneRun._evaluate
     calls = {"dev": 0}
@@ -211,8 +213,9 @@ def test_a_killed_finetune_resumes_after_its_last_epoch_and_ends_as_an_uninterru
     assert epochs_trained == [1, 2]
     assert (resumed.epochs_run, resumed.best_epoch, resumed.run_id is not None) == (3, uninterrupted.best_epoch, True)
     assert resumed.dev_weighted_f1 == pytest.approx(uninterrupted.dev_weighted_f1)
-    weights = [load_file(Path(r.model_path) / "model.safetensors") for r in (uninterrupted, resumed)]
-    assert all(torch.allclose(weights[0][name], weights[1][name], atol=1e-6) for name in weights[0])
+    for file in ("model.safetensors", HEAD_FILE):
+        weights = [load_file(Path(r.model_path) / file) for r in (uninterrupted, resumed)]
+        assert all(torch.allclose(weights[0][name], weights[1][name], atol=1e-6) for name in weights[0])
 
 
 def _ingested(tiny_config, meld_conversations: Path, tmp_path: Path) -> Path:
