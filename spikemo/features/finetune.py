@@ -3,12 +3,13 @@
 The classifier reads exactly what the ``hf-text`` encoder reads under the same ``features.text.params``
 (``Speaker: utterance``, the dialogue's previous and next turns nearest first within ``max_length``) and
 pools it as the feature extractor does (CLS or mean). Its head (``finetune.head``) is either dropout and a
-linear layer on each input alone (``utterance``) or SpikEmo (the config's model section) over each dialogue's
-pooled utterances, trained jointly with the encoder on the train section's loss (``dialogue``): batches of
-whole dialogues, each batch's inputs encoded in chunks of similar lengths; the head's input standardisation
-is set once from the base encoder's pooled train utterances. Only the labelled train rows update weights;
-dev weighted-F1 picks the epoch and stops training early; test is scored once, with the picked weights, at the end. AdamW with linear warm-up and decay, optional layer-wise
-lr decay, gradient clipping and accumulation, batches of similar lengths, frozen lower layers on request, and
+linear layer on each input alone (``utterance``; batches of inputs of similar lengths) or SpikEmo (the
+config's model section) over each dialogue's pooled utterances, trained jointly with the encoder on the train
+section's loss (``dialogue``; batches of whole dialogues, their inputs encoded in chunks of similar lengths;
+the head's input standardisation set once from the base encoder's pooled train utterances). Only the
+labelled train rows update weights; dev weighted-F1 picks the epoch and stops training early; test is
+scored once, with the picked weights, at the end. AdamW with linear warm-up and decay, optional layer-wise
+lr decay and a separate head lr, gradient clipping and accumulation, frozen lower layers on request, and
 bf16 autocast on CUDA and on CPUs with native bf16 (``precision``).
 
 Everything lives in ``<workdir>/text-encoders/<dataset>-<digest>/``, the digest covering the base model's
