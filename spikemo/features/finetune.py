@@ -13,7 +13,8 @@ lr decay and a separate head lr, gradient clipping and accumulation, frozen lowe
 bf16 autocast on CUDA and on CPUs with native bf16 (``precision``).
 
 Everything lives in ``<workdir>/text-encoders/<dataset>-<digest>/``, the digest covering the base model's
-files, the text and fine-tuning settings and the manifest's content:
+files, the text and fine-tuning settings (with a dialogue head, the model and loss settings too) and the
+manifest's content:
     model/        the picked encoder and tokenizer (``save_pretrained``, safetensors), the head
                   (``classifier_head.safetensors``) and ``finetune.json``; ``features.text.params.model``
                   accepts this folder. Written last: its ``finetune.json`` marks a finished fine-tune.
