@@ -8,10 +8,10 @@ the estimated epoch time follows.
 ``--part accuracy``: MELD with a fixed 10% of the train dialogues as the selection split and MELD dev
 reported (the shared copy holds no test split). Per recipe (``--configs``, default MPNet then MiniLM, all in
 one invocation): the linear probe on the frozen encoder (mean-pooled at ``--frozen-layer``, no context), the
-fine-tune's wall time and peak resident memory, the fine-tuned classifier itself, and the linear probe and
-SpikEmo (the recipe's model section, ``--seeds`` seeds) on the fine-tuned encoder's features, and each probe's
-weighted-F1 on its own training utterances against the selection split (how much the features fit the
-utterances the encoder was trained on).
+fine-tune's wall time and peak resident memory, the fine-tuned classifier itself (with ``finetune.head:
+dialogue``, the SpikEmo trained with the encoder), and the linear probe and SpikEmo (the recipe's model section,
+``--seeds`` seeds) on the fine-tuned encoder's features, and each probe's weighted-F1 on its own training
+utterances against the selection split (how much the features fit the utterances the encoder was trained on).
 
 ``--part combine``: the same splits; the finished fine-tunes of ``--configs`` (run first when absent) combined
 as one text feature, their vectors concatenated or averaged (all members of one width). The linear probe and
