@@ -70,6 +70,7 @@ MAX_GRAD_NORM = 1.0
 BUCKET_BATCHES = 50  # batches per pool of similar-length inputs
 ENCODER_CHUNK = 8  # a dialogue batch's inputs go through the encoder this many at a time, similar lengths together
 STATISTICS_SAMPLE = 512  # train utterances that set a dialogue head's input standardisation
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")  # one kernel for the whole update: on 2 CPU cores 4x faster than the per-tensor loop
 NEW_SETTING_DEFAULTS = {"head": "utterance", "head_lr": None}  # fine-tune settings added after fine-tunes were made
 log = logging.getLogger(__name__)
 
@@ -306,6 +307,7 @@ class _FinetuneRun:
         self.optimizer = torch.optim.AdamW(
             layerwise_lr_groups(self.model, self.settings.lr, self.settings.layer_lr_decay, self.settings.head_lr),
             weight_decay=self.settings.weight_decay,
+            fused=self.runtime.device.type in FUSED_ADAMW_DEVICES,
         )
         self.scheduler = transformers.get_linear_schedule_with_warmup(
             self.optimizer, round(self.settings.warmup_ratio * total_steps), total_steps
