@@ -1,12 +1,12 @@
-"""Fine-tuning the text encoder on MELD (EmoBERTa's recipe): its speed and memory here, and what it buys.
+"""Fine-tuning the text encoder on MELD or EmoryNLP (EmoBERTa's recipe): its speed and memory here, and what it buys.
 
 ``--part speed``: for each setting (encoder, max_length, past and future context turns, frozen lower layers,
 fp32 or bf16 autocast) a fresh process trains ``--steps`` batches of 16 MELD train inputs (plain AdamW, after
 two warm-up steps) and reports training samples/s, the inputs' mean token count and the process's peak RSS;
 the estimated epoch time follows.
 
-``--part accuracy``: MELD with a fixed 10% of the train dialogues as the selection split and MELD dev
-reported (the shared copy holds no test split). Per recipe (``--configs``, default MPNet then MiniLM, all in
+``--part accuracy``: ``--dataset`` (MELD or EmoryNLP) with a fixed 10% of the train dialogues as the
+selection split and the dataset's dev split reported (the shared copies hold no test split). Per recipe (``--configs``, default MPNet then MiniLM, all in
 one invocation): the linear probe on the frozen encoder (mean-pooled at ``--frozen-layer``, no context), the
 fine-tune's wall time and peak resident memory, the fine-tuned classifier itself (with ``finetune.head:
 dialogue``, the SpikEmo trained with the encoder), and the linear probe and SpikEmo (the recipe's model section,
@@ -20,6 +20,7 @@ combination, all in one invocation. Prints one JSON line per part.
 
     .venv/bin/python bench/finetune_text.py --part speed
     .venv/bin/python bench/finetune_text.py --part accuracy --configs configs/meld-mpnet.yaml,configs/meld-finetuned.yaml
+    .venv/bin/python bench/finetune_text.py --part accuracy --dataset emorynlp --configs configs/emorynlp-mpnet.yaml
     .venv/bin/python bench/finetune_text.py --part combine --configs configs/meld-mpnet.yaml,configs/meld-mpnet-llrd.yaml
 """
 
@@ -60,7 +61,7 @@ from spikemo.training.baseline import fit_linear_probe
 from meld_splits import selection_resplit, write_resplit  # bench/ is the script's folder
 
 REPO = Path(__file__).resolve().parents[1]
-MELD = REPO.parent / "shared" / "data" / "meld"
+SHARED_DATA = REPO.parent / "shared" / "data"
 SPEED_SETTINGS = [  # (model, max_length, context_turns, future_turns, freeze_layers, precision)
     ("minilm", 128, 2, 0, 0, "fp32"),
     ("minilm", 128, 2, 0, 0, "bf16"),
@@ -75,7 +76,7 @@ def speed_worker(args: argparse.Namespace) -> dict[str, Any]:
     """One setting, in this (fresh) process."""
     model_name, max_length, context_turns, future_turns, freeze_layers, precision = args.setting
     max_length, context_turns, future_turns, freeze_layers = map(int, (max_length, context_turns, future_turns, freeze_layers))
-    config = _meld_config(args, {
+    config = _bench_config(args, {
         "features.text.params": {"model": model_name, "context_turns": context_turns, "future_turns": future_turns,
                                  "speaker_names": True, "max_length": max_length},
         "features.text.finetune": {"freeze_layers": freeze_layers, "precision": precision},
@@ -142,24 +143,25 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
     for path in args.configs:
         rows.append(_recipe_row(args, path, manifest_path, resplit, resplit_path, labels))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    return {"benchmark": "finetune_text_accuracy", "reported_split": "MELD dev (selection: a fixed 10% of train dialogues)",
+    return {"benchmark": "finetune_text_accuracy", "dataset": args.dataset,
+            "reported_split": f"{args.dataset} dev (selection: a fixed 10% of train dialogues)",
             "threads": args.threads, "recipes": rows}
 
 
 def _selection_splits(args: argparse.Namespace) -> tuple[Path, pd.DataFrame, Path, list[str]]:
-    """MELD ingested (features do not depend on the split: context stays in its dialogue, so they are
+    """The dataset ingested (features do not depend on the split: context stays in its dialogue, so they are
     extracted on the ingested manifest), its resplit with the selection split, where that is written, the labels."""
-    manifest_path = _ingested(_meld_config(args, {}, args.configs[0]))
+    manifest_path = _ingested(_bench_config(args, {}, args.configs[0]))
     manifest, metadata = read_manifest(manifest_path)
     resplit = selection_resplit(manifest)
-    resplit_path = write_resplit(resplit, manifest_path, Path(args.work) / "meld-select10" / "manifest.parquet")
+    resplit_path = write_resplit(resplit, manifest_path, Path(args.work) / f"{args.dataset}-select10" / "manifest.parquet")
     return manifest_path, resplit, resplit_path, metadata["labels"]
 
 
 def _recipe_row(args: argparse.Namespace, path: Path, manifest_path: Path, resplit: pd.DataFrame, resplit_path: Path,
                 labels: list[str]) -> dict[str, Any]:
     """Frozen probe, fine-tune (time, peak memory), the classifier, and the probe and SpikEmo on its features."""
-    config = _meld_config(args, {"data.name": "meld-select10"}, path)
+    config = _bench_config(args, {"data.name": f"{args.dataset}-select10"}, path)
     text = config.features.text
     frozen_layer = args.frozen_layer.get(text.params["model"], -1)
     frozen_text = text.model_copy(update={"finetune": None, "params": {"model": text.params["model"], "pooling": "mean", "layer": frozen_layer}})
@@ -206,7 +208,7 @@ def combine(args: argparse.Namespace) -> dict[str, Any]:
     manifest_path, resplit, resplit_path, labels = _selection_splits(args)
     members, tuned_configs = {}, []
     for path in args.configs:
-        config = _meld_config(args, {"data.name": "meld-select10"}, path)
+        config = _bench_config(args, {"data.name": f"{args.dataset}-select10"}, path)
         finetune_text_encoder(config, resplit_path)
         tuned, members[str(path)] = _finetuned_features(config, manifest_path, resplit, resplit_path)
         tuned_configs.append(tuned)
@@ -230,7 +232,8 @@ def combine(args: argparse.Namespace) -> dict[str, Any]:
     best_member = max(rows[:len(members)], key=lambda row: row["spikemo_weighted_f1_mean"])
     for row in rows[len(members):]:
         row["spikemo_minus_best_member_spikemo"] = round(row["spikemo_weighted_f1_mean"] - best_member["spikemo_weighted_f1_mean"], 2)
-    return {"benchmark": "finetune_text_combine", "reported_split": "MELD dev (selection: a fixed 10% of train dialogues)",
+    return {"benchmark": "finetune_text_combine", "dataset": args.dataset,
+            "reported_split": f"{args.dataset} dev (selection: a fixed 10% of train dialogues)",
             "threads": args.threads, "rows": rows}
 
 
@@ -291,8 +294,9 @@ def _probe(manifest: pd.DataFrame, features: pd.DataFrame, labels: list[str]) ->
     return ProbeScores(float(probe.test_metrics["weighted_f1"]), gap)
 
 
-def _meld_config(args: argparse.Namespace, overrides: dict[str, Any], path: Path | None = None) -> SpikEmoConfig:
-    base = {"data.format": "meld", "data.root": str(args.meld), "data.name": "meld", "features.modalities": ["text"],
+def _bench_config(args: argparse.Namespace, overrides: dict[str, Any], path: Path | None = None) -> SpikEmoConfig:
+    base = {"data.format": args.dataset, "data.root": str(args.data_root or SHARED_DATA / args.dataset),
+            "data.name": args.dataset, "features.modalities": ["text"],
             "cache": str(args.cache), "workdir": str(args.work)}
     return load_config(path, {**base, **overrides})
 
@@ -314,7 +318,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="speed: timed training steps per setting")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seeds", type=int, default=3, help="accuracy, combine: SpikEmo seeds on each set of features")
-    parser.add_argument("--meld", type=Path, default=MELD)
+    parser.add_argument("--dataset", choices=["meld", "emorynlp"], default="meld")
+    parser.add_argument("--data-root", type=Path, help="the dataset's folder (default ../shared/data/<dataset>)")
     parser.add_argument("--cache", type=Path, default=REPO / "feature_cache")
     parser.add_argument("--work", type=Path, default=REPO / ".spikemo" / "bench", help="fine-tuned encoders go under here")
     parser.add_argument("--threads", type=int, default=2)
