@@ -310,6 +310,17 @@ class SpikEmoConfig(Section):
             raise ValueError("model.causal reads no later turn: set features.text.params.future_turns to 0")
         return self
 
+    @model_validator(mode="after")
+    def _cross_fitted_evidence_needs_an_unseen_encoder(self) -> SpikEmoConfig:
+        fine_tuned = self.features.text.finetune is not None and "text" in self.features.modalities
+        cross_fitted = self.model.speaker_evidence_rounds and self.train.speaker_evidence_fit == "cross_fitted"
+        if fine_tuned and cross_fitted:
+            raise ValueError(
+                "train.speaker_evidence_fit cross_fitted is not out-of-fold over a text encoder fine-tuned on every "
+                "training label: set it to joint, or drop features.text.finetune"
+            )
+        return self
+
     @property
     def manifest_path(self) -> Path:
         """Where ingestion writes this dataset's manifest: ``<cache>/<dataset>/manifest.parquet``."""

@@ -27,14 +27,17 @@ from spikemo.config import FeaturesConfig, SpikEmoConfig
 from spikemo.data.schema import read_manifest
 from spikemo.errors import SpikemoError
 from spikemo.features.extract import load_features, preprocess
-from spikemo.features.finetune import finetuned_text_config
+from spikemo.features.finetune import dialogue_head_weights, finetuned_text_config
 from spikemo.predict import Predictor, evaluate_predictions
-from spikemo.training import build_dialogue_data, train_on_dialogue_data
+from spikemo.training import TrainResult, build_dialogue_data, train_on_dialogue_data
 from spikemo.training.baseline import fit_linear_probe
 from spikemo.training.data import DialogueData
+from spikemo.training.loop import result_with_weights
 from spikemo.training.metrics import BootstrapReport, dialogue_bootstrap
 
 ACTIVE_RUN_FILE = "mlflow_run_id"
+RETRAINED = "retrained"  # SpikEmo trained on the extracted features
+FINETUNE_HEAD = "finetune-head"  # the SpikEmo head of a dialogue-head text fine-tune, trained with its encoder
 log = logging.getLogger(__name__)
 
 
@@ -98,7 +101,8 @@ def train_and_log(config: SpikEmoConfig, data: PreparedData) -> TrainedRun:
         (run_dir / ACTIVE_RUN_FILE).write_text(run.info.run_id)
         datasets = tracking.log_inputs(data.manifest, data.manifest_path, data.caches)
         dialogue_data = build_dialogue_data(data.manifest, data.features, len(data.labels))
-        result = train_on_dialogue_data(config, dialogue_data, data.labels, run_dir, on_epoch_end=tracking.log_epoch)
+        retrained = train_on_dialogue_data(config, dialogue_data, data.labels, run_dir, on_epoch_end=tracking.log_epoch)
+        result, source = _better_candidate(config, data, dialogue_data, retrained, run_dir)
         metrics = {"dev": result.dev_metrics, **({"test": result.test_metrics} if result.test_metrics else {})}
         logged_model = mlflow.initialize_logged_model(name=tracking.logged_model_name(config), source_run_id=run.info.run_id)
         final = tracking.FinalMetrics(result.best_epoch, logged_model.model_id, datasets)
@@ -123,6 +127,7 @@ def train_and_log(config: SpikEmoConfig, data: PreparedData) -> TrainedRun:
         "epochs_run": len(result.history),
         "early_stopped": len(result.history) < config.train.epochs,
         "device": result.device,
+        **source,
         "dev_weighted_f1": result.dev_metrics["weighted_f1"],
         "test_weighted_f1": test.get("weighted_f1"),
         "test_macro_f1": test.get("macro_f1"),
@@ -138,6 +143,30 @@ def train_and_log(config: SpikEmoConfig, data: PreparedData) -> TrainedRun:
         run.info.run_id, bundle, metrics[gating_split]["weighted_f1"], summary, baseline[gating_split]["weighted_f1"],
         logged_model.model_id,
     )
+
+
+def _better_candidate(
+    config: SpikEmoConfig, data: PreparedData, dialogue_data: DialogueData, retrained: TrainResult, run_dir: Path
+) -> tuple[TrainResult, dict[str, Any]]:
+    """The model the run keeps, and which it is. With a dialogue-head fine-tune, the SpikEmo head trained together
+    with the encoder is scored like the SpikEmo re-trained on the extracted features, and the higher dev
+    weighted-F1 (the split that selects) is kept, the re-trained one on a tie; otherwise the re-trained one."""
+    weights = dialogue_head_weights(config, data.features_config)
+    if weights is None:
+        return retrained, {"model_source": RETRAINED}
+    head = result_with_weights(config, dialogue_data, data.labels, run_dir / FINETUNE_HEAD, weights, retrained)
+    scores = {RETRAINED: retrained.dev_metrics["weighted_f1"], FINETUNE_HEAD: head.dev_metrics["weighted_f1"]}
+    source = FINETUNE_HEAD if scores[FINETUNE_HEAD] > scores[RETRAINED] else RETRAINED
+    log.info(
+        "keeping the %s SpikEmo: dev weighted-F1 %.2f for the fine-tune's head, %.2f re-trained on its features",
+        source, scores[FINETUNE_HEAD], scores[RETRAINED],
+    )
+    mlflow.set_tag("spikemo.model_source", source)
+    mlflow.log_metrics({f"dev/candidate_{name.replace('-', '_')}_weighted_f1": score for name, score in scores.items()})
+    return (head if source == FINETUNE_HEAD else retrained), {
+        "model_source": source,
+        **{f"candidate_dev_weighted_f1_{name.replace('-', '_')}": score for name, score in scores.items()},
+    }
 
 
 def _test_intervals(

@@ -430,11 +430,22 @@ def _version_description(config: SpikEmoConfig, summary: dict[str, Any], alias: 
 
     verdict = f"; against the probe: {reports.verdict_line(summary)}" if summary.get("verdict_vs_baseline") else ""
     return (
-        f"SpikEmo on {config.data.dataset_name} ({', '.join(config.features.modalities)}). "
+        f"SpikEmo on {config.data.dataset_name} ({', '.join(config.features.modalities)}){_source_note(summary)}. "
         f"Test weighted-F1 {reports.score_with_interval(summary, 'test_weighted_f1')} (linear probe "
         f"{reports.score_with_interval(summary, 'baseline_test_weighted_f1')}{verdict}; 95% intervals over test dialogues), "
         f"dev {score('dev_weighted_f1')}, accuracy {score('test_accuracy')}; best epoch {summary.get('best_epoch', 'n/a')} "
         f"of {summary.get('epochs_run', 'n/a')}. Alias {alias}: {decision}."
+    )
+
+
+def _source_note(summary: dict[str, Any]) -> str:
+    """Which candidate the run kept, where it had two (see ``experiment``)."""
+    if "candidate_dev_weighted_f1_finetune_head" not in summary:
+        return ""
+    kept = "the text fine-tune's own SpikEmo head" if summary["model_source"] == "finetune-head" else "re-trained"
+    return (
+        f", {kept} (dev weighted-F1: fine-tune's head {summary['candidate_dev_weighted_f1_finetune_head']:.2f}, "
+        f"re-trained {summary['candidate_dev_weighted_f1_retrained']:.2f})"
     )
 
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import transformers
+from mlflow import MlflowClient
 from safetensors.torch import load_file
 
 from spikemo.data.ingest import ingest
@@ -27,6 +28,9 @@ from spikemo.features.finetune import (
     finetuned_text_config,
 )
 from spikemo.features.text import dialogue_text_items
+from spikemo.experiment import run_experiment
+from spikemo.predict import Predictor
+from spikemo.tracking import tracking_uri
 from spikemo.model.batch import IGNORE_INDEX, DialogueBatch
 
 
@@ -241,3 +245,40 @@ def test_train_needs_the_finished_finetune_and_freezing_needs_layers(
     frozen_names = [name for name in original if name.startswith(("embeddings.", "encoder.layer."))]
     assert frozen_names and all(torch.equal(tuned[name], original[name]) for name in frozen_names)
     assert np.isfinite(frozen.dev_weighted_f1)
+
+
+@pytest.mark.parametrize("head_wins", [True, False])
+def test_train_keeps_the_better_on_dev_of_the_finetune_head_and_the_retrained_spikemo_and_registers_it(
+    tiny_config, meld_conversations: Path, tiny_models: dict[str, Path], tmp_path: Path, head_wins: bool
+) -> None:
+    # one candidate is left untrained (a learning rate too small to move it), so the other wins on dev
+    weak_lr = 1e-12
+    head_lrs = {"lr": 1e-3, "head_lr": 3e-3} if head_wins else {"lr": weak_lr, "head_lr": weak_lr}
+    config = tiny_finetune_config(tiny_config, meld_conversations, tmp_path, tiny_models["bert"], epochs=2, head="dialogue", **head_lrs)
+    config = config.model_copy(update={
+        "features": config.features.model_copy(update={"modalities": ["text"]}),
+        "train": config.train.model_copy(update={"lr": weak_lr if head_wins else 3e-3, "epochs": 4}),
+    })
+    summary = run_experiment(config)
+    candidates = {"finetune-head": summary["candidate_dev_weighted_f1_finetune_head"],
+                  "retrained": summary["candidate_dev_weighted_f1_retrained"]}
+    assert candidates["finetune-head"] != candidates["retrained"]
+    assert summary["model_source"] == ("finetune-head" if head_wins else "retrained") == max(candidates, key=candidates.get)
+    assert summary["dev_weighted_f1"] == pytest.approx(candidates[summary["model_source"]])
+
+    registered = Predictor.from_uri(summary["model_uri"])
+    head = load_file(Path(finetuned_text_config(config, config.manifest_path).features.text.params["model"]) / HEAD_FILE)
+    weights = {name: tensor.cpu() for name, tensor in registered.model.state_dict().items()}
+    assert all(torch.equal(weights[name], head[name]) for name in head) == head_wins
+    predicted = registered.predict_dataset(config.data, tmp_path / "predict-cache", splits=["dev"])
+    assert len(predicted) and predicted["label"].isin(registered.spec.labels).all()
+    uri = tracking_uri(config)
+    description = MlflowClient(uri, uri).get_model_version(summary["registered_model"], summary["model_version"]).description
+    assert "fine-tune's head" in description
+
+
+def test_cross_fitted_speaker_evidence_over_a_finetuned_text_encoder_is_refused(tiny_config, meld_conversations: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not out-of-fold"):
+        tiny_config(meld_conversations, tmp_path, tmp_path, **{
+            "features.text.finetune": {"epochs": 1}, "model.speaker_evidence_rounds": 1, "train.speaker_evidence_fit": "cross_fitted",
+        })

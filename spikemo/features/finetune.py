@@ -50,7 +50,7 @@ from torch import nn
 from tqdm import tqdm
 
 from spikemo import reports, tracking
-from spikemo.config import ModelConfig, SpikEmoConfig, TextFinetuneConfig
+from spikemo.config import FeaturesConfig, ModelConfig, SpikEmoConfig, TextFinetuneConfig
 from spikemo.data.schema import read_manifest
 from spikemo.errors import ConfigError, DataError
 from spikemo.features.base import EncoderRuntime, build_encoder
@@ -190,6 +190,16 @@ def finetuned_text_config(config: SpikEmoConfig, manifest_path: Path) -> SpikEmo
         )
     resolved = text.model_copy(update={"params": {**text.params, "model": str(model)}, "finetune": None})
     return config.model_copy(update={"features": config.features.model_copy(update={"text": resolved})})
+
+
+def dialogue_head_weights(config: SpikEmoConfig, features: FeaturesConfig) -> dict[str, torch.Tensor] | None:
+    """The SpikEmo head a dialogue-head fine-tune trained together with its encoder, as weights for a SpikEmo of
+    ``config.model`` over the text features of that encoder (``features``, the config resolved to the fine-tune's
+    folder); None when the config fine-tunes no dialogue head or trains on other modalities too."""
+    finetune = config.features.text.finetune
+    if finetune is None or finetune.head != "dialogue" or list(config.features.modalities) != ["text"]:
+        return None
+    return load_file(Path(features.text.params["model"]) / HEAD_FILE)
 
 
 def finetune_text_encoder(config: SpikEmoConfig, manifest_path: Path) -> FinetuneResult:
