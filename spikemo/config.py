@@ -182,8 +182,8 @@ class ModelConfig(Section):
         description="Speaker normalisation within each dialogue, over the speaker's present utterances: centred "
         "also feeds each utterance's standardised features minus its speaker's mean (removes a voice's or face's "
         "own baseline); zscore feeds them minus that mean and divided by that speaker's standard deviation instead "
-        "(for sessions of one speaker's many clips; a speaker with one utterance gets zeros). true/false from older "
-        "configs mean centred/off.",
+        "(for sessions of one speaker's many clips; a speaker with fewer than speaker_min_utterances utterances is "
+        "standardised with the training population's statistics). true/false from older configs mean centred/off.",
     )
     speaker_evidence_rounds: int = Field(
         0,

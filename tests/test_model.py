@@ -13,7 +13,7 @@ from spikemo.losses import SpikEmoLoss
 from spikemo.model.batch import IGNORE_INDEX, DialogueBatch
 from spikemo.model.fusion import CrossAttention
 from spikemo.model.snn_stats import SpikeMonitor
-from spikemo.model.spikemo import SpikEmo, _speaker_means, _speaker_peers
+from spikemo.model.spikemo import SPEAKER_VARIANCE_FLOOR, SpikEmo, _speaker_means, _speaker_peers, speaker_relative
 from spikemo.model.neuron import MultiStepLIF, is_fused_lif
 from spikemo.model.spikformer import LinearNormLIF, Spikformer
 from spikemo.training.evaluation import autocast_for
@@ -126,6 +126,21 @@ def test_speaker_means_average_each_speakers_present_utterances_of_the_dialogue(
     torch.testing.assert_close(means, expected)
     so_far = _speaker_means(features, _speaker_peers(party, present, causal=True))
     torch.testing.assert_close(so_far, torch.tensor([[[1.0], [10.0], [2.0], [0.0]], [[5.0], [6.0], [0.0], [0.0]]]))
+
+
+def test_causal_speaker_zscores_use_each_turns_own_mean_and_end_equal_to_the_bidirectional_ones():
+    torch.manual_seed(0)
+    features = torch.randn(1, 6, 3, dtype=torch.float64)
+    party = torch.tensor([[0, 1, 0, 0, 1, 0]])
+    present = torch.ones(1, 6, dtype=torch.bool)
+    causal = speaker_relative(features, party, present, "zscore", causal=True, min_utterances=2)
+    both_ways = speaker_relative(features, party, present, "zscore")
+    torch.testing.assert_close(causal[0, 5], both_ways[0, 5])  # speaker 0's last turn has seen all of its turns
+    torch.testing.assert_close(causal[0, 4], both_ways[0, 4])  # so has speaker 1's
+    x0, x1 = features[0, 0], features[0, 2]  # speaker 0's first two turns: mean (x0 + x1) / 2, variance (x1 - x0)^2 / 4
+    expected = (x1 - (x0 + x1) / 2) / ((x1 - x0).square() / 4 + SPEAKER_VARIANCE_FLOOR).sqrt()
+    torch.testing.assert_close(causal[0, 2], expected)
+    torch.testing.assert_close(causal[0, 0], features[0, 0])  # one turn so far: the population's statistics
 
 
 @pytest.mark.parametrize("speaker_relative", ["centred", "zscore"])

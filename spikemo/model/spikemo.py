@@ -76,10 +76,12 @@ def speaker_relative(
     with ``min_utterances`` 1 a lone utterance is its own speaker's mean (zero after centring)."""
     peers = _speaker_peers(party, present, causal)
     enough = peers.sum(-1, keepdim=True) >= min_utterances  # [B, L, 1]
-    centred = features - _speaker_means(features, peers) * enough
+    means = _speaker_means(features, peers)
+    centred = features - means * enough
     if mode == "centred":
         return torch.cat([features, centred], -1)
-    variance = _speaker_means(centred.square(), peers) + SPEAKER_VARIANCE_FLOOR
+    # each utterance's own peers about its own mean: E[x^2] - E[x]^2 over the same peers
+    variance = (_speaker_means(features.square(), peers) - means.square()).clamp(min=0) + SPEAKER_VARIANCE_FLOOR
     return centred / torch.where(enough, variance.sqrt(), torch.ones_like(variance))
 
 
