@@ -186,6 +186,27 @@ def test_changed_clip_is_the_only_one_reencoded(media_dataset: tuple[Path, DataC
     assert np.array_equal(after.loc["0/1", "embedding"], before.loc["0/1", "embedding"])
 
 
+@pytest.mark.parametrize(("norm", "attention_mask"), [("group", False), ("group", True), ("layer", True)])
+def test_a_clips_hf_audio_vector_is_the_same_alone_and_in_any_batch(tmp_path: Path, norm: str, attention_mask: bool) -> None:
+    torch.manual_seed(0)
+    config = transformers.Wav2Vec2Config(
+        conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, feat_extract_norm=norm,
+        do_stable_layer_norm=norm == "layer",
+    )
+    transformers.Wav2Vec2Model(config).save_pretrained(tmp_path / "wav2vec2")
+    transformers.Wav2Vec2FeatureExtractor(return_attention_mask=attention_mask).save_pretrained(tmp_path / "wav2vec2")
+    features = FeaturesConfig(audio=EncoderConfig(name="hf-audio", params={"model": str(tmp_path / "wav2vec2")}), batch_size=4)
+    encoder = build_encoder("audio", features)
+    rng = np.random.default_rng(0)
+    clips = [rng.standard_normal(int(16000 * seconds)).astype(np.float32) for seconds in (1, 3, 2, 2, 1.37)]
+    batched = encoder.encode(clips).embeddings
+    for index, clip in enumerate(clips):
+        np.testing.assert_allclose(encoder.encode([clip]).embeddings[0], batched[index], rtol=1e-4, atol=1e-5)
+    padded_together = [len(chunk) for chunk in encoder._batches([len(clip) for clip in clips])]
+    assert padded_together == ([4, 1] if norm == "layer" else [1, 2, 1, 1])
+
+
 def test_hugging_face_encoders_with_tiny_local_models(demo_manifest: Path, tiny_models: dict[str, Path], tmp_path: Path) -> None:
     features = FeaturesConfig(
         text=TextEncoderConfig(name="hf-text", params={"model": str(tiny_models["bert"]), "pooling": "cls", "context_turns": 2, "speaker_names": True}),

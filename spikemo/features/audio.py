@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -226,8 +227,7 @@ class HFAudioEncoder(PretrainedModelFolder, AudioEncoder):
         limit = int(self.params.max_seconds * self.runtime.sample_rate)
         clips = [samples[:limit] for samples in inputs]
         out = np.zeros((len(clips), self.dim), dtype=np.float32)
-        longest_first = sorted(range(len(clips)), key=lambda i: len(clips[i]), reverse=True)
-        for chunk in batches(len(clips), self.runtime.batch_size, longest_first):
+        for chunk in self._batches([len(clip) for clip in clips]):
             lengths = torch.tensor([len(clips[i]) for i in chunk])
             features = extractor(
                 [clips[i] for i in chunk], sampling_rate=self.runtime.sample_rate, padding=True, return_tensors="pt"
@@ -235,7 +235,22 @@ class HFAudioEncoder(PretrainedModelFolder, AudioEncoder):
             with self.runtime.autocast():
                 hidden = model(**features, output_hidden_states=True).hidden_states[self.params.layer]
             frames = hidden.shape[1]
-            valid = torch.ceil(frames * lengths / lengths.max()).long().clamp(1, frames).to(hidden.device)
+            if hasattr(model, "_get_feat_extract_output_lengths"):  # wav2vec2, HuBERT, WavLM: the convolutions' own arithmetic
+                valid = model._get_feat_extract_output_lengths(lengths).long()
+            else:
+                valid = torch.ceil(frames * lengths / lengths.max()).long()
+            valid = valid.clamp(1, frames).to(hidden.device)
             mask = torch.arange(frames, device=hidden.device)[None, :] < valid[:, None]
             out[chunk] = masked_mean(hidden.float(), mask).cpu().numpy()
         return EncodedBatch(out)
+
+    def _batches(self, lengths: list[int]) -> list[list[int]]:
+        """Batches of clip positions, longest first. Padding must not change a clip's vector: clips of any lengths
+        share a batch only where the extractor returns an attention mask and the model normalises its convolutional
+        features per frame; otherwise (wav2vec2-base and HuBERT-base normalise over time, without a mask) only clips
+        of one length do."""
+        extractor, model = self._loaded
+        masks_padding = getattr(extractor, "return_attention_mask", False) and getattr(model.config, "feat_extract_norm", "layer") == "layer"
+        longest_first = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+        groups = [longest_first] if masks_padding else [list(g) for _, g in itertools.groupby(longest_first, key=lengths.__getitem__)]
+        return [chunk for group in groups for chunk in batches(len(group), self.runtime.batch_size, group)]
