@@ -47,13 +47,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from spikemo.config import SpikEmoConfig, load_config, with_overrides
+from spikemo.config import ModelConfig, SpikEmoConfig, load_config, with_overrides
 from spikemo.data.demo import DemoCorpusSettings, make_demo_corpus
 from spikemo.data.ingest import ingest
 from spikemo.data.schema import read_manifest
 from spikemo.features.extract import load_features, preprocess
 from spikemo.features.finetune import finetune_text_encoder, finetuned_text_config
-from spikemo.model.spikemo import speaker_zscores
 from spikemo.training import build_dialogue_data, train_on_dialogue_data
 from spikemo.training.baseline import fit_linear_probe
 from spikemo.training.metrics import bootstrap_weights, interval, weighted_scores
@@ -90,6 +89,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 PROBE = "linear_probe"
 SPEAKER_PROBE = "linear_probe_speaker_zscore"  # the probe on inputs z-scored over each speaker in each dialogue
 PROBES = (PROBE, SPEAKER_PROBE)
+SPEAKER_ZSCORES = ModelConfig(speaker_relative_inputs="zscore", speaker_min_utterances=1)  # what the speaker probe reads
 
 
 @dataclass
@@ -192,26 +192,6 @@ def _prepared(config: SpikEmoConfig) -> tuple[pd.DataFrame, list[str], dict[str,
     return manifest, metadata["labels"], features
 
 
-def _speaker_zscored(manifest: pd.DataFrame, features: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """Each modality's usable embeddings as ``model.speaker_relative_inputs: zscore`` sees them: standardised with
-    the train split's statistics, then z-scored over the same speaker's utterances in the same dialogue."""
-    speakers = manifest.set_index("utterance_key")[["dialogue_id", "speaker", "split"]]
-    normalised = {}
-    for modality, table in features.items():
-        usable = table[table["status"] == "ok"].join(speakers, on="utterance_key")
-        values = np.stack(usable["embedding"].to_numpy()).astype(np.float64)
-        train = values[usable["split"].to_numpy() == "train"]
-        values = (values - train.mean(0)) / np.where(train.std(0) > 1e-6, train.std(0), 1.0)
-        zscores = np.empty_like(values, dtype=np.float32)
-        for rows in usable.groupby("dialogue_id").indices.values():
-            party = torch.from_numpy(pd.factorize(usable["speaker"].to_numpy()[rows])[0])[None]
-            dialogue = torch.from_numpy(values[rows])[None]
-            zscores[rows] = speaker_zscores(dialogue, party, torch.ones_like(party, dtype=torch.bool))[0].numpy()
-        normalised[modality] = table.copy()
-        normalised[modality].loc[usable.index, "embedding"] = pd.Series(list(zscores), index=usable.index)
-    return normalised
-
-
 @dataclass
 class ReportedPredictions:
     """What each run predicted on a fold's reported split, kept for the bootstrap of the summary."""
@@ -233,9 +213,7 @@ def run_fold(dataset: str, fold: Fold, variants: list[str], predictions: dict[tu
     reported = predictions.setdefault((dataset, fold.name), ReportedPredictions(test.labels[labelled], units, len(fold.labels), {}))
     for probe_variant in (v for v in PROBES if v in variants and seed == 0):  # deterministic: one fit per fold
         started = time.perf_counter()
-        features = fold.features if probe_variant == PROBE else _speaker_zscored(fold.manifest, fold.features)
-        probe_data = data if probe_variant == PROBE else build_dialogue_data(fold.manifest, features, len(fold.labels))
-        probe = fit_linear_probe(probe_data, fold.labels, seed=seed)
+        probe = fit_linear_probe(data, fold.labels, seed=seed, model=SPEAKER_ZSCORES if probe_variant == SPEAKER_PROBE else None)
         reported.by_run[(probe_variant, seed)] = probe.test_predictions
         records.append(
             _record(dataset, fold.name, probe_variant, seed, probe.test_metrics, probe.dev_metrics, time.perf_counter() - started, C=probe.C)

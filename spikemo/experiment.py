@@ -110,7 +110,7 @@ def train_and_log(config: SpikEmoConfig, data: PreparedData) -> TrainedRun:
             result.history, metrics, data.labels, result.firing_rates, result.energy, result.spike_statistics_split, final
         )
         mlflow.log_metric("best_epoch", result.best_epoch, step=result.best_epoch)
-        probe = fit_linear_probe(dialogue_data, data.labels, seed=config.train.seed)
+        probe = fit_linear_probe(dialogue_data, data.labels, seed=config.train.seed, model=config.model)
         baseline = {"dev": probe.dev_metrics, **({"test": probe.test_metrics} if probe.test_metrics else {})}
         intervals = _test_intervals(config, dialogue_data, result.test_predictions, probe.test_predictions, len(data.labels))
         comparison = tracking.log_baseline(probe.C, baseline, metrics, final, intervals)

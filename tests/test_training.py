@@ -22,7 +22,8 @@ from spikemo.training import loop
 from spikemo.training.checkpoint import SelectionState, load_model_checkpoint
 from spikemo.training.cross_fit import out_of_fold_logits
 from spikemo.training.data import LengthBucketBatchSampler
-from spikemo.training.baseline import C_GRID, fit_linear_probe
+from spikemo.model.spikemo import speaker_relative
+from spikemo.training.baseline import C_GRID, as_model_reads, fit_linear_probe
 from spikemo.training.metrics import classification_metrics, firing_rates_by_group
 from spikemo.training.schedule import LearningRateSchedule
 
@@ -430,3 +431,36 @@ def test_linear_probe_handles_an_absent_modality(corpus):
     audio.loc[audio.index[::3], ["status", "embedding"]] = ["missing_media", None]
     probe = fit_linear_probe(build_dialogue_data(manifest, {**features, "audio": audio}, len(LABELS)), LABELS)
     assert probe.test_metrics["num_utterances"] == (manifest["split"] == "test").sum()
+
+
+def test_the_probe_reads_speaker_relative_inputs_as_the_model_does():
+    """Sessions of one speaker each, whose large offset hides the label in the raw features; relative to the
+    speaker the two classes separate. The probe given the model's settings reads them as the model does."""
+    rng = np.random.default_rng(0)
+    rows, vectors = [], []
+    for split, sessions in {"train": 20, "dev": 6, "test": 6}.items():
+        for session in range(sessions):
+            offset = rng.normal(scale=10.0, size=4)
+            for turn in range(12):
+                label = turn % 2
+                key = f"toy/{split}/{session}/{turn}"
+                rows.append({"utterance_key": key, "split": split, "dialogue_id": str(session), "turn": turn, "party": 0,
+                             "label": LABELS[label], "label_id": label})
+                vector = offset + (1.0 if label else -1.0) + rng.normal(scale=0.5, size=4)
+                vectors.append({"utterance_key": key, "status": "ok", "reason": None, "embedding": vector.astype(np.float32)})
+    data = build_dialogue_data(pd.DataFrame(rows), {"audio": pd.DataFrame(vectors)}, len(LABELS))
+    model = ModelConfig(speaker_relative_inputs="zscore")
+
+    read = as_model_reads(data, model).splits["dev"]
+    dev = data.splits["dev"]
+    mean, std = data.splits["train"].feature_statistics()["audio"]
+    for index in range(len(dev)):
+        dialogue = collate_dialogues([dev[index]])
+        expected = speaker_relative((dialogue.features["audio"] - mean) / std, dialogue.party, dialogue.utterance_mask, "zscore",
+                                    min_utterances=model.speaker_min_utterances)[0]
+        rows_of = slice(dev.dialogue_offsets[index], dev.dialogue_offsets[index + 1])
+        np.testing.assert_allclose(read.features["audio"][rows_of], expected.numpy(), rtol=1e-5, atol=1e-5)
+
+    raw, like_for_like = fit_linear_probe(data, LABELS), fit_linear_probe(data, LABELS, model=model)
+    assert like_for_like.test_metrics["accuracy"] > 95.0 > raw.test_metrics["accuracy"] + 20.0
+    assert fit_linear_probe(data, LABELS, model=ModelConfig()).test_metrics == raw.test_metrics  # no speaker normalisation

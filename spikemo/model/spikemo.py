@@ -85,11 +85,6 @@ def speaker_relative(
     return centred / torch.where(enough, variance.sqrt(), torch.ones_like(variance))
 
 
-def speaker_zscores(features: torch.Tensor, party: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-    """``features`` [B, L, D] as ``model.speaker_relative_inputs: zscore`` feeds them (bidirectional, no fallback)."""
-    return speaker_relative(features, party, present, "zscore")
-
-
 class SpikEmo(nn.Module):
     def __init__(self, config: ModelConfig, input_dims: dict[str, int], num_classes: int):
         super().__init__()

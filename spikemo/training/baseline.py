@@ -1,6 +1,8 @@
 """The linear probe every training run is compared with: logistic regression on the same cached features.
 
-Each modality is standardised with statistics of the training split's utterances that have it; an absent
+The probe sees what the model sees (``as_model_reads``): with ``model.speaker_relative_inputs`` each modality is
+first standardised with the training split's statistics and made relative to each speaker in each dialogue, by
+the model's own function. Each modality is then standardised with statistics of the training split's utterances that have it; an absent
 modality contributes zeros (its training mean) and a presence indicator. The modalities are concatenated
 and one multinomial logistic regression per inverse regularisation strength ``C`` is fitted on train; the
 ``C`` with the best dev weighted-F1 is kept (dev selects, exactly as it selects SpikEmo's epoch) and scored
@@ -14,10 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from spikemo.config import ModelConfig
+from spikemo.model.spikemo import speaker_relative
 from spikemo.training.data import DialogueData, DialogueDataset
 from spikemo.training.metrics import classification_metrics
 
@@ -36,8 +41,37 @@ class LinearProbeResult:
     probabilities: dict[str, np.ndarray] = field(default_factory=dict)  # split -> (labelled utterances, labels), storage order
 
 
-def fit_linear_probe(data: DialogueData, label_names: list[str], seed: int = 0) -> LinearProbeResult:
-    """Fit on train for every ``C`` in ``C_GRID`` (warm-started from the previous one), select on dev, test once."""
+def as_model_reads(data: DialogueData, model: ModelConfig) -> DialogueData:
+    """``data`` with each modality's features as ``model`` reads them before its first layer: with speaker-relative
+    inputs, standardised with the training split's statistics, then relative to each speaker's utterances in each
+    dialogue (``speaker_relative``, with the model's mode, causality and fallback); unchanged otherwise."""
+    if model.speaker_relative_inputs == "off":
+        return data
+    statistics = data.splits["train"].feature_statistics()
+    splits = {}
+    for split, dataset in data.splits.items():
+        party, masks, bounds = torch.from_numpy(dataset.party), dataset.modality_mask, dataset.dialogue_offsets
+        features = {}
+        for modality, matrix in dataset.features.items():
+            mean, std = statistics[modality]
+            standardised = (torch.from_numpy(matrix) - mean) / torch.where(std > 1e-6, std, torch.ones_like(std))
+            present = torch.from_numpy(masks[modality])
+            features[modality] = torch.cat([
+                speaker_relative(
+                    standardised[None, begin:end], party[None, begin:end], present[None, begin:end],
+                    model.speaker_relative_inputs, model.causal, model.speaker_min_utterances,
+                )[0]
+                for begin, end in zip(bounds[:-1], bounds[1:])
+            ]).numpy()
+        splits[split] = dataset.with_features(features)
+    return DialogueData(splits, {modality: matrix.shape[1] for modality, matrix in splits["train"].features.items()})
+
+
+def fit_linear_probe(data: DialogueData, label_names: list[str], seed: int = 0, model: ModelConfig | None = None) -> LinearProbeResult:
+    """Fit on train for every ``C`` in ``C_GRID`` (warm-started from the previous one), select on dev, test once;
+    on the inputs as ``model`` reads them when given."""
+    if model is not None:
+        data = as_model_reads(data, model)
     scalers = _fit_scalers(data.splits["train"])
     train_x, train_y = _labelled_inputs(data.splits["train"], scalers)
     dev_x, dev_y = _labelled_inputs(data.splits["dev"], scalers)

@@ -124,6 +124,15 @@ class DialogueDataset(Dataset[Dialogue]):
             labels=self.labels[flat],
         )
 
+    @property
+    def party(self) -> np.ndarray:
+        """Speaker index within its dialogue of every utterance, in storage order."""
+        return self._party.numpy()
+
+    def with_features(self, features: dict[str, np.ndarray]) -> DialogueDataset:
+        """The same dialogues with other feature matrices (one row per utterance, storage order)."""
+        return DialogueDataset(self.split, self.utterance_keys, self.dialogue_offsets, features, self.modality_mask, self.party, self.labels)
+
     def labelled_rows(self, dialogue_indices: Sequence[int]) -> np.ndarray:
         """Storage rows of the labelled utterances of these dialogues, in the order a batch of them yields."""
         flat = self._rows(dialogue_indices)
