@@ -186,6 +186,16 @@ def test_changed_clip_is_the_only_one_reencoded(media_dataset: tuple[Path, DataC
     assert np.array_equal(after.loc["0/1", "embedding"], before.loc["0/1", "embedding"])
 
 
+def test_compare_functionals_come_from_the_same_samples_as_egemaps_and_key_their_own_cache(demo_manifest: Path, tmp_path: Path) -> None:
+    compare = FeaturesConfig(modalities=["audio"], audio=EncoderConfig(name="compare"))
+    extracted = extract_modality(demo_manifest, "audio", compare, tmp_path / "cache")
+    assert (extracted.encoder, extracted.dim, extracted.encoded, extracted.failed) == ("compare", 6373, 5, 2)
+    egemaps = extract_modality(demo_manifest, "audio", FeaturesConfig(modalities=["audio"]), tmp_path / "cache")
+    assert egemaps.fingerprint != extracted.fingerprint and egemaps.encoded == 5  # nothing reused across feature sets
+    rows = by_key(load_features(demo_manifest, "audio", compare, tmp_path / "cache"))
+    assert np.isfinite(rows.loc["0/0", "embedding"]).all() and rows.loc["0/0", "embedding"].std() > 0
+
+
 @pytest.mark.parametrize(("norm", "attention_mask"), [("group", False), ("group", True), ("layer", True)])
 def test_a_clips_hf_audio_vector_is_the_same_alone_and_in_any_batch(tmp_path: Path, norm: str, attention_mask: bool) -> None:
     torch.manual_seed(0)

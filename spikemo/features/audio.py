@@ -34,17 +34,19 @@ class EgemapsEncoder(AudioEncoder):
     """openSMILE eGeMAPSv02 functionals (88 values), computed from decoded samples."""
 
     name = "egemaps"
+    feature_set = opensmile.FeatureSet.eGeMAPSv02
 
     @functools.cached_property
     def _smile(self) -> opensmile.Smile:
-        return opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02, feature_level=opensmile.FeatureLevel.Functionals)
+        return opensmile.Smile(feature_set=self.feature_set, feature_level=opensmile.FeatureLevel.Functionals)
 
     @property
     def dim(self) -> int:
         return len(self._smile.feature_names)
 
     def weight_files(self) -> dict[str, Path]:
-        return {"eGeMAPSv02.conf": Path(self._smile.config_path)}
+        config = Path(self._smile.config_path)
+        return {config.name: config}
 
     def library_versions(self) -> dict[str, str]:
         return {"opensmile": opensmile.__version__}
@@ -52,6 +54,14 @@ class EgemapsEncoder(AudioEncoder):
     def encode(self, inputs: Sequence[np.ndarray]) -> EncodedBatch:
         rate = self.runtime.sample_rate
         return per_item(inputs, self.dim, lambda samples: self._smile.process_signal(samples, rate).to_numpy()[0])
+
+
+@register_encoder
+class CompareEncoder(EgemapsEncoder):
+    """openSMILE ComParE_2016 functionals (6,373 values: the large set of the classic SVM results)."""
+
+    name = "compare"
+    feature_set = opensmile.FeatureSet.ComParE_2016
 
 
 class LogMelParams(EncoderParams):
