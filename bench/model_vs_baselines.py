@@ -7,9 +7,11 @@ Datasets (each trained with its shipped config's model and training sections):
   MELD's dev split is reported: the shared copy holds no test split. ``--meld-stacking half`` trains on a fixed
   half of the training dialogues; ``held_out`` trains on that half with features of an encoder fine-tuned on
   the other half only, so that no training utterance's features come from an encoder that saw its label.
-- ``emodb``: EmoDB speech, eGeMAPS features, speaker-independent. Each speaker's clips form one session
-  (a "dialogue" of that speaker's utterances); fold k reports on speaker k, selects on speaker k+1 and
-  trains on the other six; every one of the 8 folds runs every seed.
+- ``emodb``: EmoDB speech, speaker-independent, the audio encoder of configs/emodb.yaml or ``--emodb-audio``
+  (``compare``, ``whisper``, ``whisper:{"window": "clip"}``: a name and optional JSON parameters). Each
+  speaker's clips form one session (a "dialogue" of that speaker's utterances); fold k reports on speaker k,
+  selects on speaker k+1 and trains on the other six; every one of the 8 folds runs every seed. The summary
+  holds the encoder's extraction seconds per clip when this invocation encoded the clips.
 - ``demo``: a generated corpus (default 400 dialogues, ~3,400 clips: 322 dev utterances select, 671 test
   utterances are reported, a standard error of about 1.7 points; 200 dialogues leave 179 and 309), all three
   modalities, its own train/dev/test.
@@ -22,8 +24,9 @@ where the config leaves them off), ``no_speaker_evidence`` (likewise its speaker
 ``paper`` (the paper-faithful model: Heaviside input encoding, softmax gate over utterances, no
 speaker/position embeddings, DialogueRNN output replacing its input, no speaker evidence, tau 10, loss weights
 0.4/1/0.3, Adam with L2; same sizes and schedule so the comparison isolates the design) and ``linear_probe``
-(the probe every training run fits); ``linear_probe_speaker_zscore`` is that probe on inputs z-scored over each
-speaker's utterances in each dialogue, as ``model.speaker_relative_inputs: zscore`` sees them. Each line printed
+(the probe every training run fits, on the inputs as the variant's model reads them); ``linear_probe_speaker_zscore``
+is that probe on inputs z-scored over each speaker's utterances in each dialogue whatever the config, and
+``linear_svm_speaker_zscore`` a linear SVM on those inputs (C selected likewise). Each line printed
 is one run; the last line is the summary: per dataset and variant the mean ± std of the reported split's
 weighted-F1 (and accuracy, and the selection split's mean), the differences of ``ours`` from the other variants
 and probes, and 95% intervals of those seed means and differences from resampling the reported split's
@@ -88,7 +91,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 PROBE = "linear_probe"
 SPEAKER_PROBE = "linear_probe_speaker_zscore"  # the probe on inputs z-scored over each speaker in each dialogue
-PROBES = (PROBE, SPEAKER_PROBE)
+SVM_PROBE = "linear_svm_speaker_zscore"
+PROBES = (PROBE, SPEAKER_PROBE, SVM_PROBE)
 SPEAKER_ZSCORES = ModelConfig(speaker_relative_inputs="zscore", speaker_min_utterances=1)  # what the speaker probe reads
 
 
@@ -144,10 +148,14 @@ def emodb_folds(args: argparse.Namespace) -> Iterator[Fold]:
     table = table.assign(label=table["emotion"])
     table[["dialogue_id", "utterance_index", "speaker", "text", "label", "split", "media_path"]].to_csv(sessions, index=False)
     labels = sorted(table["emotion"].unique())
+    audio = {}
+    if args.emodb_audio:
+        name, _, params = args.emodb_audio.partition(":")
+        audio = {"features.audio": {"name": name, "params": json.loads(params or "{}")}}
     config = _config(
         "emodb.yaml",
         args,
-        {"data.format": "manifest", "data.manifest": str(sessions), "data.root": str(args.emodb_root), "data.labels": labels},
+        {"data.format": "manifest", "data.manifest": str(sessions), "data.root": str(args.emodb_root), "data.labels": labels, **audio},
     )
     manifest, labels, features = _prepared(config)
     speakers = sorted(manifest["speaker"].unique())
@@ -185,8 +193,16 @@ def _config(name: str, args: argparse.Namespace, overrides: dict[str, Any]) -> S
     return load_config(REPO / "configs" / name, {"cache": str(args.cache), **overrides, **extra})
 
 
+EXTRACTION: dict[str, Any] = {}  # per modality: the encoder and its seconds per clip, where this invocation encoded
+
+
 def _prepared(config: SpikEmoConfig) -> tuple[pd.DataFrame, list[str], dict[str, pd.DataFrame]]:
-    manifest_path = Path(preprocess(config)["manifest"])
+    summary = preprocess(config)
+    for modality, extracted in summary["modalities"].items():
+        if extracted["encoded"]:
+            EXTRACTION[modality] = {"encoder": extracted["encoder"], "clips": extracted["encoded"],
+                                    "seconds_per_item": round(extracted["seconds"] / extracted["encoded"], 4)}
+    manifest_path = Path(summary["manifest"])
     manifest, metadata = read_manifest(manifest_path)
     features = {m: load_features(manifest, m, config.features, config.cache) for m in config.features.modalities}
     return manifest, metadata["labels"], features
@@ -213,7 +229,8 @@ def run_fold(dataset: str, fold: Fold, variants: list[str], predictions: dict[tu
     reported = predictions.setdefault((dataset, fold.name), ReportedPredictions(test.labels[labelled], units, len(fold.labels), {}))
     for probe_variant in (v for v in PROBES if v in variants and seed == 0):  # deterministic: one fit per fold
         started = time.perf_counter()
-        probe = fit_linear_probe(data, fold.labels, seed=seed, model=SPEAKER_ZSCORES if probe_variant == SPEAKER_PROBE else None)
+        model = fold.config.model if probe_variant == PROBE else SPEAKER_ZSCORES
+        probe = fit_linear_probe(data, fold.labels, seed=seed, model=model, kind="svm" if probe_variant == SVM_PROBE else "logistic")
         reported.by_run[(probe_variant, seed)] = probe.test_predictions
         records.append(
             _record(dataset, fold.name, probe_variant, seed, probe.test_metrics, probe.dev_metrics, time.perf_counter() - started, C=probe.C)
@@ -310,6 +327,7 @@ def main() -> None:
         "--emodb-session-length", type=int, default=0, help="EmoDB clips per speaker session (0: all of a speaker's clips)"
     )
     parser.add_argument("--emodb-root", type=Path, default=SHARED_DATA / "emodb")
+    parser.add_argument("--emodb-audio", help="EmoDB's audio encoder instead of configs/emodb.yaml's: NAME or NAME:JSON-PARAMS")
     parser.add_argument("--cache", type=Path, default=REPO / "feature_cache")
     parser.add_argument("--work", type=Path, default=REPO / ".spikemo" / "bench", help="generated corpora and session lists")
     parser.add_argument("--threads", type=int, default=2)
@@ -326,7 +344,7 @@ def main() -> None:
         for fold in DATASETS[dataset](args):
             records.extend(run_fold(dataset, fold, variants, predictions))
     summary = summarise(records, predictions, args.bootstrap_draws)
-    print(json.dumps({"benchmark": "model_vs_baselines", "seeds": args.seeds, "summary": summary}))
+    print(json.dumps({"benchmark": "model_vs_baselines", "seeds": args.seeds, "extraction": EXTRACTION, "summary": summary}))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
 
 from spikemo.config import ModelConfig
 from spikemo.model.spikemo import speaker_relative
@@ -67,15 +68,21 @@ def as_model_reads(data: DialogueData, model: ModelConfig) -> DialogueData:
     return DialogueData(splits, {modality: matrix.shape[1] for modality, matrix in splits["train"].features.items()})
 
 
-def fit_linear_probe(data: DialogueData, label_names: list[str], seed: int = 0, model: ModelConfig | None = None) -> LinearProbeResult:
+def fit_linear_probe(
+    data: DialogueData, label_names: list[str], seed: int = 0, model: ModelConfig | None = None, kind: str = "logistic"
+) -> LinearProbeResult:
     """Fit on train for every ``C`` in ``C_GRID`` (warm-started from the previous one), select on dev, test once;
-    on the inputs as ``model`` reads them when given."""
+    on the inputs as ``model`` reads them when given. ``kind``: ``logistic`` regression or a linear ``svm``
+    (one-vs-rest, squared hinge; no class probabilities)."""
     if model is not None:
         data = as_model_reads(data, model)
     scalers = _fit_scalers(data.splits["train"])
     train_x, train_y = _labelled_inputs(data.splits["train"], scalers)
     dev_x, dev_y = _labelled_inputs(data.splits["dev"], scalers)
-    classifier = LogisticRegression(max_iter=MAX_ITERATIONS, warm_start=True, random_state=seed)
+    if kind == "svm":
+        classifier: LogisticRegression | LinearSVC = LinearSVC(max_iter=MAX_ITERATIONS * 4, random_state=seed)
+    else:
+        classifier = LogisticRegression(max_iter=MAX_ITERATIONS, warm_start=True, random_state=seed)
     best: tuple[float, float, np.ndarray] | None = None
     scores: dict[float, float] = {}
     for C in C_GRID:
@@ -90,14 +97,16 @@ def fit_linear_probe(data: DialogueData, label_names: list[str], seed: int = 0, 
     classifier.coef_, classifier.intercept_ = parameters
     dev_metrics = classification_metrics(dev_y, classifier.predict(dev_x), label_names)
     train_metrics = classification_metrics(train_y, classifier.predict(train_x), label_names)
-    probabilities = {"dev": _probabilities(classifier, dev_x, len(label_names))}
+    has_probabilities = hasattr(classifier, "predict_proba")
+    probabilities = {"dev": _probabilities(classifier, dev_x, len(label_names))} if has_probabilities else {}
     test_metrics = test_predictions = None
     test_set = data.splits.get("test")
     if test_set is not None and (test_set.labels >= 0).any():
         test_x, test_y = _labelled_inputs(test_set, scalers)
         test_predictions = classifier.predict(test_x)
         test_metrics = classification_metrics(test_y, test_predictions, label_names)
-        probabilities["test"] = _probabilities(classifier, test_x, len(label_names))
+        if has_probabilities:
+            probabilities["test"] = _probabilities(classifier, test_x, len(label_names))
     return LinearProbeResult(C, dev_metrics, test_metrics, scores, test_predictions, train_metrics, probabilities)
 
 
@@ -108,7 +117,7 @@ def _probabilities(classifier: LogisticRegression, inputs: np.ndarray, num_class
     return placed
 
 
-def _parameters(classifier: LogisticRegression) -> tuple[np.ndarray, np.ndarray]:
+def _parameters(classifier: LogisticRegression | LinearSVC) -> tuple[np.ndarray, np.ndarray]:
     return classifier.coef_.copy(), classifier.intercept_.copy()
 
 
