@@ -207,10 +207,14 @@ def _predict_incremental(args: argparse.Namespace, predictor: Any) -> dict[str, 
     scorer = IncrementalScorer(predictor, args.media_root or (None if from_stdin else args.input.parent))
     source = sys.stdin if from_stdin else _open_input(args.input)
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
-    milliseconds = []
+    milliseconds, failed = [], 0
     try:
         for answer in scorer.score_lines(source):
-            milliseconds.append(answer["milliseconds"])
+            if "error" in answer:
+                failed += 1
+                print(json.dumps(answer), file=sys.stderr, flush=True)
+            else:
+                milliseconds.append(answer["milliseconds"])
             out.write(json.dumps(answer) + "\n")
             out.flush()
     finally:
@@ -220,7 +224,7 @@ def _predict_incremental(args: argparse.Namespace, predictor: Any) -> dict[str, 
             source.close()
     quantiles = np.percentile(milliseconds, [50, 95]).round(2).tolist() if milliseconds else [None, None]
     return {"command": "predict", "incremental": True, "model": args.model, "causal": scorer.causal, "requests": len(milliseconds),
-            "p50_ms": quantiles[0], "p95_ms": quantiles[1]}
+            "failed_requests": failed, "p50_ms": quantiles[0], "p95_ms": quantiles[1]}
 
 
 def _open_input(path: Path) -> Any:

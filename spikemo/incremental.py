@@ -15,7 +15,8 @@ Request (JSON; ``spikemo predict --incremental``, one request per line)::
                {"speaker": "Bob", "text": "What now?", "media_path": "clips/17-2.mp4", "media_start": 3.5, "media_end": 6.0}]}
 
 ``turns`` are in order (their position is the utterance index); ``newest`` (default 1) is how many of the
-last turns to answer; media paths are relative to the scorer's media root. Response::
+last turns to answer; media paths are relative to the scorer's media root. A line that is not a valid request
+is answered with ``{"line": n, "error": "..."}`` and the next one is read. Response::
 
     {"dialogue_id": "call-17", "causal": true, "encoded": 1, "reused": 1, "milliseconds": 12.4,
      "turns": [{"utterance_index": 1, "speaker": "Bob", "label": "anger", "final": true,
@@ -85,18 +86,20 @@ class IncrementalScorer:
         return {"dialogue_id": str(request["dialogue_id"]), "causal": self.causal, **counts, "milliseconds": milliseconds, "turns": turns}
 
     def score_lines(self, lines: Iterable[str]) -> Iterator[dict[str, Any]]:
-        """One answer per non-empty JSON line; a line that is not a valid request is a DataError naming it."""
+        """One answer per non-empty JSON line; a line that is not a valid request is answered with
+        ``{"line": n, "error": "..."}`` and the stream goes on."""
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
                 request = json.loads(line)
             except json.JSONDecodeError as error:
-                raise DataError(f"request line {number}: not JSON ({error.msg}); send one JSON object per line") from None
+                yield {"line": number, "error": f"not JSON ({error.msg}); send one JSON object per line"}
+                continue
             try:
                 yield self.score(request)
             except DataError as error:
-                raise DataError(f"request line {number}: {error}") from None
+                yield {"line": number, "error": str(error)}
 
     def _features(self, modality: str, encoder: Any, manifest: pd.DataFrame, counts: dict[str, int]) -> pd.DataFrame:
         """The feature table ``load_features`` would give, from the memo or encoded now."""
@@ -105,17 +108,19 @@ class IncrementalScorer:
             keys: list[Any] = [item.fingerprint if item.text.strip() else None for item in sources]
         else:
             sources, keys = self._media_sources(manifest)
-        todo = [position for position, key in enumerate(keys) if key is not None and (modality, key) not in self.memo]
+        known = {}  # this request's encodings, held here: storing new ones may evict the memo's oldest
+        for key in keys:
+            if key is not None and (modality, key) in self.memo:
+                self.memo.move_to_end((modality, key))
+                known[key] = self.memo[(modality, key)]
+        todo = [position for position, key in enumerate(keys) if key is not None and key not in known]
         if todo:
-            self._encode(modality, encoder, [sources[position] for position in todo], [keys[position] for position in todo])
+            known.update(self._encode(modality, encoder, [sources[position] for position in todo], [keys[position] for position in todo]))
         counts["encoded"] += len(todo)
         counts["reused"] += sum(key is not None for key in keys) - len(todo)
         status, reason, embedding = [], [], []
         for key in keys:
-            value = None
-            if key is not None:
-                value = self.memo[(modality, key)]
-                self.memo.move_to_end((modality, key))
+            value = None if key is None else known[key]
             ok = isinstance(value, np.ndarray)
             status.append(OK if ok else FAILED if value is not None else MISSING_MEDIA)
             reason.append(None if ok else value or "no input for this modality")
@@ -137,24 +142,25 @@ class IncrementalScorer:
             keys.append((str(full), stat.st_size, stat.st_mtime_ns, start, end))
         return sources, keys
 
-    def _encode(self, modality: str, encoder: Any, sources: list[Any], keys: list[Any]) -> None:
-        """Decode and encode as extraction does: a failure masks that modality for the turn."""
+    def _encode(self, modality: str, encoder: Any, sources: list[Any], keys: list[Any]) -> dict[Any, np.ndarray | str]:
+        """Decode and encode as extraction does (a failure masks that modality for the turn); each key's outcome,
+        also remembered."""
         decode = input_decoder(encoder, self.predictor.spec.features)
-        inputs, ready = [], []
+        inputs, ready, outcomes = [], [], {}
         for source, key in zip(sources, keys):
             value, failure = decode_input(decode, source)
             if failure is None:
                 inputs.append(value)
                 ready.append(key)
             else:
-                self._remember(modality, key, failure)
+                outcomes[key] = failure
         for key, outcome in zip(ready, encode_decoded(encoder, inputs)):
-            self._remember(modality, key, outcome if isinstance(outcome, str) else outcome.copy())
-
-    def _remember(self, modality: str, key: Any, value: np.ndarray | str) -> None:
-        self.memo[(modality, key)] = value
+            outcomes[key] = outcome if isinstance(outcome, str) else outcome.copy()
+        for key, outcome in outcomes.items():
+            self.memo[(modality, key)] = outcome
         while len(self.memo) > self.memo_size:
             self.memo.popitem(last=False)
+        return outcomes
 
 
 def _request_manifest(request: Any) -> tuple[pd.DataFrame, int]:

@@ -69,12 +69,28 @@ def test_cli_answers_request_lines_and_names_a_bad_one(causal_model, tmp_path, c
     assert [a["turns"][0]["utterance_index"] for a in answers] == list(range(len(dialogue)))
     assert summary["requests"] == len(dialogue) and summary["causal"] and summary["p95_ms"] >= summary["p50_ms"] > 0
 
-    requests.write_text(json.dumps(_request(dialogue)) + '\n{"dialogue_id": "x", "turns": []}\n')
-    assert main([*common, "--input", str(requests)]) == 3
+    good = json.dumps(_request(dialogue))
+    requests.write_text(f'{good}\n{{"dialogue_id": "x", "turns": []}}\nnot json\n{good}\n')
+    assert main([*common, "--input", str(requests)]) == 0
     captured = capsys.readouterr()
-    assert len(captured.out.strip().splitlines()) == 1  # the good request was answered before the bad one
-    error = captured.err.strip().splitlines()
-    assert len(error) == 1 and "request line 2" in error[0]
+    answers = [json.loads(line) for line in captured.out.strip().splitlines()]
+    assert [answer.get("line") for answer in answers[:4]] == [None, 2, 3, None]  # every good request answered, in order
+    assert answers[0]["turns"] == answers[3]["turns"] and "turns" in answers[1]["error"] and "not JSON" in answers[2]["error"]
+    assert answers[-1]["requests"] == 2 and answers[-1]["failed_requests"] == 2
+    assert [json.loads(line) for line in captured.err.strip().splitlines()] == answers[1:3]
+
+
+def test_a_memo_smaller_than_one_conversation_still_answers_every_turn(causal_model):
+    _, predictor, dev = causal_model
+    dialogue = max((turns for _, turns in dev.groupby("dialogue_id")), key=len).sort_values("utterance_index")
+    roomy, tight = IncrementalScorer(predictor), IncrementalScorer(predictor, memo_size=2)
+    for k in range(len(dialogue)):
+        request = _request(dialogue.iloc[: k + 1], newest=k + 1)
+        tight_turns, roomy_turns = tight.score(request)["turns"], roomy.score(request)["turns"]
+        assert [turn["label"] for turn in tight_turns] == [turn["label"] for turn in roomy_turns]
+        for ours, reference in zip(tight_turns, roomy_turns):  # re-encoded texts are batched differently: float noise only
+            np.testing.assert_allclose(list(ours["probabilities"].values()), list(reference["probabilities"].values()), atol=1e-4)
+    assert len(tight.memo) == 2
 
 
 def test_pyfunc_newest_turns_match_the_full_prediction(causal_model):
