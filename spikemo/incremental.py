@@ -4,7 +4,8 @@ A request holds one conversation so far; the answer holds the label and class pr
 turn(s). The scorer keeps the encoders loaded and remembers every turn's encoding (keyed by exactly what the
 encoder read: the text with its context window, or the media file's size, modification time and segment),
 so each request encodes only the turns it has not seen; the SpikEmo pass over the dialogue is recomputed
-(milliseconds). With a ``model.causal`` model a turn's answer is final: later turns never change it. A
+(milliseconds). A scorer answers one request at a time (a lock): its memo, encoders (tokenizer, MediaPipe graphs)
+and model are shared by every thread that calls it. With a ``model.causal`` model a turn's answer is final: later turns never change it. A
 bidirectional model reads later turns too, so an earlier turn's label may still change; every answer says
 which (``causal``, and ``final`` per turn).
 
@@ -26,6 +27,7 @@ is answered with ``{"line": n, "error": "..."}`` and the next one is read. Respo
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -55,6 +57,7 @@ class IncrementalScorer:
         self.encoders = {modality: build_encoder(modality, predictor.spec.features) for modality in predictor.spec.modalities}
         self.memo: OrderedDict[tuple[str, Any], np.ndarray | str] = OrderedDict()  # vector, or the reason it failed
         self.memo_size = memo_size
+        self.lock = threading.Lock()
 
     def forget(self) -> None:
         """Drop every remembered encoding (the next request encodes all its turns)."""
@@ -65,6 +68,10 @@ class IncrementalScorer:
         return self.predictor.spec.model.causal
 
     def score(self, request: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            return self._score(request)
+
+    def _score(self, request: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         manifest, newest = _request_manifest(request)
         counts = {"encoded": 0, "reused": 0}

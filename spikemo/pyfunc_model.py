@@ -6,12 +6,15 @@ model records; media paths resolve against the ``media_root`` parameter. Output:
 with the predicted ``label`` and ``prob_<label>`` for every class.
 
 With the ``newest`` parameter n > 0 each dialogue is a conversation so far: only its n newest turns are
-answered, by the live scorer (spikemo/incremental.py) that the loaded model keeps, so a served model
-(``mlflow models serve``) encodes only the turns a conversation's earlier requests did not already bring.
+answered, by the live scorer (spikemo/incremental.py) that the loaded model keeps for each media root, so a
+served model (``mlflow models serve``) encodes only the turns a conversation's earlier requests did not already
+bring. The scoring server calls ``predict`` from several threads: scorers are made under a lock and each scores
+one request at a time.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,8 @@ from spikemo.predict import Predictor
 class SpikEmoPyfunc(PythonModel):
     def load_context(self, context: PythonModelContext) -> None:
         self.predictor = Predictor.from_bundle(Path(context.artifacts["bundle"]))
-        self.scorer: IncrementalScorer | None = None
+        self.scorers: dict[Path, IncrementalScorer] = {}  # by media root
+        self.scorers_lock = threading.Lock()
 
     def predict(self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         params = params or {}
@@ -37,12 +41,13 @@ class SpikEmoPyfunc(PythonModel):
         return self.predictor.predict_frame(model_input, media_root)
 
     def _newest_turns(self, model_input: pd.DataFrame, media_root: Path | None, newest: int) -> pd.DataFrame:
-        if self.scorer is None or self.scorer.media_root != (media_root or Path.cwd()):
-            self.scorer = IncrementalScorer(self.predictor, media_root)
+        root = (media_root or Path.cwd()).resolve()
+        with self.scorers_lock:
+            scorer = self.scorers.get(root) or self.scorers.setdefault(root, IncrementalScorer(self.predictor, root))
         rows = []
         for dialogue, turns in model_input.sort_values("utterance_index", kind="stable").groupby("dialogue_id", sort=False):
             request = {"dialogue_id": str(dialogue), "newest": newest, "turns": turns.to_dict("records")}
-            for turn in self.scorer.score(request)["turns"]:
+            for turn in scorer.score(request)["turns"]:
                 index = int(turns["utterance_index"].iloc[turn["utterance_index"]])
                 probabilities = {f"prob_{label}": p for label, p in turn["probabilities"].items()}
                 rows.append({"dialogue_id": str(dialogue), "utterance_index": index, "label": turn["label"], **probabilities})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import mlflow
 import numpy as np
@@ -102,6 +103,21 @@ def test_pyfunc_newest_turns_match_the_full_prediction(causal_model):
     served = served.sort_values("dialogue_id").reset_index(drop=True)
     assert served["label"].tolist() == last.sort_values("dialogue_id")["label"].tolist()
     assert served["utterance_index"].tolist() == last.sort_values("dialogue_id")["utterance_index"].tolist()
+
+
+def test_concurrent_threads_through_the_served_model_get_the_answers_of_one_thread(causal_model):
+    _, _, dev = causal_model
+    dialogues = [turns.sort_values("utterance_index") for _, turns in list(dev.groupby("dialogue_id"))[:8]]
+    requests = [dialogue.iloc[: k + 1] for dialogue in dialogues for k in range(len(dialogue))]
+    alone = mlflow.pyfunc.load_model(MODEL_URI)
+    expected = [alone.predict(request, params={"newest": 1}) for request in requests]
+    served = mlflow.pyfunc.load_model(MODEL_URI)
+    with ThreadPoolExecutor(max_workers=8) as pool:  # each thread sends one growing conversation, as a caller would
+        answers = pool.map(lambda dialogue: [served.predict(dialogue.iloc[: k + 1], params={"newest": 1}) for k in range(len(dialogue))],
+                           dialogues)
+        got = [answer for per_dialogue in answers for answer in per_dialogue]
+    for ours, reference in zip(got, expected, strict=True):
+        pd.testing.assert_frame_equal(ours, reference, atol=1e-5)
 
 
 def test_isolated_utterances_given_to_a_context_model_are_warned_about(causal_model, caplog):
