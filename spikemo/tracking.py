@@ -10,6 +10,7 @@ champion); otherwise the new version gets ``challenger``. Scores and the decisio
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -72,9 +73,10 @@ def connect(config: SpikEmoConfig) -> MlflowClient:
     if not (config.tracking.tracking_uri or LAUNCH_TRACKING_URI):
         artifacts = (config.workdir / "mlartifacts").resolve().as_uri()
         database = Path(uri.removeprefix("sqlite:///"))
-        if not database.exists():  # create the store here so that even its Default experiment stays in the workdir
-            database.parent.mkdir(parents=True, exist_ok=True)
-            SqlAlchemyStore(uri, artifacts).engine.dispose()
+        with store_lock(uri):  # two processes creating one store would both migrate its tables
+            if not database.exists():  # create the store here so that even its Default experiment stays in the workdir
+                database.parent.mkdir(parents=True, exist_ok=True)
+                SqlAlchemyStore(uri, artifacts).engine.dispose()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(uri, uri)
@@ -86,6 +88,23 @@ def connect(config: SpikEmoConfig) -> MlflowClient:
                 raise
     mlflow.set_experiment(config.tracking.experiment)
     return client
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Across processes, one at a time on a local sqlite store (an exclusive lock on ``<database>.lock`` beside it):
+    creating the store, champion gating. A tracking server's store gets no lock; ``gate_champion`` re-checks."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock = Path(uri.removeprefix("sqlite:///")).with_suffix(".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def redact(value: Any) -> Any:
@@ -415,9 +434,10 @@ def log_and_register(
     version = str(info.registered_model_version)
     client = MlflowClient()
     required_baseline = baseline_score if config.tracking.require_beating_baseline else None
-    alias, champion_score = gate_champion(
-        client, name, version, gating_score, config.tracking.gating_split, required_baseline, champion_rescore
-    )
+    with store_lock(tracking_uri(config)):
+        alias, champion_score = gate_champion(
+            client, name, version, gating_score, config.tracking.gating_split, required_baseline, champion_rescore
+        )
     decision = client.get_model_version(name, version).tags.get("gating_decision", "")
     client.update_model_version(name, version, description=_version_description(config, summary, alias, decision))
     return Registration(name, version, alias, gating_score, champion_score, f"models:/{name}/{version}")
@@ -482,8 +502,6 @@ def gate_champion(
         client.set_model_version_tag(name, version, "gating_champion_score_source", source)
     beats_baseline = baseline_score is None or score > baseline_score
     promote = beats_baseline and (champion_score is None or score > champion_score)
-    alias = CHAMPION if promote else CHALLENGER
-    client.set_registered_model_alias(name, alias, version)
     client.set_model_version_tag(name, version, score_tag, f"{score:.6f}")
     client.set_model_version_tag(name, version, "gating_champion_score", "none" if champion_score is None else f"{champion_score:.6f}")
     if not beats_baseline:
@@ -494,8 +512,31 @@ def gate_champion(
         decision = f"promoted: {score:.4f} > champion v{champion.version} {champion_score:.4f}"
     else:
         decision = f"kept champion v{champion.version}: {score:.4f} <= {champion_score:.4f}"
-    client.set_model_version_tag(name, version, "gating_decision", decision)
-    return alias, champion_score
+    client.set_model_version_tag(name, version, "gating_decision", decision)  # before the alias: a concurrent gate sees it
+    client.set_registered_model_alias(name, CHAMPION if promote else CHALLENGER, version)
+    if promote:
+        since = int(champion.version) if champion is not None else 0
+        rival = _better_promoted_version(client, name, version, since, score, score_tag)
+        if rival is not None:  # a concurrent gate promoted a better version and this one overwrote its alias
+            client.set_registered_model_alias(name, CHAMPION, rival)
+            client.set_registered_model_alias(name, CHALLENGER, version)
+            client.set_model_version_tag(name, version, "gating_decision", f"{decision}; ceded to v{rival}, promoted concurrently with a higher score")
+            return CHALLENGER, champion_score
+    return (CHAMPION if promote else CHALLENGER), champion_score
+
+
+def _better_promoted_version(client: MlflowClient, name: str, version: str, since: int, score: float, score_tag: str) -> str | None:
+    """The best version after ``since`` (the champion this gate compared with), other than ``version``, that a gate
+    promoted with a score above ``score``: promoted while this gate ran. None if there is none."""
+    best: tuple[float, str] | None = None
+    for other in client.search_model_versions(f"name = '{name}'"):
+        recorded = other.tags.get(score_tag)
+        concurrent = int(other.version) > since and str(other.version) != str(version)
+        if not concurrent or recorded is None or not other.tags.get("gating_decision", "").startswith("promoted"):
+            continue
+        if float(recorded) > score and (best is None or float(recorded) > best[0]):
+            best = (float(recorded), str(other.version))
+    return best[1] if best else None
 
 
 def resolve_model_uri(uri: str) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -9,6 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from spikemo import experiment, reports, tracking
+from spikemo.config import SpikEmoConfig
 from spikemo.errors import ConfigError
 from spikemo.predict import Predictor
 from spikemo.training.loop import NonFiniteLossError
@@ -217,3 +221,58 @@ def test_run_links_use_the_configured_ui(store):
     assert tracking.run_url(elsewhere, summary["run_id"]).startswith("https://mlflow.example.org/#/experiments/")
     assert summary["early_stopped"] == (summary["epochs_run"] < config.train.epochs)
     assert 0 <= summary["best_epoch"] < summary["epochs_run"]
+
+
+def test_a_gate_that_overlapped_a_better_promotion_cedes_the_champion_to_it(store):
+    """Two gates read v1 as champion; v2 (33.33) is promoted while v3 (26.24) is still deciding. Without a lock
+    (a tracking server) v3 would end as champion; it re-checks and hands the alias back."""
+    name = "spikemo-overlap-test"
+    client, versions = _empty_versions(store, name, 3)
+    tracking.gate_champion(client, name, versions[0], 22.68, "dev")
+
+    def overlapping_gate(champion_version):  # runs after v3's gate has read the champion
+        assert tracking.gate_champion(client, name, versions[1], 33.33, "dev") == ("champion", 22.68)
+        return None
+
+    assert tracking.gate_champion(client, name, versions[2], 26.24, "dev", champion_rescore=overlapping_gate) == ("challenger", 22.68)
+    assert client.get_model_version_by_alias(name, "champion").version == versions[1]
+    assert "ceded to v2" in client.get_model_version(name, versions[2]).tags["gating_decision"]
+
+
+GATING_PROCESS = """
+import sys
+from pathlib import Path
+from mlflow.exceptions import MlflowException
+from spikemo import tracking
+from spikemo.config import SpikEmoConfig
+
+workdir, name, score = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+config = SpikEmoConfig(workdir=workdir)
+client = tracking.connect(config)  # the first processes create the store together
+try:
+    client.create_registered_model(name)
+except MlflowException:
+    pass
+version = client.create_model_version(name, source="file:///nonexistent", run_id=None).version
+with tracking.store_lock(tracking.tracking_uri(config)):
+    tracking.gate_champion(client, name, version, score, "dev")
+print(version, score)
+"""
+
+
+def test_overlapping_processes_on_a_new_store_all_register_and_the_best_is_champion(tmp_path):
+    scores = [22.68, 33.33, 26.24, 30.0]
+    processes = len(scores)
+    for attempt in range(2):
+        workdir = tmp_path / f"attempt{attempt}"
+        started = [subprocess.Popen([sys.executable, "-c", GATING_PROCESS, str(workdir), "spikemo-overlap", str(score)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for score in scores]
+        outputs = [process.communicate(timeout=300) for process in started]
+        assert [process.returncode for process in started] == [0] * processes, [err[-2000:] for _, err in outputs]
+        registered = {out.split()[0]: float(out.split()[1]) for out, _ in outputs}
+        uri = tracking.tracking_uri(SpikEmoConfig(workdir=workdir))
+        client = MlflowClient(uri, uri)
+        assert len(registered) == processes
+        champion = str(client.get_model_version_by_alias("spikemo-overlap", "champion").version)
+        assert registered[champion] == max(scores), attempt
+
