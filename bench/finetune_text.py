@@ -5,13 +5,14 @@ fp32 or bf16 autocast) a fresh process trains ``--steps`` batches of 16 MELD tra
 two warm-up steps) and reports training samples/s, the inputs' mean token count and the process's peak RSS;
 the estimated epoch time follows.
 
-``--part accuracy``: ``--dataset`` (MELD or EmoryNLP) with a fixed 10% of the train dialogues as the
-selection split and the dataset's dev split reported (the shared copies hold no test split). Per recipe (``--configs``, default MPNet then MiniLM, all in
-one invocation): the linear probe on the frozen encoder (mean-pooled at ``--frozen-layer``, no context), the
-fine-tune's wall time and peak resident memory, the fine-tuned classifier itself (with ``finetune.head:
-dialogue``, the SpikEmo trained with the encoder), and the linear probe and SpikEmo (the recipe's model section,
-``--seeds`` seeds) on the fine-tuned encoder's features, and each probe's weighted-F1 on its own training
-utterances against the selection split (how much the features fit the utterances the encoder was trained on).
+``--part accuracy``: ``--dataset`` (MELD or EmoryNLP) with a fixed 10% of the train dialogues as the selection split
+and the dataset's dev split reported (the shared copies hold no test split). Per recipe (``--configs``, default
+MPNet then MiniLM, all in one invocation): the linear probe on the frozen encoder (mean-pooled at ``--frozen-
+layer``, no context), the fine-tune's wall time and peak resident memory, the fine-tuned classifier itself (with
+``finetune.head: dialogue``, the SpikEmo trained with the encoder), and the linear probe and SpikEmo (the recipe's
+model section, ``--seeds`` seeds) on the fine-tuned encoder's features, and each probe's weighted-F1 on its own
+training utterances against the selection split (how much the features fit the utterances the encoder was trained
+on).
 
 ``--part combine``: the same splits; the finished fine-tunes of ``--configs`` (run first when absent) combined
 as one text feature, their vectors concatenated or averaged (all members of one width). The linear probe and

@@ -1,13 +1,13 @@
 """Live scoring: the emotion of a conversation's newest turn(s) while it goes on.
 
-A request holds one conversation so far; the answer holds the label and class probabilities of its newest
-turn(s). The scorer keeps the encoders loaded and remembers every turn's encoding (keyed by exactly what the
-encoder read: the text with its context window, or the media file's size, modification time and segment),
-so each request encodes only the turns it has not seen; the SpikEmo pass over the dialogue is recomputed
-(milliseconds). A scorer answers one request at a time (a lock): its memo, encoders (tokenizer, MediaPipe graphs)
-and model are shared by every thread that calls it. With a ``model.causal`` model a turn's answer is final: later turns never change it. A
-bidirectional model reads later turns too, so an earlier turn's label may still change; every answer says
-which (``causal``, and ``final`` per turn).
+A request holds one conversation so far; the answer holds the label and class probabilities of its newest turn(s).
+The scorer keeps the encoders loaded and remembers every turn's encoding (keyed by exactly what the encoder read:
+the text with its context window, or the media file's size, modification time and segment), so each request encodes
+only the turns it has not seen; the SpikEmo pass over the dialogue is recomputed (milliseconds). A scorer answers
+one request at a time (a lock): its memo, encoders (tokenizer, MediaPipe graphs) and model are shared by every
+thread that calls it. With a ``model.causal`` model a turn's answer is final: later turns never change it. A
+bidirectional model reads later turns too, so an earlier turn's label may still change; every answer says which
+(``causal``, and ``final`` per turn).
 
 Request (JSON; ``spikemo predict --incremental``, one request per line)::
 

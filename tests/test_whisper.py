@@ -25,17 +25,30 @@ def tiny_whisper(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("whisper")
     torch.manual_seed(0)
     config = transformers.WhisperConfig(
-        vocab_size=51865, num_mel_bins=80, d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=1500, max_target_positions=64,
+        vocab_size=51865,
+        num_mel_bins=80,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_source_positions=1500,
+        max_target_positions=64,
     )
     transformers.WhisperForConditionalGeneration(config).save_pretrained(folder / "hf")
     transformers.WhisperFeatureExtractor(feature_size=80).save_pretrained(folder / "hf")
-    ctranslate2.converters.TransformersConverter(str(folder / "hf"), load_as_float16=False).convert(str(folder / "ct2"), quantization="float32")
+    ctranslate2.converters.TransformersConverter(str(folder / "hf"), load_as_float16=False).convert(
+        str(folder / "ct2"), quantization="float32"
+    )
     return {"transformers": folder / "hf", "ctranslate2": folder / "ct2"}
 
 
 def whisper_features(model: Path, **params: object) -> FeaturesConfig:
-    return FeaturesConfig(modalities=["audio"], audio=EncoderConfig(name="whisper", params={"model": str(model), **params}), batch_size=4)
+    return FeaturesConfig(
+        modalities=["audio"], audio=EncoderConfig(name="whisper", params={"model": str(model), **params}), batch_size=4
+    )
 
 
 def clips(*seconds: float) -> list[np.ndarray]:
@@ -43,14 +56,20 @@ def clips(*seconds: float) -> list[np.ndarray]:
     return [(0.1 * rng.standard_normal(int(16000 * length))).astype(np.float32) for length in seconds]
 
 
-@pytest.mark.parametrize(("backend", "window"), [("transformers", "full"), ("ctranslate2", "full"), ("ctranslate2", "clip")])
-def test_a_clips_whisper_vector_pools_its_own_frames_and_does_not_depend_on_its_batch(tiny_whisper, backend: str, window: str) -> None:
+@pytest.mark.parametrize(
+    ("backend", "window"), [("transformers", "full"), ("ctranslate2", "full"), ("ctranslate2", "clip")]
+)
+def test_a_clips_whisper_vector_pools_its_own_frames_and_does_not_depend_on_its_batch(
+    tiny_whisper, backend: str, window: str
+) -> None:
     encoder = build_encoder("audio", whisper_features(tiny_whisper[backend], window=window))
     batch = clips(2.0, 3.0, 2.0, 1.37)
     encoded = encoder.encode([*batch, np.zeros(0, dtype=np.float32)])
     assert encoder.dim == 64 and encoded.failures == {4: "empty audio"}
     for index, clip in enumerate(batch):
-        np.testing.assert_allclose(encoder.encode([clip]).embeddings[0], encoded.embeddings[index], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            encoder.encode([clip]).embeddings[0], encoded.embeddings[index], rtol=1e-4, atol=1e-4
+        )
     mean, spread = np.split(encoded.embeddings[1], 2)
     assert np.isfinite(encoded.embeddings).all() and (spread > 0).all()
 
@@ -63,17 +82,24 @@ def test_both_backends_give_the_same_states_and_only_transformers_selects_a_laye
     converted = build_encoder("audio", whisper_features(tiny_whisper["ctranslate2"])).encode(clips(2.5)).embeddings
     original = build_encoder("audio", whisper_features(tiny_whisper["transformers"])).encode(clips(2.5)).embeddings
     np.testing.assert_allclose(converted, original, rtol=1e-3, atol=1e-3)
-    lower = build_encoder("audio", whisper_features(tiny_whisper["transformers"], layer=1)).encode(clips(2.5)).embeddings
+    lower = (
+        build_encoder("audio", whisper_features(tiny_whisper["transformers"], layer=1)).encode(clips(2.5)).embeddings
+    )
     assert not np.allclose(lower, original, atol=1e-3)
     with pytest.raises(ConfigError, match="last layer only"):
         build_encoder("audio", whisper_features(tiny_whisper["ctranslate2"], layer=1)).encode(clips(1.0))
     with pytest.raises(ConfigError, match="window=clip needs a CTranslate2"):
         build_encoder("audio", whisper_features(tiny_whisper["transformers"], window="clip")).encode(clips(1.0))
-    fingerprints = {build_encoder("audio", whisper_features(tiny_whisper["ctranslate2"], window=w)).fingerprint for w in ("full", "clip")}
+    fingerprints = {
+        build_encoder("audio", whisper_features(tiny_whisper["ctranslate2"], window=w)).fingerprint
+        for w in ("full", "clip")
+    }
     assert len(fingerprints) == 2
 
 
-def test_the_packaged_whisper_joins_its_pieces_checks_them_and_assembles_once(tiny_whisper, tmp_path: Path, monkeypatch) -> None:
+def test_the_packaged_whisper_joins_its_pieces_checks_them_and_assembles_once(
+    tiny_whisper, tmp_path: Path, monkeypatch
+) -> None:
     site = tmp_path / "site"
     model = (tiny_whisper["ctranslate2"] / "model.bin").read_bytes()
     whole = sorted(path.name for path in tiny_whisper["ctranslate2"].iterdir() if path.name != "model.bin")
@@ -82,7 +108,9 @@ def test_the_packaged_whisper_joins_its_pieces_checks_them_and_assembles_once(ti
         name, package = f"tiny-whisper-part{index}", f"tiny_whisper_part{index}"
         files = {f"{package}/data/model.bin.part{index}": piece}
         if index == 1:
-            files.update({f"{package}/data/{file}": (tiny_whisper["ctranslate2"] / file).read_bytes() for file in whole})
+            files.update(
+                {f"{package}/data/{file}": (tiny_whisper["ctranslate2"] / file).read_bytes() for file in whole}
+            )
         for relative, content in files.items():
             (site / relative).parent.mkdir(parents=True, exist_ok=True)
             (site / relative).write_bytes(content)
@@ -93,16 +121,30 @@ def test_the_packaged_whisper_joins_its_pieces_checks_them_and_assembles_once(ti
         names.append(name)
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setenv("SPIKEMO_MODEL_CACHE", str(tmp_path / "cache"))
-    spec = packaged.SplitFileModel("whisper-base", tuple(names), "1.0.0", "tiny-whisper", "model.bin", hashlib.sha256(model).hexdigest(), tuple(whole))
+    spec = packaged.SplitFileModel(
+        "whisper-base",
+        tuple(names),
+        "1.0.0",
+        "tiny-whisper",
+        "model.bin",
+        hashlib.sha256(model).hexdigest(),
+        tuple(whole),
+    )
     monkeypatch.setitem(packaged.PACKAGED_SPLIT_MODELS, "whisper-base", spec)
 
     folder = packaged.packaged_model_dir("whisper-base")
-    assert (folder / "model.bin").read_bytes() == model and sorted(p.name for p in folder.iterdir()) == sorted([*whole, "model.bin"])
-    packaged_vectors = build_encoder("audio", FeaturesConfig(audio=EncoderConfig(name="whisper"))).encode(clips(1.0)).embeddings
+    assert (folder / "model.bin").read_bytes() == model and sorted(p.name for p in folder.iterdir()) == sorted(
+        [*whole, "model.bin"]
+    )
+    packaged_vectors = (
+        build_encoder("audio", FeaturesConfig(audio=EncoderConfig(name="whisper"))).encode(clips(1.0)).embeddings
+    )
     direct = build_encoder("audio", whisper_features(tiny_whisper["ctranslate2"])).encode(clips(1.0)).embeddings
     np.testing.assert_array_equal(packaged_vectors, direct)
 
-    corrupt = packaged.SplitFileModel("whisper-base", tuple(names), "1.0.0", "other", "model.bin", "0" * 64, tuple(whole))
+    corrupt = packaged.SplitFileModel(
+        "whisper-base", tuple(names), "1.0.0", "other", "model.bin", "0" * 64, tuple(whole)
+    )
     with pytest.raises(ConfigError, match="not the published"):
         corrupt.folder_path(tmp_path / "cache")
     assert not list((tmp_path / "cache").glob("other*"))

