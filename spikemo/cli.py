@@ -111,12 +111,23 @@ def cmd_preprocess(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str,
     Ingest, then encode each requested modality with its configured encoder into the feature cache. Only
     utterances missing from the cache or whose media changed are encoded.
     """
-    from spikemo.features.extract import preprocess
-
-    summary = preprocess(config)
+    summary = _preprocessed(config)
     for modality, counts in summary["modalities"].items():
         print(f"{modality:<7} encoded {counts['encoded']:>6}  reused {counts['reused']:>6}  failed {counts['failed']:>5}  {counts['cache_path']}")
     return {"command": "preprocess", "dataset": config.data.dataset_name, **summary}
+
+
+def _preprocessed(config: SpikEmoConfig) -> dict[str, Any]:
+    """Ingest and extract what the cache lacks: in this process, or with ``features.task_runner: dask`` as the Prefect
+    ``preprocess`` flow, whose extraction tasks run on Dask (``features.dask_address``, else a local cluster)."""
+    if config.features.task_runner == "dask":
+        from flows.common import config_payload
+        from flows.preprocess import preprocess_flow
+
+        return preprocess_flow(config=config_payload(config))
+    from spikemo.features.extract import preprocess
+
+    return preprocess(config)
 
 
 def cmd_finetune_text(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]:
@@ -149,6 +160,8 @@ def cmd_train(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]
     from spikemo.experiment import run_experiment
     from spikemo.reports import score_with_interval, verdict_line
 
+    if config.features.task_runner == "dask":  # extract on Dask first; training then finds every feature cached
+        _preprocessed(config)
     summary = run_experiment(config)
     print(
         f"run {summary['run_id']}: dev weighted-F1 {summary['dev_weighted_f1']:.2f}, "

@@ -10,11 +10,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import load_flow_from_entrypoint
 
+from spikemo.features.extract import load_features
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -219,6 +221,45 @@ def test_extraction_runs_on_a_local_dask_cluster(tmp_path, meld_conversations, t
     assert text["encoded"] == 594 and text["failed"] == 0  # 3 shards, spread over the cluster's workers
     # the tasks went through Prefect's Dask client to a local cluster of two worker processes
     assert "PrefectDaskClient" in result.stderr and result.stderr.count("distributed.scheduler - Remove worker addr") == 2
+
+
+def test_cli_preprocess_extracts_on_an_existing_dask_scheduler_as_threads_would(tmp_path, meld_conversations, tiny_config, prefect_api):
+    """`spikemo preprocess --set features.task_runner=dask --set features.dask_address=...` sends the extraction to a
+    running `dask scheduler` and its `dask worker` processes; the cache equals one made with threads."""
+    pytest.importorskip("prefect_dask")
+    from distributed import Client
+
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    dask = str(Path(sys.executable).with_name("dask"))
+    cluster = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    cluster += [subprocess.Popen([dask, "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO) for _ in range(2)]
+    try:
+        with Client(address, timeout=120) as client:
+            client.wait_for_workers(2, timeout=120)
+            caches = {}
+            for runner in ("threads", "dask"):
+                config = tiny_config(meld_conversations, tmp_path / runner / "work", tmp_path / runner / "cache",
+                                     **{"features.shard_size": 200})
+                config_file = tmp_path / f"{runner}.yaml"
+                config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+                command = [sys.executable, "-m", "spikemo.cli", "preprocess", "--config", str(config_file),
+                           "--set", f"features.task_runner={runner}", "--set", f"features.dask_address={address}"]
+                result = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO,
+                                        env=_flow_environment(tmp_path / runner, prefect_api))
+                assert result.returncode == 0, result.stderr[-3000:]
+                assert json.loads(result.stdout.strip().splitlines()[-1])["modalities"]["text"]["encoded"] == 594
+                caches[runner] = load_features(config.manifest_path, "text", config.features, config.cache)
+            prefixes = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes))
+    finally:
+        for process in cluster:
+            process.terminate()
+            process.wait(timeout=60)
+    assert any("extract" in prefix for prefix in prefixes), prefixes  # the scheduler's workers ran the shards
+    threads, on_dask = (np.stack(caches[runner]["embedding"].to_list()) for runner in ("threads", "dask"))
+    assert np.abs(threads - on_dask).max() < 1e-4
 
 
 def test_pipeline_flow_fine_tunes_the_text_encoder_then_reuses_it(tmp_path, meld_conversations, tiny_config, tiny_models):
