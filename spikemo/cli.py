@@ -139,6 +139,10 @@ def cmd_finetune_text(args: argparse.Namespace, config: SpikEmoConfig) -> dict[s
     Settings: features.text.finetune (defaults when unset). A killed run resumes after its last epoch.
     """
     from spikemo.data.ingest import ingest
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("finetune-text runs in one process: start it without torchrun (spikemo train under torchrun "
+                          "then reuses the finished fine-tune)")
     from spikemo.features.finetune import finetune_text_encoder
 
     ingest(config.data, config.manifest_path)
@@ -163,6 +167,8 @@ def cmd_train(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]
     if config.features.task_runner == "dask":  # extract on Dask first; training then finds every feature cached
         _preprocessed(config)
     summary = run_experiment(config)
+    if "run_id" not in summary:  # a torchrun rank other than 0: it trained; rank 0 logged and registered
+        return {"command": "train", "dataset": config.data.dataset_name, **summary}
     print(
         f"run {summary['run_id']}: dev weighted-F1 {summary['dev_weighted_f1']:.2f}, "
         f"test weighted-F1 {score_with_interval(summary, 'test_weighted_f1')} "

@@ -32,6 +32,7 @@ from spikemo.predict import Predictor, evaluate_predictions
 from spikemo.training import TrainResult, build_dialogue_data, train_on_dialogue_data
 from spikemo.training.baseline import fit_linear_probe
 from spikemo.training.data import DialogueData
+from spikemo.training.distributed import broadcast_from_main, distributed_context
 from spikemo.training.loop import result_with_weights
 from spikemo.training.metrics import BootstrapReport, dialogue_bootstrap
 
@@ -103,6 +104,10 @@ def train_and_log(config: SpikEmoConfig, data: PreparedData) -> TrainedRun:
         dialogue_data = build_dialogue_data(data.manifest, data.features, len(data.labels))
         retrained = train_on_dialogue_data(config, dialogue_data, data.labels, run_dir, on_epoch_end=tracking.log_epoch)
         result, source = _better_candidate(config, data, dialogue_data, retrained, run_dir)
+        if "candidate_dev_weighted_f1_retrained" in source:
+            mlflow.set_tag("spikemo.model_source", source["model_source"])
+            mlflow.log_metrics({f"dev/candidate_{key.removeprefix('candidate_dev_weighted_f1_')}_weighted_f1": value
+                                for key, value in source.items() if key.startswith("candidate_")})
         metrics = {"dev": result.dev_metrics, **({"test": result.test_metrics} if result.test_metrics else {})}
         logged_model = mlflow.initialize_logged_model(name=tracking.logged_model_name(config), source_run_id=run.info.run_id)
         final = tracking.FinalMetrics(result.best_epoch, logged_model.model_id, datasets)
@@ -161,8 +166,6 @@ def _better_candidate(
         "keeping the %s SpikEmo: dev weighted-F1 %.2f for the fine-tune's head, %.2f re-trained on its features",
         source, scores[FINETUNE_HEAD], scores[RETRAINED],
     )
-    mlflow.set_tag("spikemo.model_source", source)
-    mlflow.log_metrics({f"dev/candidate_{name.replace('-', '_')}_weighted_f1": score for name, score in scores.items()})
     return (head if source == FINETUNE_HEAD else retrained), {
         "model_source": source,
         **{f"candidate_dev_weighted_f1_{name.replace('-', '_')}": score for name, score in scores.items()},
@@ -213,11 +216,29 @@ def rescore_champion(config: SpikEmoConfig, version: str) -> float | None:
 
 
 def run_experiment(config: SpikEmoConfig) -> dict[str, Any]:
-    """Everything ``spikemo train`` does: prepare data, train and log, register; the summary of it all."""
-    data = prepare_data(config)
-    trained = train_and_log(config, data)
+    """Everything ``spikemo train`` does: prepare data, train and log, register; the summary of it all.
+
+    Under ``torchrun`` it is one training over all ranks: rank 0 prepares the data while the others wait, then
+    every rank trains its share; rank 0 alone opens the MLflow store, logs the run, fits the probe and registers
+    the version. The other ranks return ``{"rank": r}``."""
+    with distributed_context(config.train.device) as context:
+        prepared = broadcast_from_main(preprocess(config) if context.is_main else None, context)
+        data = load_prepared(config, Path(prepared["manifest"]), prepared)
+        if not context.is_main:
+            return _train_on_a_follower_rank(config, data, context.rank)
+        trained = train_and_log(config, data)
     registration = register(config, trained)
     return {**trained.summary, **registration.summary()}
+
+
+def _train_on_a_follower_rank(config: SpikEmoConfig, data: PreparedData, rank: int) -> dict[str, Any]:
+    """A rank other than 0: the same training and candidate scoring as rank 0's ``train_and_log`` (their collective
+    operations pair up), without MLflow, probe or registration."""
+    dialogue_data = build_dialogue_data(data.manifest, data.features, len(data.labels))
+    run_dir = Path(config.workdir) / "runs" / _run_key(config, data)  # rank 0's: it writes the checkpoints
+    retrained = train_on_dialogue_data(config, dialogue_data, data.labels, run_dir)
+    _better_candidate(config, data, dialogue_data, retrained, run_dir)
+    return {"rank": rank}
 
 
 def manifest_digest(manifest: pd.DataFrame) -> str:

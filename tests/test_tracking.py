@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from spikemo import experiment, reports, tracking
@@ -276,3 +280,25 @@ def test_overlapping_processes_on_a_new_store_all_register_and_the_best_is_champ
         champion = str(client.get_model_version_by_alias("spikemo-overlap", "champion").version)
         assert registered[champion] == max(scores), attempt
 
+
+
+def test_train_under_torchrun_is_one_training_one_run_and_one_version_on_a_new_store(
+    tmp_path, meld_conversations, tiny_config
+):
+    config = tiny_config(meld_conversations, tmp_path / "work", tmp_path / "cache", **{"train.epochs": 2})
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    command = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "spikemo.cli", "train", "--config", str(config_file)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert sorted(line.get("rank", 0) for line in lines) == [0, 1]
+    (summary,) = [line for line in lines if "run_id" in line]
+    uri = tracking.tracking_uri(config)
+    client = MlflowClient(uri, uri)
+    runs = client.search_runs([client.get_experiment_by_name(config.tracking.experiment).experiment_id])
+    assert [run.info.run_id for run in runs] == [summary["run_id"]] and runs[0].info.status == "FINISHED"
+    versions = client.search_model_versions(f"name = '{summary['registered_model']}'")
+    assert [str(version.version) for version in versions] == ["1"] and summary["alias"] == "champion"
+    assert summary["epochs_run"] == 2 and summary["dev_weighted_f1"] is not None

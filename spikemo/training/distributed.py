@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -84,6 +85,15 @@ def gather_predictions(rows: np.ndarray, predictions: np.ndarray, total: int, co
     placed = torch.zeros(total, dtype=torch.int64)
     placed[torch.from_numpy(rows)] = torch.from_numpy(predictions.astype(np.int64)) + 1
     return all_reduce_sum(placed, context).numpy() - 1
+
+
+def broadcast_from_main(value: Any, context: DistributedContext) -> Any:
+    """Rank 0's ``value`` (any picklable object) on every rank; the value itself on one process."""
+    if not context.is_distributed:
+        return value
+    holder = [value if context.is_main else None]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
 
 
 def barrier(context: DistributedContext) -> None:
