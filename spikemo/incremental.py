@@ -2,7 +2,7 @@
 
 A request holds one conversation so far; the answer holds the label and class probabilities of its newest turn(s).
 The scorer keeps the encoders loaded and remembers every turn's encoding (keyed by exactly what the encoder read:
-the text with its context window, or the media file's size, modification time and segment), so each request encodes
+the text with its context window, or the media file's sha256 and segment: the manifest's media fingerprint), so each request encodes
 only the turns it has not seen; the SpikEmo pass over the dialogue is recomputed (milliseconds). A scorer answers
 one request at a time (a lock): its memo, encoders (tokenizer, MediaPipe graphs) and model are shared by every
 thread that calls it. With a ``model.causal`` model a turn's answer is final: later turns never change it. A
@@ -27,6 +27,7 @@ is answered with ``{"line": n, "error": "..."}`` and the next one is read. Respo
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -37,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from spikemo.data.ingest import file_sha256
 from spikemo.errors import DataError
 from spikemo.features.base import build_encoder
 from spikemo.features.cache import FAILED, MISSING_MEDIA, OK
@@ -58,6 +60,7 @@ class IncrementalScorer:
         self.memo: OrderedDict[tuple[str, Any], np.ndarray | str] = OrderedDict()  # vector, or the reason it failed
         self.memo_size = memo_size
         self.lock = threading.Lock()
+        self.digests: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256 of the file
 
     def forget(self) -> None:
         """Drop every remembered encoding (the next request encodes all its turns)."""
@@ -144,10 +147,18 @@ class IncrementalScorer:
             full = (self.media_root / path).resolve()
             if not full.is_relative_to(self.media_root.resolve()) or not full.is_file():
                 raise DataError(f"media_path {path!r}: no such file under the media root {self.media_root}")
-            stat = full.stat()
             sources.append(MediaSource(full, start, end))
-            keys.append((str(full), stat.st_size, stat.st_mtime_ns, start, end))
+            start, end = (float("nan") if pd.isna(time) else float(time) for time in (start, end))
+            keys.append(self._content_digest(full) + ("" if math.isnan(start) and math.isnan(end) else f"@{start}-{end}"))
         return sources, keys
+
+    def _content_digest(self, path: Path) -> str:
+        """The file's sha256, as ingestion fingerprints media; hashed again only when its size or mtime changed."""
+        stat = path.stat()
+        identity = (str(path), stat.st_size, stat.st_mtime_ns)
+        if identity not in self.digests:
+            self.digests[identity] = file_sha256(path)
+        return self.digests[identity]
 
     def _encode(self, modality: str, encoder: Any, sources: list[Any], keys: list[Any]) -> dict[Any, np.ndarray | str]:
         """Decode and encode as extraction does (a failure masks that modality for the turn); each key's outcome,

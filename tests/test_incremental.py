@@ -13,6 +13,8 @@ import pytest
 
 from spikemo import experiment
 from spikemo.cli import main
+from spikemo.config import DataConfig
+from spikemo.data.ingest import file_sha256, ingest
 from spikemo.incremental import IncrementalScorer
 from spikemo.predict import Predictor
 from spikemo.tracking import connect
@@ -128,3 +130,28 @@ def test_isolated_utterances_given_to_a_context_model_are_warned_about(causal_mo
     assert predictions["label"].notna().all()
     assert any("single utterance" in record.message and record.levelno == logging.WARNING for record in caplog.records)
     assert any("training population" in record.message for record in caplog.records)
+
+
+def test_media_are_remembered_by_their_content_as_ingestion_fingerprints_them(causal_model, tmp_path):
+    _, predictor, _ = causal_model
+    for name, content in {"a.wav": b"clip one", "copy.wav": b"clip one", "b.wav": b"clip two"}.items():
+        (tmp_path / name).write_bytes(content)
+    scorer = IncrementalScorer(predictor, tmp_path)
+    turns = pd.DataFrame({"media_path": ["a.wav", "copy.wav", "b.wav", None], "media_start": [np.nan, np.nan, 1.0, np.nan],
+                          "media_end": [np.nan, np.nan, 2.0, np.nan]})
+    _, keys = scorer._media_sources(turns)
+    assert keys[0] == keys[1] != keys[2] and keys[3] is None  # a copy is the same content; b.wav is another
+    assert keys[0] == file_sha256(tmp_path / "a.wav") and keys[2] == f"{file_sha256(tmp_path / 'b.wav')}@1.0-2.0"
+    ingested = ingest(DataConfig(format="manifest", manifest=_manifest_file(tmp_path), root=tmp_path, labels=["calm"]),
+                      tmp_path / "manifest.parquet", require_labels=False).manifest
+    assert ingested.sort_values("utterance_index")["media_fingerprint"].tolist()[:3] == keys[:3]  # the batch path's key
+    (tmp_path / "a.wav").write_bytes(b"clip 1!!")  # same size, new content, new mtime
+    assert scorer._media_sources(turns)[1][0] != keys[0]
+
+
+def _manifest_file(folder):
+    path = folder / "conversation.csv"
+    pd.DataFrame({"dialogue_id": ["d"] * 3, "utterance_index": [0, 1, 2], "speaker": ["A", "B", "A"], "text": ["hi", "yo", "ok"],
+                  "media_path": ["a.wav", "copy.wav", "b.wav"], "media_start": [None, None, 1.0],
+                  "media_end": [None, None, 2.0], "split": "test"}).to_csv(path, index=False)
+    return path

@@ -227,6 +227,12 @@ def _build_manifest(
     return manifest.reset_index(drop=True), speakers
 
 
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes: what identifies a media file's content in the manifest and the live scorer."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def _fingerprint_media(paths: pd.Series, rows: pd.DataFrame, root: Path, out: Path) -> pd.DataFrame:
     """sha256 of each media file (+ segment), reusing the previous manifest's value when size and mtime match."""
     previous: dict[str, tuple[int, int, str]] = {}
@@ -240,11 +246,6 @@ def _fingerprint_media(paths: pd.Series, rows: pd.DataFrame, root: Path, out: Pa
             previous = {}
     unique = sorted({p for p in paths if p is not None})
     stats = {p: os.stat(p) for p in unique}
-
-    def file_digest(path: Path) -> str:
-        with path.open("rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
-
     reusable = {}
     for path in unique:
         old = previous.get(path.relative_to(root).as_posix())
@@ -252,7 +253,7 @@ def _fingerprint_media(paths: pd.Series, rows: pd.DataFrame, root: Path, out: Pa
             reusable[path] = old[2]
     todo = [p for p in unique if p not in reusable]
     with ThreadPoolExecutor(max_workers=min(4, (os.cpu_count() or 1) * 2)) as pool:
-        digests = dict(zip(todo, pool.map(file_digest, todo)))
+        digests = dict(zip(todo, pool.map(file_sha256, todo)))
     digests.update(reusable)
     fingerprint, size, mtime = [], [], []
     for path, start, end in zip(paths, rows["media_start"], rows["media_end"]):
