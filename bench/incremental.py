@@ -1,6 +1,6 @@
 """Live scoring latency: the newest turn of a 20-turn MELD dialogue, text encoding included, on CPU.
 
-For every MELD dev dialogue of at least 20 turns (cut to its first 20), each turn k is scored as it arrives
+For MELD dialogues of at least 20 turns (cut to their first 20; dev's, then train's), each turn k is scored as it arrives
 (the request holds turns 0..k), three ways in the same invocation:
 - ``incremental``: one ``IncrementalScorer`` kept across requests (earlier turns' encodings reused);
 - ``rescore_in_memory``: another scorer whose memory is emptied before each request (every turn of the
@@ -11,27 +11,46 @@ The model is configs/meld-causal.yaml's (MiniLM's 4th layer, text only) with fre
 latency does not depend on their values. Prints p50/p95 per way (all turns, and the 20th turn alone) and
 the ratios of the rescoring ways to the incremental one.
 
+``--part served``: the same model saved as the pyfunc and served by ``mlflow models serve`` (one worker: the
+scoring server answers requests from a thread pool). ``--clients`` callers at once, each replaying its own
+dialogue turn by turn over HTTP, first with the ``newest`` parameter (1: only the new turn is encoded and
+answered), then without (the server re-scores the whole conversation so far), and once more with one caller
+alone (what the scorer's lock costs: the scorer answers one request at a time). Prints new turns answered per
+second and p50/p95 request latency per way.
+
     .venv/bin/python bench/incremental.py
+    .venv/bin/python bench/incremental.py --part served --clients 8
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
 import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import pandas as pd
 import torch
 
-from spikemo.bundle import EncoderSpec, ModelSpec
+from spikemo.bundle import EncoderSpec, ModelSpec, save_bundle
 from spikemo.config import load_config
 from spikemo.features.base import build_encoder
 from spikemo.incremental import IncrementalScorer
 from spikemo.model.spikemo import SpikEmo
 from spikemo.predict import Predictor
+from spikemo.servers import stop_process_group
+from spikemo.tracking import INPUT_EXAMPLE, PYFUNC_MODEL_FILE, prediction_signature
 
 REPO = Path(__file__).resolve().parents[1]
 MELD = REPO.parent / "shared" / "data" / "meld"
@@ -50,10 +69,14 @@ def causal_predictor(config_path: Path) -> Predictor:
 
 
 def long_dialogues(meld: Path, limit: int) -> list[pd.DataFrame]:
-    dev = pd.read_csv(meld / "dev_sent_emo.csv", dtype={"Dialogue_ID": str}, keep_default_na=False)
-    dev = dev.rename(columns={"Dialogue_ID": "dialogue_id", "Utterance_ID": "utterance_index", "Speaker": "speaker", "Utterance": "text"})
-    dialogues = [turns.sort_values("utterance_index").head(TURNS) for _, turns in dev.groupby("dialogue_id") if len(turns) >= TURNS]
-    return [turns[["dialogue_id", "utterance_index", "speaker", "text"]].reset_index(drop=True) for turns in dialogues[:limit]]
+    """The first ``limit`` MELD dialogues of 20+ turns, cut to 20: dev's, then train's (the model's weights are random)."""
+    columns = {"Dialogue_ID": "dialogue_id", "Utterance_ID": "utterance_index", "Speaker": "speaker", "Utterance": "text"}
+    dialogues = []
+    for split in ("dev", "train"):
+        utterances = pd.read_csv(meld / f"{split}_sent_emo.csv", dtype={"Dialogue_ID": str}, keep_default_na=False).rename(columns=columns)
+        utterances["dialogue_id"] = f"{split}-" + utterances["dialogue_id"]
+        dialogues += [turns.sort_values("utterance_index").head(TURNS) for _, turns in utterances.groupby("dialogue_id") if len(turns) >= TURNS]
+    return [turns[list(columns.values())].reset_index(drop=True) for turns in dialogues[:limit]]
 
 
 def timed(score: Any, dialogue: pd.DataFrame) -> list[float]:
@@ -70,16 +93,11 @@ def request(turns: pd.DataFrame) -> dict[str, Any]:
     return {"dialogue_id": str(turns["dialogue_id"].iloc[0]), "turns": turns[["speaker", "text"]].to_dict("records")}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=REPO / "configs" / "meld-causal.yaml")
-    parser.add_argument("--dialogues", type=int, default=10, help="MELD dev dialogues of 20+ turns to replay")
-    parser.add_argument("--meld", type=Path, default=MELD)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    predictor = causal_predictor(args.config)
-    dialogues = long_dialogues(args.meld, args.dialogues)
+def latency_summary(spent_ms: np.ndarray) -> dict[str, float]:
+    return {"p50_ms": round(float(np.percentile(spent_ms, 50)), 2), "p95_ms": round(float(np.percentile(spent_ms, 95)), 2)}
+
+
+def in_process(predictor: Predictor, dialogues: list[pd.DataFrame]) -> dict[str, Any]:
     scorer, anchor = IncrementalScorer(predictor), IncrementalScorer(predictor)  # one loaded encoder each, as a server holds
     for warm_up in (scorer, anchor):
         warm_up.score(request(dialogues[0].head(2)))
@@ -97,16 +115,116 @@ def main() -> None:
     summary: dict[str, Any] = {}
     for way, runs in ways.items():
         spent = np.asarray(runs)  # [dialogues, turns]
-        summary[way] = {
-            "p50_ms": round(float(np.percentile(spent, 50)), 2),
-            "p95_ms": round(float(np.percentile(spent, 95)), 2),
-            "turn20_p50_ms": round(float(np.percentile(spent[:, -1], 50)), 2),
-            "turn20_p95_ms": round(float(np.percentile(spent[:, -1], 95)), 2),
-        }
+        summary[way] = {**latency_summary(spent), **{f"turn20_{k}": v for k, v in latency_summary(spent[:, -1]).items()}}
     fastest = summary["incremental"]
     for way in ("rescore_in_memory", "rescore_predict_frame"):
         summary[f"{way}_over_incremental_turn20_p95"] = round(summary[way]["turn20_p95_ms"] / fastest["turn20_p95_ms"], 2)
-    print(json.dumps({"benchmark": "incremental", "threads": args.threads, "dialogues": len(dialogues), "turns": TURNS, **summary}))
+    return summary
+
+
+def saved_pyfunc(predictor: Predictor, folder: Path) -> Path:
+    """The model as ``train`` logs it: the bundle as the pyfunc's artifact, its code, the signature with params."""
+    bundle = save_bundle(predictor.model, predictor.spec, folder / "bundle")
+    mlflow.pyfunc.save_model(
+        folder / "pyfunc", python_model=str(PYFUNC_MODEL_FILE), artifacts={"bundle": str(bundle)},
+        code_paths=[str(REPO / "spikemo")], signature=prediction_signature(predictor.spec.labels), input_example=INPUT_EXAMPLE,
+    )
+    return folder / "pyfunc"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_model_server(model: Path, port: int, threads: int) -> subprocess.Popen:
+    command = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", str(model), "--env-manager", "local",
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    server = subprocess.Popen(command, env=environment, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert server.poll() is None, "mlflow models serve exited before answering"
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+            return server
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(1)
+    stop_process_group(server)
+    raise TimeoutError("mlflow models serve did not answer /ping within 300 s")
+
+
+def post(url: str, turns: pd.DataFrame, newest: int) -> float:
+    """Milliseconds for one answered request; a non-200 answer raises."""
+    body = {"dataframe_split": turns.to_dict("split"), "params": {"newest": newest}}
+    del body["dataframe_split"]["index"]
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    started = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=300) as answer:
+        answer.read()
+    return 1000 * (time.perf_counter() - started)
+
+
+def replay_at_once(url: str, dialogues: list[pd.DataFrame], newest: int) -> dict[str, Any]:
+    """Every dialogue replayed turn by turn by its own client, all clients at once."""
+    def replay(dialogue: pd.DataFrame) -> list[float]:
+        return [post(url, dialogue.iloc[: k + 1], newest) for k in range(len(dialogue))]
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=len(dialogues)) as pool:
+        spent = np.asarray(list(pool.map(replay, dialogues)))  # [clients, turns]
+    seconds = time.perf_counter() - started
+    return {"clients": len(dialogues), "new_turns_per_s": round(spent.size / seconds, 1), **latency_summary(spent)}
+
+
+def renamed(dialogues: list[pd.DataFrame], prefix: str) -> list[pd.DataFrame]:
+    return [dialogue.assign(dialogue_id=f"{prefix}-{dialogue['dialogue_id'].iloc[0]}") for dialogue in dialogues]
+
+
+def served(predictor: Predictor, dialogues: list[pd.DataFrame], clients: int, threads: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as folder:
+        port = free_port()
+        server = start_model_server(saved_pyfunc(predictor, Path(folder)), port, threads)
+        url = f"http://127.0.0.1:{port}/invocations"
+        try:
+            post(url, dialogues[0].head(2).assign(dialogue_id="warm-up"), newest=1)
+            summary = {  # each way on conversations the server has not seen
+                "incremental": replay_at_once(url, renamed(dialogues[:clients], "many"), newest=1),
+                "rescore": replay_at_once(url, dialogues[:clients], newest=0),
+                "incremental_one_client": replay_at_once(url, renamed(dialogues[:1], "alone"), newest=1),
+            }
+        finally:
+            stop_process_group(server)
+    incremental = summary["incremental"]
+    summary["incremental_over_rescore_turns_per_s"] = round(incremental["new_turns_per_s"] / summary["rescore"]["new_turns_per_s"], 2)
+    summary["incremental_over_one_client_turns_per_s"] = round(
+        incremental["new_turns_per_s"] / summary["incremental_one_client"]["new_turns_per_s"], 2
+    )
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["in-process", "served"], default="in-process")
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "meld-causal.yaml")
+    parser.add_argument("--dialogues", type=int, default=10, help="MELD dialogues of 20+ turns to replay")
+    parser.add_argument("--clients", type=int, default=8, help="callers at once (--part served)")
+    parser.add_argument("--meld", type=Path, default=MELD)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    predictor = causal_predictor(args.config)
+    wanted = args.clients if args.part == "served" else args.dialogues
+    dialogues = long_dialogues(args.meld, wanted)
+    if len(dialogues) < wanted:
+        raise SystemExit(f"{args.meld}: {len(dialogues)} dev dialogues of {TURNS}+ turns, fewer than the {wanted} asked for")
+    if args.part == "served":
+        summary = served(predictor, dialogues, args.clients, args.threads)
+    else:
+        summary = in_process(predictor, dialogues)
+    print(json.dumps({"benchmark": "incremental", "part": args.part, "threads": args.threads, "dialogues": len(dialogues), "turns": TURNS,
+                      **summary}))
 
 
 if __name__ == "__main__":

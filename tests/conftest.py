@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +28,32 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if XDIST_WORKERS > 1:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // XDIST_WORKERS))
+
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def answer_of(url: str) -> bytes | None:
+    """The body ``url`` answers with, or None when nothing answers there."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read()
+    except OSError:
+        return None
+
+
+def wait_for_answer(url: str, seconds: float = 180) -> bytes:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if (answer := answer_of(url)) is not None:
+            return answer
+        time.sleep(1)
+    raise AssertionError(f"{url} did not answer within {seconds:.0f} s")
+
 
 TINY_MODEL = {
     "model.model_dim": 16,

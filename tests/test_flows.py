@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import answer_of, free_port, wait_for_answer
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import load_flow_from_entrypoint
 
@@ -21,39 +22,16 @@ from spikemo.features.extract import load_features
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _answers(url: str) -> bytes | None:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.read()
-    except OSError:
-        return None
-
-
 @pytest.fixture(scope="module")
 def prefect_api(tmp_path_factory) -> Iterator[str]:
     """One Prefect server for this module's flow runs: without it each flow process starts an ephemeral server
     of its own, with a fresh database to migrate."""
-    import time
-
-    port = _free_port()
+    port = free_port()
     environment = {**os.environ, "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-server")), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     server = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                               env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 180
-        while _answers(f"http://127.0.0.1:{port}/api/health") is None:
-            assert time.monotonic() < deadline, "the Prefect server did not answer"
-            time.sleep(1)
+        wait_for_answer(f"http://127.0.0.1:{port}/api/health")
         yield f"http://127.0.0.1:{port}/api"
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -165,20 +143,13 @@ def test_training_cache_key_follows_the_library_code(tmp_path, monkeypatch, meld
 def _serve_then_sigterm(command: list[str], url: str, environment: dict[str, str]) -> bytes:
     """Start a ``spikemo`` server command, wait for ``url`` to answer, SIGTERM the command alone (not its
     group) and check that it exits and its server no longer answers; returns the first answer."""
-    import time
-
     server = subprocess.Popen([sys.executable, "-m", "spikemo.cli", *command], env=environment,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 180
-        answer = None
-        while time.monotonic() < deadline and answer is None:
-            answer = _answers(url)
-            time.sleep(0 if answer else 2)
-        assert answer is not None, f"{command[0]} did not answer"
+        answer = wait_for_answer(url)
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=60) == 0
-        assert _answers(url) is None, "the child server survived SIGTERM"
+        assert answer_of(url) is None, "the child server survived SIGTERM"
         return answer
     finally:
         if server.poll() is None:
@@ -186,7 +157,7 @@ def _serve_then_sigterm(command: list[str], url: str, environment: dict[str, str
 
 
 def test_prefect_ui_on_any_port_calls_its_own_api_and_stops_on_sigterm(tmp_path):
-    port = _free_port()
+    port = free_port()
     environment = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
     answer = _serve_then_sigterm(["prefect-ui", "--workdir", str(tmp_path), "--port", str(port)],
                                  f"http://127.0.0.1:{port}/ui-settings", environment)
@@ -194,7 +165,7 @@ def test_prefect_ui_on_any_port_calls_its_own_api_and_stops_on_sigterm(tmp_path)
 
 
 def test_mlflow_ui_stops_on_sigterm(tmp_path):
-    port = _free_port()
+    port = free_port()
     answer = _serve_then_sigterm(["ui", "--workdir", str(tmp_path), "--port", str(port)], f"http://127.0.0.1:{port}/health", dict(os.environ))
     assert answer.strip() == b"OK"
 
@@ -229,7 +200,7 @@ def test_cli_preprocess_extracts_on_an_existing_dask_scheduler_as_threads_would(
     pytest.importorskip("prefect_dask")
     from distributed import Client
 
-    port = _free_port()
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     dask = str(Path(sys.executable).with_name("dask"))
     cluster = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],

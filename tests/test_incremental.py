@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import free_port, wait_for_answer
 
 from spikemo import experiment
 from spikemo.cli import main
@@ -17,7 +24,8 @@ from spikemo.config import DataConfig
 from spikemo.data.ingest import file_sha256, ingest
 from spikemo.incremental import IncrementalScorer
 from spikemo.predict import Predictor
-from spikemo.tracking import connect
+from spikemo.servers import stop_process_group
+from spikemo.tracking import connect, tracking_uri
 
 MODEL_URI = "models:/spikemo-livetext@champion"
 
@@ -120,6 +128,54 @@ def test_concurrent_threads_through_the_served_model_get_the_answers_of_one_thre
         got = [answer for per_dialogue in answers for answer in per_dialogue]
     for ours, reference in zip(got, expected, strict=True):
         pd.testing.assert_frame_equal(ours, reference, atol=1e-5)
+
+
+def _invoke(url: str, body: bytes) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read()
+
+
+def _newest_turn_body(turns: pd.DataFrame) -> bytes:
+    split = turns[["dialogue_id", "utterance_index", "speaker", "text"]].to_dict("split")
+    return json.dumps({"dataframe_split": {"columns": split["columns"], "data": split["data"]}, "params": {"newest": 1}}).encode()
+
+
+def test_mlflow_models_serve_answers_every_good_request_and_refuses_bad_ones_under_concurrent_clients(causal_model):
+    config, _, dev = causal_model
+    dialogues = [turns.sort_values("utterance_index") for _, turns in list(dev.groupby("dialogue_id"))[:8]]
+    alone = mlflow.pyfunc.load_model(MODEL_URI)
+    expected = [[alone.predict(dialogue.iloc[: k + 1], params={"newest": 1}) for k in range(len(dialogue))] for dialogue in dialogues]
+    bad_bodies = [b"not json", json.dumps({"dataframe_split": {"columns": ["dialogue_id"], "data": [["7"]]}}).encode()]
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", MODEL_URI, "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(config)}, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/invocations"
+
+    def client(dialogue: pd.DataFrame) -> list[tuple[int, bytes]]:  # a growing conversation, a bad body after each turn
+        return [answer for k in range(len(dialogue))
+                for answer in (_invoke(url, _newest_turn_body(dialogue.iloc[: k + 1])), _invoke(url, bad_bodies[k % 2]))]
+
+    try:
+        wait_for_answer(f"http://127.0.0.1:{port}/ping")
+        with ThreadPoolExecutor(max_workers=len(dialogues)) as pool:
+            answers = list(pool.map(client, dialogues))
+    finally:
+        stop_process_group(server)
+    for per_client, references in zip(answers, expected, strict=True):
+        good, bad = per_client[0::2], per_client[1::2]
+        assert [status for status, _ in good] == [200] * len(references)
+        assert all(400 <= status < 500 for status, _ in bad), [body[:200] for status, body in bad if status >= 500]
+        for (_, body), reference in zip(good, references, strict=True):
+            served = pd.DataFrame(json.loads(body)["predictions"])
+            pd.testing.assert_frame_equal(served[reference.columns], reference, atol=1e-5, check_dtype=False)
 
 
 def test_isolated_utterances_given_to_a_context_model_are_warned_about(causal_model, caplog):

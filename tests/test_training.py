@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import free_port
 from safetensors.torch import load_file, save_file
 
 from spikemo.config import LossWeights, ModelConfig, SpikEmoConfig, TrainConfig
@@ -324,12 +324,6 @@ def test_non_finite_loss_raises(corpus, tmp_path):
         train_model(tiny_config(epochs=1), manifest, exploding, LABELS, tmp_path)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _ddp_rank(rank: int, world_size: int, port: int, out_dir: str) -> None:
     """One torchrun-like process; saves the weights it trained (before the shared best checkpoint is loaded)."""
     os.environ.update(
@@ -350,7 +344,7 @@ def _ddp_rank(rank: int, world_size: int, port: int, out_dir: str) -> None:
 
 
 def test_distributed_data_parallel_ranks_end_identical(tmp_path):
-    mp.spawn(_ddp_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     rank0, rank1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2))
     assert rank0.keys() == rank1.keys()
     for name in rank0:
