@@ -19,9 +19,12 @@ unexport PYTHONDONTWRITEBYTECODE
 demo: install
 	$(VENV)/bin/spikemo demo
 
-# One pytest worker per core, each test file on one worker (a file's fixtures, such as the flow tests' Prefect
-# server, start once): many tests wait on subprocesses, so one process leaves a core idle much of the time.
+# Lint and format first (ruff, pyproject's settings), then one pytest worker per core, each test file on one
+# worker (a file's fixtures, such as the flow tests' Prefect server, start once): many tests wait on
+# subprocesses, so one process leaves a core idle much of the time.
 test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q -n auto --dist loadfile
 
 install: system-packages $(STAMP)

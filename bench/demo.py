@@ -22,7 +22,17 @@ def run_demo(workdir: Path, dialogues: int | None) -> tuple[float, dict]:
     started = time.perf_counter()
     size = ["--dialogues", str(dialogues)] if dialogues else []
     completed = subprocess.run(
-        [sys.executable, "-m", "spikemo.cli", "demo", "--workdir", str(workdir), "--cache", str(workdir / "cache"), *size],
+        [
+            sys.executable,
+            "-m",
+            "spikemo.cli",
+            "demo",
+            "--workdir",
+            str(workdir),
+            "--cache",
+            str(workdir / "cache"),
+            *size,
+        ],
         capture_output=True,
         text=True,
         check=True,

@@ -35,7 +35,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def render(root: Path, args: argparse.Namespace, fps: int) -> float:
     settings = DemoCorpusSettings(
-        dialogues=args.dialogues, seed=args.seed, split_fractions=DEMO_RUN_CORPUS["split_fractions"], fps=fps, overwrite=True
+        dialogues=args.dialogues,
+        seed=args.seed,
+        split_fractions=DEMO_RUN_CORPUS["split_fractions"],
+        fps=fps,
+        overwrite=True,
     )
     started = time.perf_counter()
     make_demo_corpus(root, settings)
@@ -63,7 +67,9 @@ def score_audio_encoder(config: SpikEmoConfig, seeds: int) -> dict[str, Any]:
     mean = np.mean(spikemo, axis=0)
     probe_scores = dev_and_test(probe.dev_metrics, probe.test_metrics)
     return {
-        "extract_seconds": {modality: round(extracted["seconds"], 1) for modality, extracted in summary["modalities"].items()},
+        "extract_seconds": {
+            modality: round(extracted["seconds"], 1) for modality, extracted in summary["modalities"].items()
+        },
         "audio_dim": int(data.encoders["audio"].dim),
         "spikemo": spikemo,
         "spikemo_mean": mean.round(2).tolist(),
@@ -91,19 +97,43 @@ def main() -> None:
             for audio in args.audio.split(","):
                 config = load_config(
                     REPO / "configs" / "demo.yaml",
-                    {"data.root": str(root), "data.name": f"selection-{fps}fps", "cache": f"{scratch}/cache", "workdir": f"{scratch}/work",
-                     "features.audio.name": audio},
+                    {
+                        "data.root": str(root),
+                        "data.name": f"selection-{fps}fps",
+                        "cache": f"{scratch}/cache",
+                        "workdir": f"{scratch}/work",
+                        "features.audio.name": audio,
+                    },
                 )
-                rows.append({"fps": fps, "audio": audio, "render_seconds": round(render_seconds, 1), **score_audio_encoder(config, args.seeds)})
+                rows.append(
+                    {
+                        "fps": fps,
+                        "audio": audio,
+                        "render_seconds": round(render_seconds, 1),
+                        **score_audio_encoder(config, args.seeds),
+                    }
+                )
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     anchor = rows[0]
     for row in rows:
         row["render_over_anchor"] = round(row["render_seconds"] / anchor["render_seconds"], 3)
         same_fps_anchor = next(r for r in rows if r["fps"] == row["fps"])
-        row["audio_seconds_over_anchor"] = round(row["extract_seconds"]["audio"] / same_fps_anchor["extract_seconds"]["audio"], 3)
+        row["audio_seconds_over_anchor"] = round(
+            row["extract_seconds"]["audio"] / same_fps_anchor["extract_seconds"]["audio"], 3
+        )
         row["spikemo_minus_anchor"] = (np.array(row["spikemo_mean"]) - anchor["spikemo_mean"]).round(2).tolist()
-    print(json.dumps({"benchmark": "demo_recipe", "dialogues": args.dialogues, "corpus_seed": args.seed, "seeds": args.seeds,
-                      "scores": "weighted-F1 [dev, test] of the selection corpus", "rows": rows}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "demo_recipe",
+                "dialogues": args.dialogues,
+                "corpus_seed": args.seed,
+                "seeds": args.seeds,
+                "scores": "weighted-F1 [dev, test] of the selection corpus",
+                "rows": rows,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -24,12 +24,51 @@ from spikemo.data.demo import DemoCorpusSettings, plan_demo_corpus
 from spikemo.data.demo import clip as demo_clip
 
 
-def encode_with_ffmpeg_process(video: Iterator[np.ndarray], samples: np.ndarray, rate: int, size: int, fps: int, out: Path) -> None:
+def encode_with_ffmpeg_process(
+    video: Iterator[np.ndarray], samples: np.ndarray, rate: int, size: int, fps: int, out: Path
+) -> None:
     audio = out.with_suffix(".wav")
     soundfile.write(str(audio), np.clip(samples, -1, 1), rate, subtype="PCM_16")
-    command = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{size}x{size}",
-               "-r", str(fps), "-i", "pipe:0", "-i", str(audio), "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset",
-               "veryfast", "-crf", "23", "-pix_fmt", "yuv420p", "-threads", "1", "-c:a", "aac", "-b:a", "64k", "-f", "mp4", str(out)]
+    command = [
+        "ffmpeg",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "bgr24",
+        "-s",
+        f"{size}x{size}",
+        "-r",
+        str(fps),
+        "-i",
+        "pipe:0",
+        "-i",
+        str(audio),
+        "-map",
+        "0:v",
+        "-map",
+        "1:a",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-crf",
+        "23",
+        "-pix_fmt",
+        "yuv420p",
+        "-threads",
+        "1",
+        "-c:a",
+        "aac",
+        "-b:a",
+        "64k",
+        "-f",
+        "mp4",
+        str(out),
+    ]
     encoder = subprocess.Popen(command, stdin=subprocess.PIPE)
     for frame in video:
         encoder.stdin.write(frame.data)
@@ -64,13 +103,20 @@ def main() -> None:
     shipped = seconds_per_clip(plan, args.fps, settings.image_size)
     after = anchor()
     ffmpeg_process = (before + after) / 2
-    print(json.dumps({
-        "benchmark": "demo_render", "clips": len(plan), "fps": args.fps, "image_size": settings.image_size,
-        "in_process_ms_per_clip": round(shipped * 1000, 1),
-        "ffmpeg_process_ms_per_clip": round(ffmpeg_process * 1000, 1),
-        "ffmpeg_process_before_after_ms": [round(before * 1000, 1), round(after * 1000, 1)],
-        "in_process_over_ffmpeg_process": round(shipped / ffmpeg_process, 3),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "demo_render",
+                "clips": len(plan),
+                "fps": args.fps,
+                "image_size": settings.image_size,
+                "in_process_ms_per_clip": round(shipped * 1000, 1),
+                "ffmpeg_process_ms_per_clip": round(ffmpeg_process * 1000, 1),
+                "ffmpeg_process_before_after_ms": [round(before * 1000, 1), round(after * 1000, 1)],
+                "in_process_over_ffmpeg_process": round(shipped / ffmpeg_process, 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

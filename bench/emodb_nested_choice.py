@@ -37,7 +37,11 @@ CANDIDATES: dict[str, dict[str, Any]] = {  # each names its gate and epoch rule,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--candidates", default="feature_gate_last,softmax_gate_last", help=f"comma-separated subset of {list(CANDIDATES)}")
+    parser.add_argument(
+        "--candidates",
+        default="feature_gate_last,softmax_gate_last",
+        help=f"comma-separated subset of {list(CANDIDATES)}",
+    )
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--emodb-root", type=Path, default=SHARED_DATA / "emodb")
     parser.add_argument("--cache", type=Path, default=REPO / "feature_cache")
@@ -46,7 +50,9 @@ def main() -> None:
     args = parser.parse_args()
     candidates = args.candidates.split(",")
     if set(candidates) - set(CANDIDATES):
-        parser.error(f"unknown candidate(s) {sorted(set(candidates) - set(CANDIDATES))}; choose from {list(CANDIDATES)}")
+        parser.error(
+            f"unknown candidate(s) {sorted(set(candidates) - set(CANDIDATES))}; choose from {list(CANDIDATES)}"
+        )
     torch.set_num_threads(args.threads)
     base = next(emodb_folds(argparse.Namespace(**{**vars(args), "seeds": 1}, emodb_session_length=0, epochs=None)))
     speakers = sorted(base.manifest["speaker"].unique())
@@ -56,7 +62,9 @@ def main() -> None:
         manifest = base.manifest[base.manifest["speaker"] != reported]
         for position, inner_test in enumerate(inner):
             selecting = inner[(position + 1) % len(inner)]
-            split = np.where(manifest["speaker"] == inner_test, "test", np.where(manifest["speaker"] == selecting, "dev", "train"))
+            split = np.where(
+                manifest["speaker"] == inner_test, "test", np.where(manifest["speaker"] == selecting, "dev", "train")
+            )
             data = build_dialogue_data(manifest.assign(split=split), base.features, len(base.labels))
             for seed in range(args.seeds):
                 for candidate in candidates:
@@ -64,18 +72,31 @@ def main() -> None:
                     with tempfile.TemporaryDirectory() as run_dir:
                         result = train_on_dialogue_data(config, data, base.labels, Path(run_dir), resume=False)
                     record = {
-                        "reported_speaker": reported, "inner_test_speaker": inner_test, "seed": seed, "candidate": candidate,
-                        "inner_test_weighted_f1": round(result.test_metrics["weighted_f1"], 2), "kept_epoch": result.best_epoch,
+                        "reported_speaker": reported,
+                        "inner_test_speaker": inner_test,
+                        "seed": seed,
+                        "candidate": candidate,
+                        "inner_test_weighted_f1": round(result.test_metrics["weighted_f1"], 2),
+                        "kept_epoch": result.best_epoch,
                     }
                     print(json.dumps(record), flush=True)
                     records.append(record)
-    table = pd.DataFrame(records).groupby(["reported_speaker", "candidate"])["inner_test_weighted_f1"].mean().unstack()[candidates]
+    table = (
+        pd.DataFrame(records)
+        .groupby(["reported_speaker", "candidate"])["inner_test_weighted_f1"]
+        .mean()
+        .unstack()[candidates]
+    )
     summary = {
         speaker: {**{candidate: round(row[candidate], 2) for candidate in candidates}, "nested_choice": row.idxmax()}
         for speaker, row in table.iterrows()
     }
     means = {candidate: round(table[candidate].mean(), 2) for candidate in candidates}
-    print(json.dumps({"benchmark": "emodb_nested_choice", "seeds": args.seeds, "per_reported_speaker": summary, "mean": means}))
+    print(
+        json.dumps(
+            {"benchmark": "emodb_nested_choice", "seeds": args.seeds, "per_reported_speaker": summary, "mean": means}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -40,7 +40,12 @@ from spikemo.features import build_encoder, extract_modality
 from spikemo.features.extract import preprocess
 from spikemo.features.hf import resolve_model_dir
 
-SENTENCES = ["Oh my god, I cannot believe it", "That is the best news I have heard all year", "Leave me alone", "Fine, whatever"]
+SENTENCES = [
+    "Oh my god, I cannot believe it",
+    "That is the best news I have heard all year",
+    "Leave me alone",
+    "Fine, whatever",
+]
 
 
 def draw_face(mouth_open: float, brow_lift: int, size: int = 256) -> np.ndarray:
@@ -48,10 +53,27 @@ def draw_face(mouth_open: float, brow_lift: int, size: int = 256) -> np.ndarray:
     centre = size // 2
     cv2.ellipse(image, (centre, centre), (int(size * 0.3), int(size * 0.4)), 0, 0, 360, (230, 180, 150), -1)
     for side in (-1, 1):
-        cv2.circle(image, (centre + side * int(size * 0.12), centre - int(size * 0.08)), int(size * 0.035), (40, 40, 40), -1)
+        cv2.circle(
+            image, (centre + side * int(size * 0.12), centre - int(size * 0.08)), int(size * 0.035), (40, 40, 40), -1
+        )
         brow_y = centre - int(size * 0.17) - brow_lift
-        cv2.line(image, (centre + side * int(size * 0.06), brow_y), (centre + side * int(size * 0.18), brow_y), (60, 40, 30), 3)
-    cv2.ellipse(image, (centre, centre + int(size * 0.17)), (int(size * 0.1), max(2, int(size * 0.06 * mouth_open))), 0, 0, 360, (40, 30, 120), -1)
+        cv2.line(
+            image,
+            (centre + side * int(size * 0.06), brow_y),
+            (centre + side * int(size * 0.18), brow_y),
+            (60, 40, 30),
+            3,
+        )
+    cv2.ellipse(
+        image,
+        (centre, centre + int(size * 0.17)),
+        (int(size * 0.1), max(2, int(size * 0.06 * mouth_open))),
+        0,
+        0,
+        360,
+        (40, 30, 120),
+        -1,
+    )
     return image
 
 
@@ -63,21 +85,58 @@ def make_clips(root: Path, count: int, seconds: float = 3.0, fps: int = 25) -> d
     for index in range(count):
         speech = root / "clips" / f"u{index}.wav"
         subprocess.run(["espeak-ng", "-w", str(speech), SENTENCES[index % len(SENTENCES)]], check=True)
-        frames = np.stack([draw_face(rng.uniform(0.1, 0.9), int(rng.integers(0, 9))) for _ in range(int(seconds * fps))])
+        frames = np.stack(
+            [draw_face(rng.uniform(0.1, 0.9), int(rng.integers(0, 9))) for _ in range(int(seconds * fps))]
+        )
         subprocess.run(
-            ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "256x256", "-r", str(fps), "-i", "-",
-             "-i", str(speech), "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(root / "clips" / f"u{index}.mp4")],
+            [
+                "ffmpeg",
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "rawvideo",
+                "-pix_fmt",
+                "rgb24",
+                "-s",
+                "256x256",
+                "-r",
+                str(fps),
+                "-i",
+                "-",
+                "-i",
+                str(speech),
+                "-c:v",
+                "libx264",
+                "-pix_fmt",
+                "yuv420p",
+                "-c:a",
+                "aac",
+                str(root / "clips" / f"u{index}.mp4"),
+            ],
             input=frames.tobytes(),
             check=True,
         )
-        rows.append([index // 4, index % 4, f"S{index % 2}", SENTENCES[index % len(SENTENCES)], "neutral", "train", f"clips/u{index}"])
+        rows.append(
+            [
+                index // 4,
+                index % 4,
+                f"S{index % 2}",
+                SENTENCES[index % len(SENTENCES)],
+                "neutral",
+                "train",
+                f"clips/u{index}",
+            ]
+        )
     configs = {}
     for name, suffix in (("video", ".mp4"), ("speech", ".wav")):
         with (root / f"{name}.csv").open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["dialogue_id", "utterance_index", "speaker", "text", "label", "split", "media_path"])
             writer.writerows([*row[:-1], row[-1] + suffix] for row in rows)
-        configs[name] = DataConfig(format="manifest", manifest=root / f"{name}.csv", root=root, labels=["neutral"], name=f"bench{name}")
+        configs[name] = DataConfig(
+            format="manifest", manifest=root / f"{name}.csv", root=root, labels=["neutral"], name=f"bench{name}"
+        )
     return configs
 
 
@@ -87,7 +146,9 @@ def _rate(items: int, run: Callable[[], Any]) -> float:
     return items / (time.perf_counter() - started)
 
 
-def _around(anchor: Callable[[], float], pipeline: Callable[[], dict[str, Any]]) -> tuple[float, list[float], dict[str, Any]]:
+def _around(
+    anchor: Callable[[], float], pipeline: Callable[[], dict[str, Any]]
+) -> tuple[float, list[float], dict[str, Any]]:
     """The anchor's rate before and after the pipeline, their mean, and the pipeline's figures."""
     before = anchor()
     figures = pipeline()
@@ -131,7 +192,14 @@ def text_figures(config: SpikEmoConfig) -> dict[str, Any]:
     }
 
 
-def media_figures(manifest_path: Path, modality: str, features: FeaturesConfig, cache: Path, anchor_name: str, anchor_one: Callable[[Path], Any]) -> dict[str, Any]:
+def media_figures(
+    manifest_path: Path,
+    modality: str,
+    features: FeaturesConfig,
+    cache: Path,
+    anchor_name: str,
+    anchor_one: Callable[[Path], Any],
+) -> dict[str, Any]:
     manifest, metadata = read_manifest(manifest_path)
     files = [Path(metadata["root"]) / relative for relative in manifest["media_path"]]
 
@@ -141,7 +209,9 @@ def media_figures(manifest_path: Path, modality: str, features: FeaturesConfig, 
         return {"first": first, "again": again}
 
     anchor_one(files[0])
-    anchor, anchor_runs, run = _around(lambda: _rate(len(files), lambda: [anchor_one(path) for path in files]), pipeline)
+    anchor, anchor_runs, run = _around(
+        lambda: _rate(len(files), lambda: [anchor_one(path) for path in files]), pipeline
+    )
     first = run["first"]
     rate = (first.encoded + first.failed) / first.seconds
     return {
@@ -159,7 +229,9 @@ def media_figures(manifest_path: Path, modality: str, features: FeaturesConfig, 
 def opensmile_file() -> Callable[[Path], Any]:
     import opensmile
 
-    smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02, feature_level=opensmile.FeatureLevel.Functionals)
+    smile = opensmile.Smile(
+        feature_set=opensmile.FeatureSet.eGeMAPSv02, feature_level=opensmile.FeatureLevel.Functionals
+    )
     return smile.process_file
 
 
@@ -193,8 +265,13 @@ def main() -> None:
             meld_root = work / "meld"
             meld_root.mkdir()
             for name in ("train_sent_emo.csv", "dev_sent_emo.csv"):
-                pd.read_csv(args.meld / name, dtype=str, keep_default_na=False).head(args.meld_limit).to_csv(meld_root / name, index=False)
-        config = load_config(None, {"data.format": "meld", "data.root": str(meld_root), "cache": str(work / "cache"), "workdir": str(work)})
+                pd.read_csv(args.meld / name, dtype=str, keep_default_na=False).head(args.meld_limit).to_csv(
+                    meld_root / name, index=False
+                )
+        config = load_config(
+            None,
+            {"data.format": "meld", "data.root": str(meld_root), "cache": str(work / "cache"), "workdir": str(work)},
+        )
         results["text"] = text_figures(config)
 
         clip_features = FeaturesConfig(modalities=["text", "audio", "visual"], batch_size=8)
@@ -202,9 +279,16 @@ def main() -> None:
         for name, data in make_clips(work / "clips", args.clips).items():
             manifests[name] = work / "cache" / data.dataset_name / "manifest.parquet"
             ingest(data, manifests[name])
-        results["audio"] = media_figures(manifests["speech"], "audio", clip_features, work / "cache", "opensmile", opensmile_file())
+        results["audio"] = media_figures(
+            manifests["speech"], "audio", clip_features, work / "cache", "opensmile", opensmile_file()
+        )
         results["visual"] = media_figures(
-            manifests["video"], "visual", clip_features, work / "cache", "facemesh_loop", facemesh_loop(clip_features.frames_per_clip)
+            manifests["video"],
+            "visual",
+            clip_features,
+            work / "cache",
+            "facemesh_loop",
+            facemesh_loop(clip_features.frames_per_clip),
         )
     print(json.dumps(results))
 

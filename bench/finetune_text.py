@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 import psutil
 import torch
+from meld_splits import selection_resplit, write_resplit  # bench/ is the script's folder
 
 from spikemo.config import SpikEmoConfig, load_config
 from spikemo.data.ingest import ingest
@@ -59,8 +60,6 @@ from spikemo.features.finetune import (
 from spikemo.training import build_dialogue_data, train_model
 from spikemo.training.baseline import fit_linear_probe
 
-from meld_splits import selection_resplit, write_resplit  # bench/ is the script's folder
-
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 SPEED_SETTINGS = [  # (model, max_length, context_turns, future_turns, freeze_layers, precision)
@@ -76,12 +75,22 @@ SPEED_SETTINGS = [  # (model, max_length, context_turns, future_turns, freeze_la
 def speed_worker(args: argparse.Namespace) -> dict[str, Any]:
     """One setting, in this (fresh) process."""
     model_name, max_length, context_turns, future_turns, freeze_layers, precision = args.setting
-    max_length, context_turns, future_turns, freeze_layers = map(int, (max_length, context_turns, future_turns, freeze_layers))
-    config = _bench_config(args, {
-        "features.text.params": {"model": model_name, "context_turns": context_turns, "future_turns": future_turns,
-                                 "speaker_names": True, "max_length": max_length},
-        "features.text.finetune": {"freeze_layers": freeze_layers, "precision": precision},
-    })
+    max_length, context_turns, future_turns, freeze_layers = map(
+        int, (max_length, context_turns, future_turns, freeze_layers)
+    )
+    config = _bench_config(
+        args,
+        {
+            "features.text.params": {
+                "model": model_name,
+                "context_turns": context_turns,
+                "future_turns": future_turns,
+                "speaker_names": True,
+                "max_length": max_length,
+            },
+            "features.text.finetune": {"freeze_layers": freeze_layers, "precision": precision},
+        },
+    )
     manifest, _ = read_manifest(_ingested(config))
     train = manifest[manifest["split"] == "train"]
     encoder = build_encoder("text", config.features)
@@ -128,12 +137,31 @@ def speed_worker(args: argparse.Namespace) -> dict[str, Any]:
 def speed(args: argparse.Namespace) -> dict[str, Any]:
     results = []
     for setting in SPEED_SETTINGS:
-        command = [sys.executable, __file__, "--part", "speed-worker", "--setting", *map(str, setting), "--steps", str(args.steps),
-                   "--threads", str(args.threads), "--cache", str(args.cache), "--work", str(args.work)]
+        command = [
+            sys.executable,
+            __file__,
+            "--part",
+            "speed-worker",
+            "--setting",
+            *map(str, setting),
+            "--steps",
+            str(args.steps),
+            "--threads",
+            str(args.threads),
+            "--cache",
+            str(args.cache),
+            "--work",
+            str(args.work),
+        ]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results.append(json.loads(output.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
-    return {"benchmark": "finetune_text_speed", "threads": args.threads, "batch_size": args.batch_size, "settings": results}
+    return {
+        "benchmark": "finetune_text_speed",
+        "threads": args.threads,
+        "batch_size": args.batch_size,
+        "settings": results,
+    }
 
 
 def accuracy(args: argparse.Namespace) -> dict[str, Any]:
@@ -144,9 +172,13 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
     for path in args.configs:
         rows.append(_recipe_row(args, path, manifest_path, resplit, resplit_path, labels))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    return {"benchmark": "finetune_text_accuracy", "dataset": args.dataset,
-            "reported_split": f"{args.dataset} dev (selection: a fixed 10% of train dialogues)",
-            "threads": args.threads, "recipes": rows}
+    return {
+        "benchmark": "finetune_text_accuracy",
+        "dataset": args.dataset,
+        "reported_split": f"{args.dataset} dev (selection: a fixed 10% of train dialogues)",
+        "threads": args.threads,
+        "recipes": rows,
+    }
 
 
 def _selection_splits(args: argparse.Namespace) -> tuple[Path, pd.DataFrame, Path, list[str]]:
@@ -155,17 +187,27 @@ def _selection_splits(args: argparse.Namespace) -> tuple[Path, pd.DataFrame, Pat
     manifest_path = _ingested(_bench_config(args, {}, args.configs[0]))
     manifest, metadata = read_manifest(manifest_path)
     resplit = selection_resplit(manifest)
-    resplit_path = write_resplit(resplit, manifest_path, Path(args.work) / f"{args.dataset}-select10" / "manifest.parquet")
+    resplit_path = write_resplit(
+        resplit, manifest_path, Path(args.work) / f"{args.dataset}-select10" / "manifest.parquet"
+    )
     return manifest_path, resplit, resplit_path, metadata["labels"]
 
 
-def _recipe_row(args: argparse.Namespace, path: Path, manifest_path: Path, resplit: pd.DataFrame, resplit_path: Path,
-                labels: list[str]) -> dict[str, Any]:
+def _recipe_row(
+    args: argparse.Namespace,
+    path: Path,
+    manifest_path: Path,
+    resplit: pd.DataFrame,
+    resplit_path: Path,
+    labels: list[str],
+) -> dict[str, Any]:
     """Frozen probe, fine-tune (time, peak memory), the classifier, and the probe and SpikEmo on its features."""
     config = _bench_config(args, {"data.name": f"{args.dataset}-select10"}, path)
     text = config.features.text
     frozen_layer = args.frozen_layer.get(text.params["model"], -1)
-    frozen_text = text.model_copy(update={"finetune": None, "params": {"model": text.params["model"], "pooling": "mean", "layer": frozen_layer}})
+    frozen_text = text.model_copy(
+        update={"finetune": None, "params": {"model": text.params["model"], "pooling": "mean", "layer": frozen_layer}}
+    )
     frozen_features = config.features.model_copy(update={"text": frozen_text})
     extract_modality(manifest_path, "text", frozen_features, config.cache)
     frozen_probe = _probe(resplit, load_features(resplit, "text", frozen_features, config.cache), labels)
@@ -197,7 +239,9 @@ def _recipe_row(args: argparse.Namespace, path: Path, manifest_path: Path, respl
         "finetuned_probe_train_minus_selection": tuned_probe.train_minus_selection,
         "spikemo_finetuned_weighted_f1": [round(score, 2) for score in spikemo_scores],
         "spikemo_finetuned_weighted_f1_mean": round(spikemo_mean, 2),
-        "spikemo_finetuned_weighted_f1_std": round(float(np.std(spikemo_scores, ddof=1)), 2) if len(spikemo_scores) > 1 else 0.0,
+        "spikemo_finetuned_weighted_f1_std": round(float(np.std(spikemo_scores, ddof=1)), 2)
+        if len(spikemo_scores) > 1
+        else 0.0,
         "spikemo_minus_finetuned_probe": round(spikemo_mean - tuned_probe.test_weighted_f1, 2),
         "spikemo_minus_finetuned_classifier": round(spikemo_mean - finetuned.test_weighted_f1, 2),
         "spikemo_minus_frozen_probe": round(spikemo_mean - frozen_probe.test_weighted_f1, 2),
@@ -224,30 +268,48 @@ def combine(args: argparse.Namespace) -> dict[str, Any]:
     for name, features in {**members, **combined}.items():
         probe = _probe(resplit, features, labels)
         scores = _spikemo_scores(model_config, resplit, {"text": features}, labels, args.seeds, name)
-        rows.append({"features": name, "probe_weighted_f1": round(probe.test_weighted_f1, 2),
-                     "probe_train_minus_selection": probe.train_minus_selection,
-                     "spikemo_weighted_f1": [round(score, 2) for score in scores],
-                     "spikemo_weighted_f1_mean": round(float(np.mean(scores)), 2),
-                     "spikemo_minus_probe": round(float(np.mean(scores)) - probe.test_weighted_f1, 2)})
+        rows.append(
+            {
+                "features": name,
+                "probe_weighted_f1": round(probe.test_weighted_f1, 2),
+                "probe_train_minus_selection": probe.train_minus_selection,
+                "spikemo_weighted_f1": [round(score, 2) for score in scores],
+                "spikemo_weighted_f1_mean": round(float(np.mean(scores)), 2),
+                "spikemo_minus_probe": round(float(np.mean(scores)) - probe.test_weighted_f1, 2),
+            }
+        )
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    best_member = max(rows[:len(members)], key=lambda row: row["spikemo_weighted_f1_mean"])
-    for row in rows[len(members):]:
-        row["spikemo_minus_best_member_spikemo"] = round(row["spikemo_weighted_f1_mean"] - best_member["spikemo_weighted_f1_mean"], 2)
-    return {"benchmark": "finetune_text_combine", "dataset": args.dataset,
-            "reported_split": f"{args.dataset} dev (selection: a fixed 10% of train dialogues)",
-            "threads": args.threads, "rows": rows}
+    best_member = max(rows[: len(members)], key=lambda row: row["spikemo_weighted_f1_mean"])
+    for row in rows[len(members) :]:
+        row["spikemo_minus_best_member_spikemo"] = round(
+            row["spikemo_weighted_f1_mean"] - best_member["spikemo_weighted_f1_mean"], 2
+        )
+    return {
+        "benchmark": "finetune_text_combine",
+        "dataset": args.dataset,
+        "reported_split": f"{args.dataset} dev (selection: a fixed 10% of train dialogues)",
+        "threads": args.threads,
+        "rows": rows,
+    }
 
 
-def _finetuned_features(config: SpikEmoConfig, manifest_path: Path, resplit: pd.DataFrame,
-                        resplit_path: Path) -> tuple[SpikEmoConfig, pd.DataFrame]:
+def _finetuned_features(
+    config: SpikEmoConfig, manifest_path: Path, resplit: pd.DataFrame, resplit_path: Path
+) -> tuple[SpikEmoConfig, pd.DataFrame]:
     """The config resolved to its finished fine-tune, and that encoder's features of the resplit (extracted if missing)."""
     tuned = finetuned_text_config(config, resplit_path)
     extract_modality(manifest_path, "text", tuned.features, config.cache)
     return tuned, load_features(resplit, "text", tuned.features, config.cache)
 
 
-def _spikemo_scores(config: SpikEmoConfig, manifest: pd.DataFrame, features: dict[str, pd.DataFrame], labels: list[str],
-                    seeds: int, name: str) -> list[float]:
+def _spikemo_scores(
+    config: SpikEmoConfig,
+    manifest: pd.DataFrame,
+    features: dict[str, pd.DataFrame],
+    labels: list[str],
+    seeds: int,
+    name: str,
+) -> list[float]:
     """SpikEmo's weighted-F1 on the reported split for seeds 0 .. seeds-1 (epoch selected on the selection split)."""
     scores = []
     for seed in range(seeds):
@@ -255,8 +317,18 @@ def _spikemo_scores(config: SpikEmoConfig, manifest: pd.DataFrame, features: dic
         with tempfile.TemporaryDirectory() as run_dir:
             result = train_model(seeded, manifest, features, labels, Path(run_dir), resume=False)
         scores.append(result.test_metrics["weighted_f1"])
-        print(json.dumps({"features": name, "spikemo_seed": seed, "reported_weighted_f1": result.test_metrics["weighted_f1"],
-                          "best_epoch": result.best_epoch}), file=sys.stderr, flush=True)
+        print(
+            json.dumps(
+                {
+                    "features": name,
+                    "spikemo_seed": seed,
+                    "reported_weighted_f1": result.test_metrics["weighted_f1"],
+                    "best_epoch": result.best_epoch,
+                }
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
     return scores
 
 
@@ -285,7 +357,9 @@ class PeakRSS:
 @dataclass(frozen=True)
 class ProbeScores:
     test_weighted_f1: float  # the reported split
-    train_minus_selection: dict[str, float]  # weighted-F1 on its own training utterances, on the selection split, the gap
+    train_minus_selection: dict[
+        str, float
+    ]  # weighted-F1 on its own training utterances, on the selection split, the gap
 
 
 def _probe(manifest: pd.DataFrame, features: pd.DataFrame, labels: list[str]) -> ProbeScores:
@@ -296,9 +370,14 @@ def _probe(manifest: pd.DataFrame, features: pd.DataFrame, labels: list[str]) ->
 
 
 def _bench_config(args: argparse.Namespace, overrides: dict[str, Any], path: Path | None = None) -> SpikEmoConfig:
-    base = {"data.format": args.dataset, "data.root": str(args.data_root or SHARED_DATA / args.dataset),
-            "data.name": args.dataset, "features.modalities": ["text"],
-            "cache": str(args.cache), "workdir": str(args.work)}
+    base = {
+        "data.format": args.dataset,
+        "data.root": str(args.data_root or SHARED_DATA / args.dataset),
+        "data.name": args.dataset,
+        "features.modalities": ["text"],
+        "cache": str(args.cache),
+        "workdir": str(args.work),
+    }
     return load_config(path, {**base, **overrides})
 
 
@@ -310,19 +389,32 @@ def _ingested(config: SpikEmoConfig) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=["speed", "accuracy", "combine", "speed-worker"], required=True)
-    parser.add_argument("--configs", type=lambda value: [Path(path) for path in value.split(",")],
-                        default=[REPO / "configs" / "meld-mpnet.yaml", REPO / "configs" / "meld-finetuned.yaml"],
-                        help="accuracy: comma-separated recipes, one row each (default: MPNet, then MiniLM); combine: the members")
-    parser.add_argument("--frozen-layer", type=lambda value: {k: int(v) for k, v in (item.split("=") for item in value.split(","))},
-                        default={"minilm": 4, "mpnet": 8}, help="accuracy: layer of the frozen-probe features per model alias")
-    parser.add_argument("--setting", nargs=6, metavar=("MODEL", "MAX_LENGTH", "CONTEXT_TURNS", "FUTURE_TURNS", "FREEZE_LAYERS", "PRECISION"))
+    parser.add_argument(
+        "--configs",
+        type=lambda value: [Path(path) for path in value.split(",")],
+        default=[REPO / "configs" / "meld-mpnet.yaml", REPO / "configs" / "meld-finetuned.yaml"],
+        help="accuracy: comma-separated recipes, one row each (default: MPNet, then MiniLM); combine: the members",
+    )
+    parser.add_argument(
+        "--frozen-layer",
+        type=lambda value: {k: int(v) for k, v in (item.split("=") for item in value.split(","))},
+        default={"minilm": 4, "mpnet": 8},
+        help="accuracy: layer of the frozen-probe features per model alias",
+    )
+    parser.add_argument(
+        "--setting",
+        nargs=6,
+        metavar=("MODEL", "MAX_LENGTH", "CONTEXT_TURNS", "FUTURE_TURNS", "FREEZE_LAYERS", "PRECISION"),
+    )
     parser.add_argument("--steps", type=int, default=12, help="speed: timed training steps per setting")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seeds", type=int, default=3, help="accuracy, combine: SpikEmo seeds on each set of features")
     parser.add_argument("--dataset", choices=["meld", "emorynlp"], default="meld")
     parser.add_argument("--data-root", type=Path, help="the dataset's folder (default ../shared/data/<dataset>)")
     parser.add_argument("--cache", type=Path, default=REPO / "feature_cache")
-    parser.add_argument("--work", type=Path, default=REPO / ".spikemo" / "bench", help="fine-tuned encoders go under here")
+    parser.add_argument(
+        "--work", type=Path, default=REPO / ".spikemo" / "bench", help="fine-tuned encoders go under here"
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -61,8 +61,11 @@ def causal_predictor(config_path: Path) -> Predictor:
     config = load_config(config_path, {"features.modalities": ["text"]})
     encoder = build_encoder("text", config.features)
     spec = ModelSpec(
-        dataset="meld", labels=["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"], model=config.model,
-        features=config.features, encoders={"text": EncoderSpec(encoder=config.features.text, fingerprint=encoder.fingerprint, dim=encoder.dim)},
+        dataset="meld",
+        labels=["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"],
+        model=config.model,
+        features=config.features,
+        encoders={"text": EncoderSpec(encoder=config.features.text, fingerprint=encoder.fingerprint, dim=encoder.dim)},
     )
     torch.manual_seed(0)
     return Predictor(SpikEmo(spec.model, spec.input_dims, len(spec.labels)), spec)
@@ -70,12 +73,23 @@ def causal_predictor(config_path: Path) -> Predictor:
 
 def long_dialogues(meld: Path, limit: int) -> list[pd.DataFrame]:
     """The first ``limit`` MELD dialogues of 20+ turns, cut to 20: dev's, then train's (the model's weights are random)."""
-    columns = {"Dialogue_ID": "dialogue_id", "Utterance_ID": "utterance_index", "Speaker": "speaker", "Utterance": "text"}
+    columns = {
+        "Dialogue_ID": "dialogue_id",
+        "Utterance_ID": "utterance_index",
+        "Speaker": "speaker",
+        "Utterance": "text",
+    }
     dialogues = []
     for split in ("dev", "train"):
-        utterances = pd.read_csv(meld / f"{split}_sent_emo.csv", dtype={"Dialogue_ID": str}, keep_default_na=False).rename(columns=columns)
+        utterances = pd.read_csv(
+            meld / f"{split}_sent_emo.csv", dtype={"Dialogue_ID": str}, keep_default_na=False
+        ).rename(columns=columns)
         utterances["dialogue_id"] = f"{split}-" + utterances["dialogue_id"]
-        dialogues += [turns.sort_values("utterance_index").head(TURNS) for _, turns in utterances.groupby("dialogue_id") if len(turns) >= TURNS]
+        dialogues += [
+            turns.sort_values("utterance_index").head(TURNS)
+            for _, turns in utterances.groupby("dialogue_id")
+            if len(turns) >= TURNS
+        ]
     return [turns[list(columns.values())].reset_index(drop=True) for turns in dialogues[:limit]]
 
 
@@ -94,11 +108,17 @@ def request(turns: pd.DataFrame) -> dict[str, Any]:
 
 
 def latency_summary(spent_ms: np.ndarray) -> dict[str, float]:
-    return {"p50_ms": round(float(np.percentile(spent_ms, 50)), 2), "p95_ms": round(float(np.percentile(spent_ms, 95)), 2)}
+    return {
+        "p50_ms": round(float(np.percentile(spent_ms, 50)), 2),
+        "p95_ms": round(float(np.percentile(spent_ms, 95)), 2),
+    }
 
 
 def in_process(predictor: Predictor, dialogues: list[pd.DataFrame]) -> dict[str, Any]:
-    scorer, anchor = IncrementalScorer(predictor), IncrementalScorer(predictor)  # one loaded encoder each, as a server holds
+    scorer, anchor = (
+        IncrementalScorer(predictor),
+        IncrementalScorer(predictor),
+    )  # one loaded encoder each, as a server holds
     for warm_up in (scorer, anchor):
         warm_up.score(request(dialogues[0].head(2)))
         warm_up.forget()
@@ -115,10 +135,15 @@ def in_process(predictor: Predictor, dialogues: list[pd.DataFrame]) -> dict[str,
     summary: dict[str, Any] = {}
     for way, runs in ways.items():
         spent = np.asarray(runs)  # [dialogues, turns]
-        summary[way] = {**latency_summary(spent), **{f"turn20_{k}": v for k, v in latency_summary(spent[:, -1]).items()}}
+        summary[way] = {
+            **latency_summary(spent),
+            **{f"turn20_{k}": v for k, v in latency_summary(spent[:, -1]).items()},
+        }
     fastest = summary["incremental"]
     for way in ("rescore_in_memory", "rescore_predict_frame"):
-        summary[f"{way}_over_incremental_turn20_p95"] = round(summary[way]["turn20_p95_ms"] / fastest["turn20_p95_ms"], 2)
+        summary[f"{way}_over_incremental_turn20_p95"] = round(
+            summary[way]["turn20_p95_ms"] / fastest["turn20_p95_ms"], 2
+        )
     return summary
 
 
@@ -126,8 +151,12 @@ def saved_pyfunc(predictor: Predictor, folder: Path) -> Path:
     """The model as ``train`` logs it: the bundle as the pyfunc's artifact, its code, the signature with params."""
     bundle = save_bundle(predictor.model, predictor.spec, folder / "bundle")
     mlflow.pyfunc.save_model(
-        folder / "pyfunc", python_model=str(PYFUNC_MODEL_FILE), artifacts={"bundle": str(bundle)},
-        code_paths=[str(REPO / "spikemo")], signature=prediction_signature(predictor.spec.labels), input_example=INPUT_EXAMPLE,
+        folder / "pyfunc",
+        python_model=str(PYFUNC_MODEL_FILE),
+        artifacts={"bundle": str(bundle)},
+        code_paths=[str(REPO / "spikemo")],
+        signature=prediction_signature(predictor.spec.labels),
+        input_example=INPUT_EXAMPLE,
     )
     return folder / "pyfunc"
 
@@ -139,10 +168,25 @@ def free_port() -> int:
 
 
 def start_model_server(model: Path, port: int, threads: int) -> subprocess.Popen:
-    command = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", str(model), "--env-manager", "local",
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    command = [
+        str(Path(sys.executable).with_name("mlflow")),
+        "models",
+        "serve",
+        "-m",
+        str(model),
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    server = subprocess.Popen(command, env=environment, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        command, env=environment, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         assert server.poll() is None, "mlflow models serve exited before answering"
@@ -168,6 +212,7 @@ def post(url: str, turns: pd.DataFrame, newest: int) -> float:
 
 def replay_at_once(url: str, dialogues: list[pd.DataFrame], newest: int) -> dict[str, Any]:
     """Every dialogue replayed turn by turn by its own client, all clients at once."""
+
     def replay(dialogue: pd.DataFrame) -> list[float]:
         return [post(url, dialogue.iloc[: k + 1], newest) for k in range(len(dialogue))]
 
@@ -197,7 +242,9 @@ def served(predictor: Predictor, dialogues: list[pd.DataFrame], clients: int, th
         finally:
             stop_process_group(server)
     incremental = summary["incremental"]
-    summary["incremental_over_rescore_turns_per_s"] = round(incremental["new_turns_per_s"] / summary["rescore"]["new_turns_per_s"], 2)
+    summary["incremental_over_rescore_turns_per_s"] = round(
+        incremental["new_turns_per_s"] / summary["rescore"]["new_turns_per_s"], 2
+    )
     summary["incremental_over_one_client_turns_per_s"] = round(
         incremental["new_turns_per_s"] / summary["incremental_one_client"]["new_turns_per_s"], 2
     )
@@ -218,13 +265,25 @@ def main() -> None:
     wanted = args.clients if args.part == "served" else args.dialogues
     dialogues = long_dialogues(args.meld, wanted)
     if len(dialogues) < wanted:
-        raise SystemExit(f"{args.meld}: {len(dialogues)} dev dialogues of {TURNS}+ turns, fewer than the {wanted} asked for")
+        raise SystemExit(
+            f"{args.meld}: {len(dialogues)} dev dialogues of {TURNS}+ turns, fewer than the {wanted} asked for"
+        )
     if args.part == "served":
         summary = served(predictor, dialogues, args.clients, args.threads)
     else:
         summary = in_process(predictor, dialogues)
-    print(json.dumps({"benchmark": "incremental", "part": args.part, "threads": args.threads, "dialogues": len(dialogues), "turns": TURNS,
-                      **summary}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "incremental",
+                "part": args.part,
+                "threads": args.threads,
+                "dialogues": len(dialogues),
+                "turns": TURNS,
+                **summary,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -37,9 +37,30 @@ print(json.dumps({"seconds": time.perf_counter() - started, "peak_rss_mb": resou
 
 def make_clip(path: Path, seconds: int) -> None:
     subprocess.run(
-        ["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"testsrc=size=320x240:rate=25:duration={seconds}",
-         "-f", "lavfi", "-i", f"sine=frequency=220:duration={seconds}", "-c:v", "libx264", "-preset", "ultrafast",
-         "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(path)],
+        [
+            "ffmpeg",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc=size=320x240:rate=25:duration={seconds}",
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=frequency=220:duration={seconds}",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-shortest",
+            str(path),
+        ],
         check=True,
     )
 
@@ -48,22 +69,46 @@ def measure(seconds: int, scratch: Path) -> dict:
     root = scratch / f"clip{seconds}"
     root.mkdir()
     make_clip(root / "clip.mp4", seconds)
-    pd.DataFrame([{"dialogue_id": "d", "utterance_index": 0, "speaker": "A", "text": "", "label": "neutral", "split": "test",
-                   "media_path": "clip.mp4"}]).to_csv(root / "clip.csv", index=False)
+    pd.DataFrame(
+        [
+            {
+                "dialogue_id": "d",
+                "utterance_index": 0,
+                "speaker": "A",
+                "text": "",
+                "label": "neutral",
+                "split": "test",
+                "media_path": "clip.mp4",
+            }
+        ]
+    ).to_csv(root / "clip.csv", index=False)
     started = time.perf_counter()
     completed = subprocess.run([sys.executable, "-c", MEASURE, str(root)], capture_output=True, text=True, check=True)
     result = json.loads(completed.stdout.strip().splitlines()[-1])
-    return {"clip_seconds": seconds, "wall_seconds": round(time.perf_counter() - started, 1),
-            "extract_seconds": round(result["seconds"], 1), "peak_rss_mb": round(result["peak_rss_mb"]), "failures": result["failures"]}
+    return {
+        "clip_seconds": seconds,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "extract_seconds": round(result["seconds"], 1),
+        "peak_rss_mb": round(result["peak_rss_mb"]),
+        "failures": result["failures"],
+    }
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         short, long = measure(5, Path(scratch)), measure(240, Path(scratch))
-    print(json.dumps({"benchmark": "long_clip_memory", "short": short, "long": long,
-                      "peak_rss_ratio": round(long["peak_rss_mb"] / short["peak_rss_mb"], 2),
-                      "time_ratio": round(long["extract_seconds"] / short["extract_seconds"], 2),
-                      "bench_process_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "long_clip_memory",
+                "short": short,
+                "long": long,
+                "peak_rss_ratio": round(long["peak_rss_mb"] / short["peak_rss_mb"], 2),
+                "time_ratio": round(long["extract_seconds"] / short["extract_seconds"], 2),
+                "bench_process_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

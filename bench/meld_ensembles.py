@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from model_vs_baselines import REPO, SHARED_DATA, meld_folds  # bench/ is the script's folder
 from torch.utils.data import DataLoader
 
 from spikemo.model.batch import IGNORE_INDEX
@@ -31,8 +32,6 @@ from spikemo.training import build_dialogue_data, train_on_dialogue_data
 from spikemo.training.baseline import fit_linear_probe
 from spikemo.training.data import DialogueDataset, LengthBucketBatchSampler, collate_dialogues
 from spikemo.training.metrics import bootstrap_weights, interval, weighted_scores
-
-from model_vs_baselines import REPO, SHARED_DATA, meld_folds  # bench/ is the script's folder
 
 SPLITS = {"selection": "dev", "reported": "test"}  # the bench's names -> the resplit manifest's
 
@@ -57,7 +56,9 @@ def scores(labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", required=True, help="comma-separated MELD configs under configs/ (each with a text fine-tune)")
+    parser.add_argument(
+        "--configs", required=True, help="comma-separated MELD configs under configs/ (each with a text fine-tune)"
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--meld-root", type=Path, default=SHARED_DATA / "meld")
     parser.add_argument("--cache", type=Path, default=REPO / "feature_cache")
@@ -66,12 +67,21 @@ def main() -> None:
     parser.add_argument("--bootstrap-draws", type=int, default=1000)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    runs: dict[tuple[str, str], list[dict[str, np.ndarray]]] = {}  # (config, "ours" | "probe") -> per run: split -> probabilities
+    runs: dict[
+        tuple[str, str], list[dict[str, np.ndarray]]
+    ] = {}  # (config, "ours" | "probe") -> per run: split -> probabilities
     labels: dict[str, np.ndarray] = {}
     units = None
     for name in args.configs.split(","):
-        fold_args = argparse.Namespace(meld_config=name, meld_root=args.meld_root, seeds=args.seeds, epochs=None, cache=args.cache,
-                                       work=args.work, meld_stacking="all")
+        fold_args = argparse.Namespace(
+            meld_config=name,
+            meld_root=args.meld_root,
+            seeds=args.seeds,
+            epochs=None,
+            cache=args.cache,
+            work=args.work,
+            meld_stacking="all",
+        )
         for fold in meld_folds(fold_args):
             seed = fold.config.train.seed
             data = build_dialogue_data(fold.manifest, fold.features, len(fold.labels))
@@ -80,16 +90,37 @@ def main() -> None:
             units = reported.dialogue_index[reported.labels >= 0]
             if seed == 0:
                 probe = fit_linear_probe(data, fold.labels, seed=seed)
-                runs.setdefault((name, "probe"), []).append({split: probe.probabilities[key] for split, key in SPLITS.items()})
+                runs.setdefault((name, "probe"), []).append(
+                    {split: probe.probabilities[key] for split, key in SPLITS.items()}
+                )
             started = time.perf_counter()
             with tempfile.TemporaryDirectory() as run_dir:
                 result = train_on_dialogue_data(fold.config, data, fold.labels, Path(run_dir), resume=False)
-            run = {split: class_probabilities(result.model, data.splits[key], len(fold.labels)) for split, key in SPLITS.items()}
+            run = {
+                split: class_probabilities(result.model, data.splits[key], len(fold.labels))
+                for split, key in SPLITS.items()
+            }
             runs.setdefault((name, "ours"), []).append(run)
-            single = {split: round(float(scores(labels[split], run[split], np.ones((1, len(labels[split]))))[0]), 2) for split in SPLITS}
-            agreement = float((run["reported"].argmax(axis=1) == result.test_predictions).mean())  # against the training run's own scoring
-            print(json.dumps({"config": name, "variant": "ours", "seed": seed, **single, "agreement_with_training_scoring": round(agreement, 4),
-                              "seconds": round(time.perf_counter() - started, 1)}), flush=True)
+            single = {
+                split: round(float(scores(labels[split], run[split], np.ones((1, len(labels[split]))))[0]), 2)
+                for split in SPLITS
+            }
+            agreement = float(
+                (run["reported"].argmax(axis=1) == result.test_predictions).mean()
+            )  # against the training run's own scoring
+            print(
+                json.dumps(
+                    {
+                        "config": name,
+                        "variant": "ours",
+                        "seed": seed,
+                        **single,
+                        "agreement_with_training_scoring": round(agreement, 4),
+                        "seconds": round(time.perf_counter() - started, 1),
+                    }
+                ),
+                flush=True,
+            )
     resamples = bootstrap_weights(units, args.bootstrap_draws, seed=0)
     as_is = np.ones((1, len(labels["selection"])))
 
@@ -103,7 +134,9 @@ def main() -> None:
         return {
             "members": len(members),
             "single_run_mean": round(float(single[0]), 2),
-            "ensemble_selection": round(float(scores(labels["selection"], averaged(members, "selection"), as_is)[0]), 2),
+            "ensemble_selection": round(
+                float(scores(labels["selection"], averaged(members, "selection"), as_is)[0]), 2
+            ),
             "ensemble_reported": interval(ensemble).as_list(),
             "probe_selection": round(float(scores(labels["selection"], averaged(probes, "selection"), as_is)[0]), 2),
             "probe_reported": interval(probe).as_list(),
@@ -114,7 +147,10 @@ def main() -> None:
     configs = args.configs.split(",")
     summary = {name: row(runs[(name, "ours")], runs[(name, "probe")]) for name in configs}
     if len(configs) > 1:
-        summary["all_configs"] = row([run for name in configs for run in runs[(name, "ours")]], [run for name in configs for run in runs[(name, "probe")]])
+        summary["all_configs"] = row(
+            [run for name in configs for run in runs[(name, "ours")]],
+            [run for name in configs for run in runs[(name, "probe")]],
+        )
     print(json.dumps({"benchmark": "meld_ensembles", "seeds": args.seeds, "summary": summary}))
 
 

@@ -23,7 +23,9 @@ def selection_resplit(manifest: pd.DataFrame) -> pd.DataFrame:
     dialogues = np.sort(manifest.loc[train, "dialogue_id"].unique())
     rng = np.random.default_rng(SELECTION_SEED)
     selection = rng.choice(dialogues, size=round(SELECTION_SHARE * len(dialogues)), replace=False)
-    split = np.where(train, np.where(manifest["dialogue_id"].isin(selection), "dev", "train"), manifest["split"].map({"dev": "test"}))
+    split = np.where(
+        train, np.where(manifest["dialogue_id"].isin(selection), "dev", "train"), manifest["split"].map({"dev": "test"})
+    )
     return manifest.assign(split=split)[pd.Series(split, index=manifest.index).isin(["train", "dev", "test"])]
 
 
@@ -40,6 +42,13 @@ def training_half(resplit: pd.DataFrame, half: str) -> pd.DataFrame:
 def write_resplit(resplit: pd.DataFrame, ingested: Path, out: Path) -> Path:
     """``resplit`` written as a manifest at ``out``, with the ingested manifest's metadata and problem rows."""
     _, metadata = read_manifest(ingested)
-    write_manifest(resplit, pd.read_parquet(problems_path(ingested)), out, dataset=metadata["dataset"], labels=metadata["labels"],
-                   speakers=metadata["speakers"], root=Path(metadata["root"]))
+    write_manifest(
+        resplit,
+        pd.read_parquet(problems_path(ingested)),
+        out,
+        dataset=metadata["dataset"],
+        labels=metadata["labels"],
+        speakers=metadata["speakers"],
+        root=Path(metadata["root"]),
+    )
     return out

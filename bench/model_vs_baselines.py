@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from meld_splits import selection_resplit, training_half, write_resplit  # bench/ is the script's folder
 
 from spikemo.config import ModelConfig, SpikEmoConfig, load_config, with_overrides
 from spikemo.data.demo import DemoCorpusSettings, make_demo_corpus
@@ -59,8 +60,6 @@ from spikemo.features.finetune import finetune_text_encoder, finetuned_text_conf
 from spikemo.training import build_dialogue_data, train_on_dialogue_data
 from spikemo.training.baseline import fit_linear_probe
 from spikemo.training.metrics import bootstrap_weights, interval, weighted_scores
-
-from meld_splits import selection_resplit, training_half, write_resplit  # bench/ is the script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -93,7 +92,9 @@ PROBE = "linear_probe"
 SPEAKER_PROBE = "linear_probe_speaker_zscore"  # the probe on inputs z-scored over each speaker in each dialogue
 SVM_PROBE = "linear_svm_speaker_zscore"
 PROBES = (PROBE, SPEAKER_PROBE, SVM_PROBE)
-SPEAKER_ZSCORES = ModelConfig(speaker_relative_inputs="zscore", speaker_min_utterances=1)  # what the speaker probe reads
+SPEAKER_ZSCORES = ModelConfig(
+    speaker_relative_inputs="zscore", speaker_min_utterances=1
+)  # what the speaker probe reads
 
 
 @dataclass
@@ -113,7 +114,9 @@ def meld_folds(args: argparse.Namespace) -> Iterator[Fold]:
     if config.features.text.finetune is not None:
         config = _with_finetuned_text_encoder(config, args)
     manifest, labels, features = _prepared(config)
-    manifest = selection_resplit(manifest)  # the same selection dialogues for every seed and variant (and bench/finetune_text.py)
+    manifest = selection_resplit(
+        manifest
+    )  # the same selection dialogues for every seed and variant (and bench/finetune_text.py)
     if args.meld_stacking != "all":
         manifest = training_half(manifest, "b")
     for seed in range(args.seeds):
@@ -128,7 +131,9 @@ def _with_finetuned_text_encoder(config: SpikEmoConfig, args: argparse.Namespace
     if args.meld_stacking == "held_out":
         resplit, name = training_half(resplit, "a"), "meld-select10-half-a"
     resplit_path = write_resplit(resplit, config.manifest_path, args.work / name / "manifest.parquet")
-    fine_tuned_on = config.model_copy(update={"workdir": args.work, "data": config.data.model_copy(update={"name": "meld-select10"})})
+    fine_tuned_on = config.model_copy(
+        update={"workdir": args.work, "data": config.data.model_copy(update={"name": "meld-select10"})}
+    )
     finetune_text_encoder(fine_tuned_on, resplit_path)
     return config.model_copy(update={"features": finetuned_text_config(fine_tuned_on, resplit_path).features})
 
@@ -139,14 +144,18 @@ def emodb_folds(args: argparse.Namespace) -> Iterator[Fold]:
     # EmoDB's file names sort by sentence and then emotion: shuffle (fixed) so turn order carries no label
     table = table.sample(frac=1.0, random_state=0).assign(
         utterance_index=lambda t: t.groupby("speaker").cumcount(),
-        dialogue_id=lambda t: "speaker" + t["speaker"] + "-" + (t["utterance_index"] // (args.emodb_session_length or len(t))).astype(str),
+        dialogue_id=lambda t: (
+            "speaker" + t["speaker"] + "-" + (t["utterance_index"] // (args.emodb_session_length or len(t))).astype(str)
+        ),
         text="",
         split="train",
         media_path=lambda t: t["file"],
     )
     sessions.parent.mkdir(parents=True, exist_ok=True)
     table = table.assign(label=table["emotion"])
-    table[["dialogue_id", "utterance_index", "speaker", "text", "label", "split", "media_path"]].to_csv(sessions, index=False)
+    table[["dialogue_id", "utterance_index", "speaker", "text", "label", "split", "media_path"]].to_csv(
+        sessions, index=False
+    )
     labels = sorted(table["emotion"].unique())
     audio = {}
     if args.emodb_audio:
@@ -155,16 +164,30 @@ def emodb_folds(args: argparse.Namespace) -> Iterator[Fold]:
     config = _config(
         "emodb.yaml",
         args,
-        {"data.format": "manifest", "data.manifest": str(sessions), "data.root": str(args.emodb_root), "data.labels": labels, **audio},
+        {
+            "data.format": "manifest",
+            "data.manifest": str(sessions),
+            "data.root": str(args.emodb_root),
+            "data.labels": labels,
+            **audio,
+        },
     )
     manifest, labels, features = _prepared(config)
     speakers = sorted(manifest["speaker"].unique())
     for fold, test_speaker in enumerate(speakers):
         dev_speaker = speakers[(fold + 1) % len(speakers)]
-        split = np.where(manifest["speaker"] == test_speaker, "test", np.where(manifest["speaker"] == dev_speaker, "dev", "train"))
+        split = np.where(
+            manifest["speaker"] == test_speaker, "test", np.where(manifest["speaker"] == dev_speaker, "dev", "train")
+        )
         for seed in range(args.seeds):
-            yield Fold(manifest.assign(split=split), features, labels, _seeded(config, seed), name=f"speaker{test_speaker}",
-                       resample_utterances=True)
+            yield Fold(
+                manifest.assign(split=split),
+                features,
+                labels,
+                _seeded(config, seed),
+                name=f"speaker{test_speaker}",
+                resample_utterances=True,
+            )
 
 
 def demo_folds(args: argparse.Namespace) -> Iterator[Fold]:
@@ -200,8 +223,11 @@ def _prepared(config: SpikEmoConfig) -> tuple[pd.DataFrame, list[str], dict[str,
     summary = preprocess(config)
     for modality, extracted in summary["modalities"].items():
         if extracted["encoded"]:
-            EXTRACTION[modality] = {"encoder": extracted["encoder"], "clips": extracted["encoded"],
-                                    "seconds_per_item": round(extracted["seconds"] / extracted["encoded"], 4)}
+            EXTRACTION[modality] = {
+                "encoder": extracted["encoder"],
+                "clips": extracted["encoded"],
+                "seconds_per_item": round(extracted["seconds"] / extracted["encoded"], 4),
+            }
     manifest_path = Path(summary["manifest"])
     manifest, metadata = read_manifest(manifest_path)
     features = {m: load_features(manifest, m, config.features, config.cache) for m in config.features.modalities}
@@ -218,7 +244,9 @@ class ReportedPredictions:
     by_run: dict[tuple[str, int], np.ndarray]  # (variant, seed) -> predicted label of each labelled utterance
 
 
-def run_fold(dataset: str, fold: Fold, variants: list[str], predictions: dict[tuple[str, str], ReportedPredictions]) -> list[dict[str, Any]]:
+def run_fold(
+    dataset: str, fold: Fold, variants: list[str], predictions: dict[tuple[str, str], ReportedPredictions]
+) -> list[dict[str, Any]]:
     """Every variant on one fold and seed; their reported-split predictions go into ``predictions``."""
     records = []
     seed = fold.config.train.seed
@@ -226,14 +254,27 @@ def run_fold(dataset: str, fold: Fold, variants: list[str], predictions: dict[tu
     test = data.splits["test"]
     labelled = test.labels >= 0
     units = np.arange(int(labelled.sum())) if fold.resample_utterances else test.dialogue_index[labelled]
-    reported = predictions.setdefault((dataset, fold.name), ReportedPredictions(test.labels[labelled], units, len(fold.labels), {}))
+    reported = predictions.setdefault(
+        (dataset, fold.name), ReportedPredictions(test.labels[labelled], units, len(fold.labels), {})
+    )
     for probe_variant in (v for v in PROBES if v in variants and seed == 0):  # deterministic: one fit per fold
         started = time.perf_counter()
         model = fold.config.model if probe_variant == PROBE else SPEAKER_ZSCORES
-        probe = fit_linear_probe(data, fold.labels, seed=seed, model=model, kind="svm" if probe_variant == SVM_PROBE else "logistic")
+        probe = fit_linear_probe(
+            data, fold.labels, seed=seed, model=model, kind="svm" if probe_variant == SVM_PROBE else "logistic"
+        )
         reported.by_run[(probe_variant, seed)] = probe.test_predictions
         records.append(
-            _record(dataset, fold.name, probe_variant, seed, probe.test_metrics, probe.dev_metrics, time.perf_counter() - started, C=probe.C)
+            _record(
+                dataset,
+                fold.name,
+                probe_variant,
+                seed,
+                probe.test_metrics,
+                probe.dev_metrics,
+                time.perf_counter() - started,
+                C=probe.C,
+            )
         )
     for variant in (v for v in variants if v not in PROBES):
         config = with_overrides(fold.config, VARIANTS[variant])
@@ -243,14 +284,23 @@ def run_fold(dataset: str, fold: Fold, variants: list[str], predictions: dict[tu
         reported.by_run[(variant, seed)] = result.test_predictions
         records.append(
             _record(
-                dataset, fold.name, variant, seed, result.test_metrics, result.dev_metrics, time.perf_counter() - started,
-                best_epoch=result.best_epoch, epochs_run=len(result.history),
+                dataset,
+                fold.name,
+                variant,
+                seed,
+                result.test_metrics,
+                result.dev_metrics,
+                time.perf_counter() - started,
+                best_epoch=result.best_epoch,
+                epochs_run=len(result.history),
             )
         )
     return records
 
 
-def _record(dataset: str, fold: str, variant: str, seed: int, reported: dict, selection: dict, seconds: float, **extra: Any) -> dict[str, Any]:
+def _record(
+    dataset: str, fold: str, variant: str, seed: int, reported: dict, selection: dict, seconds: float, **extra: Any
+) -> dict[str, Any]:
     record = {
         "dataset": dataset,
         "fold": fold,
@@ -275,17 +325,27 @@ def seed_mean_intervals(folds: list[ReportedPredictions], draws: int) -> dict[st
         weights = bootstrap_weights(fold.units, draws, seed=0)
         per_variant: dict[str, list[np.ndarray]] = {}
         for (variant, _), predicted in fold.by_run.items():
-            per_variant.setdefault(variant, []).append(weighted_scores(fold.labels, predicted, weights, fold.num_classes)["weighted_f1"])
+            per_variant.setdefault(variant, []).append(
+                weighted_scores(fold.labels, predicted, weights, fold.num_classes)["weighted_f1"]
+            )
         for variant, runs in per_variant.items():
             replicates.setdefault(variant, []).append(np.mean(runs, axis=0))
     means = {variant: np.mean(runs, axis=0) for variant, runs in replicates.items()}
     intervals: dict[str, Any] = {f"{variant}_ci": interval(values).as_list()[1:] for variant, values in means.items()}
     if "ours" in means:
-        intervals.update({f"ours_minus_{other}_ci": interval(means["ours"] - values).as_list()[1:] for other, values in means.items() if other != "ours"})
+        intervals.update(
+            {
+                f"ours_minus_{other}_ci": interval(means["ours"] - values).as_list()[1:]
+                for other, values in means.items()
+                if other != "ours"
+            }
+        )
     return intervals
 
 
-def summarise(records: list[dict[str, Any]], predictions: dict[tuple[str, str], ReportedPredictions], draws: int) -> dict[str, Any]:
+def summarise(
+    records: list[dict[str, Any]], predictions: dict[tuple[str, str], ReportedPredictions], draws: int
+) -> dict[str, Any]:
     table = pd.DataFrame(records)
     summary: dict[str, Any] = {}
     for dataset, rows in table.groupby("dataset", sort=False):
@@ -301,37 +361,60 @@ def summarise(records: list[dict[str, Any]], predictions: dict[tuple[str, str], 
             }
         means = {variant: stats["weighted_f1_mean"] for variant, stats in per_variant.items()}
         differences = {
-            f"ours_minus_{other}": round(means["ours"] - means[other], 2) for other in means if other != "ours" and "ours" in means
+            f"ours_minus_{other}": round(means["ours"] - means[other], 2)
+            for other in means
+            if other != "ours" and "ours" in means
         }
         folds = [reported for (name, _), reported in predictions.items() if name == dataset]
-        summary[dataset] = {"variants": per_variant, "differences": differences, "intervals_95": seed_mean_intervals(folds, draws)}
+        summary[dataset] = {
+            "variants": per_variant,
+            "differences": differences,
+            "intervals_95": seed_mean_intervals(folds, draws),
+        }
     return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="meld,emodb,demo", help="comma-separated subset of meld,emodb,demo")
-    parser.add_argument("--variants", default="ours,no_spiking,ce_only,paper,linear_probe", help=f"any of {[*VARIANTS, *PROBES]}")
+    parser.add_argument(
+        "--variants", default="ours,no_spiking,ce_only,paper,linear_probe", help=f"any of {[*VARIANTS, *PROBES]}"
+    )
     parser.add_argument("--seeds", type=int, default=3, help="seeds per dataset (EmoDB: per fold)")
     parser.add_argument("--epochs", type=int, help="override each config's train.epochs")
     parser.add_argument("--demo-dialogues", type=int, default=400, help="size of the generated corpus (also its seed)")
     parser.add_argument("--meld-root", type=Path, default=SHARED_DATA / "meld")
-    parser.add_argument("--meld-config", default="meld.yaml", help="MELD config under configs/ (one with a text fine-tune "
-                        "reads the encoder fine-tuned on the same selection split, fine-tuning it when missing)")
     parser.add_argument(
-        "--meld-stacking", choices=["all", "half", "held_out"], default="all",
+        "--meld-config",
+        default="meld.yaml",
+        help="MELD config under configs/ (one with a text fine-tune "
+        "reads the encoder fine-tuned on the same selection split, fine-tuning it when missing)",
+    )
+    parser.add_argument(
+        "--meld-stacking",
+        choices=["all", "half", "held_out"],
+        default="all",
         help="with a fine-tuned text encoder: 'all' trains on every training dialogue; 'half' on half b of them (fixed "
         "halves); 'held_out' on half b with features of an encoder fine-tuned on half a only (fine-tuned here when missing)",
     )
     parser.add_argument(
-        "--emodb-session-length", type=int, default=0, help="EmoDB clips per speaker session (0: all of a speaker's clips)"
+        "--emodb-session-length",
+        type=int,
+        default=0,
+        help="EmoDB clips per speaker session (0: all of a speaker's clips)",
     )
     parser.add_argument("--emodb-root", type=Path, default=SHARED_DATA / "emodb")
-    parser.add_argument("--emodb-audio", help="EmoDB's audio encoder instead of configs/emodb.yaml's: NAME or NAME:JSON-PARAMS")
+    parser.add_argument(
+        "--emodb-audio", help="EmoDB's audio encoder instead of configs/emodb.yaml's: NAME or NAME:JSON-PARAMS"
+    )
     parser.add_argument("--cache", type=Path, default=REPO / "feature_cache")
-    parser.add_argument("--work", type=Path, default=REPO / ".spikemo" / "bench", help="generated corpora and session lists")
+    parser.add_argument(
+        "--work", type=Path, default=REPO / ".spikemo" / "bench", help="generated corpora and session lists"
+    )
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--bootstrap-draws", type=int, default=1000, help="resamples behind the summary's 95%% intervals")
+    parser.add_argument(
+        "--bootstrap-draws", type=int, default=1000, help="resamples behind the summary's 95%% intervals"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     variants = args.variants.split(",")
@@ -344,7 +427,11 @@ def main() -> None:
         for fold in DATASETS[dataset](args):
             records.extend(run_fold(dataset, fold, variants, predictions))
     summary = summarise(records, predictions, args.bootstrap_draws)
-    print(json.dumps({"benchmark": "model_vs_baselines", "seeds": args.seeds, "extraction": EXTRACTION, "summary": summary}))
+    print(
+        json.dumps(
+            {"benchmark": "model_vs_baselines", "seeds": args.seeds, "extraction": EXTRACTION, "summary": summary}
+        )
+    )
 
 
 if __name__ == "__main__":

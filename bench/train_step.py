@@ -105,14 +105,28 @@ def released(steps: int) -> dict[str, float]:
     """The released code's step on the lengths and widths of ``meld_shaped_batch`` (its own process)."""
     lengths = meld_shaped_lengths(torch.Generator().manual_seed(0)).tolist()
     command = [
-        sys.executable, str(RELEASED_STEP), "--lengths", ",".join(map(str, lengths)),
-        "--dims", ",".join(str(INPUT_DIMS[m]) for m in ("text", "audio", "visual")), "--timesteps", "32",
-        "--steps", str(steps), "--threads", "2",
+        sys.executable,
+        str(RELEASED_STEP),
+        "--lengths",
+        ",".join(map(str, lengths)),
+        "--dims",
+        ",".join(str(INPUT_DIMS[m]) for m in ("text", "audio", "visual")),
+        "--timesteps",
+        "32",
+        "--steps",
+        str(steps),
+        "--threads",
+        "2",
     ]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     figures = json.loads(output.strip().splitlines()[-1])
-    return {"step_s": figures["released_step_s"], "peak_rss_gb": figures["peak_rss_gb"], "utterances": figures["utterances"],
-            "first_step_s": figures["first_step_s"], "halves": figures["halves"]}
+    return {
+        "step_s": figures["released_step_s"],
+        "peak_rss_gb": figures["peak_rss_gb"],
+        "utterances": figures["utterances"],
+        "first_step_s": figures["first_step_s"],
+        "halves": figures["halves"],
+    }
 
 
 def main() -> None:
@@ -120,12 +134,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--variants", default="text,all")
     parser.add_argument("--eager", action="store_true", help="do not torch.compile the LIF neurons")
-    parser.add_argument("--precisions", default="fp32,bf16", help="train.precision values to measure (bf16: autocast on CPU)")
+    parser.add_argument(
+        "--precisions", default="fp32,bf16", help="train.precision values to measure (bf16: autocast on CPU)"
+    )
     parser.add_argument("--worker", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(measure(VARIANTS[args.worker], args.steps, compile_neurons=not args.eager, precision=args.precision)))
+        print(
+            json.dumps(
+                measure(VARIANTS[args.worker], args.steps, compile_neurons=not args.eager, precision=args.precision)
+            )
+        )
         return
     result: dict[str, object] = {
         "bench": "train_step",
@@ -138,13 +158,24 @@ def main() -> None:
     anchor = None
     for variant in args.variants.split(","):
         for precision in args.precisions.split(","):
-            command = [sys.executable, __file__, "--worker", variant, "--steps", str(args.steps), "--precision", precision]
+            command = [
+                sys.executable,
+                __file__,
+                "--worker",
+                variant,
+                "--steps",
+                str(args.steps),
+                "--precision",
+                precision,
+            ]
             command += ["--eager"] if args.eager else []
             figures = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
             if VARIANTS[variant] == ["text", "audio", "visual"]:
                 anchor = anchor or released(args.steps)
                 if anchor["utterances"] != figures["utterances"]:
-                    raise RuntimeError(f"the released step saw {anchor['utterances']} utterances, ours {figures['utterances']}")
+                    raise RuntimeError(
+                        f"the released step saw {anchor['utterances']} utterances, ours {figures['utterances']}"
+                    )
                 figures["time_ratio"] = round(figures["step_s"] / anchor["step_s"], 3)
                 figures["memory_ratio"] = round(figures["peak_rss_gb"] / anchor["peak_rss_gb"], 3)
             result[f"{variant}_{precision}"] = figures

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,9 @@ def show_spikemo_progress() -> None:
 show_spikemo_progress()
 
 
-def resolve_config(config_path: str | None, overrides: dict[str, Any] | None, config: dict[str, Any] | None = None) -> SpikEmoConfig:
+def resolve_config(
+    config_path: str | None, overrides: dict[str, Any] | None, config: dict[str, Any] | None = None
+) -> SpikEmoConfig:
     """A full resolved config (as the CLI passes it), or a config file (relative to the repo) plus dotted overrides."""
     if config is not None:
         resolved = SpikEmoConfig.model_validate(config)
@@ -89,7 +91,7 @@ def flow_run_name(stage: str) -> Callable[[], str]:
     """Flow run names such as ``pipeline-demo-20261125-1830``: stage, dataset, UTC start time."""
 
     def name() -> str:
-        return f"{stage}-{_dataset_name(flow_run.parameters or {})}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+        return f"{stage}-{_dataset_name(flow_run.parameters or {})}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
 
     return name
 
@@ -112,7 +114,11 @@ def task_runner(config: SpikEmoConfig) -> TaskRunner:
     try:
         from prefect_dask import DaskTaskRunner
     except ImportError:
-        raise ConfigError("features.task_runner is 'dask' but prefect-dask is not installed: pip install 'spikemo[dask]'") from None
+        raise ConfigError(
+            "features.task_runner is 'dask' but prefect-dask is not installed: pip install 'spikemo[dask]'"
+        ) from None
     if features.dask_address:
         return DaskTaskRunner(address=features.dask_address)
-    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None})
+    return DaskTaskRunner(
+        cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+    )

@@ -59,15 +59,26 @@ def run_demo(config: SpikEmoConfig, data: Path | None, dialogues: int | None) ->
 
     corpus = Path(data) if data else config.workdir / "demo_corpus"
     if not (corpus / "train_sent_emo.csv").is_file():
-        settings = DemoCorpusSettings(**{**DEMO_RUN_CORPUS, **({"dialogues": dialogues} if dialogues else {})}, overwrite=True)
+        settings = DemoCorpusSettings(
+            **{**DEMO_RUN_CORPUS, **({"dialogues": dialogues} if dialogues else {})}, overwrite=True
+        )
         print(f"generating the demo corpus in {corpus} ...", file=sys.stderr)
         api_starting = start_temporary_prefect_api()
         generated = make_demo_corpus(corpus, settings)
-        print(f"generated {sum(generated.clips.values())} clips ({generated.media_seconds / 60:.0f} minutes of media) in "
-              f"{generated.wall_seconds:.0f} s", file=sys.stderr)
+        print(
+            f"generated {sum(generated.clips.values())} clips ({generated.media_seconds / 60:.0f} minutes of media) in "
+            f"{generated.wall_seconds:.0f} s",
+            file=sys.stderr,
+        )
         if api_starting is not None:
             api_starting.join()
-    config = config.model_copy(update={"data": config.data.model_copy(update={"format": "meld", "root": corpus, "name": config.data.name or "demo"})})
+    config = config.model_copy(
+        update={
+            "data": config.data.model_copy(
+                update={"format": "meld", "root": corpus, "name": config.data.name or "demo"}
+            )
+        }
+    )
     result = pipeline_flow(config=config.model_dump(mode="json"))
     trained = result["train"]
     print(
@@ -92,7 +103,6 @@ def run_demo(config: SpikEmoConfig, data: Path | None, dialogues: int | None) ->
     return {"command": "demo", "corpus": str(corpus), **trained, "preprocess": result["preprocess"]}
 
 
-
 def serve_prefect_ui(workdir: Path, host: str, port: int) -> dict[str, Any]:
     """Run a Prefect server (API + UI) over the work directory's Prefect state until interrupted. The UI is
     told where the API is, so any port works (``prefect server start --port`` alone leaves it calling 4200)."""
@@ -105,6 +115,14 @@ def serve_prefect_ui(workdir: Path, host: str, port: int) -> dict[str, Any]:
         "PREFECT_UI_API_URL": api_url,
     }
     prefect = Path(sys.executable).with_name("prefect")
-    print(f"Prefect UI for {os.environ['PREFECT_HOME']} at http://{host}:{port} (Ctrl-C or SIGTERM stops it)", file=sys.stderr)
+    print(
+        f"Prefect UI for {os.environ['PREFECT_HOME']} at http://{host}:{port} (Ctrl-C or SIGTERM stops it)",
+        file=sys.stderr,
+    )
     run_until_stopped([str(prefect), "server", "start", "--host", host, "--port", str(port)], env=environment)
-    return {"command": "prefect-ui", "url": f"http://{host}:{port}", "api_url": api_url, "prefect_home": os.environ["PREFECT_HOME"]}
+    return {
+        "command": "prefect-ui",
+        "url": f"http://{host}:{port}",
+        "api_url": api_url,
+        "prefect_home": os.environ["PREFECT_HOME"],
+    }

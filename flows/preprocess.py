@@ -25,7 +25,11 @@ def ingest_task(config: dict[str, Any]) -> dict[str, Any]:
     result = ingest(resolved.data, resolved.manifest_path)
     summary = result.summary()
     summary["problems_by_reason"] = (
-        result.problems.assign(kind=result.problems["reason"].map(reason_kind)).groupby(["action", "kind"]).size().reset_index(name="rows").to_dict("records")
+        result.problems.assign(kind=result.problems["reason"].map(reason_kind))
+        .groupby(["action", "kind"])
+        .size()
+        .reset_index(name="rows")
+        .to_dict("records")
     )
     get_run_logger().info("ingested %d utterances (%d rejected)", summary["utterances"], summary["rejected"])
     return summary
@@ -37,7 +41,10 @@ def finetune_text_task(config: dict[str, Any], manifest: str) -> dict[str, Any]:
     keyed by their digest, as the feature caches are by the encoder's fingerprint); a retry resumes it."""
     result = finetune_text_encoder(SpikEmoConfig.model_validate(config), Path(manifest))
     get_run_logger().info(
-        "text encoder %s: %s (dev weighted-F1 %.2f)", "reused" if result.reused else "fine-tuned", result.model_path, result.dev_weighted_f1
+        "text encoder %s: %s (dev weighted-F1 %.2f)",
+        "reused" if result.reused else "fine-tuned",
+        result.model_path,
+        result.dev_weighted_f1,
     )
     return result.summary()
 
@@ -49,14 +56,22 @@ def plan_task(manifest: str, modality: str, config: dict[str, Any]) -> list[dict
     return [{"index": plan.index, "rows": plan.rows, "pending": len(plan.pending_keys)} for plan in plans]
 
 
-@task(name="extract-shard", task_run_name="extract-{modality}-shard-{shard}", retries=2, retry_delay_seconds=10, cache_policy=NONE)
+@task(
+    name="extract-shard",
+    task_run_name="extract-{modality}-shard-{shard}",
+    retries=2,
+    retry_delay_seconds=10,
+    cache_policy=NONE,
+)
 def extract_shard_task(manifest: str, modality: str, shard: int, config: dict[str, Any]) -> dict[str, Any]:
     resolved = SpikEmoConfig.model_validate(config)
     return extract_modality(Path(manifest), modality, resolved.features, resolved.cache, shard_filter=[shard]).summary()
 
 
 @task(name="summarise-cache", task_run_name="summarise-{modality}-cache", cache_policy=NONE)
-def summarise_task(manifest: str, modality: str, config: dict[str, Any], shard_results: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise_task(
+    manifest: str, modality: str, config: dict[str, Any], shard_results: list[dict[str, Any]]
+) -> dict[str, Any]:
     """The modality's cache after this run: encoded here, reused from earlier runs, failed."""
     resolved = SpikEmoConfig.model_validate(config)
     final = extract_modality(Path(manifest), modality, resolved.features, resolved.cache).summary()
@@ -88,26 +103,39 @@ def preprocess_flow(
     resolved = resolve_config(config_path, overrides, config)
     payload = config_payload(resolved)
     ingested = ingest_task(payload)
-    summary: dict[str, Any] = {"manifest": ingested["manifest"], "utterances": ingested["utterances"], "rejected": ingested["rejected"]}
+    summary: dict[str, Any] = {
+        "manifest": ingested["manifest"],
+        "utterances": ingested["utterances"],
+        "rejected": ingested["rejected"],
+    }
     if resolved.features.text.finetune is not None and "text" in resolved.features.modalities:
         summary["text_finetune"] = finetune_text_task(payload, ingested["manifest"])
         payload = config_payload(finetuned_text_config(resolved, Path(ingested["manifest"])))
     modalities = extract_flow.with_options(task_runner=task_runner(resolved))(payload, ingested["manifest"])
     summary["modalities"] = modalities
-    create_markdown_artifact(key=artifact_key(resolved, "preprocess"), markdown=_markdown(resolved, ingested, modalities), description="spikemo preprocess summary")
+    create_markdown_artifact(
+        key=artifact_key(resolved, "preprocess"),
+        markdown=_markdown(resolved, ingested, modalities),
+        description="spikemo preprocess summary",
+    )
     return summary
 
 
 def _markdown(config: SpikEmoConfig, ingested: dict[str, Any], modalities: dict[str, dict[str, Any]]) -> str:
     splits = pd.DataFrame(ingested["splits"]).T[["dialogues", "utterances", "with_media", "rejected", "media_dropped"]]
-    caches = pd.DataFrame(modalities).T[["encoder", "dim", "encoded", "reused", "failed", "missing_media", "cache_path"]]
+    caches = pd.DataFrame(modalities).T[
+        ["encoder", "dim", "encoded", "reused", "failed", "missing_media", "cache_path"]
+    ]
     problems = pd.DataFrame(ingested["problems_by_reason"] or [{"action": "-", "kind": "none", "rows": 0}])
     return "\n\n".join(
         [
             f"# {config.data.dataset_name}: preprocessing",
             f"Manifest: `{ingested['manifest']}`; problems table: `{ingested['problems']}`",
-            "## Utterances per split", splits.to_markdown(),
-            "## Rejected / media-dropped rows by reason", problems.to_markdown(index=False),
-            "## Feature caches", caches.to_markdown(),
+            "## Utterances per split",
+            splits.to_markdown(),
+            "## Rejected / media-dropped rows by reason",
+            problems.to_markdown(index=False),
+            "## Feature caches",
+            caches.to_markdown(),
         ]
     )

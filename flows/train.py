@@ -31,7 +31,9 @@ def _training_inputs(context: Any, parameters: dict[str, Any]) -> str:
     config = parameters["config"]
     manifest, _ = read_manifest(Path(parameters["preprocessed"]["manifest"]))
     encoders = {m: s["fingerprint"] for m, s in parameters["preprocessed"]["modalities"].items()}
-    return digest("train", {k: v for k, v in config.items() if k != "cache"}, manifest_digest(manifest), encoders, code_digest())
+    return digest(
+        "train", {k: v for k, v in config.items() if k != "cache"}, manifest_digest(manifest), encoders, code_digest()
+    )
 
 
 @task(name="extract-missing", task_run_name=task_run_name("extract-missing"), retries=1, cache_policy=NONE)
@@ -39,7 +41,13 @@ def extract_missing_task(config: dict[str, Any]) -> dict[str, Any]:
     return preprocess(SpikEmoConfig.model_validate(config))
 
 
-@task(name="train-evaluate-log", task_run_name=task_run_name("train"), cache_key_fn=_training_inputs, persist_result=True, result_serializer="json")
+@task(
+    name="train-evaluate-log",
+    task_run_name=task_run_name("train"),
+    cache_key_fn=_training_inputs,
+    persist_result=True,
+    result_serializer="json",
+)
 def train_task(config: dict[str, Any], preprocessed: dict[str, Any]) -> dict[str, Any]:
     resolved = SpikEmoConfig.model_validate(config)
     data = load_prepared(resolved, Path(preprocessed["manifest"]), preprocessed)
@@ -55,11 +63,21 @@ def train_task(config: dict[str, Any], preprocessed: dict[str, Any]) -> dict[str
     }
 
 
-@task(name="register", task_run_name=task_run_name("register"), cache_key_fn=lambda context, parameters: digest("register", parameters["trained"]["run_id"]), persist_result=True, result_serializer="json")
+@task(
+    name="register",
+    task_run_name=task_run_name("register"),
+    cache_key_fn=lambda context, parameters: digest("register", parameters["trained"]["run_id"]),
+    persist_result=True,
+    result_serializer="json",
+)
 def register_task(config: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
     resolved = SpikEmoConfig.model_validate(config)
     run = TrainedRun(
-        trained["run_id"], Path(trained["bundle"]), trained["gating_score"], trained["summary"], trained["baseline_gating_score"],
+        trained["run_id"],
+        Path(trained["bundle"]),
+        trained["gating_score"],
+        trained["summary"],
+        trained["baseline_gating_score"],
         trained["model_id"],
     )
     return register(resolved, run).summary()  # register() logs the registry decision
@@ -80,16 +98,29 @@ def train_flow(
     trained = train_task.with_options(refresh_cache=force)(payload, preprocessed)
     registration = register_task(payload, trained)
     summary = {**trained["summary"], **registration}
-    create_markdown_artifact(key=artifact_key(resolved, "train"), markdown=_markdown(resolved, summary), description="spikemo training run")
+    create_markdown_artifact(
+        key=artifact_key(resolved, "train"), markdown=_markdown(resolved, summary), description="spikemo training run"
+    )
     return summary
 
 
 def _markdown(config: SpikEmoConfig, summary: dict[str, Any]) -> str:
     metrics = pd.DataFrame(
-        [{"metric": key, "value": summary[key]} for key in (
-            "dev_weighted_f1", "test_weighted_f1", "test_macro_f1", "test_accuracy", "baseline_dev_weighted_f1",
-            "baseline_test_weighted_f1", "epochs_run", "best_epoch", "early_stopped",
-        ) if summary.get(key) is not None]
+        [
+            {"metric": key, "value": summary[key]}
+            for key in (
+                "dev_weighted_f1",
+                "test_weighted_f1",
+                "test_macro_f1",
+                "test_accuracy",
+                "baseline_dev_weighted_f1",
+                "baseline_test_weighted_f1",
+                "epochs_run",
+                "best_epoch",
+                "early_stopped",
+            )
+            if summary.get(key) is not None
+        ]
     )
     link = tracking.run_url(config, summary["run_id"])
     return "\n\n".join(

@@ -44,7 +44,9 @@ def _common_options() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config key, e.g. --set train.epochs=5 (repeatable; value read as YAML)",
     )
-    common.add_argument("--workdir", type=Path, help="work directory: MLflow store, run outputs (env SPIKEMO_HOME, default ./.spikemo)")
+    common.add_argument(
+        "--workdir", type=Path, help="work directory: MLflow store, run outputs (env SPIKEMO_HOME, default ./.spikemo)"
+    )
     common.add_argument("--cache", type=Path, help="feature cache directory (default ./feature_cache)")
     return common
 
@@ -98,10 +100,18 @@ def cmd_make_demo_data(args: argparse.Namespace, config: SpikEmoConfig) -> dict[
     """
     from spikemo.data.demo import DemoCorpusSettings, make_demo_corpus
 
-    chosen = {"dialogues": args.dialogues, "seed": args.seed, "fps": args.fps, "workers": args.workers, "overwrite": args.overwrite}
+    chosen = {
+        "dialogues": args.dialogues,
+        "seed": args.seed,
+        "fps": args.fps,
+        "workers": args.workers,
+        "overwrite": args.overwrite,
+    }
     settings = DemoCorpusSettings(**{key: value for key, value in chosen.items() if value is not None})
     summary = make_demo_corpus(args.out, settings).to_dict()
-    print(f"demo corpus: {summary['total_clips']} clips, {summary['media_seconds']:.0f} s of media in {summary['wall_seconds']:.0f} s -> {args.out}")
+    print(
+        f"demo corpus: {summary['total_clips']} clips, {summary['media_seconds']:.0f} s of media in {summary['wall_seconds']:.0f} s -> {args.out}"
+    )
     return {"command": "make-demo-data", **summary}
 
 
@@ -113,7 +123,9 @@ def cmd_preprocess(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str,
     """
     summary = _preprocessed(config)
     for modality, counts in summary["modalities"].items():
-        print(f"{modality:<7} encoded {counts['encoded']:>6}  reused {counts['reused']:>6}  failed {counts['failed']:>5}  {counts['cache_path']}")
+        print(
+            f"{modality:<7} encoded {counts['encoded']:>6}  reused {counts['reused']:>6}  failed {counts['failed']:>5}  {counts['cache_path']}"
+        )
     return {"command": "preprocess", "dataset": config.data.dataset_name, **summary}
 
 
@@ -141,8 +153,10 @@ def cmd_finetune_text(args: argparse.Namespace, config: SpikEmoConfig) -> dict[s
     from spikemo.data.ingest import ingest
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("finetune-text runs in one process: start it without torchrun (spikemo train under torchrun "
-                          "then reuses the finished fine-tune)")
+        raise ConfigError(
+            "finetune-text runs in one process: start it without torchrun (spikemo train under torchrun "
+            "then reuses the finished fine-tune)"
+        )
     from spikemo.features.finetune import finetune_text_encoder
 
     ingest(config.data, config.manifest_path)
@@ -190,9 +204,13 @@ def cmd_evaluate(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, A
     tracking_connect(config)
     predictor = Predictor.from_uri(args.model)
     data = config.data if (config.data.root or config.data.manifest) else None
-    metrics = evaluate_predictions(predictor, data, config.cache, args.split, config.tracking.bootstrap_draws, config.tracking.bootstrap_seed)
-    print(f"{args.model} on {args.split}: weighted-F1 {score_with_interval(metrics, 'weighted_f1')}, macro-F1 "
-          f"{score_with_interval(metrics, 'macro_f1')}, accuracy {score_with_interval(metrics, 'accuracy')} (95% intervals over dialogues)")
+    metrics = evaluate_predictions(
+        predictor, data, config.cache, args.split, config.tracking.bootstrap_draws, config.tracking.bootstrap_seed
+    )
+    print(
+        f"{args.model} on {args.split}: weighted-F1 {score_with_interval(metrics, 'weighted_f1')}, macro-F1 "
+        f"{score_with_interval(metrics, 'macro_f1')}, accuracy {score_with_interval(metrics, 'accuracy')} (95% intervals over dialogues)"
+    )
     return {"command": "evaluate", "model": args.model, "split": args.split, **metrics}
 
 
@@ -242,8 +260,16 @@ def _predict_incremental(args: argparse.Namespace, predictor: Any) -> dict[str, 
         if source is not sys.stdin:
             source.close()
     quantiles = np.percentile(milliseconds, [50, 95]).round(2).tolist() if milliseconds else [None, None]
-    return {"command": "predict", "incremental": True, "model": args.model, "causal": scorer.causal, "requests": len(milliseconds),
-            "failed_requests": failed, "p50_ms": quantiles[0], "p95_ms": quantiles[1]}
+    return {
+        "command": "predict",
+        "incremental": True,
+        "model": args.model,
+        "causal": scorer.causal,
+        "requests": len(milliseconds),
+        "failed_requests": failed,
+        "p50_ms": quantiles[0],
+        "p95_ms": quantiles[1],
+    }
 
 
 def _open_input(path: Path) -> Any:
@@ -346,7 +372,9 @@ def _command(
     ``overrides_from`` maps its given options to dotted config keys, ``default_config`` is read when no --config
     is given."""
     summary, _, details = inspect.getdoc(handler).partition("\n\n")
-    parser = commands.add_parser(name, parents=[parent], help=summary[0].lower() + summary[1:].rstrip("."), description=details)
+    parser = commands.add_parser(
+        name, parents=[parent], help=summary[0].lower() + summary[1:].rstrip("."), description=details
+    )
     parser.set_defaults(handler=handler, overrides_from=overrides_from, default_config=default_config)
     return parser
 
@@ -367,7 +395,9 @@ def _add_data_commands(commands: Any, common: argparse.ArgumentParser) -> None:
 
     preprocess = _command(commands, "preprocess", common, cmd_preprocess, _modality_overrides)
     _dataset_options(preprocess)
-    preprocess.add_argument("--modalities", help="comma-separated subset of text,audio,visual (default from config: text)")
+    preprocess.add_argument(
+        "--modalities", help="comma-separated subset of text,audio,visual (default from config: text)"
+    )
 
 
 def _add_model_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -375,7 +405,9 @@ def _add_model_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     finetune = _command(commands, "finetune-text", common, cmd_finetune_text, _dataset_overrides)
     _dataset_options(finetune)
 
-    train = _command(commands, "train", common, cmd_train, lambda args: {**_modality_overrides(args), "train.epochs": args.epochs})
+    train = _command(
+        commands, "train", common, cmd_train, lambda args: {**_modality_overrides(args), "train.epochs": args.epochs}
+    )
     _dataset_options(train)
     train.add_argument("--modalities", help="comma-separated subset of text,audio,visual")
     train.add_argument("--epochs", type=int, help="maximum epochs (early stopping on dev may end sooner)")
@@ -387,9 +419,15 @@ def _add_model_commands(commands: Any, common: argparse.ArgumentParser) -> None:
 
     predict = _command(commands, "predict", common, cmd_predict)
     predict.add_argument("--model", required=True, help="model URI, e.g. models:/spikemo-meld@champion")
-    predict.add_argument("--input", required=True, type=Path, help="conversations file (--incremental: JSON-lines requests, - for stdin)")
-    predict.add_argument("--media-root", type=Path, help="folder that media paths are relative to (default: the input's folder)")
-    predict.add_argument("--out", type=Path, help="output file (.jsonl or .parquet); with --incremental default standard output")
+    predict.add_argument(
+        "--input", required=True, type=Path, help="conversations file (--incremental: JSON-lines requests, - for stdin)"
+    )
+    predict.add_argument(
+        "--media-root", type=Path, help="folder that media paths are relative to (default: the input's folder)"
+    )
+    predict.add_argument(
+        "--out", type=Path, help="output file (.jsonl or .parquet); with --incremental default standard output"
+    )
     predict.add_argument(
         "--incremental",
         action="store_true",
@@ -410,8 +448,12 @@ def _add_tool_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     _server_options(prefect_ui, default_port=4200)
 
     demo = _command(commands, "demo", common, cmd_demo, default_config=DEMO_CONFIG)
-    demo.add_argument("--data", type=Path, help="demo corpus folder (default <workdir>/demo_corpus; generated when absent)")
-    demo.add_argument("--dialogues", type=int, help="dialogues to generate when the corpus is absent (default 200, 55%% of them test)")
+    demo.add_argument(
+        "--data", type=Path, help="demo corpus folder (default <workdir>/demo_corpus; generated when absent)"
+    )
+    demo.add_argument(
+        "--dialogues", type=int, help="dialogues to generate when the corpus is absent (default 200, 55%% of them test)"
+    )
 
 
 def resolve_config(args: argparse.Namespace) -> SpikEmoConfig:
@@ -474,7 +516,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # the one place unexpected failures become a one-line message
         if args.debug:
             raise
-        print(f"spikemo: internal error: {type(error).__name__}: {error} (re-run with --debug for details)", file=sys.stderr)
+        print(
+            f"spikemo: internal error: {type(error).__name__}: {error} (re-run with --debug for details)",
+            file=sys.stderr,
+        )
         return 1
     sys.stdout.flush()
     print(json.dumps(summary, default=str))

@@ -80,15 +80,28 @@ class TextFinetuneConfig(Section):
     )
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(16, ge=1)
-    gradient_accumulation: int = Field(1, ge=1, description="Batches per optimizer step (effective batch = batch_size x this).")
+    gradient_accumulation: int = Field(
+        1, ge=1, description="Batches per optimizer step (effective batch = batch_size x this)."
+    )
     lr: float = Field(3e-5, gt=0)
     weight_decay: float = Field(0.01, ge=0)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of the optimizer steps with a linear warm-up; linear decay after.")
-    head_lr: float | None = Field(None, gt=0, description="The head's lr (default: lr); a dialogue head starts from scratch.")
-    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before the utterance head (a dialogue head uses model.dropout).")
-    freeze_layers: int = Field(0, ge=0, description="Freeze the embeddings and this many lowest transformer layers (faster, less memory).")
+    warmup_ratio: float = Field(
+        0.1, ge=0, lt=1, description="Share of the optimizer steps with a linear warm-up; linear decay after."
+    )
+    head_lr: float | None = Field(
+        None, gt=0, description="The head's lr (default: lr); a dialogue head starts from scratch."
+    )
+    dropout: float = Field(
+        0.1, ge=0, lt=1, description="Dropout before the utterance head (a dialogue head uses model.dropout)."
+    )
+    freeze_layers: int = Field(
+        0, ge=0, description="Freeze the embeddings and this many lowest transformer layers (faster, less memory)."
+    )
     layer_lr_decay: float = Field(
-        1.0, gt=0, le=1, description="Layer-wise lr decay: the head gets lr, the top layer lr x this, each layer below x this again."
+        1.0,
+        gt=0,
+        le=1,
+        description="Layer-wise lr decay: the head gets lr, the top layer lr x this, each layer below x this again.",
     )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="bf16 autocast: 'auto' uses it on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX)."
@@ -100,7 +113,8 @@ class TextFinetuneConfig(Section):
 class TextEncoderConfig(EncoderConfig):
     name: str = "hf-text"
     finetune: TextFinetuneConfig | None = Field(
-        None, description="Set to fine-tune the encoder on train (dev picks the epoch) and extract text features with it."
+        None,
+        description="Set to fine-tune the encoder on train (dev picks the epoch) and extract text features with it.",
     )
 
 
@@ -115,9 +129,13 @@ class FeaturesConfig(Section):
     batch_size: int = Field(64, ge=1)
     decode_workers: int = Field(2, ge=1, description="Threads decoding media ahead of the encoder.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    task_runner: Literal["threads", "dask"] = Field("threads", description="Prefect task runner of the extraction flow.")
+    task_runner: Literal["threads", "dask"] = Field(
+        "threads", description="Prefect task runner of the extraction flow."
+    )
     task_workers: int | None = Field(None, ge=1, description="Concurrent extraction tasks (default: CPU count).")
-    dask_address: str | None = Field(None, description="Existing Dask scheduler (tcp://host:8786); default: a local cluster.")
+    dask_address: str | None = Field(
+        None, description="Existing Dask scheduler (tcp://host:8786); default: a local cluster."
+    )
 
     @field_validator("modalities")
     @classmethod
@@ -134,10 +152,14 @@ class NeuronConfig(Section):
     combination runs spikingjelly's own multi-step node.
     """
 
-    kind: Literal["lif", "plif", "if"] = Field("lif", description="LIF, parametric LIF (learned tau) or integrate-and-fire.")
+    kind: Literal["lif", "plif", "if"] = Field(
+        "lif", description="LIF, parametric LIF (learned tau) or integrate-and-fire."
+    )
     tau: float = Field(2.0, gt=1.0, description="Membrane time constant (initial value for plif).")
     v_threshold: float = Field(1.0, gt=0)
-    v_reset: float | None = Field(0.0, description="Hard reset potential; null for a soft reset (subtract the threshold).")
+    v_reset: float | None = Field(
+        0.0, description="Hard reset potential; null for a soft reset (subtract the threshold)."
+    )
     surrogate: Literal["atan", "sigmoid", "piecewise_quadratic"] = "atan"
     detach_reset: bool = True
 
@@ -175,7 +197,8 @@ class ModelConfig(Section):
     use_spiking: bool = True
     dialogue_context: list[Literal["text", "audio", "visual"]] = Field(default_factory=lambda: ["audio", "visual"])
     dialogue_context_residual: bool = Field(
-        True, description="h + DialogueRNN(h) rather than the paper's DialogueRNN(h): the utterance's own features stay."
+        True,
+        description="h + DialogueRNN(h) rather than the paper's DialogueRNN(h): the utterance's own features stay.",
     )
     speaker_relative_inputs: Literal["off", "centred", "zscore"] = Field(
         "off",
@@ -210,7 +233,9 @@ class ModelConfig(Section):
         description="Training only: standard deviation of Gaussian noise added to the standardised inputs (features "
         "of a fine-tuned encoder are cleaner on the utterances it was trained on than on new ones). 0: off.",
     )
-    compile_neurons: bool = Field(False, description="torch.compile each LIF neuron (fuses its time loop; first call compiles).")
+    compile_neurons: bool = Field(
+        False, description="torch.compile each LIF neuron (fuses its time loop; first call compiles)."
+    )
 
     @field_validator("speaker_relative_inputs", mode="before")
     @classmethod
@@ -227,18 +252,26 @@ class LossWeights(Section):
 class TrainConfig(Section):
     epochs: int = Field(40, ge=1)
     batch_dialogues: int = Field(16, ge=1)
-    optimizer: Literal["adamw", "adam"] = Field("adamw", description="adam: L2 penalty in the gradient (the released code's).")
+    optimizer: Literal["adamw", "adam"] = Field(
+        "adamw", description="adam: L2 penalty in the gradient (the released code's)."
+    )
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
-    warmup_epochs: float = Field(1.0, ge=0, description="Linear warm-up of the learning rate from 1% over this many epochs.")
+    warmup_epochs: float = Field(
+        1.0, ge=0, description="Linear warm-up of the learning rate from 1% over this many epochs."
+    )
     lr_schedule: Literal["cosine", "plateau"] = Field(
-        "cosine", description="cosine: decay to 0 over `epochs` after warm-up; plateau: ReduceLROnPlateau on dev weighted-F1."
+        "cosine",
+        description="cosine: decay to 0 over `epochs` after warm-up; plateau: ReduceLROnPlateau on dev weighted-F1.",
     )
     lr_plateau_factor: float = Field(0.5, gt=0, lt=1, description="ReduceLROnPlateau factor on dev weighted-F1.")
     lr_plateau_patience: int = Field(3, ge=0, description="Epochs without dev improvement before the LR drops.")
     grad_clip: float | None = Field(1.0, gt=0, description="Clip the gradient norm; null to leave it.")
     ema_decay: float | None = Field(
-        0.99, gt=0, lt=1, description="Evaluate, select and keep an exponential moving average of the weights; null: the raw weights."
+        0.99,
+        gt=0,
+        lt=1,
+        description="Evaluate, select and keep an exponential moving average of the weights; null: the raw weights.",
     )
     class_weighting: Literal["none", "balanced", "sqrt_balanced"] = Field(
         "none", description="Cross-entropy class weights from the training split's label counts."
@@ -258,7 +291,9 @@ class TrainConfig(Section):
         "the model on its own in-sample probabilities; cross_fitted, stacked on out-of-fold probabilities of "
         "models trained without each fold of the training dialogues (training/cross_fit.py; folds + 1 trainings).",
     )
-    speaker_evidence_folds: int = Field(5, ge=2, description="Folds of the training dialogues for cross_fitted evidence.")
+    speaker_evidence_folds: int = Field(
+        5, ge=2, description="Folds of the training dialogues for cross_fitted evidence."
+    )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field(
@@ -285,7 +320,6 @@ class TrackingConfig(Section):
         1000, ge=100, description="Resamples of whole test dialogues behind each reported score's 95% interval."
     )
     bootstrap_seed: int = 0
-
 
     @field_validator("gating_split", mode="before")
     @classmethod
@@ -397,7 +431,9 @@ def _read_config_file(path: Path, extending: tuple[Path, ...]) -> dict[str, Any]
 def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
-        merged[key] = _merged(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = (
+            _merged(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
     return merged
 
 

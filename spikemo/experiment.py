@@ -106,22 +106,41 @@ def train_and_log(config: SpikEmoConfig, data: PreparedData) -> TrainedRun:
         result, source = _better_candidate(config, data, dialogue_data, retrained, run_dir)
         if "candidate_dev_weighted_f1_retrained" in source:
             mlflow.set_tag("spikemo.model_source", source["model_source"])
-            mlflow.log_metrics({f"dev/candidate_{key.removeprefix('candidate_dev_weighted_f1_')}_weighted_f1": value
-                                for key, value in source.items() if key.startswith("candidate_")})
+            mlflow.log_metrics(
+                {
+                    f"dev/candidate_{key.removeprefix('candidate_dev_weighted_f1_')}_weighted_f1": value
+                    for key, value in source.items()
+                    if key.startswith("candidate_")
+                }
+            )
         metrics = {"dev": result.dev_metrics, **({"test": result.test_metrics} if result.test_metrics else {})}
-        logged_model = mlflow.initialize_logged_model(name=tracking.logged_model_name(config), source_run_id=run.info.run_id)
+        logged_model = mlflow.initialize_logged_model(
+            name=tracking.logged_model_name(config), source_run_id=run.info.run_id
+        )
         final = tracking.FinalMetrics(result.best_epoch, logged_model.model_id, datasets)
         tracking.log_evaluation(
-            result.history, metrics, data.labels, result.firing_rates, result.energy, result.spike_statistics_split, final
+            result.history,
+            metrics,
+            data.labels,
+            result.firing_rates,
+            result.energy,
+            result.spike_statistics_split,
+            final,
         )
         mlflow.log_metric("best_epoch", result.best_epoch, step=result.best_epoch)
         probe = fit_linear_probe(dialogue_data, data.labels, seed=config.train.seed, model=config.model)
         baseline = {"dev": probe.dev_metrics, **({"test": probe.test_metrics} if probe.test_metrics else {})}
-        intervals = _test_intervals(config, dialogue_data, result.test_predictions, probe.test_predictions, len(data.labels))
+        intervals = _test_intervals(
+            config, dialogue_data, result.test_predictions, probe.test_predictions, len(data.labels)
+        )
         comparison = tracking.log_baseline(probe.C, baseline, metrics, final, intervals)
         mlflow.set_tag("spikemo.device", result.device)
         spec = ModelSpec(
-            dataset=config.data.dataset_name, labels=data.labels, model=config.model, features=data.features_config, encoders=data.encoders
+            dataset=config.data.dataset_name,
+            labels=data.labels,
+            model=config.model,
+            features=data.features_config,
+            encoders=data.encoders,
         )
         bundle = save_bundle(result.model, spec, Path(config.workdir) / "models" / run.info.run_id)
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -145,7 +164,11 @@ def train_and_log(config: SpikEmoConfig, data: PreparedData) -> TrainedRun:
     }
     gating_split = config.tracking.gating_split
     return TrainedRun(
-        run.info.run_id, bundle, metrics[gating_split]["weighted_f1"], summary, baseline[gating_split]["weighted_f1"],
+        run.info.run_id,
+        bundle,
+        metrics[gating_split]["weighted_f1"],
+        summary,
+        baseline[gating_split]["weighted_f1"],
         logged_model.model_id,
     )
 
@@ -164,7 +187,9 @@ def _better_candidate(
     source = FINETUNE_HEAD if scores[FINETUNE_HEAD] > scores[RETRAINED] else RETRAINED
     log.info(
         "keeping the %s SpikEmo: dev weighted-F1 %.2f for the fine-tune's head, %.2f re-trained on its features",
-        source, scores[FINETUNE_HEAD], scores[RETRAINED],
+        source,
+        scores[FINETUNE_HEAD],
+        scores[RETRAINED],
     )
     return (head if source == FINETUNE_HEAD else retrained), {
         "model_source": source,
@@ -182,8 +207,13 @@ def _test_intervals(
     test = data.splits["test"]
     labelled = test.labels >= 0
     return dialogue_bootstrap(
-        test.labels[labelled], model, test.dialogue_index[labelled], num_classes, baseline_predictions=probe,
-        draws=config.tracking.bootstrap_draws, seed=config.tracking.bootstrap_seed,
+        test.labels[labelled],
+        model,
+        test.dialogue_index[labelled],
+        num_classes,
+        baseline_predictions=probe,
+        draws=config.tracking.bootstrap_draws,
+        seed=config.tracking.bootstrap_seed,
     )
 
 
@@ -192,12 +222,23 @@ def register(config: SpikEmoConfig, trained: TrainedRun) -> tracking.Registratio
     tracking.connect(config)
     with mlflow.start_run(run_id=trained.run_id):
         registration = tracking.log_and_register(
-            trained.bundle, config, trained.gating_score, trained.baseline_gating_score, trained.summary,
-            champion_rescore=lambda version: rescore_champion(config, version), model_id=trained.model_id,
+            trained.bundle,
+            config,
+            trained.gating_score,
+            trained.baseline_gating_score,
+            trained.summary,
+            champion_rescore=lambda version: rescore_champion(config, version),
+            model_id=trained.model_id,
         )
         mlflow.set_tags({"spikemo.model_version": registration.version, "spikemo.alias": registration.alias})
     shutil.rmtree(trained.bundle, ignore_errors=True)  # MLflow holds the registered copy
-    log.info("%s v%s -> %s (gating score %.2f)", registration.name, registration.version, registration.alias, registration.score)
+    log.info(
+        "%s v%s -> %s (gating score %.2f)",
+        registration.name,
+        registration.version,
+        registration.alias,
+        registration.score,
+    )
     return registration
 
 
@@ -210,7 +251,11 @@ def rescore_champion(config: SpikEmoConfig, version: str) -> float | None:
         predictor = Predictor.from_uri(model_uri)
         scores = evaluate_predictions(predictor, config.data, config.cache, config.tracking.gating_split)
     except SpikemoError as error:
-        log.warning("could not re-evaluate the champion %s on the new data (%s); gating uses its recorded score", model_uri, error)
+        log.warning(
+            "could not re-evaluate the champion %s on the new data (%s); gating uses its recorded score",
+            model_uri,
+            error,
+        )
         return None
     return float(scores["weighted_f1"])
 

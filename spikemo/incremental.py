@@ -56,7 +56,9 @@ class IncrementalScorer:
         predictor.check_encoders()
         self.predictor = predictor
         self.media_root = Path(media_root) if media_root else Path.cwd()
-        self.encoders = {modality: build_encoder(modality, predictor.spec.features) for modality in predictor.spec.modalities}
+        self.encoders = {
+            modality: build_encoder(modality, predictor.spec.features) for modality in predictor.spec.modalities
+        }
         self.memo: OrderedDict[tuple[str, Any], np.ndarray | str] = OrderedDict()  # vector, or the reason it failed
         self.memo_size = memo_size
         self.lock = threading.Lock()
@@ -78,8 +80,12 @@ class IncrementalScorer:
         started = time.perf_counter()
         manifest, newest = _request_manifest(request)
         counts = {"encoded": 0, "reused": 0}
-        features = {modality: self._features(modality, encoder, manifest, counts) for modality, encoder in self.encoders.items()}
-        predictions = self.predictor.predict_features(manifest, features, warn_isolated=False).sort_values("utterance_index")
+        features = {
+            modality: self._features(modality, encoder, manifest, counts) for modality, encoder in self.encoders.items()
+        }
+        predictions = self.predictor.predict_features(manifest, features, warn_isolated=False).sort_values(
+            "utterance_index"
+        )
         labels = self.predictor.spec.labels
         answered = predictions.tail(newest)
         turns = [
@@ -93,7 +99,13 @@ class IncrementalScorer:
             for _, row in answered.iterrows()
         ]
         milliseconds = round(1000 * (time.perf_counter() - started), 2)
-        return {"dialogue_id": str(request["dialogue_id"]), "causal": self.causal, **counts, "milliseconds": milliseconds, "turns": turns}
+        return {
+            "dialogue_id": str(request["dialogue_id"]),
+            "causal": self.causal,
+            **counts,
+            "milliseconds": milliseconds,
+            "turns": turns,
+        }
 
     def score_lines(self, lines: Iterable[str]) -> Iterator[dict[str, Any]]:
         """One answer per non-empty JSON line; a line that is not a valid request is answered with
@@ -125,7 +137,11 @@ class IncrementalScorer:
                 known[key] = self.memo[(modality, key)]
         todo = [position for position, key in enumerate(keys) if key is not None and key not in known]
         if todo:
-            known.update(self._encode(modality, encoder, [sources[position] for position in todo], [keys[position] for position in todo]))
+            known.update(
+                self._encode(
+                    modality, encoder, [sources[position] for position in todo], [keys[position] for position in todo]
+                )
+            )
         counts["encoded"] += len(todo)
         counts["reused"] += sum(key is not None for key in keys) - len(todo)
         status, reason, embedding = [], [], []
@@ -135,7 +151,9 @@ class IncrementalScorer:
             status.append(OK if ok else FAILED if value is not None else MISSING_MEDIA)
             reason.append(None if ok else value or "no input for this modality")
             embedding.append(value if ok else None)
-        return pd.DataFrame({"utterance_key": manifest["utterance_key"], "status": status, "reason": reason, "embedding": embedding})
+        return pd.DataFrame(
+            {"utterance_key": manifest["utterance_key"], "status": status, "reason": reason, "embedding": embedding}
+        )
 
     def _media_sources(self, manifest: pd.DataFrame) -> tuple[list[Any], list[Any]]:
         sources, keys = [], []
@@ -149,7 +167,9 @@ class IncrementalScorer:
                 raise DataError(f"media_path {path!r}: no such file under the media root {self.media_root}")
             sources.append(MediaSource(full, start, end))
             start, end = (float("nan") if pd.isna(time) else float(time) for time in (start, end))
-            keys.append(self._content_digest(full) + ("" if math.isnan(start) and math.isnan(end) else f"@{start}-{end}"))
+            keys.append(
+                self._content_digest(full) + ("" if math.isnan(start) and math.isnan(end) else f"@{start}-{end}")
+            )
         return sources, keys
 
     def _content_digest(self, path: Path) -> str:
@@ -183,8 +203,15 @@ class IncrementalScorer:
 
 def _request_manifest(request: Any) -> tuple[pd.DataFrame, int]:
     """The request's conversation as manifest rows (one dialogue, turns in order) and how many to answer."""
-    if not isinstance(request, dict) or "dialogue_id" not in request or not isinstance(request.get("turns"), list) or not request["turns"]:
-        raise DataError('a request is {"dialogue_id": ..., "turns": [{"speaker": ..., "text": ...}, ...], "newest": 1} with at least one turn')
+    if (
+        not isinstance(request, dict)
+        or "dialogue_id" not in request
+        or not isinstance(request.get("turns"), list)
+        or not request["turns"]
+    ):
+        raise DataError(
+            'a request is {"dialogue_id": ..., "turns": [{"speaker": ..., "text": ...}, ...], "newest": 1} with at least one turn'
+        )
     newest = request.get("newest", 1)
     if not isinstance(newest, int) or newest < 1:
         raise DataError(f"newest {newest!r}: give how many of the last turns to answer (1 or more)")

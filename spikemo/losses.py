@@ -85,9 +85,7 @@ class SpikEmoLoss(nn.Module):
         terms: dict[str, torch.Tensor] = {}
         count = max(targets.numel(), 1)  # a batch without labels gives zero, not NaN
         if self.weights.ce > 0:
-            per_utterance = F.cross_entropy(
-                logits, targets, reduction="none", label_smoothing=self.label_smoothing
-            )
+            per_utterance = F.cross_entropy(logits, targets, reduction="none", label_smoothing=self.label_smoothing)
             if self.class_weights is not None:
                 per_utterance = per_utterance * self.class_weights[targets]
             terms["ce"] = per_utterance.sum() / count

@@ -80,7 +80,9 @@ def _read_container_audio(path: Path, sample_rate: int) -> np.ndarray:
             if not container.streams.audio:
                 raise MediaError("no audio track")
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-            frames = [out for frame in container.decode(container.streams.audio[0]) for out in resampler.resample(frame)]
+            frames = [
+                out for frame in container.decode(container.streams.audio[0]) for out in resampler.resample(frame)
+            ]
             frames += resampler.resample(None)
     except av.FFmpegError as exc:
         raise MediaError(f"cannot decode audio: {exc.strerror or exc}") from None

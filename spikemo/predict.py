@@ -26,9 +26,9 @@ from spikemo.errors import ConfigError, DataError
 from spikemo.features.base import build_encoder
 from spikemo.features.extract import extract_modality, load_features
 from spikemo.model.spikemo import SpikEmo
+from spikemo.tracking import resolve_model_uri
 from spikemo.training.data import build_dialogue_data, collate_dialogues
 from spikemo.training.metrics import classification_metrics, dialogue_bootstrap
-from spikemo.tracking import resolve_model_uri
 
 log = logging.getLogger(__name__)
 KEY_COLUMNS = ["dialogue_id", "utterance_index"]
@@ -51,14 +51,19 @@ class Predictor:
         if reads and sizes.max() < 2:
             log.warning(
                 "every conversation given holds a single utterance, but this model reads dialogue context (%s): "
-                "give each conversation's turns together (same dialogue_id) for the scores it was trained for", ", ".join(reads)
+                "give each conversation's turns together (same dialogue_id) for the scores it was trained for",
+                ", ".join(reads),
             )
         if self.spec.model.speaker_relative_inputs != "off":
             per_speaker = manifest.groupby(["split", "dialogue_id", "party"]).size()
             few = int((per_speaker < self.spec.model.speaker_min_utterances).sum())
             if few:
-                log.info("%d speaker(s) with fewer than %d utterances in their conversation: normalised with the training "
-                         "population's statistics", few, self.spec.model.speaker_min_utterances)
+                log.info(
+                    "%d speaker(s) with fewer than %d utterances in their conversation: normalised with the training "
+                    "population's statistics",
+                    few,
+                    self.spec.model.speaker_min_utterances,
+                )
 
     @classmethod
     def from_bundle(cls, directory: Path) -> Predictor:
@@ -86,7 +91,9 @@ class Predictor:
                     "install the same encoder weights/versions or retrain"
                 )
 
-    def predict_frame(self, utterances: pd.DataFrame, media_root: Path | None = None, cache: Path | None = None) -> pd.DataFrame:
+    def predict_frame(
+        self, utterances: pd.DataFrame, media_root: Path | None = None, cache: Path | None = None
+    ) -> pd.DataFrame:
         """Predict every utterance of a DataFrame in the generic manifest layout (labels optional)."""
         with tempfile.TemporaryDirectory(prefix="spikemo-predict-") as scratch:
             frame = utterances.copy()
@@ -94,7 +101,13 @@ class Predictor:
                 frame["split"] = "test"
             manifest_file = Path(scratch) / "conversations.parquet"
             frame.astype({"dialogue_id": str}).to_parquet(manifest_file)
-            data = DataConfig(format="manifest", manifest=manifest_file, root=media_root or Path(scratch), labels=self.spec.labels, name=self.spec.dataset)
+            data = DataConfig(
+                format="manifest",
+                manifest=manifest_file,
+                root=media_root or Path(scratch),
+                labels=self.spec.labels,
+                name=self.spec.dataset,
+            )
             return self.predict_dataset(data, Path(cache) if cache else Path(scratch) / "cache")
 
     def predict_dataset(self, data: DataConfig, cache: Path, splits: list[str] | None = None) -> pd.DataFrame:
@@ -111,18 +124,26 @@ class Predictor:
         for modality in self.spec.modalities:
             extracted = extract_modality(manifest_path, modality, self.spec.features, cache)
             if extracted.failed:
-                log.warning("%s: %d utterance(s) failed to encode; they are masked for this modality", modality, extracted.failed)
+                log.warning(
+                    "%s: %d utterance(s) failed to encode; they are masked for this modality",
+                    modality,
+                    extracted.failed,
+                )
             features[modality] = load_features(manifest, modality, self.spec.features, cache)
         predictions = self.predict_features(manifest, features)
         return _with_rejected(predictions, ingested.problems, self.spec.labels)
 
     @torch.inference_mode()
-    def predict_features(self, manifest: pd.DataFrame, features: dict[str, pd.DataFrame], warn_isolated: bool = True) -> pd.DataFrame:
+    def predict_features(
+        self, manifest: pd.DataFrame, features: dict[str, pd.DataFrame], warn_isolated: bool = True
+    ) -> pd.DataFrame:
         """Labels and probabilities of manifest rows (``utterance_key``, ``split``, ``dialogue_id``, ``turn``,
         ``party``, ``utterance_index``, ``speaker``) from their feature tables (``load_features``'s layout);
         ``warn_isolated`` False for a live conversation's first turn."""
         if not any((table["status"] == "ok").any() for table in features.values()):
-            raise DataError("no utterance has usable features for any of the model's modalities; check the input's text and media")
+            raise DataError(
+                "no utterance has usable features for any of the model's modalities; check the input's text and media"
+            )
         if warn_isolated:
             self._warn_about_isolated_utterances(manifest)
         unlabelled = manifest.assign(label_id=-1)  # predictions never read labels, whatever label set the data uses
@@ -136,7 +157,11 @@ class Predictor:
                 probs = torch.softmax(self.model(batch).logits.float(), dim=-1)
                 probabilities.append(probs[batch.utterance_mask].cpu().numpy())
             keys.append(dataset.utterance_keys)
-        by_key = pd.DataFrame(np.concatenate(probabilities), index=np.concatenate(keys), columns=[f"prob_{label}" for label in self.spec.labels])
+        by_key = pd.DataFrame(
+            np.concatenate(probabilities),
+            index=np.concatenate(keys),
+            columns=[f"prob_{label}" for label in self.spec.labels],
+        )
         rows = manifest.set_index("utterance_key").loc[by_key.index]
         out = pd.DataFrame(
             {
@@ -174,7 +199,10 @@ def _with_rejected(predictions: pd.DataFrame, problems: pd.DataFrame, labels: li
             "utterance_key": None,
             "split": rejected["split"].to_numpy(),
             "dialogue_id": rejected["dialogue_id"].to_numpy(),
-            "utterance_index": pd.to_numeric(rejected["utterance_index"], errors="coerce").fillna(-1).astype(np.int64).to_numpy(),
+            "utterance_index": pd.to_numeric(rejected["utterance_index"], errors="coerce")
+            .fillna(-1)
+            .astype(np.int64)
+            .to_numpy(),
             "speaker": None,
             "label": None,
             **{f"prob_{label}": np.nan for label in labels},
@@ -184,7 +212,13 @@ def _with_rejected(predictions: pd.DataFrame, problems: pd.DataFrame, labels: li
     return pd.concat([predictions, extra], ignore_index=True)
 
 
-MELD_TO_MANIFEST = {"Dialogue_ID": "dialogue_id", "Utterance_ID": "utterance_index", "Speaker": "speaker", "Utterance": "text", "Emotion": "label"}
+MELD_TO_MANIFEST = {
+    "Dialogue_ID": "dialogue_id",
+    "Utterance_ID": "utterance_index",
+    "Speaker": "speaker",
+    "Utterance": "text",
+    "Emotion": "label",
+}
 
 
 def read_conversations(path: Path) -> pd.DataFrame:
@@ -207,23 +241,38 @@ def read_conversations(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: unknown conversations type {suffix!r}; use .csv, .jsonl or .parquet")
     if {"Dialogue_ID", "Utterance_ID", "Utterance"} <= set(frame.columns):
         frame = frame.rename(columns=MELD_TO_MANIFEST)
-        frame["media_path"] = "dia" + frame["dialogue_id"].astype(str).str.strip() + "_utt" + frame["utterance_index"].astype(str).str.strip() + ".mp4"
+        frame["media_path"] = (
+            "dia"
+            + frame["dialogue_id"].astype(str).str.strip()
+            + "_utt"
+            + frame["utterance_index"].astype(str).str.strip()
+            + ".mp4"
+        )
     require_columns(frame, ["dialogue_id", "utterance_index", "speaker", "text"], path)
     return frame
 
 
 def evaluate_predictions(
-    predictor: Predictor, data: DataConfig | None, cache: Path, split: str, bootstrap_draws: int = 1000, bootstrap_seed: int = 0
+    predictor: Predictor,
+    data: DataConfig | None,
+    cache: Path,
+    split: str,
+    bootstrap_draws: int = 1000,
+    bootstrap_seed: int = 0,
 ) -> dict[str, Any]:
     """Score ``predictor`` on one split of a dataset (default: the dataset the model was trained on), with
     95% intervals of the headline scores from resampling the split's dialogues (``weighted_f1_ci`` …)."""
     if data is None:
-        raise ConfigError("evaluate needs the dataset: pass --format/--root (or --manifest) or a --config with data.root")
+        raise ConfigError(
+            "evaluate needs the dataset: pass --format/--root (or --manifest) or a --config with data.root"
+        )
     predictions = predictor.predict_dataset(data, Path(cache), splits=[split])
     manifest, _ = read_manifest(Path(cache) / f"{data.dataset_name}-predict" / "manifest.parquet")
     by_key = manifest.set_index("utterance_key")
     scored = predictions[predictions["utterance_key"].notna()]
-    names = by_key["label"].reindex(scored["utterance_key"]).to_numpy()  # by name: the label order may differ from the model's
+    names = (
+        by_key["label"].reindex(scored["utterance_key"]).to_numpy()
+    )  # by name: the label order may differ from the model's
     labelled = pd.notna(names)
     if not labelled.any():
         raise DataError(f"the {split} split has no labelled utterance to score")
@@ -237,13 +286,17 @@ def evaluate_predictions(
     truth_ids = np.array([label_ids[name] for name in names[labelled]], dtype=np.int64)
     predicted = scored["label"].map(label_ids).to_numpy()[labelled].astype(np.int64)
     dialogues = by_key["dialogue_id"].reindex(scored["utterance_key"]).to_numpy()[labelled]
-    intervals = dialogue_bootstrap(truth_ids, predicted, dialogues, len(label_ids), draws=bootstrap_draws, seed=bootstrap_seed)
+    intervals = dialogue_bootstrap(
+        truth_ids, predicted, dialogues, len(label_ids), draws=bootstrap_draws, seed=bootstrap_seed
+    )
     return {**classification_metrics(truth_ids, predicted, predictor.spec.labels), **intervals.summary()}
 
 
 def newest_turns(predictions: pd.DataFrame, newest: int) -> pd.DataFrame:
     """The ``newest`` last predicted turns of each dialogue (rejected rows, which have no prediction, dropped)."""
-    predicted = predictions[predictions["label"].notna()].sort_values(["split", "dialogue_id", "utterance_index"], kind="stable")
+    predicted = predictions[predictions["label"].notna()].sort_values(
+        ["split", "dialogue_id", "utterance_index"], kind="stable"
+    )
     return predicted.groupby(["split", "dialogue_id"], sort=False).tail(newest).reset_index(drop=True)
 
 
@@ -255,5 +308,9 @@ def write_predictions(predictions: pd.DataFrame, out: Path) -> dict[str, Any]:
         predictions.to_json(out, orient="records", lines=True, force_ascii=False)
     else:
         raise ConfigError(f"{out}: use a .jsonl or .parquet output file")
-    return {"out": str(out), "utterances": int(len(predictions)), "predicted": int(predictions["label"].notna().sum()),
-            "label_counts": {str(k): int(v) for k, v in predictions["label"].value_counts().items()}}
+    return {
+        "out": str(out),
+        "utterances": int(len(predictions)),
+        "predicted": int(predictions["label"].notna().sum()),
+        "label_counts": {str(k): int(v) for k, v in predictions["label"].value_counts().items()},
+    }

@@ -32,7 +32,9 @@ class SpikEmoPyfunc(PythonModel):
         self.scorers: dict[Path, IncrementalScorer] = {}  # by media root
         self.scorers_lock = threading.Lock()
 
-    def predict(self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(
+        self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         params = params or {}
         media_root = Path(params["media_root"]) if params.get("media_root") else None
         newest = int(params.get("newest") or 0)
@@ -45,12 +47,16 @@ class SpikEmoPyfunc(PythonModel):
         with self.scorers_lock:
             scorer = self.scorers.get(root) or self.scorers.setdefault(root, IncrementalScorer(self.predictor, root))
         rows = []
-        for dialogue, turns in model_input.sort_values("utterance_index", kind="stable").groupby("dialogue_id", sort=False):
+        for dialogue, turns in model_input.sort_values("utterance_index", kind="stable").groupby(
+            "dialogue_id", sort=False
+        ):
             request = {"dialogue_id": str(dialogue), "newest": newest, "turns": turns.to_dict("records")}
             for turn in scorer.score(request)["turns"]:
                 index = int(turns["utterance_index"].iloc[turn["utterance_index"]])
                 probabilities = {f"prob_{label}": p for label, p in turn["probabilities"].items()}
-                rows.append({"dialogue_id": str(dialogue), "utterance_index": index, "label": turn["label"], **probabilities})
+                rows.append(
+                    {"dialogue_id": str(dialogue), "utterance_index": index, "label": turn["label"], **probabilities}
+                )
         return pd.DataFrame(rows)
 
 

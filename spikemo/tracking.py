@@ -116,7 +116,12 @@ def redact(value: Any) -> Any:
 
 def local_paths(config: SpikEmoConfig) -> dict[str, Path]:
     """The config's paths on this machine (logged as tags, not as parameters of the model)."""
-    paths = {"workdir": config.workdir, "cache": config.cache, "data.root": config.data.root, "data.manifest": config.data.manifest}
+    paths = {
+        "workdir": config.workdir,
+        "cache": config.cache,
+        "data.root": config.data.root,
+        "data.manifest": config.data.manifest,
+    }
     return {key: path for key, path in paths.items() if path is not None}
 
 
@@ -137,7 +142,12 @@ def loggable_params(config: SpikEmoConfig) -> dict[str, str]:
 def git_commit() -> str:
     try:
         return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5, check=True
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -152,7 +162,11 @@ def training_run(config: SpikEmoConfig, encoders: dict[str, EncoderSpec]) -> Ite
     connect(config)
     commit = git_commit()
     model = config.model
-    variant = "paper-faithful spiking branch" if model.spike_encoding == "heaviside" else "spiking branch with direct encoding"
+    variant = (
+        "paper-faithful spiking branch"
+        if model.spike_encoding == "heaviside"
+        else "spiking branch with direct encoding"
+    )
     description = (
         f"SpikEmo on {config.data.dataset_name} ({', '.join(config.features.modalities)}): "
         f"{variant if model.use_spiking else 'no spiking branch'}, width {model.model_dim}, T {model.timesteps}; "
@@ -227,13 +241,18 @@ def log_inputs(
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
         for split, rows in manifest.groupby("split"):
             frame = rows[["utterance_key", "speaker", "label", "media_fingerprint"]].reset_index(drop=True)
-            source = mlflow.data.from_pandas(frame, source=str(manifest_path), targets="label", name=f"{dataset}-{split}")
+            source = mlflow.data.from_pandas(
+                frame, source=str(manifest_path), targets="label", name=f"{dataset}-{split}"
+            )
             mlflow.log_input(source, context=str(split), tags={"labels": json.dumps(label_counts[split].to_dict())})
             splits[str(split)] = source
         for modality, cache in caches.items():
             frame = pd.DataFrame({"utterance_key": manifest["utterance_key"], "modality": modality})
             source = mlflow.data.from_pandas(
-                frame, source=str(cache["path"]), name=f"{dataset}-{modality}-{cache['encoder']}", digest=cache["fingerprint"][:32]
+                frame,
+                source=str(cache["path"]),
+                name=f"{dataset}-{modality}-{cache['encoder']}",
+                digest=cache["fingerprint"][:32],
             )
             mlflow.log_input(source, context="features", tags={"encoder": cache["encoder"], "dim": str(cache["dim"])})
     return splits
@@ -269,7 +288,10 @@ def log_evaluation(
     and to the split's dataset), plots and reports as artifacts."""
     for split, scores in metrics.items():
         final.log(_final_metrics(split, scores), split)
-        mlflow.log_figure(reports.confusion_matrix_figure(scores["confusion_matrix"], labels, f"{split} confusion matrix"), f"plots/{split}_confusion_matrix.png")
+        mlflow.log_figure(
+            reports.confusion_matrix_figure(scores["confusion_matrix"], labels, f"{split} confusion matrix"),
+            f"plots/{split}_confusion_matrix.png",
+        )
         mlflow.log_table(reports.per_class_table(scores["per_class"]), f"reports/{split}_per_class.json")
     if history:
         mlflow.log_figure(reports.learning_curves_figure(history), "plots/learning_curves.png")
@@ -281,7 +303,9 @@ def log_evaluation(
     if energy:
         constants = {key for key in energy if key.startswith("pj_per_")}  # the energy model's costs, not results
         mlflow.log_params({f"energy.{key}": energy[key] for key in constants})
-        measured = {f"{spike_statistics_split}/{key}": float(value) for key, value in energy.items() if key not in constants}
+        measured = {
+            f"{spike_statistics_split}/{key}": float(value) for key, value in energy.items() if key not in constants
+        }
         final.log(measured, spike_statistics_split)
     mlflow.log_dict({str(i): label for i, label in enumerate(labels)}, "label_map.json")
 
@@ -316,17 +340,25 @@ def log_baseline(
         final.log(_interval_metrics(intervals), "test")
         verdict = intervals.verdict
         gap = intervals.difference["weighted_f1"]
-        description = (f"test weighted-F1 {intervals.scores['weighted_f1']} vs linear probe {intervals.baseline['weighted_f1']}: "
-                       f"difference {gap}, {verdict} (95% intervals, {intervals.draws} dialogue resamples)")
+        description = (
+            f"test weighted-F1 {intervals.scores['weighted_f1']} vs linear probe {intervals.baseline['weighted_f1']}: "
+            f"difference {gap}, {verdict} (95% intervals, {intervals.draws} dialogue resamples)"
+        )
         mlflow.set_tag("spikemo.verdict_vs_baseline", verdict)
     comparison = BaselineComparison(split=split, beats=ours > probe, description=description, verdict=verdict)
-    mlflow.set_tags({"spikemo.beats_baseline": str(comparison.beats).lower(), "spikemo.baseline_comparison": comparison.description})
+    mlflow.set_tags(
+        {"spikemo.beats_baseline": str(comparison.beats).lower(), "spikemo.baseline_comparison": comparison.description}
+    )
     return comparison
 
 
 def _interval_metrics(intervals: BootstrapReport) -> dict[str, float]:
     metrics = {}
-    groups = {"": intervals.scores, "baseline_": intervals.baseline or {}, "minus_baseline_": intervals.difference or {}}
+    groups = {
+        "": intervals.scores,
+        "baseline_": intervals.baseline or {},
+        "minus_baseline_": intervals.difference or {},
+    }
     for prefix, scores in groups.items():
         for name, interval in scores.items():
             if prefix == "minus_baseline_":
@@ -358,7 +390,11 @@ def prediction_signature(labels: list[str]) -> ModelSignature:
 
 def pip_requirements() -> list[str]:
     """Exact pins of what the pyfunc imports, read from the installed spikemo's metadata (no inference)."""
-    pinned = [requirement.split(";")[0].strip() for requirement in metadata.requires("spikemo") or [] if "extra ==" not in requirement]
+    pinned = [
+        requirement.split(";")[0].strip()
+        for requirement in metadata.requires("spikemo") or []
+        if "extra ==" not in requirement
+    ]
     return [requirement for requirement in pinned if requirement]
 
 
@@ -404,8 +440,12 @@ def _spikemo_warnings_only() -> Iterator[None]:
 
 
 def log_and_register(
-    bundle: Path, config: SpikEmoConfig, gating_score: float, baseline_score: float | None = None,
-    summary: dict[str, Any] | None = None, champion_rescore: Callable[[str], float | None] | None = None,
+    bundle: Path,
+    config: SpikEmoConfig,
+    gating_score: float,
+    baseline_score: float | None = None,
+    summary: dict[str, Any] | None = None,
+    champion_rescore: Callable[[str], float | None] | None = None,
     model_id: str | None = None,
 ) -> Registration:
     """Log a saved bundle as the active run's pyfunc model, register a version and apply champion gating.
@@ -503,7 +543,9 @@ def gate_champion(
     beats_baseline = baseline_score is None or score > baseline_score
     promote = beats_baseline and (champion_score is None or score > champion_score)
     client.set_model_version_tag(name, version, score_tag, f"{score:.6f}")
-    client.set_model_version_tag(name, version, "gating_champion_score", "none" if champion_score is None else f"{champion_score:.6f}")
+    client.set_model_version_tag(
+        name, version, "gating_champion_score", "none" if champion_score is None else f"{champion_score:.6f}"
+    )
     if not beats_baseline:
         decision = f"not promoted: {score:.4f} <= its linear probe {baseline_score:.4f}"
     elif champion_score is None:
@@ -512,7 +554,9 @@ def gate_champion(
         decision = f"promoted: {score:.4f} > champion v{champion.version} {champion_score:.4f}"
     else:
         decision = f"kept champion v{champion.version}: {score:.4f} <= {champion_score:.4f}"
-    client.set_model_version_tag(name, version, "gating_decision", decision)  # before the alias: a concurrent gate sees it
+    client.set_model_version_tag(
+        name, version, "gating_decision", decision
+    )  # before the alias: a concurrent gate sees it
     client.set_registered_model_alias(name, CHAMPION if promote else CHALLENGER, version)
     if promote:
         since = int(champion.version) if champion is not None else 0
@@ -520,12 +564,19 @@ def gate_champion(
         if rival is not None:  # a concurrent gate promoted a better version and this one overwrote its alias
             client.set_registered_model_alias(name, CHAMPION, rival)
             client.set_registered_model_alias(name, CHALLENGER, version)
-            client.set_model_version_tag(name, version, "gating_decision", f"{decision}; ceded to v{rival}, promoted concurrently with a higher score")
+            client.set_model_version_tag(
+                name,
+                version,
+                "gating_decision",
+                f"{decision}; ceded to v{rival}, promoted concurrently with a higher score",
+            )
             return CHALLENGER, champion_score
     return (CHAMPION if promote else CHALLENGER), champion_score
 
 
-def _better_promoted_version(client: MlflowClient, name: str, version: str, since: int, score: float, score_tag: str) -> str | None:
+def _better_promoted_version(
+    client: MlflowClient, name: str, version: str, since: int, score: float, score_tag: str
+) -> str | None:
     """The best version after ``since`` (the champion this gate compared with), other than ``version``, that a gate
     promoted with a score above ``score``: promoted while this gate ran. None if there is none."""
     best: tuple[float, str] | None = None

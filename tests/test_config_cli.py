@@ -95,7 +95,9 @@ def test_make_demo_data_passes_its_options_to_the_generator(tmp_path, monkeypatc
         return DemoCorpusSummary(out, {"train": 0}, {"train": 0}, {}, 0.0, 0.0, settings.workers)
 
     monkeypatch.setattr(demo, "make_demo_corpus", record)
-    assert main(["make-demo-data", str(tmp_path), "--dialogues", "12", "--seed", "4", "--fps", "5", "--workers", "1"]) == 0
+    assert (
+        main(["make-demo-data", str(tmp_path), "--dialogues", "12", "--seed", "4", "--fps", "5", "--workers", "1"]) == 0
+    )
     assert chosen == [demo.DemoCorpusSettings(dialogues=12, seed=4, fps=5, workers=1)]
 
 
@@ -126,32 +128,63 @@ def test_overrides_on_a_resolved_config_keep_its_nulls():
     ("command", "key", "set_value", "option", "option_value", "read"),
     [
         ("train", "train.epochs", "4", ["--epochs", "7"], 7, lambda c: c.train.epochs),
-        ("train", "features.modalities", "[audio]", ["--modalities", "visual"], ["visual"], lambda c: c.features.modalities),
-        ("preprocess", "features.modalities", "[audio]", ["--modalities", "visual"], ["visual"], lambda c: c.features.modalities),
+        (
+            "train",
+            "features.modalities",
+            "[audio]",
+            ["--modalities", "visual"],
+            ["visual"],
+            lambda c: c.features.modalities,
+        ),
+        (
+            "preprocess",
+            "features.modalities",
+            "[audio]",
+            ["--modalities", "visual"],
+            ["visual"],
+            lambda c: c.features.modalities,
+        ),
         ("ingest", "data.format", "emorynlp", ["--format", "manifest"], "manifest", lambda c: c.data.format),
-        ("finetune-text", "data.name", "from-set", ["--name", "from-option"], "from-option", lambda c: c.data.dataset_name),
+        (
+            "finetune-text",
+            "data.name",
+            "from-set",
+            ["--name", "from-option"],
+            "from-option",
+            lambda c: c.data.dataset_name,
+        ),
         ("evaluate", "data.name", "from-set", ["--name", "from-option"], "from-option", lambda c: c.data.dataset_name),
         ("ui", "workdir", "from-set", ["--workdir", "from-option"], "from-option", lambda c: Path(c.workdir).name),
     ],
 )
-def test_precedence_is_defaults_then_config_then_set_then_given_options(command, key, set_value, option, option_value, read, tmp_path):
+def test_precedence_is_defaults_then_config_then_set_then_given_options(
+    command, key, set_value, option, option_value, read, tmp_path
+):
     from spikemo.cli import resolve_config
 
     config_file = tmp_path / "c.yaml"
     config_file.write_text("train:\n  epochs: 20\nfeatures:\n  modalities: [text]\ndata:\n  name: from-file\n")
     required = {"evaluate": ["--model", "models:/m@champion"]}.get(command, [])
-    parse = lambda *extra: resolve_config(build_parser().parse_args([command, *required, "--config", str(config_file), *extra]))  # noqa: E731
+    parse = lambda *extra: resolve_config(
+        build_parser().parse_args([command, *required, "--config", str(config_file), *extra])
+    )  # noqa: E731
     from_file = parse()
     from_set = parse("--set", f"{key}={set_value}")
-    assert read(from_set) != read(from_file) and read(from_set) == read(load_config(config_file, dict([parse_override(f"{key}={set_value}")])))
+    assert read(from_set) != read(from_file) and read(from_set) == read(
+        load_config(config_file, dict([parse_override(f"{key}={set_value}")]))
+    )
     assert read(parse("--set", f"{key}={set_value}", *option)) == option_value
 
 
 def test_a_config_extends_another_and_overrides_only_what_it_names(tmp_path):
-    (tmp_path / "base.yaml").write_text("model:\n  model_dim: 64\n  dropout: 0.4\ntrain:\n  epochs: 9\nfeatures:\n  modalities: [text, audio]\n")
+    (tmp_path / "base.yaml").write_text(
+        "model:\n  model_dim: 64\n  dropout: 0.4\ntrain:\n  epochs: 9\nfeatures:\n  modalities: [text, audio]\n"
+    )
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "middle.yaml").write_text("extends: ../base.yaml\nmodel:\n  dropout: 0.1\n")
-    (tmp_path / "leaf.yaml").write_text("extends: sub/middle.yaml\nfeatures:\n  modalities: [text]\ntrain:\n  lr: 0.01\n")
+    (tmp_path / "leaf.yaml").write_text(
+        "extends: sub/middle.yaml\nfeatures:\n  modalities: [text]\ntrain:\n  lr: 0.01\n"
+    )
     config = load_config(tmp_path / "leaf.yaml", {"train.epochs": 3})
     assert (config.model.model_dim, config.model.dropout) == (64, 0.1)  # a section merges key by key
     assert config.features.modalities == ["text"]  # a list replaces

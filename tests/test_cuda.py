@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_model import DIMS, NUM_CLASSES, make_batch, tiny_config
 
 from spikemo.config import LossWeights
 from spikemo.losses import SpikEmoLoss
-from spikemo.model.spikemo import SpikEmo
 from spikemo.model.neuron import MultiStepLIF
+from spikemo.model.spikemo import SpikEmo
 from spikemo.training.evaluation import autocast_for
-from test_model import DIMS, NUM_CLASSES, make_batch, tiny_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

@@ -7,12 +7,12 @@ from collections import Counter
 from pathlib import Path
 
 import cv2  # noqa: F401  (imported before decord: decord bundles an old zlib that breaks cv2)
+import decord  # after cv2 and mediapipe on purpose
 import mediapipe as mp
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
-import decord  # after cv2 and mediapipe on purpose
 from spikemo.config import DataConfig
 from spikemo.data.demo import (
     DemoCorpusSettings,

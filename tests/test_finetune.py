@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from spikemo.data.ingest import ingest
 from spikemo.errors import ConfigError
+from spikemo.experiment import run_experiment
 from spikemo.features.base import build_encoder
 from spikemo.features.extract import preprocess
 from spikemo.features.finetune import (
@@ -28,10 +29,9 @@ from spikemo.features.finetune import (
     finetuned_text_config,
 )
 from spikemo.features.text import dialogue_text_items
-from spikemo.experiment import run_experiment
+from spikemo.model.batch import IGNORE_INDEX, DialogueBatch
 from spikemo.predict import Predictor
 from spikemo.tracking import tracking_uri
-from spikemo.model.batch import IGNORE_INDEX, DialogueBatch
 
 
 def words(lines: list[str]) -> list[int]:
@@ -48,12 +48,20 @@ def test_context_windows_stay_inside_their_dialogue_and_split_and_drop_far_turns
             "text": ["one two three", "four", "five six", "seven", "dev one", "dev two"],
         }
     )
-    items = dialogue_text_items(manifest, speaker_names=True, past_turns=2, future_turns=1, token_budget=100, count_tokens=words)
-    assert items[2].past == ("A: one two three", "B: four") and items[2].text == "A: five six" and items[2].future == ("B: seven",)
+    items = dialogue_text_items(
+        manifest, speaker_names=True, past_turns=2, future_turns=1, token_budget=100, count_tokens=words
+    )
+    assert (
+        items[2].past == ("A: one two three", "B: four")
+        and items[2].text == "A: five six"
+        and items[2].future == ("B: seven",)
+    )
     assert items[4].past == () and items[4].future == ("D: dev two",)  # the train dialogue 0 is another dialogue
     assert items[5].past == ("C: dev one",) and items[5].future == ()
     # a budget of 7 words beside "A: five six" (3): the previous turn (2), the next (2), then the far past (4) no longer fits
-    tight = dialogue_text_items(manifest, speaker_names=True, past_turns=2, future_turns=1, token_budget=10, count_tokens=words)
+    tight = dialogue_text_items(
+        manifest, speaker_names=True, past_turns=2, future_turns=1, token_budget=10, count_tokens=words
+    )
     assert tight[2].past == ("B: four",) and tight[2].future == ("B: seven",)
     first, second = tight[2].segments("[SEP]")
     assert (first, second) == ("B: four", "A: five six [SEP] B: seven")
@@ -65,7 +73,13 @@ def tiny_finetune_config(tiny_config, meld_conversations: Path, tmp_path: Path, 
         tmp_path / "work",
         tmp_path / "cache",
         **{
-            "features.text.params": {"model": str(model), "context_turns": 2, "speaker_names": True, "max_length": 48, "pooling": "cls"},
+            "features.text.params": {
+                "model": str(model),
+                "context_turns": 2,
+                "speaker_names": True,
+                "max_length": 48,
+                "pooling": "cls",
+            },
             "features.text.finetune": {"epochs": 2, "batch_size": 16, "lr": 1e-3, "patience": 5, **finetune},
         },
     )
@@ -83,7 +97,9 @@ def test_finetune_learns_saves_a_loadable_encoder_and_changes_only_the_text_cach
     assert json.loads((model_path / SUMMARY_FILE).read_text())["model_path"] == str(model_path)
     assert not (model_path.parent / "checkpoint").exists()
 
-    base = build_encoder("text", config.features.model_copy(update={"text": config.features.text.model_copy(update={"finetune": None})}))
+    base = build_encoder(
+        "text", config.features.model_copy(update={"text": config.features.text.model_copy(update={"finetune": None})})
+    )
     tuned = build_encoder("text", finetuned_text_config(config, Path(summary["manifest"])).features)
     assert tuned.fingerprint != base.fingerprint and summary["modalities"]["text"]["fingerprint"] == tuned.fingerprint
     assert transformers.AutoModel.from_pretrained(model_path).config.hidden_size == 32
@@ -95,7 +111,9 @@ def test_finetune_learns_saves_a_loadable_encoder_and_changes_only_the_text_cach
     assert again["text_finetune"]["reused"] and again["modalities"]["text"]["encoded"] == 0
 
     reseeded = tiny_finetune_config(tiny_config, meld_conversations, tmp_path, tiny_models["bert"], seed=1)
-    other = preprocess(reseeded.model_copy(update={"features": reseeded.features.model_copy(update={"modalities": ["text"]})}))
+    other = preprocess(
+        reseeded.model_copy(update={"features": reseeded.features.model_copy(update={"modalities": ["text"]})})
+    )
     assert other["text_finetune"]["model_path"] != result["model_path"]
     assert other["modalities"]["text"]["fingerprint"] != summary["modalities"]["text"]["fingerprint"]
 
@@ -132,9 +150,15 @@ def test_finetune_loss_falls_and_no_test_utterance_reaches_the_optimizer(
     labelled = manifest[manifest["label_id"] >= 0]
     assert len(seen) == len(labelled[labelled["split"] == "train"])  # every train utterance, each as one input
     test_rows = labelled[labelled["split"] == "test"]
-    test_utterances = {tuple(tokenizer.encode(f"{s}: {t}", add_special_tokens=False)[:8]) for s, t in zip(test_rows["speaker"], test_rows["text"])}
+    test_utterances = {
+        tuple(tokenizer.encode(f"{s}: {t}", add_special_tokens=False)[:8])
+        for s, t in zip(test_rows["speaker"], test_rows["text"])
+    }
     train_rows = labelled[labelled["split"] == "train"]
-    train_utterances = {tuple(tokenizer.encode(f"{s}: {t}", add_special_tokens=False)[:8]) for s, t in zip(train_rows["speaker"], train_rows["text"])}
+    train_utterances = {
+        tuple(tokenizer.encode(f"{s}: {t}", add_special_tokens=False)[:8])
+        for s, t in zip(train_rows["speaker"], train_rows["text"])
+    }
     targets = {tuple(_utterance_ids(ids, tokenizer.sep_token_id)[:8]) for ids in seen}
     assert targets <= train_utterances and not targets & (test_utterances - train_utterances)
 
@@ -142,7 +166,9 @@ def test_finetune_loss_falls_and_no_test_utterance_reaches_the_optimizer(
 def test_a_dialogue_head_trains_with_the_encoder_on_whole_train_dialogues(
     tiny_config, meld_conversations: Path, tiny_models: dict[str, Path], tmp_path: Path, monkeypatch
 ) -> None:
-    config = tiny_finetune_config(tiny_config, meld_conversations, tmp_path, tiny_models["bert"], epochs=3, head="dialogue", head_lr=3e-3)
+    config = tiny_finetune_config(
+        tiny_config, meld_conversations, tmp_path, tiny_models["bert"], epochs=3, head="dialogue", head_lr=3e-3
+    )
     manifest_path = _ingested(tiny_config, meld_conversations, tmp_path)
     manifest = pd.read_parquet(manifest_path)
     losses: list[float] = []
@@ -176,9 +202,13 @@ def test_a_dialogue_head_trains_with_the_encoder_on_whole_train_dialogues(
     assert "input_std_text" in head and not torch.equal(head["input_std_text"], torch.ones_like(head["input_std_text"]))
     utterance_config = tiny_finetune_config(tiny_config, meld_conversations, tmp_path, tiny_models["bert"], epochs=3)
     assert finetune_folder(utterance_config, manifest) != finetune_folder(config, manifest)
-    wider = config.model_copy(update={"model": config.model.model_copy(update={"model_dim": 2 * config.model.model_dim})})
+    wider = config.model_copy(
+        update={"model": config.model.model_copy(update={"model_dim": 2 * config.model.model_dim})}
+    )
     assert finetune_folder(wider, manifest) != finetune_folder(config, manifest)  # the head shapes the encoder
-    assert finetune_folder(utterance_config.model_copy(update={"model": wider.model}), manifest) == finetune_folder(utterance_config, manifest)
+    assert finetune_folder(utterance_config.model_copy(update={"model": wider.model}), manifest) == finetune_folder(
+        utterance_config, manifest
+    )
 
 
 def _utterance_ids(ids: tuple[int, ...], sep: int) -> list[int]:
@@ -195,7 +225,9 @@ def test_a_killed_finetune_resumes_after_its_last_epoch_and_ends_as_an_uninterru
         tiny_finetune_config(tiny_config, meld_conversations, tmp_path / "a", tiny_models["bert"], epochs=3, head=head),
         _ingested(tiny_config, meld_conversations, tmp_path / "a"),
     )
-    config = tiny_finetune_config(tiny_config, meld_conversations, tmp_path / "b", tiny_models["bert"], epochs=3, head=head)
+    config = tiny_finetune_config(
+        tiny_config, meld_conversations, tmp_path / "b", tiny_models["bert"], epochs=3, head=head
+    )
     manifest_path = _ingested(tiny_config, meld_conversations, tmp_path / "b")
     evaluate = _FinetuneRun._evaluate
     calls = {"dev": 0}
@@ -212,7 +244,9 @@ def test_a_killed_finetune_resumes_after_its_last_epoch_and_ends_as_an_uninterru
     monkeypatch.setattr(_FinetuneRun, "_evaluate", evaluate)
     train_epoch = _FinetuneRun.train_epoch
     epochs_trained: list[int] = []
-    monkeypatch.setattr(_FinetuneRun, "train_epoch", lambda self, epoch: epochs_trained.append(epoch) or train_epoch(self, epoch))
+    monkeypatch.setattr(
+        _FinetuneRun, "train_epoch", lambda self, epoch: epochs_trained.append(epoch) or train_epoch(self, epoch)
+    )
     resumed = finetune_text_encoder(config, manifest_path)
     assert epochs_trained == [1, 2]
     assert (resumed.epochs_run, resumed.best_epoch, resumed.run_id is not None) == (3, uninterrupted.best_epoch, True)
@@ -239,7 +273,10 @@ def test_train_needs_the_finished_finetune_and_freezing_needs_layers(
     too_many = tiny_finetune_config(tiny_config, meld_conversations, tmp_path, tiny_models["bert"], freeze_layers=3)
     with pytest.raises(ConfigError, match="only 2 layers"):
         finetune_text_encoder(too_many, manifest_path)
-    frozen = finetune_text_encoder(tiny_finetune_config(tiny_config, meld_conversations, tmp_path, tiny_models["bert"], freeze_layers=2, epochs=1), manifest_path)
+    frozen = finetune_text_encoder(
+        tiny_finetune_config(tiny_config, meld_conversations, tmp_path, tiny_models["bert"], freeze_layers=2, epochs=1),
+        manifest_path,
+    )
     tuned = load_file(Path(frozen.model_path) / "model.safetensors")
     original = load_file(tiny_models["bert"] / "model.safetensors")
     frozen_names = [name for name in original if name.startswith(("embeddings.", "encoder.layer."))]
@@ -254,43 +291,73 @@ def test_train_keeps_the_better_on_dev_of_the_finetune_head_and_the_retrained_sp
     # one candidate is left untrained (a learning rate too small to move it), so the other wins on dev
     weak_lr = 1e-12
     head_lrs = {"lr": 1e-3, "head_lr": 3e-3} if head_wins else {"lr": weak_lr, "head_lr": weak_lr}
-    config = tiny_finetune_config(tiny_config, meld_conversations, tmp_path, tiny_models["bert"], epochs=2, head="dialogue", **head_lrs)
-    config = config.model_copy(update={
-        "features": config.features.model_copy(update={"modalities": ["text"]}),
-        "train": config.train.model_copy(update={"lr": weak_lr if head_wins else 3e-3, "epochs": 4}),
-    })
+    config = tiny_finetune_config(
+        tiny_config, meld_conversations, tmp_path, tiny_models["bert"], epochs=2, head="dialogue", **head_lrs
+    )
+    config = config.model_copy(
+        update={
+            "features": config.features.model_copy(update={"modalities": ["text"]}),
+            "train": config.train.model_copy(update={"lr": weak_lr if head_wins else 3e-3, "epochs": 4}),
+        }
+    )
     summary = run_experiment(config)
-    candidates = {"finetune-head": summary["candidate_dev_weighted_f1_finetune_head"],
-                  "retrained": summary["candidate_dev_weighted_f1_retrained"]}
+    candidates = {
+        "finetune-head": summary["candidate_dev_weighted_f1_finetune_head"],
+        "retrained": summary["candidate_dev_weighted_f1_retrained"],
+    }
     assert candidates["finetune-head"] != candidates["retrained"]
-    assert summary["model_source"] == ("finetune-head" if head_wins else "retrained") == max(candidates, key=candidates.get)
+    assert (
+        summary["model_source"]
+        == ("finetune-head" if head_wins else "retrained")
+        == max(candidates, key=candidates.get)
+    )
     assert summary["dev_weighted_f1"] == pytest.approx(candidates[summary["model_source"]])
 
     registered = Predictor.from_uri(summary["model_uri"])
-    head = load_file(Path(finetuned_text_config(config, config.manifest_path).features.text.params["model"]) / HEAD_FILE)
+    head = load_file(
+        Path(finetuned_text_config(config, config.manifest_path).features.text.params["model"]) / HEAD_FILE
+    )
     weights = {name: tensor.cpu() for name, tensor in registered.model.state_dict().items()}
     assert all(torch.equal(weights[name], head[name]) for name in head) == head_wins
     predicted = registered.predict_dataset(config.data, tmp_path / "predict-cache", splits=["dev"])
     assert len(predicted) and predicted["label"].isin(registered.spec.labels).all()
     uri = tracking_uri(config)
-    description = MlflowClient(uri, uri).get_model_version(summary["registered_model"], summary["model_version"]).description
+    description = (
+        MlflowClient(uri, uri).get_model_version(summary["registered_model"], summary["model_version"]).description
+    )
     assert "fine-tune's head" in description
 
 
-def test_cross_fitted_speaker_evidence_over_a_finetuned_text_encoder_is_refused(tiny_config, meld_conversations: Path, tmp_path: Path) -> None:
+def test_cross_fitted_speaker_evidence_over_a_finetuned_text_encoder_is_refused(
+    tiny_config, meld_conversations: Path, tmp_path: Path
+) -> None:
     with pytest.raises(ConfigError, match="not out-of-fold"):
-        tiny_config(meld_conversations, tmp_path, tmp_path, **{
-            "features.text.finetune": {"epochs": 1}, "model.speaker_evidence_rounds": 1, "train.speaker_evidence_fit": "cross_fitted",
-        })
+        tiny_config(
+            meld_conversations,
+            tmp_path,
+            tmp_path,
+            **{
+                "features.text.finetune": {"epochs": 1},
+                "model.speaker_evidence_rounds": 1,
+                "train.speaker_evidence_fit": "cross_fitted",
+            },
+        )
 
 
 def test_mask_pooling_reads_the_state_of_a_speaker_query_before_the_utterance_and_fine_tunes(
     tiny_config, meld_conversations: Path, tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
-    config = tiny_finetune_config(tiny_config, meld_conversations, tmp_path, tiny_models["bert"], epochs=1, head="dialogue")
+    config = tiny_finetune_config(
+        tiny_config, meld_conversations, tmp_path, tiny_models["bert"], epochs=1, head="dialogue"
+    )
     params = {**config.features.text.params, "pooling": "mask", "future_turns": 1}
-    config = config.model_copy(update={"features": config.features.model_copy(update={
-        "text": config.features.text.model_copy(update={"params": params})})})
+    config = config.model_copy(
+        update={
+            "features": config.features.model_copy(
+                update={"text": config.features.text.model_copy(update={"params": params})}
+            )
+        }
+    )
     manifest_path = _ingested(tiny_config, meld_conversations, tmp_path)
     manifest = pd.read_parquet(manifest_path)
     encoder = build_encoder("text", config.features)

@@ -27,9 +27,18 @@ def prefect_api(tmp_path_factory) -> Iterator[str]:
     """One Prefect server for this module's flow runs: without it each flow process starts an ephemeral server
     of its own, with a fresh database to migrate."""
     port = free_port()
-    environment = {**os.environ, "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-server")), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    server = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    environment = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-server")),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         wait_for_answer(f"http://127.0.0.1:{port}/api/health")
         yield f"http://127.0.0.1:{port}/api"
@@ -64,7 +73,18 @@ def test_prefect_yaml_deployments_parse_and_retrain_is_scheduled():
 def _demo(workdir: Path, corpus: Path, config: Path, api_url: str) -> dict:
     environment = {**_flow_environment(workdir, api_url), "SPIKEMO_HOME": str(workdir)}
     result = subprocess.run(
-        [sys.executable, "-m", "spikemo.cli", "demo", "--data", str(corpus), "--config", str(config), "--cache", str(workdir / "cache")],
+        [
+            sys.executable,
+            "-m",
+            "spikemo.cli",
+            "demo",
+            "--data",
+            str(corpus),
+            "--config",
+            str(config),
+            "--cache",
+            str(workdir / "cache"),
+        ],
         capture_output=True,
         text=True,
         env=environment,
@@ -81,7 +101,15 @@ def test_pipeline_flow_end_to_end_then_reuses_caches(tmp_path, tiny_corpus, pref
             {
                 "data": {"format": "meld", "name": "tinydemo"},
                 "features": {"modalities": ["text", "audio", "visual"], "frames_per_clip": 2},
-                "model": {"model_dim": 16, "timesteps": 2, "spikformer_depth": 1, "spikformer_heads": 2, "fusion_layers": 1, "fusion_heads": 2, "fusion_hidden": 32},
+                "model": {
+                    "model_dim": 16,
+                    "timesteps": 2,
+                    "spikformer_depth": 1,
+                    "spikformer_heads": 2,
+                    "fusion_layers": 1,
+                    "fusion_heads": 2,
+                    "fusion_hidden": 32,
+                },
                 "train": {"epochs": 2, "batch_dialogues": 2},
                 "tracking": {"experiment": "flow-test"},
             }
@@ -96,7 +124,9 @@ def test_pipeline_flow_end_to_end_then_reuses_caches(tmp_path, tiny_corpus, pref
 
     second = _demo(tmp_path, tiny_corpus, config, prefect_api)
     assert all(m["encoded"] == 0 and m["reused"] > 0 for m in second["preprocess"]["modalities"].values())
-    assert second["run_id"] == first["run_id"], "unchanged data and config: the training task is served from Prefect's cache"
+    assert second["run_id"] == first["run_id"], (
+        "unchanged data and config: the training task is served from Prefect's cache"
+    )
 
     query = (  # this dataset's runs on the module's server
         "import json\n"
@@ -108,7 +138,13 @@ def test_pipeline_flow_end_to_end_then_reuses_caches(tmp_path, tiny_corpus, pref
         "print(json.dumps([any('dev weighted-F1' in log.message for log in logs)]))\n"
         "print(json.dumps([[r.name, r.state.type.value, str(r.flow_id)] for r in runs]))\n"
     )
-    listed = subprocess.run([sys.executable, "-c", query], capture_output=True, text=True, env=_flow_environment(tmp_path, prefect_api), timeout=300)
+    listed = subprocess.run(
+        [sys.executable, "-c", query],
+        capture_output=True,
+        text=True,
+        env=_flow_environment(tmp_path, prefect_api),
+        timeout=300,
+    )
     assert listed.returncode == 0, listed.stderr[-2000:]
     runs = json.loads(listed.stdout.strip().splitlines()[-1])
     assert json.loads(listed.stdout.strip().splitlines()[-2]) == [True], "spikemo's epoch lines reach the run logs"
@@ -143,8 +179,13 @@ def test_training_cache_key_follows_the_library_code(tmp_path, monkeypatch, meld
 def _serve_then_sigterm(command: list[str], url: str, environment: dict[str, str]) -> bytes:
     """Start a ``spikemo`` server command, wait for ``url`` to answer, SIGTERM the command alone (not its
     group) and check that it exits and its server no longer answers; returns the first answer."""
-    server = subprocess.Popen([sys.executable, "-m", "spikemo.cli", *command], env=environment,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "spikemo.cli", *command],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         answer = wait_for_answer(url)
         server.send_signal(signal.SIGTERM)
@@ -159,14 +200,19 @@ def _serve_then_sigterm(command: list[str], url: str, environment: dict[str, str
 def test_prefect_ui_on_any_port_calls_its_own_api_and_stops_on_sigterm(tmp_path):
     port = free_port()
     environment = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
-    answer = _serve_then_sigterm(["prefect-ui", "--workdir", str(tmp_path), "--port", str(port)],
-                                 f"http://127.0.0.1:{port}/ui-settings", environment)
+    answer = _serve_then_sigterm(
+        ["prefect-ui", "--workdir", str(tmp_path), "--port", str(port)],
+        f"http://127.0.0.1:{port}/ui-settings",
+        environment,
+    )
     assert json.loads(answer)["api_url"] == f"http://127.0.0.1:{port}/api"
 
 
 def test_mlflow_ui_stops_on_sigterm(tmp_path):
     port = free_port()
-    answer = _serve_then_sigterm(["ui", "--workdir", str(tmp_path), "--port", str(port)], f"http://127.0.0.1:{port}/health", dict(os.environ))
+    answer = _serve_then_sigterm(
+        ["ui", "--workdir", str(tmp_path), "--port", str(port)], f"http://127.0.0.1:{port}/health", dict(os.environ)
+    )
     assert answer.strip() == b"OK"
 
 
@@ -174,7 +220,9 @@ def test_extraction_runs_on_a_local_dask_cluster(tmp_path, meld_conversations, t
     """features.task_runner: dask runs the extraction tasks on a local Dask cluster (prefect-dask)."""
     pytest.importorskip("prefect_dask")
     config = tiny_config(
-        meld_conversations, tmp_path / "work", tmp_path / "cache",
+        meld_conversations,
+        tmp_path / "work",
+        tmp_path / "cache",
         **{"features.task_runner": "dask", "features.task_workers": 2, "features.shard_size": 200},
     )
     script = (
@@ -185,16 +233,24 @@ def test_extraction_runs_on_a_local_dask_cluster(tmp_path, meld_conversations, t
     )
     result = subprocess.run(
         [sys.executable, "-c", script, json.dumps(config.model_dump(mode="json"))],
-        capture_output=True, text=True, env=_flow_environment(tmp_path, prefect_api), timeout=900, cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=_flow_environment(tmp_path, prefect_api),
+        timeout=900,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     text = json.loads(result.stdout.strip().splitlines()[-1])
     assert text["encoded"] == 594 and text["failed"] == 0  # 3 shards, spread over the cluster's workers
     # the tasks went through Prefect's Dask client to a local cluster of two worker processes
-    assert "PrefectDaskClient" in result.stderr and result.stderr.count("distributed.scheduler - Remove worker addr") == 2
+    assert (
+        "PrefectDaskClient" in result.stderr and result.stderr.count("distributed.scheduler - Remove worker addr") == 2
+    )
 
 
-def test_cli_preprocess_extracts_on_an_existing_dask_scheduler_as_threads_would(tmp_path, meld_conversations, tiny_config, prefect_api):
+def test_cli_preprocess_extracts_on_an_existing_dask_scheduler_as_threads_would(
+    tmp_path, meld_conversations, tiny_config, prefect_api
+):
     """`spikemo preprocess --set features.task_runner=dask --set features.dask_address=...` sends the extraction to a
     running `dask scheduler` and its `dask worker` processes; the cache equals one made with threads."""
     pytest.importorskip("prefect_dask")
@@ -203,23 +259,55 @@ def test_cli_preprocess_extracts_on_an_existing_dask_scheduler_as_threads_would(
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     dask = str(Path(sys.executable).with_name("dask"))
-    cluster = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    cluster += [subprocess.Popen([dask, "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO) for _ in range(2)]
+    cluster = [
+        subprocess.Popen(
+            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    cluster += [
+        subprocess.Popen(
+            [dask, "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=REPO,
+        )
+        for _ in range(2)
+    ]
     try:
         with Client(address, timeout=120) as client:
             client.wait_for_workers(2, timeout=120)
             caches = {}
             for runner in ("threads", "dask"):
-                config = tiny_config(meld_conversations, tmp_path / runner / "work", tmp_path / runner / "cache",
-                                     **{"features.shard_size": 200})
+                config = tiny_config(
+                    meld_conversations,
+                    tmp_path / runner / "work",
+                    tmp_path / runner / "cache",
+                    **{"features.shard_size": 200},
+                )
                 config_file = tmp_path / f"{runner}.yaml"
                 config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-                command = [sys.executable, "-m", "spikemo.cli", "preprocess", "--config", str(config_file),
-                           "--set", f"features.task_runner={runner}", "--set", f"features.dask_address={address}"]
-                result = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO,
-                                        env=_flow_environment(tmp_path / runner, prefect_api))
+                command = [
+                    sys.executable,
+                    "-m",
+                    "spikemo.cli",
+                    "preprocess",
+                    "--config",
+                    str(config_file),
+                    "--set",
+                    f"features.task_runner={runner}",
+                    "--set",
+                    f"features.dask_address={address}",
+                ]
+                result = subprocess.run(
+                    command,
+                    capture_output=True,
+                    text=True,
+                    timeout=900,
+                    cwd=REPO,
+                    env=_flow_environment(tmp_path / runner, prefect_api),
+                )
                 assert result.returncode == 0, result.stderr[-3000:]
                 assert json.loads(result.stdout.strip().splitlines()[-1])["modalities"]["text"]["encoded"] == 594
                 caches[runner] = load_features(config.manifest_path, "text", config.features, config.cache)
@@ -233,12 +321,21 @@ def test_cli_preprocess_extracts_on_an_existing_dask_scheduler_as_threads_would(
     assert np.abs(threads - on_dask).max() < 1e-4
 
 
-def test_pipeline_flow_fine_tunes_the_text_encoder_then_reuses_it(tmp_path, meld_conversations, tiny_config, tiny_models):
+def test_pipeline_flow_fine_tunes_the_text_encoder_then_reuses_it(
+    tmp_path, meld_conversations, tiny_config, tiny_models
+):
     """features.text.finetune chains fine-tune → extraction → training → registration; a re-run reuses the fine-tune."""
     config = tiny_config(
-        meld_conversations, tmp_path / "work", tmp_path / "cache",
+        meld_conversations,
+        tmp_path / "work",
+        tmp_path / "cache",
         **{
-            "features.text.params": {"model": str(tiny_models["bert"]), "context_turns": 1, "speaker_names": True, "max_length": 32},
+            "features.text.params": {
+                "model": str(tiny_models["bert"]),
+                "context_turns": 1,
+                "speaker_names": True,
+                "max_length": 32,
+            },
             "features.text.finetune": {"epochs": 1, "lr": 1e-3},
             "train.epochs": 1,
         },
@@ -253,7 +350,11 @@ def test_pipeline_flow_fine_tunes_the_text_encoder_then_reuses_it(tmp_path, meld
     )
     result = subprocess.run(
         [sys.executable, "-c", script, json.dumps(config.model_dump(mode="json"))],
-        capture_output=True, text=True, env=_flow_environment(tmp_path, None), timeout=900, cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=_flow_environment(tmp_path, None),
+        timeout=900,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     first, second = (json.loads(line) for line in result.stdout.strip().splitlines()[-2:])
@@ -263,7 +364,9 @@ def test_pipeline_flow_fine_tunes_the_text_encoder_then_reuses_it(tmp_path, meld
     assert first["alias"] == "champion"
 
 
-def test_a_deployment_run_by_a_real_worker_logs_spikemo_progress(tmp_path, meld_conversations, tiny_config, prefect_api):
+def test_a_deployment_run_by_a_real_worker_logs_spikemo_progress(
+    tmp_path, meld_conversations, tiny_config, prefect_api
+):
     """prefect.yaml's work pool settings, a Prefect server, `prefect deploy`, `prefect deployment run` and a
     worker process (not in-process): spikemo's INFO lines reach the flow run's logs in the API."""
     import re
@@ -274,13 +377,21 @@ def test_a_deployment_run_by_a_real_worker_logs_spikemo_progress(tmp_path, meld_
     document = yaml.safe_load((REPO / "prefect.yaml").read_text())
     pool = document["definitions"]["work_pools"]["process_pool"]
     config = tiny_config(meld_conversations, tmp_path / "work", tmp_path / "cache", **{"train.epochs": 2})
-    document["deployments"] = [{"name": "tiny", "entrypoint": "flows/train.py:train_flow", "work_pool": pool,
-                                "parameters": {"config": config.model_dump(mode="json")}}]
+    document["deployments"] = [
+        {
+            "name": "tiny",
+            "entrypoint": "flows/train.py:train_flow",
+            "work_pool": pool,
+            "parameters": {"config": config.model_dump(mode="json")},
+        }
+    ]
     prefect_file = tmp_path / "prefect.yaml"
     prefect_file.write_text(yaml.safe_dump(document))
 
     def prefect_cli(*arguments: str, timeout: float = 300) -> str:
-        done = subprocess.run([prefect, *arguments], env=environment, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            [prefect, *arguments], env=environment, cwd=REPO, capture_output=True, text=True, timeout=timeout
+        )
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         return done.stdout
 
@@ -314,6 +425,8 @@ def test_demo_starts_the_temporary_prefect_api_only_without_a_configured_one(tmp
     )
     environment = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     environment.pop("PREFECT_API_URL", None)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment, cwd=REPO, timeout=180)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=environment, cwd=REPO, timeout=180
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["True", "200"]

@@ -34,22 +34,38 @@ MODEL_URI = "models:/spikemo-livetext@champion"
 def causal_model(tmp_path_factory, generated_text_config):
     """A causal text SpikEmo with speaker evidence and speaker-centred inputs, on generated transcripts."""
     root = tmp_path_factory.mktemp("live-text")
-    config = generated_text_config(root, "livetext", dialogues=60, seed=4, **{
-        "features.text.params": {"model": "minilm", "context_turns": 2, "speaker_names": True},
-        "model.causal": True, "model.speaker_evidence_rounds": 2, "model.speaker_relative_inputs": "centred",
-        "train.epochs": 4,
-    })
+    config = generated_text_config(
+        root,
+        "livetext",
+        dialogues=60,
+        seed=4,
+        **{
+            "features.text.params": {"model": "minilm", "context_turns": 2, "speaker_names": True},
+            "model.causal": True,
+            "model.speaker_evidence_rounds": 2,
+            "model.speaker_relative_inputs": "centred",
+            "train.epochs": 4,
+        },
+    )
     experiment.run_experiment(config)
     connect(config)
     dev = pd.read_csv(root / "dev_sent_emo.csv", dtype={"Dialogue_ID": str}).rename(
-        columns={"Dialogue_ID": "dialogue_id", "Utterance_ID": "utterance_index", "Speaker": "speaker", "Utterance": "text"}
+        columns={
+            "Dialogue_ID": "dialogue_id",
+            "Utterance_ID": "utterance_index",
+            "Speaker": "speaker",
+            "Utterance": "text",
+        }
     )[["dialogue_id", "utterance_index", "speaker", "text"]]
     return config, Predictor.from_uri(MODEL_URI), dev
 
 
 def _request(turns: pd.DataFrame, newest: int = 1) -> dict:
-    return {"dialogue_id": str(turns["dialogue_id"].iloc[0]), "newest": newest,
-            "turns": turns[["speaker", "text"]].to_dict("records")}
+    return {
+        "dialogue_id": str(turns["dialogue_id"].iloc[0]),
+        "newest": newest,
+        "turns": turns[["speaker", "text"]].to_dict("records"),
+    }
 
 
 def test_each_turn_is_answered_as_the_whole_conversation_scores_it_and_encoded_once(causal_model):
@@ -64,7 +80,9 @@ def test_each_turn_is_answered_as_the_whole_conversation_scores_it_and_encoded_o
         (turn,) = answer["turns"]
         assert turn["utterance_index"] == k and turn["final"] and turn["label"] == whole["label"].iloc[k]
         expected = whole[probabilities].iloc[k].to_numpy()
-        np.testing.assert_allclose([turn["probabilities"][c.removeprefix("prob_")] for c in probabilities], expected, atol=1e-5)
+        np.testing.assert_allclose(
+            [turn["probabilities"][c.removeprefix("prob_")] for c in probabilities], expected, atol=1e-5
+        )
     assert len(scorer.score(_request(dialogue, newest=3))["turns"]) == 3
 
 
@@ -86,7 +104,11 @@ def test_cli_answers_request_lines_and_names_a_bad_one(causal_model, tmp_path, c
     captured = capsys.readouterr()
     answers = [json.loads(line) for line in captured.out.strip().splitlines()]
     assert [answer.get("line") for answer in answers[:4]] == [None, 2, 3, None]  # every good request answered, in order
-    assert answers[0]["turns"] == answers[3]["turns"] and "turns" in answers[1]["error"] and "not JSON" in answers[2]["error"]
+    assert (
+        answers[0]["turns"] == answers[3]["turns"]
+        and "turns" in answers[1]["error"]
+        and "not JSON" in answers[2]["error"]
+    )
     assert answers[-1]["requests"] == 2 and answers[-1]["failed_requests"] == 2
     assert [json.loads(line) for line in captured.err.strip().splitlines()] == answers[1:3]
 
@@ -99,8 +121,12 @@ def test_a_memo_smaller_than_one_conversation_still_answers_every_turn(causal_mo
         request = _request(dialogue.iloc[: k + 1], newest=k + 1)
         tight_turns, roomy_turns = tight.score(request)["turns"], roomy.score(request)["turns"]
         assert [turn["label"] for turn in tight_turns] == [turn["label"] for turn in roomy_turns]
-        for ours, reference in zip(tight_turns, roomy_turns):  # re-encoded texts are batched differently: float noise only
-            np.testing.assert_allclose(list(ours["probabilities"].values()), list(reference["probabilities"].values()), atol=1e-4)
+        for ours, reference in zip(
+            tight_turns, roomy_turns
+        ):  # re-encoded texts are batched differently: float noise only
+            np.testing.assert_allclose(
+                list(ours["probabilities"].values()), list(reference["probabilities"].values()), atol=1e-4
+            )
     assert len(tight.memo) == 2
 
 
@@ -123,8 +149,12 @@ def test_concurrent_threads_through_the_served_model_get_the_answers_of_one_thre
     expected = [alone.predict(request, params={"newest": 1}) for request in requests]
     served = mlflow.pyfunc.load_model(MODEL_URI)
     with ThreadPoolExecutor(max_workers=8) as pool:  # each thread sends one growing conversation, as a caller would
-        answers = pool.map(lambda dialogue: [served.predict(dialogue.iloc[: k + 1], params={"newest": 1}) for k in range(len(dialogue))],
-                           dialogues)
+        answers = pool.map(
+            lambda dialogue: [
+                served.predict(dialogue.iloc[: k + 1], params={"newest": 1}) for k in range(len(dialogue))
+            ],
+            dialogues,
+        )
         got = [answer for per_dialogue in answers for answer in per_dialogue]
     for ours, reference in zip(got, expected, strict=True):
         pd.testing.assert_frame_equal(ours, reference, atol=1e-5)
@@ -141,27 +171,50 @@ def _invoke(url: str, body: bytes) -> tuple[int, bytes]:
 
 def _newest_turn_body(turns: pd.DataFrame) -> bytes:
     split = turns[["dialogue_id", "utterance_index", "speaker", "text"]].to_dict("split")
-    return json.dumps({"dataframe_split": {"columns": split["columns"], "data": split["data"]}, "params": {"newest": 1}}).encode()
+    return json.dumps(
+        {"dataframe_split": {"columns": split["columns"], "data": split["data"]}, "params": {"newest": 1}}
+    ).encode()
 
 
 def test_mlflow_models_serve_answers_every_good_request_and_refuses_bad_ones_under_concurrent_clients(causal_model):
     config, _, dev = causal_model
     dialogues = [turns.sort_values("utterance_index") for _, turns in list(dev.groupby("dialogue_id"))[:8]]
     alone = mlflow.pyfunc.load_model(MODEL_URI)
-    expected = [[alone.predict(dialogue.iloc[: k + 1], params={"newest": 1}) for k in range(len(dialogue))] for dialogue in dialogues]
+    expected = [
+        [alone.predict(dialogue.iloc[: k + 1], params={"newest": 1}) for k in range(len(dialogue))]
+        for dialogue in dialogues
+    ]
     bad_bodies = [b"not json", json.dumps({"dataframe_split": {"columns": ["dialogue_id"], "data": [["7"]]}}).encode()]
     port = free_port()
     server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", MODEL_URI, "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(config)}, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(Path(sys.executable).with_name("mlflow")),
+            "models",
+            "serve",
+            "-m",
+            MODEL_URI,
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(config)},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}/invocations"
 
     def client(dialogue: pd.DataFrame) -> list[tuple[int, bytes]]:  # a growing conversation, a bad body after each turn
-        return [answer for k in range(len(dialogue))
-                for answer in (_invoke(url, _newest_turn_body(dialogue.iloc[: k + 1])), _invoke(url, bad_bodies[k % 2]))]
+        return [
+            answer
+            for k in range(len(dialogue))
+            for answer in (_invoke(url, _newest_turn_body(dialogue.iloc[: k + 1])), _invoke(url, bad_bodies[k % 2]))
+        ]
 
     try:
         wait_for_answer(f"http://127.0.0.1:{port}/ping")
@@ -193,13 +246,21 @@ def test_media_are_remembered_by_their_content_as_ingestion_fingerprints_them(ca
     for name, content in {"a.wav": b"clip one", "copy.wav": b"clip one", "b.wav": b"clip two"}.items():
         (tmp_path / name).write_bytes(content)
     scorer = IncrementalScorer(predictor, tmp_path)
-    turns = pd.DataFrame({"media_path": ["a.wav", "copy.wav", "b.wav", None], "media_start": [np.nan, np.nan, 1.0, np.nan],
-                          "media_end": [np.nan, np.nan, 2.0, np.nan]})
+    turns = pd.DataFrame(
+        {
+            "media_path": ["a.wav", "copy.wav", "b.wav", None],
+            "media_start": [np.nan, np.nan, 1.0, np.nan],
+            "media_end": [np.nan, np.nan, 2.0, np.nan],
+        }
+    )
     _, keys = scorer._media_sources(turns)
     assert keys[0] == keys[1] != keys[2] and keys[3] is None  # a copy is the same content; b.wav is another
     assert keys[0] == file_sha256(tmp_path / "a.wav") and keys[2] == f"{file_sha256(tmp_path / 'b.wav')}@1.0-2.0"
-    ingested = ingest(DataConfig(format="manifest", manifest=_manifest_file(tmp_path), root=tmp_path, labels=["calm"]),
-                      tmp_path / "manifest.parquet", require_labels=False).manifest
+    ingested = ingest(
+        DataConfig(format="manifest", manifest=_manifest_file(tmp_path), root=tmp_path, labels=["calm"]),
+        tmp_path / "manifest.parquet",
+        require_labels=False,
+    ).manifest
     assert ingested.sort_values("utterance_index")["media_fingerprint"].tolist()[:3] == keys[:3]  # the batch path's key
     (tmp_path / "a.wav").write_bytes(b"clip 1!!")  # same size, new content, new mtime
     assert scorer._media_sources(turns)[1][0] != keys[0]
@@ -207,7 +268,16 @@ def test_media_are_remembered_by_their_content_as_ingestion_fingerprints_them(ca
 
 def _manifest_file(folder):
     path = folder / "conversation.csv"
-    pd.DataFrame({"dialogue_id": ["d"] * 3, "utterance_index": [0, 1, 2], "speaker": ["A", "B", "A"], "text": ["hi", "yo", "ok"],
-                  "media_path": ["a.wav", "copy.wav", "b.wav"], "media_start": [None, None, 1.0],
-                  "media_end": [None, None, 2.0], "split": "test"}).to_csv(path, index=False)
+    pd.DataFrame(
+        {
+            "dialogue_id": ["d"] * 3,
+            "utterance_index": [0, 1, 2],
+            "speaker": ["A", "B", "A"],
+            "text": ["hi", "yo", "ok"],
+            "media_path": ["a.wav", "copy.wav", "b.wav"],
+            "media_start": [None, None, 1.0],
+            "media_end": [None, None, 2.0],
+            "split": "test",
+        }
+    ).to_csv(path, index=False)
     return path

@@ -18,7 +18,15 @@ from spikemo.errors import DataError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MELD_CLASS_COUNTS = {
-    "train": {"neutral": 4710, "joy": 1743, "surprise": 1205, "anger": 1109, "sadness": 683, "disgust": 271, "fear": 268},
+    "train": {
+        "neutral": 4710,
+        "joy": 1743,
+        "surprise": 1205,
+        "anger": 1109,
+        "sadness": 683,
+        "disgust": 271,
+        "fear": 268,
+    },
     "dev": {"neutral": 470, "joy": 163, "surprise": 150, "anger": 153, "sadness": 111, "disgust": 22, "fear": 40},
 }
 MELD_HEADER = "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime"
@@ -75,7 +83,12 @@ def test_cli_ingest_prints_table_then_one_json_line(tmp_path, capsys):
     assert lines[1].split()[:3] == ["train", "1038", "9989"]
     summary = json.loads(lines[-1])
     assert summary["splits"]["dev"] == {
-        "dialogues": 114, "utterances": 1109, "with_media": 0, "rejected": 0, "rejected_by_reason": {}, "media_dropped": 0
+        "dialogues": 114,
+        "utterances": 1109,
+        "with_media": 0,
+        "rejected": 0,
+        "rejected_by_reason": {},
+        "media_dropped": 0,
     }
     assert summary["manifest"] == str(out) and out.is_file()
 
@@ -93,7 +106,10 @@ def test_missing_required_column_is_one_line_error(tmp_path, capsys):
 
 def test_non_utf8_csv_names_the_line(tmp_path):
     (tmp_path / "train_sent_emo.csv").write_bytes(
-        (MELD_HEADER + "\r\n1,Hi,Joey,joy,positive,0,0,1,1,a,b\r\n2,Caf\xe9 time,Ross,neutral,neutral,0,1,1,1,a,b\r\n").encode("cp1252")
+        (
+            MELD_HEADER
+            + "\r\n1,Hi,Joey,joy,positive,0,0,1,1,a,b\r\n2,Caf\xe9 time,Ross,neutral,neutral,0,1,1,1,a,b\r\n"
+        ).encode("cp1252")
     )
     with pytest.raises(DataError, match=r"train_sent_emo.csv: not UTF-8 .*line 3.*iconv"):
         ingest(DataConfig(format="meld", root=tmp_path), tmp_path / "m.parquet")
@@ -109,7 +125,14 @@ def test_problem_rows_are_set_aside_with_one_reason(tmp_path):
     (root / "clips" / "a.wav").write_bytes(b"RIFF-a")
     (root / "clips" / "folder").mkdir()
     (tmp_path / "outside.wav").write_bytes(b"secret")
-    base = {"dialogue_id": "d1", "speaker": "Ann", "split": "train", "text": "hello", "label": "happy", "media_path": ""}
+    base = {
+        "dialogue_id": "d1",
+        "speaker": "Ann",
+        "split": "train",
+        "text": "hello",
+        "label": "happy",
+        "media_path": "",
+    }
     rows = [
         {**base, "utterance_index": 0, "media_path": "clips/a.wav"},
         {**base, "utterance_index": 1, "label": "furious"},
@@ -125,7 +148,10 @@ def test_problem_rows_are_set_aside_with_one_reason(tmp_path):
     ]
     manifest_file = root / "conversations.csv"
     _write_manifest_rows(manifest_file, rows)
-    result = ingest(DataConfig(format="manifest", manifest=manifest_file, labels=["neutral", "happy", "sad"]), tmp_path / "m.parquet")
+    result = ingest(
+        DataConfig(format="manifest", manifest=manifest_file, labels=["neutral", "happy", "sad"]),
+        tmp_path / "m.parquet",
+    )
     problems = result.problems.set_index("source_row")
     expected = {
         3: ("rejected", "unknown label: furious"),
@@ -189,7 +215,9 @@ def test_manifest_pointing_at_a_directory(tmp_path):
 
 def test_no_valid_row_is_unusable(tmp_path):
     path = tmp_path / "m.csv"
-    _write_manifest_rows(path, [{"dialogue_id": 1, "utterance_index": 0, "speaker": "A", "text": "hi", "label": "zzz", "split": "train"}])
+    _write_manifest_rows(
+        path, [{"dialogue_id": 1, "utterance_index": 0, "speaker": "A", "text": "hi", "label": "zzz", "split": "train"}]
+    )
     with pytest.raises(DataError, match="no valid row.*unknown label"):
         ingest(DataConfig(format="manifest", manifest=path, labels=["a"]), tmp_path / "out.parquet")
 

@@ -22,15 +22,75 @@ def ffmpeg(*args: str) -> None:
 def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("media")
     paths = {name: folder / f"{name}.mp4" for name in ("av", "silent_video", "long", "corrupt", "empty")}
-    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=25:duration=3", "-f", "lavfi", "-i", "sine=frequency=440:duration=3",
-           "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(paths["av"]))
-    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=25:duration=2", "-c:v", "libx264", "-preset", "ultrafast",
-           "-pix_fmt", "yuv420p", str(paths["silent_video"]))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=160x120:rate=25:duration=3",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:duration=3",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-shortest",
+        str(paths["av"]),
+    )
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=160x120:rate=25:duration=2",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        str(paths["silent_video"]),
+    )
     # Four minutes: red for the first two, blue for the last two, with a tone only in the second half.
-    ffmpeg("-f", "lavfi", "-i", "color=c=red:size=160x120:rate=10:duration=120", "-f", "lavfi", "-i", "color=c=blue:size=160x120:rate=10:duration=120",
-           "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono:d=120", "-f", "lavfi", "-i", "sine=frequency=300:sample_rate=16000:duration=120",
-           "-filter_complex", "[0:v][1:v]concat=n=2:v=1:a=0[v];[2:a][3:a]concat=n=2:v=0:a=1[a]", "-map", "[v]", "-map", "[a]",
-           "-c:v", "libx264", "-preset", "ultrafast", "-g", "250", "-pix_fmt", "yuv420p", "-c:a", "aac", str(paths["long"]))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=red:size=160x120:rate=10:duration=120",
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=blue:size=160x120:rate=10:duration=120",
+        "-f",
+        "lavfi",
+        "-i",
+        "anullsrc=r=16000:cl=mono:d=120",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=300:sample_rate=16000:duration=120",
+        "-filter_complex",
+        "[0:v][1:v]concat=n=2:v=1:a=0[v];[2:a][3:a]concat=n=2:v=0:a=1[a]",
+        "-map",
+        "[v]",
+        "-map",
+        "[a]",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "250",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        str(paths["long"]),
+    )
     paths["corrupt"].write_bytes(paths["av"].read_bytes()[:4000])
     paths["empty"].write_bytes(b"")
     return paths
@@ -78,7 +138,9 @@ def test_plain_wav_is_resampled_to_the_requested_rate() -> None:
         ("missing", "audio", "file not found"),
     ],
 )
-def test_unusable_files_raise_media_error_with_reason(clips: dict[str, Path], name: str, reader: str, expected: str) -> None:
+def test_unusable_files_raise_media_error_with_reason(
+    clips: dict[str, Path], name: str, reader: str, expected: str
+) -> None:
     path = clips.get(name, clips["av"].with_name("missing.mp4"))
     with pytest.raises(MediaError, match=expected):
         if reader == "video":

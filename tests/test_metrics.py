@@ -30,7 +30,9 @@ def test_accuracy_interval_of_one_utterance_dialogues_matches_the_binomial_close
     half_width = 100 * 1.96 * np.sqrt(p * (1 - p) / n)
     accuracy = report.scores["accuracy"]
     assert accuracy.value == pytest.approx(70.0)
-    assert accuracy.low == pytest.approx(70.0 - half_width, abs=0.15) and accuracy.high == pytest.approx(70.0 + half_width, abs=0.15)
+    assert accuracy.low == pytest.approx(70.0 - half_width, abs=0.15) and accuracy.high == pytest.approx(
+        70.0 + half_width, abs=0.15
+    )
 
 
 def test_whole_dialogues_are_resampled_so_correlated_turns_widen_the_interval() -> None:
@@ -39,7 +41,9 @@ def test_whole_dialogues_are_resampled_so_correlated_turns_widen_the_interval() 
     labels = np.zeros(1000, dtype=np.int64)
     predictions = np.repeat(np.arange(50) % 2, 20)
     independent = dialogue_bootstrap(labels, predictions, np.arange(1000), num_classes=2, seed=0).scores["accuracy"]
-    clustered = dialogue_bootstrap(labels, predictions, np.repeat(np.arange(50), 20), num_classes=2, seed=0).scores["accuracy"]
+    clustered = dialogue_bootstrap(labels, predictions, np.repeat(np.arange(50), 20), num_classes=2, seed=0).scores[
+        "accuracy"
+    ]
     assert (clustered.high - clustered.low) > 3 * (independent.high - independent.low)
 
 
@@ -52,12 +56,17 @@ def test_paired_difference_verdicts_and_determinism_under_a_seed() -> None:
     report = dialogue_bootstrap(labels, good, dialogues, 4, baseline_predictions=poor, seed=5)
     assert report.verdict == "better"
     assert dialogue_bootstrap(labels, poor, dialogues, 4, baseline_predictions=good, seed=5).verdict == "worse"
-    assert dialogue_bootstrap(labels, good, dialogues, 4, baseline_predictions=good, seed=5).verdict == "no significant difference"
+    assert (
+        dialogue_bootstrap(labels, good, dialogues, 4, baseline_predictions=good, seed=5).verdict
+        == "no significant difference"
+    )
     again = dialogue_bootstrap(labels, good, dialogues, 4, baseline_predictions=poor, seed=5)
     assert again == report
     assert dialogue_bootstrap(labels, good, dialogues, 4, baseline_predictions=poor, seed=6) != report
     difference = report.difference["weighted_f1"]
     assert difference.value == pytest.approx(report.scores["weighted_f1"].value - report.baseline["weighted_f1"].value)
     summary = report.summary("test_")
-    assert summary["verdict_vs_baseline"] == "better" and summary["test_weighted_f1_minus_baseline"][0] == round(difference.value, 2)
+    assert summary["verdict_vs_baseline"] == "better" and summary["test_weighted_f1_minus_baseline"][0] == round(
+        difference.value, 2
+    )
     assert str(report.scores["accuracy"]).count("[") == 1

@@ -12,9 +12,9 @@ from spikemo.config import LossWeights, ModelConfig, NeuronConfig
 from spikemo.losses import SpikEmoLoss
 from spikemo.model.batch import IGNORE_INDEX, DialogueBatch
 from spikemo.model.fusion import CrossAttention
+from spikemo.model.neuron import MultiStepLIF, is_fused_lif
 from spikemo.model.snn_stats import SpikeMonitor
 from spikemo.model.spikemo import SPEAKER_VARIANCE_FLOOR, SpikEmo, _speaker_means, _speaker_peers, speaker_relative
-from spikemo.model.neuron import MultiStepLIF, is_fused_lif
 from spikemo.model.spikformer import LinearNormLIF, Spikformer
 from spikemo.training.evaluation import autocast_for
 
@@ -146,7 +146,9 @@ def test_causal_speaker_zscores_use_each_turns_own_mean_and_end_equal_to_the_bid
 @pytest.mark.parametrize("speaker_relative", ["centred", "zscore"])
 def test_speaker_relative_inputs_see_the_other_utterances_of_the_same_speaker_only(speaker_relative):
     torch.manual_seed(0)
-    config = tiny_config(speaker_relative_inputs=speaker_relative, use_spiking=False, dialogue_context=[], fusion_layers=0)
+    config = tiny_config(
+        speaker_relative_inputs=speaker_relative, use_spiking=False, dialogue_context=[], fusion_layers=0
+    )
     model = SpikEmo(config, {"audio": DIMS["audio"]}, NUM_CLASSES).double().eval()
     batch = make_batch([4], modalities=("audio",), seed=4, dtype=torch.float64)
     batch.party = torch.tensor([[0, 1, 0, 1]])
@@ -273,7 +275,9 @@ def test_gradient_flows_through_the_surrogate():
     torch.manual_seed(0)
     spikformer = Spikformer(tiny_config())
     x = (torch.randn(2, 3, 8) * 3).requires_grad_()
-    spikformer(x, torch.ones(2, 3, dtype=torch.bool)).pow(2).sum().backward()  # the Heaviside encoding alone would give a zero gradient
+    spikformer(x, torch.ones(2, 3, dtype=torch.bool)).pow(
+        2
+    ).sum().backward()  # the Heaviside encoding alone would give a zero gradient
     assert x.grad.abs().sum() > 0
 
     model = SpikEmo(tiny_config(), DIMS, NUM_CLASSES)

@@ -53,7 +53,9 @@ def tiny_mpnet(tmp_path: Path, tiny_models: dict[str, Path], monkeypatch) -> pac
     """The ``mpnet`` alias pointed at a tiny random MPNet split over three installed distributions."""
     model_dir = tmp_path / "tiny-mpnet"
     torch.manual_seed(0)
-    config = transformers.MPNetConfig(vocab_size=30527, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64)
+    config = transformers.MPNetConfig(
+        vocab_size=30527, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64
+    )
     transformers.MPNetModel(config).save_pretrained(model_dir)
     transformers.AutoTokenizer.from_pretrained(tiny_models["bert"]).save_pretrained(model_dir)
     site = tmp_path / "site"
@@ -61,12 +63,16 @@ def tiny_mpnet(tmp_path: Path, tiny_models: dict[str, Path], monkeypatch) -> pac
     distributions, sha256 = split_zip_distributions(model_dir, site, pieces=3)
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setenv("SPIKEMO_MODEL_CACHE", str(tmp_path / "model-cache"))
-    spec = packaged.SplitZipModel(alias="mpnet", distributions=distributions, version="0.0.1", folder=FOLDER, sha256=sha256)
+    spec = packaged.SplitZipModel(
+        alias="mpnet", distributions=distributions, version="0.0.1", folder=FOLDER, sha256=sha256
+    )
     monkeypatch.setitem(packaged.PACKAGED_SPLIT_MODELS, "mpnet", spec)
     return spec
 
 
-def test_the_alias_assembles_the_pieces_once_and_extracts_at_any_layer(tiny_mpnet: packaged.SplitZipModel, tmp_path: Path, monkeypatch) -> None:
+def test_the_alias_assembles_the_pieces_once_and_extracts_at_any_layer(
+    tiny_mpnet: packaged.SplitZipModel, tmp_path: Path, monkeypatch
+) -> None:
     folder = resolve_model_dir("mpnet", "features.text.params.model")
     assert folder.parent.parent == tmp_path / "model-cache" and folder.name == FOLDER
     assert transformers.AutoModel.from_pretrained(folder).config.model_type == "mpnet"
@@ -80,7 +86,9 @@ def test_the_alias_assembles_the_pieces_once_and_extracts_at_any_layer(tiny_mpne
     texts = pd.DataFrame({"text": ["I am so happy", "leave me alone", "what?"]})
     vectors = {}
     for layer in (1, -1):
-        features = FeaturesConfig(text={"name": "hf-text", "params": {"model": "mpnet", "layer": layer, "pooling": "mean"}})
+        features = FeaturesConfig(
+            text={"name": "hf-text", "params": {"model": "mpnet", "layer": layer, "pooling": "mean"}}
+        )
         encoder = build_encoder("text", features)
         vectors[layer] = encoder.encode(encoder.build_inputs(texts)).embeddings
         assert vectors[layer].shape == (3, 32) and np.isfinite(vectors[layer]).all()
@@ -90,8 +98,17 @@ def test_the_alias_assembles_the_pieces_once_and_extracts_at_any_layer(tiny_mpne
 def test_missing_or_corrupt_pieces_are_one_line_errors_that_leave_no_model_behind(
     tiny_mpnet: packaged.SplitZipModel, tmp_path: Path, monkeypatch
 ) -> None:
-    monkeypatch.setitem(packaged.PACKAGED_SPLIT_MODELS, "mpnet", packaged.SplitZipModel(
-        alias="mpnet", distributions=("not-installed-part-001",), version="0.0.1", folder=FOLDER, sha256=tiny_mpnet.sha256))
+    monkeypatch.setitem(
+        packaged.PACKAGED_SPLIT_MODELS,
+        "mpnet",
+        packaged.SplitZipModel(
+            alias="mpnet",
+            distributions=("not-installed-part-001",),
+            version="0.0.1",
+            folder=FOLDER,
+            sha256=tiny_mpnet.sha256,
+        ),
+    )
     with pytest.raises(ConfigError, match="run `spikemo install-model mpnet`"):
         resolve_model_dir("mpnet", "features.text.params.model")
 
@@ -116,7 +133,10 @@ def test_layerwise_lr_decay_gives_lower_layers_smaller_steps(tiny_models: dict[s
     assert sum(len(group["params"]) for group in groups) == len(list(classifier.parameters()))
     assert [group["lr"] for group in layerwise_lr_groups(classifier, lr=1e-3, decay=1.0)] == [1e-3, 1e-3]
     encoder_group, head_group = layerwise_lr_groups(classifier, lr=1e-3, decay=1.0, head_lr=1e-2)
-    assert head_group == {"params": [classifier.head.weight, classifier.head.bias], "lr": 1e-2} and encoder_group["lr"] == 1e-3
+    assert (
+        head_group == {"params": [classifier.head.weight, classifier.head.bias], "lr": 1e-2}
+        and encoder_group["lr"] == 1e-3
+    )
 
 
 def test_finetune_precision_autocasts_only_where_asked(monkeypatch) -> None:

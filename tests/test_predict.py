@@ -21,20 +21,51 @@ EMOTIONS = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]
 def text_model(tmp_path_factory, generated_text_config):
     """A text-only SpikEmo with speaker evidence, trained on generated transcripts (annotations only: 100 dialogues)."""
     root = tmp_path_factory.mktemp("generated-text")
-    config = generated_text_config(root, "gentext", dialogues=100, seed=3, **{
-        "model.model_dim": 32, "model.speaker_evidence_rounds": 2, "train.epochs": 15, "train.patience": 5,
-    })
+    config = generated_text_config(
+        root,
+        "gentext",
+        dialogues=100,
+        seed=3,
+        **{
+            "model.model_dim": 32,
+            "model.speaker_evidence_rounds": 2,
+            "train.epochs": 15,
+            "train.patience": 5,
+        },
+    )
     return config, experiment.run_experiment(config), root
 
 
 def test_predictions_have_the_schema_and_beat_the_majority_class(text_model, tmp_path):
     config, summary, root = text_model
     out = tmp_path / "predictions.jsonl"
-    code = main(["predict", "--workdir", str(config.workdir), "--cache", str(tmp_path / "cache"),
-                 "--model", "models:/spikemo-gentext@champion", "--input", str(root / "test_sent_emo.csv"), "--out", str(out)])
+    code = main(
+        [
+            "predict",
+            "--workdir",
+            str(config.workdir),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--model",
+            "models:/spikemo-gentext@champion",
+            "--input",
+            str(root / "test_sent_emo.csv"),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     rows = pd.read_json(out, lines=True)
-    expected = ["utterance_key", "split", "dialogue_id", "utterance_index", "speaker", "label", *[f"prob_{e}" for e in EMOTIONS], "problem"]
+    expected = [
+        "utterance_key",
+        "split",
+        "dialogue_id",
+        "utterance_index",
+        "speaker",
+        "label",
+        *[f"prob_{e}" for e in EMOTIONS],
+        "problem",
+    ]
     assert list(rows.columns) == expected
     truth = pd.read_csv(root / "test_sent_emo.csv")
     assert len(rows) == len(truth)
@@ -49,7 +80,12 @@ def test_python_api_and_pyfunc_agree(text_model):
     config, summary, root = text_model
     connect(config)
     conversations = pd.read_csv(root / "dev_sent_emo.csv", dtype={"Dialogue_ID": str}).rename(
-        columns={"Dialogue_ID": "dialogue_id", "Utterance_ID": "utterance_index", "Speaker": "speaker", "Utterance": "text"}
+        columns={
+            "Dialogue_ID": "dialogue_id",
+            "Utterance_ID": "utterance_index",
+            "Speaker": "speaker",
+            "Utterance": "text",
+        }
     )[["dialogue_id", "utterance_index", "speaker", "text"]]
     direct = Predictor.from_uri("models:/spikemo-gentext@champion").predict_frame(conversations)
     through_mlflow = mlflow.pyfunc.load_model("models:/spikemo-gentext/1").predict(conversations)
@@ -57,34 +93,76 @@ def test_python_api_and_pyfunc_agree(text_model):
 
 
 def test_text_only_input_to_a_multimodal_model(tmp_path, tiny_corpus, tiny_config):
-    config = tiny_config(tmp_path / "unused.csv", tmp_path / "work", tmp_path / "cache", **{
-        "data.format": "meld", "data.root": str(tiny_corpus), "data.manifest": None, "data.name": "tinymm",
-        "features.modalities": ["text", "audio", "visual"], "features.frames_per_clip": 2, "train.epochs": 1,
-    })
+    config = tiny_config(
+        tmp_path / "unused.csv",
+        tmp_path / "work",
+        tmp_path / "cache",
+        **{
+            "data.format": "meld",
+            "data.root": str(tiny_corpus),
+            "data.manifest": None,
+            "data.name": "tinymm",
+            "features.modalities": ["text", "audio", "visual"],
+            "features.frames_per_clip": 2,
+            "train.epochs": 1,
+        },
+    )
     experiment.run_experiment(config)
     connect(config)
     predictor = Predictor.from_uri("models:/spikemo-tinymm@champion")
     assert predictor.spec.modalities == ["text", "audio", "visual"]
-    conversation = pd.DataFrame({
-        "dialogue_id": ["x", "x", "x"], "utterance_index": [0, 1, 2], "speaker": ["A", "B", "A"],
-        "text": ["I can't believe you did that!", "What do you mean?", "This is wonderful news."],
-    })
+    conversation = pd.DataFrame(
+        {
+            "dialogue_id": ["x", "x", "x"],
+            "utterance_index": [0, 1, 2],
+            "speaker": ["A", "B", "A"],
+            "text": ["I can't believe you did that!", "What do you mean?", "This is wonderful news."],
+        }
+    )
     predictions = predictor.predict_frame(conversation)
     assert predictions["label"].notna().all() and len(predictions) == 3
 
 
 def test_cli_unknown_alias_is_one_line(text_model, capsys):
     config, _, root = text_model
-    code = main(["predict", "--workdir", str(config.workdir), "--model", "models:/spikemo-gentext@nope",
-                 "--input", str(root / "test_sent_emo.csv"), "--out", "x.jsonl"])
+    code = main(
+        [
+            "predict",
+            "--workdir",
+            str(config.workdir),
+            "--model",
+            "models:/spikemo-gentext@nope",
+            "--input",
+            str(root / "test_sent_emo.csv"),
+            "--out",
+            "x.jsonl",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "alias 'nope'" in err[0]
 
 
 def test_evaluate_reproduces_the_training_runs_test_score(text_model, tmp_path, capsys):
     config, summary, root = text_model
-    code = main(["evaluate", "--workdir", str(config.workdir), "--cache", str(config.cache), "--model", "models:/spikemo-gentext@champion",
-                 "--split", "test", "--format", "meld", "--root", str(root), "--name", "gentext"])
+    code = main(
+        [
+            "evaluate",
+            "--workdir",
+            str(config.workdir),
+            "--cache",
+            str(config.cache),
+            "--model",
+            "models:/spikemo-gentext@champion",
+            "--split",
+            "test",
+            "--format",
+            "meld",
+            "--root",
+            str(root),
+            "--name",
+            "gentext",
+        ]
+    )
     assert code == 0
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert scores["weighted_f1"] == pytest.approx(summary["test_weighted_f1"], abs=1e-6)
@@ -111,8 +189,20 @@ def _as_manifest(root, out):
 def test_evaluate_maps_labels_by_name_and_refuses_unknown_ones(text_model, tmp_path, capsys):
     config, summary, root = text_model
     manifest = _as_manifest(root, tmp_path / "gentext.csv")
-    common = ["evaluate", "--workdir", str(config.workdir), "--cache", str(tmp_path / "cache"), "--model",
-              "models:/spikemo-gentext@champion", "--split", "test", "--format", "manifest", "--manifest"]
+    common = [
+        "evaluate",
+        "--workdir",
+        str(config.workdir),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--model",
+        "models:/spikemo-gentext@champion",
+        "--split",
+        "test",
+        "--format",
+        "manifest",
+        "--manifest",
+    ]
     reversed_labels = ",".join(reversed(EMOTIONS))  # same names, another order than the model's
     assert main([*common, str(tmp_path / "gentext.csv"), "--labels", reversed_labels]) == 0
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -21,22 +21,50 @@ from spikemo.features.extract import load_features, preprocess
 from spikemo.training.loop import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_TRAINING = {"model.model_dim": 16, "model.timesteps": 2, "model.spikformer_depth": 1, "model.spikformer_heads": 2,
-                 "model.fusion_layers": 1, "model.fusion_heads": 2, "model.fusion_hidden": 32, "train.batch_dialogues": 4,
-                 "train.patience": 40}
+TINY_TRAINING = {
+    "model.model_dim": 16,
+    "model.timesteps": 2,
+    "model.spikformer_depth": 1,
+    "model.spikformer_heads": 2,
+    "model.fusion_layers": 1,
+    "model.fusion_heads": 2,
+    "model.fusion_hidden": 32,
+    "train.batch_dialogues": 4,
+    "train.patience": 40,
+}
 
 
 def _preprocess_command(conversations: Path, cache: Path) -> list[str]:
     return [
-        sys.executable, "-m", "spikemo.cli", "preprocess", "--format", "manifest", "--manifest", str(conversations),
-        "--labels", "neutral,surprise,fear,sadness,joy,disgust,anger", "--cache", str(cache),
-        "--set", "features.shard_size=48", "--set", "features.batch_size=16",
+        sys.executable,
+        "-m",
+        "spikemo.cli",
+        "preprocess",
+        "--format",
+        "manifest",
+        "--manifest",
+        str(conversations),
+        "--labels",
+        "neutral,surprise,fear,sadness,joy,disgust,anger",
+        "--cache",
+        str(cache),
+        "--set",
+        "features.shard_size=48",
+        "--set",
+        "features.batch_size=16",
     ]
 
 
 def _cache_state(conversations: Path, cache: Path) -> pd.DataFrame:
-    config = load_config(None, {"cache": str(cache), "data.format": "manifest", "data.manifest": str(conversations),
-                                "data.labels": ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]})
+    config = load_config(
+        None,
+        {
+            "cache": str(cache),
+            "data.format": "manifest",
+            "data.manifest": str(conversations),
+            "data.labels": ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"],
+        },
+    )
     manifest = cache / "meldsmall" / "manifest.parquet"
     for part in (cache / "meldsmall" / "text").rglob("*.parquet"):
         pq.read_table(part)  # every visible part is a complete Parquet file
@@ -45,7 +73,9 @@ def _cache_state(conversations: Path, cache: Path) -> pd.DataFrame:
 
 def test_kill_9_during_preprocessing_then_rerun_completes(tmp_path, meld_conversations):
     cache = tmp_path / "cache"
-    process = subprocess.Popen(_preprocess_command(meld_conversations, cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        _preprocess_command(meld_conversations, cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 300
     parts: list[Path] = []
     while time.monotonic() < deadline and not parts:
@@ -68,8 +98,12 @@ def test_kill_9_during_preprocessing_then_rerun_completes(tmp_path, meld_convers
 
 def test_two_concurrent_preprocess_runs_leave_the_cache_consistent(tmp_path, meld_conversations):
     cache = tmp_path / "cache"
-    first = subprocess.Popen(_preprocess_command(meld_conversations, cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    second = subprocess.Popen(_preprocess_command(meld_conversations, cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        _preprocess_command(meld_conversations, cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    second = subprocess.Popen(
+        _preprocess_command(meld_conversations, cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     for process in (first, second):
         _, err = process.communicate(timeout=900)
         assert process.returncode == 0, err[-2000:]
@@ -92,7 +126,9 @@ def test_diverging_training_is_marked_failed_and_leaves_the_champion(tmp_path, m
     with pytest.raises(NonFiniteLossError):
         experiment.train_and_log(config, experiment.PreparedData(**{**data.__dict__, "features": {"text": huge}}))
     client = tracking.connect(config)
-    runs = client.search_runs([client.get_experiment_by_name(config.tracking.experiment).experiment_id], order_by=["start_time DESC"])
+    runs = client.search_runs(
+        [client.get_experiment_by_name(config.tracking.experiment).experiment_id], order_by=["start_time DESC"]
+    )
     assert runs[0].info.status == "FAILED"
     assert str(client.get_model_version_by_alias("spikemo-meldsmall", "champion").version) == champion.version
     assert len(client.search_model_versions("name='spikemo-meldsmall'")) == 1
@@ -117,14 +153,53 @@ def test_servers_bind_to_loopback_by_default():
 
 def test_silent_audio_is_a_failed_item_and_the_other_modalities_stay(tmp_path):
     subprocess.run(
-        ["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=25:duration=2", "-f", "lavfi",
-         "-i", "anullsrc=r=16000:cl=mono", "-t", "2", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(tmp_path / "quiet.mp4")],
+        [
+            "ffmpeg",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=160x120:rate=25:duration=2",
+            "-f",
+            "lavfi",
+            "-i",
+            "anullsrc=r=16000:cl=mono",
+            "-t",
+            "2",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            str(tmp_path / "quiet.mp4"),
+        ],
         check=True,
     )
-    pd.DataFrame([{"dialogue_id": "d", "utterance_index": 0, "speaker": "A", "text": "hello there", "label": "neutral",
-                   "split": "test", "media_path": "quiet.mp4"}]).to_csv(tmp_path / "quiet.csv", index=False)
-    config = load_config(None, {"cache": str(tmp_path / "cache"), "data.format": "manifest", "data.manifest": str(tmp_path / "quiet.csv"),
-                                "data.labels": ["neutral"], "features.modalities": ["text", "audio"]})
+    pd.DataFrame(
+        [
+            {
+                "dialogue_id": "d",
+                "utterance_index": 0,
+                "speaker": "A",
+                "text": "hello there",
+                "label": "neutral",
+                "split": "test",
+                "media_path": "quiet.mp4",
+            }
+        ]
+    ).to_csv(tmp_path / "quiet.csv", index=False)
+    config = load_config(
+        None,
+        {
+            "cache": str(tmp_path / "cache"),
+            "data.format": "manifest",
+            "data.manifest": str(tmp_path / "quiet.csv"),
+            "data.labels": ["neutral"],
+            "features.modalities": ["text", "audio"],
+        },
+    )
     summary = preprocess(config)
     assert summary["modalities"]["audio"]["failure_reasons"] == {"silent audio (peak amplitude below 0.0001)": 1}
     assert summary["modalities"]["text"]["encoded"] == 1 and summary["modalities"]["text"]["failed"] == 0
@@ -133,9 +208,23 @@ def test_silent_audio_is_a_failed_item_and_the_other_modalities_stay(tmp_path):
 def test_kill_9_during_training_then_rerun_resumes(tmp_path, meld_conversations):
     workdir = tmp_path / "work"
     command = [
-        sys.executable, "-m", "spikemo.cli", "train", "--format", "manifest", "--manifest", str(meld_conversations),
-        "--labels", "neutral,surprise,fear,sadness,joy,disgust,anger", "--workdir", str(workdir), "--cache", str(tmp_path / "cache"),
-        "--epochs", "40", *[arg for key, value in TINY_TRAINING.items() for arg in ("--set", f"{key}={value}")],
+        sys.executable,
+        "-m",
+        "spikemo.cli",
+        "train",
+        "--format",
+        "manifest",
+        "--manifest",
+        str(meld_conversations),
+        "--labels",
+        "neutral,surprise,fear,sadness,joy,disgust,anger",
+        "--workdir",
+        str(workdir),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--epochs",
+        "40",
+        *[arg for key, value in TINY_TRAINING.items() for arg in ("--set", f"{key}={value}")],
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 600

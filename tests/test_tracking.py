@@ -39,7 +39,15 @@ def test_run_holds_params_metrics_artifacts_and_inputs(store):
     assert run.data.params["data.labels"].startswith('["neutral"')
     history = client.get_metric_history(run.info.run_id, "dev/weighted_f1")
     assert len(history) == summary["epochs_run"] >= 1
-    for key in ("test/weighted_f1", "test/macro_f1", "test/accuracy", "train/loss", "train/lr", "dev/loss", "dev/selected_weighted_f1"):
+    for key in (
+        "test/weighted_f1",
+        "test/macro_f1",
+        "test/accuracy",
+        "train/loss",
+        "train/lr",
+        "dev/loss",
+        "dev/selected_weighted_f1",
+    ):
         assert key in run.data.metrics, key
     assert run.data.metrics["test/weighted_f1"] == pytest.approx(summary["test_weighted_f1"])
     assert len(client.get_metric_history(run.info.run_id, "dev/loss")) == summary["epochs_run"]
@@ -83,9 +91,16 @@ def test_run_holds_params_metrics_artifacts_and_inputs(store):
     difference, difference_low, difference_high = summary["test_weighted_f1_minus_baseline"]
     assert difference == pytest.approx(summary["test_weighted_f1"] - summary["baseline_test_weighted_f1"], abs=0.01)
     assert run.data.metrics["test/minus_baseline_weighted_f1_ci_high"] == pytest.approx(difference_high, abs=0.01)
-    expected_verdict = "better" if difference_low > 0 else "worse" if difference_high < 0 else "no significant difference"
+    expected_verdict = (
+        "better" if difference_low > 0 else "worse" if difference_high < 0 else "no significant difference"
+    )
     assert summary["verdict_vs_baseline"] == run.data.tags["spikemo.verdict_vs_baseline"] == expected_verdict
-    contexts = {tag.value for dataset_input in run.inputs.dataset_inputs for tag in dataset_input.tags if tag.key == "mlflow.data.context"}
+    contexts = {
+        tag.value
+        for dataset_input in run.inputs.dataset_inputs
+        for tag in dataset_input.tags
+        if tag.key == "mlflow.data.context"
+    }
     assert {"train", "dev", "test", "features"} <= contexts
 
 
@@ -94,7 +109,11 @@ def test_registered_version_is_champion_and_loads(store, meld_conversations):
     assert summary["alias"] == "champion" and summary["model_version"] == "1"
     tracking.connect(config)
     model = mlflow.pyfunc.load_model("models:/spikemo-meldsmall@champion")
-    conversations = pd.read_csv(meld_conversations, dtype={"dialogue_id": str}).query("split == 'test'").drop(columns=["label", "split"])
+    conversations = (
+        pd.read_csv(meld_conversations, dtype={"dialogue_id": str})
+        .query("split == 'test'")
+        .drop(columns=["label", "split"])
+    )
     predictions = model.predict(conversations)
     assert len(predictions) == len(conversations)
     probabilities = predictions[[c for c in predictions.columns if c.startswith("prob_")]].to_numpy()
@@ -133,7 +152,9 @@ def _empty_versions(store, name: str, count: int) -> tuple[MlflowClient, list[st
     config, _ = store
     client = tracking.connect(config)
     client.create_registered_model(name)
-    return client, [client.create_model_version(name, source="file:///nonexistent", run_id=None).version for _ in range(count)]
+    return client, [
+        client.create_model_version(name, source="file:///nonexistent", run_id=None).version for _ in range(count)
+    ]
 
 
 def test_champion_moves_only_for_a_strictly_better_score(store):
@@ -152,7 +173,11 @@ def test_gating_can_require_beating_the_linear_probe(store):
     name = "spikemo-baseline-gating-test"
     client, versions = _empty_versions(store, name, 3)
     assert tracking.gate_champion(client, name, versions[0], 50.0, "dev", baseline_score=55.0) == ("challenger", None)
-    assert client.get_model_version(name, versions[0]).tags["gating_decision"].startswith("not promoted: 50.0000 <= its linear probe")
+    assert (
+        client.get_model_version(name, versions[0])
+        .tags["gating_decision"]
+        .startswith("not promoted: 50.0000 <= its linear probe")
+    )
     assert tracking.gate_champion(client, name, versions[1], 56.0, "dev", baseline_score=55.0) == ("champion", None)
     assert tracking.gate_champion(client, name, versions[2], 70.0, "dev", baseline_score=70.0) == ("challenger", 56.0)
     assert client.get_model_version_by_alias(name, "champion").version == versions[1]
@@ -167,13 +192,22 @@ def test_gating_rescores_the_champion_on_the_new_data(store):
     client, versions = _empty_versions(store, name, 3)
     tracking.gate_champion(client, name, versions[0], 60.0, "dev")
     # on the new data the champion scores 45 (its recorded 60 came from older data): 50 beats it
-    assert tracking.gate_champion(client, name, versions[1], 50.0, "dev", champion_rescore=lambda v: 45.0) == ("champion", 45.0)
+    assert tracking.gate_champion(client, name, versions[1], 50.0, "dev", champion_rescore=lambda v: 45.0) == (
+        "champion",
+        45.0,
+    )
     tags = client.get_model_version(name, versions[1]).tags
     assert tags["gating_champion_recorded_score"] == "60.000000" and tags["gating_champion_score"] == "45.000000"
     assert tags["gating_champion_score_source"] == "v1 re-evaluated on this version's dev data"
     # a champion that cannot be re-scored is compared by its recorded score
-    assert tracking.gate_champion(client, name, versions[2], 49.0, "dev", champion_rescore=lambda v: None) == ("challenger", 50.0)
-    assert client.get_model_version(name, versions[2]).tags["gating_champion_score_source"] == "recorded when v2 was registered"
+    assert tracking.gate_champion(client, name, versions[2], 49.0, "dev", champion_rescore=lambda v: None) == (
+        "challenger",
+        50.0,
+    )
+    assert (
+        client.get_model_version(name, versions[2]).tags["gating_champion_score_source"]
+        == "recorded when v2 was registered"
+    )
 
 
 def test_failed_run_is_marked_failed_and_never_registered(store, monkeypatch):
@@ -187,7 +221,9 @@ def test_failed_run_is_marked_failed_and_never_registered(store, monkeypatch):
     monkeypatch.setattr(experiment, "train_on_dialogue_data", diverge)
     with pytest.raises(NonFiniteLossError):
         experiment.run_experiment(config)
-    runs = client.search_runs([client.get_experiment_by_name(config.tracking.experiment).experiment_id], order_by=["start_time DESC"])
+    runs = client.search_runs(
+        [client.get_experiment_by_name(config.tracking.experiment).experiment_id], order_by=["start_time DESC"]
+    )
     assert runs[0].info.status == "FAILED"
     assert "NonFiniteLossError" in runs[0].data.tags["spikemo.failure"]
     assert client.get_model_version_by_alias("spikemo-meldsmall", "champion").version == before
@@ -205,14 +241,18 @@ def test_unknown_model_uri_is_one_line(store):
 
 
 def test_secrets_never_reach_params(tmp_path, meld_conversations, tiny_config):
-    config = tiny_config(meld_conversations, tmp_path, tmp_path, **{"tracking.tracking_uri": "postgresql://ml:hunter2@db:5432/mlflow"})
+    config = tiny_config(
+        meld_conversations, tmp_path, tmp_path, **{"tracking.tracking_uri": "postgresql://ml:hunter2@db:5432/mlflow"}
+    )
     params = tracking.loggable_params(config)
     assert params["tracking.tracking_uri"] == "postgresql://ml:***@db:5432/mlflow"
     assert not any("hunter2" in value for value in params.values())
 
 
 def test_firing_rate_plot_is_scaled_to_small_rates():
-    figure = reports.firing_rates_figure({"spikformer.blocks.0.mlp": 8e-4, "spikformer.blocks.0.attention": 2e-4}, "dev")
+    figure = reports.firing_rates_figure(
+        {"spikformer.blocks.0.mlp": 8e-4, "spikformer.blocks.0.attention": 2e-4}, "dev"
+    )
     axes = figure.axes[0]
     assert axes.get_xlim() == pytest.approx((0.0, 8e-4 * 1.15))
     assert axes.get_title() == "spiking layers (dev split)"
@@ -221,7 +261,9 @@ def test_firing_rate_plot_is_scaled_to_small_rates():
 def test_run_links_use_the_configured_ui(store):
     config, summary = store
     assert tracking.run_url(config, summary["run_id"]).startswith("http://127.0.0.1:5000/#/experiments/")
-    elsewhere = config.model_copy(update={"tracking": config.tracking.model_copy(update={"ui_url": "https://mlflow.example.org/"})})
+    elsewhere = config.model_copy(
+        update={"tracking": config.tracking.model_copy(update={"ui_url": "https://mlflow.example.org/"})}
+    )
     assert tracking.run_url(elsewhere, summary["run_id"]).startswith("https://mlflow.example.org/#/experiments/")
     assert summary["early_stopped"] == (summary["epochs_run"] < config.train.epochs)
     assert 0 <= summary["best_epoch"] < summary["epochs_run"]
@@ -238,7 +280,10 @@ def test_a_gate_that_overlapped_a_better_promotion_cedes_the_champion_to_it(stor
         assert tracking.gate_champion(client, name, versions[1], 33.33, "dev") == ("champion", 22.68)
         return None
 
-    assert tracking.gate_champion(client, name, versions[2], 26.24, "dev", champion_rescore=overlapping_gate) == ("challenger", 22.68)
+    assert tracking.gate_champion(client, name, versions[2], 26.24, "dev", champion_rescore=overlapping_gate) == (
+        "challenger",
+        22.68,
+    )
     assert client.get_model_version_by_alias(name, "champion").version == versions[1]
     assert "ceded to v2" in client.get_model_version(name, versions[2]).tags["gating_decision"]
 
@@ -269,8 +314,15 @@ def test_overlapping_processes_on_a_new_store_all_register_and_the_best_is_champ
     processes = len(scores)
     for attempt in range(2):
         workdir = tmp_path / f"attempt{attempt}"
-        started = [subprocess.Popen([sys.executable, "-c", GATING_PROCESS, str(workdir), "spikemo-overlap", str(score)],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for score in scores]
+        started = [
+            subprocess.Popen(
+                [sys.executable, "-c", GATING_PROCESS, str(workdir), "spikemo-overlap", str(score)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for score in scores
+        ]
         outputs = [process.communicate(timeout=300) for process in started]
         assert [process.returncode for process in started] == [0] * processes, [err[-2000:] for _, err in outputs]
         registered = {out.split()[0]: float(out.split()[1]) for out, _ in outputs}
@@ -281,7 +333,6 @@ def test_overlapping_processes_on_a_new_store_all_register_and_the_best_is_champ
         assert registered[champion] == max(scores), attempt
 
 
-
 def test_train_under_torchrun_is_one_training_one_run_and_one_version_on_a_new_store(
     tmp_path, meld_conversations, tiny_config
 ):
@@ -289,8 +340,19 @@ def test_train_under_torchrun_is_one_training_one_run_and_one_version_on_a_new_s
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    command = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "spikemo.cli", "train", "--config", str(config_file)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "spikemo.cli",
+        "train",
+        "--config",
+        str(config_file),
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert sorted(line.get("rank", 0) for line in lines) == [0, 1]

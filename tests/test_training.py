@@ -16,14 +16,20 @@ from safetensors.torch import load_file, save_file
 from spikemo.config import LossWeights, ModelConfig, SpikEmoConfig, TrainConfig
 from spikemo.errors import DataError
 from spikemo.model.batch import IGNORE_INDEX
-from spikemo.model.spikemo import SpikEmo
-from spikemo.training import NonFiniteLossError, TrainResult, build_dialogue_data, collate_dialogues, evaluate, train_model
-from spikemo.training import loop
+from spikemo.model.spikemo import SpikEmo, speaker_relative
+from spikemo.training import (
+    NonFiniteLossError,
+    TrainResult,
+    build_dialogue_data,
+    collate_dialogues,
+    evaluate,
+    loop,
+    train_model,
+)
+from spikemo.training.baseline import C_GRID, as_model_reads, fit_linear_probe
 from spikemo.training.checkpoint import SelectionState, load_model_checkpoint
 from spikemo.training.cross_fit import out_of_fold_logits
 from spikemo.training.data import LengthBucketBatchSampler
-from spikemo.model.spikemo import speaker_relative
-from spikemo.training.baseline import C_GRID, as_model_reads, fit_linear_probe
 from spikemo.training.metrics import classification_metrics, firing_rates_by_group
 from spikemo.training.schedule import LearningRateSchedule
 
@@ -31,7 +37,9 @@ LABELS = ["calm", "happy", "angry"]
 DIM = {"text": 8, "audio": 6}
 
 
-def toy_corpus(dialogues: dict[str, int], seed: int = 0, noise: float = 1.0) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+def toy_corpus(
+    dialogues: dict[str, int], seed: int = 0, noise: float = 1.0
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """Dialogues of 2-6 utterances whose text and audio embeddings sit around a per-class centroid."""
     rng = np.random.default_rng(seed)
     centroids = {modality: rng.normal(scale=2.0, size=(len(LABELS), dim)) for modality, dim in DIM.items()}
@@ -42,22 +50,45 @@ def toy_corpus(dialogues: dict[str, int], seed: int = 0, noise: float = 1.0) -> 
                 label = int(rng.integers(len(LABELS)))
                 key = f"toy/{split}/{dialogue}/{turn}"
                 rows.append(
-                    {"utterance_key": key, "split": split, "dialogue_id": str(dialogue), "turn": turn,
-                     "party": turn % 2, "label": LABELS[label], "label_id": label}
+                    {
+                        "utterance_key": key,
+                        "split": split,
+                        "dialogue_id": str(dialogue),
+                        "turn": turn,
+                        "party": turn % 2,
+                        "label": LABELS[label],
+                        "label_id": label,
+                    }
                 )
                 for modality, dim in DIM.items():
                     embedding = (centroids[modality][label] + rng.normal(scale=noise, size=dim)).astype(np.float32)
-                    feature_rows[modality].append({"utterance_key": key, "status": "ok", "reason": None, "embedding": embedding})
+                    feature_rows[modality].append(
+                        {"utterance_key": key, "status": "ok", "reason": None, "embedding": embedding}
+                    )
     return pd.DataFrame(rows), {modality: pd.DataFrame(table) for modality, table in feature_rows.items()}
 
 
 def tiny_config(**train: object) -> SpikEmoConfig:
     model = ModelConfig(
-        model_dim=16, timesteps=2, spikformer_depth=1, spikformer_heads=2, mlp_ratio=2,
-        fusion_layers=1, fusion_heads=2, fusion_hidden=32, dropout=0.0,
+        model_dim=16,
+        timesteps=2,
+        spikformer_depth=1,
+        spikformer_heads=2,
+        mlp_ratio=2,
+        fusion_layers=1,
+        fusion_heads=2,
+        fusion_hidden=32,
+        dropout=0.0,
     )
-    settings = {"epochs": 4, "batch_dialogues": 4, "lr": 3e-3, "patience": 10, "device": "cpu",
-                "loss_weights": LossWeights(ce=1.0, dice=0.5, soft_hgr=0.1), **train}
+    settings = {
+        "epochs": 4,
+        "batch_dialogues": 4,
+        "lr": 3e-3,
+        "patience": 10,
+        "device": "cpu",
+        "loss_weights": LossWeights(ce=1.0, dice=0.5, soft_hgr=0.1),
+        **train,
+    }
     return SpikEmoConfig(model=model, train=TrainConfig(**settings))
 
 
@@ -97,9 +128,9 @@ def test_dialogues_are_ordered_by_turn_padded_and_masked(corpus):
     batch = collate_dialogues([short, long])
     assert batch.features["text"].shape == (2, len(long), DIM["text"])
     assert batch.utterance_mask[0].tolist() == [True] * len(short) + [False] * (len(long) - len(short))
-    assert (batch.labels[0, len(short):] == IGNORE_INDEX).all()
-    assert not batch.modality_mask["text"][0, len(short):].any()
-    assert (batch.features["audio"][0, len(short):] == 0).all()
+    assert (batch.labels[0, len(short) :] == IGNORE_INDEX).all()
+    assert not batch.modality_mask["text"][0, len(short) :].any()
+    assert (batch.features["audio"][0, len(short) :] == 0).all()
 
 
 @pytest.mark.parametrize(
@@ -127,7 +158,12 @@ def test_model_input_dims_allow_an_all_absent_modality_and_reject_other_sizes(co
     assert data.input_dims == DIM
     assert not any(data.splits["dev"][i].modality_mask["audio"].any() for i in range(len(data.splits["dev"])))
     with pytest.raises(DataError, match="the model expects 7"):
-        build_dialogue_data(manifest, {"text": features["text"], "audio": features["audio"]}, len(LABELS), input_dims={**DIM, "audio": 7})
+        build_dialogue_data(
+            manifest,
+            {"text": features["text"], "audio": features["audio"]},
+            len(LABELS),
+            input_dims={**DIM, "audio": 7},
+        )
 
 
 def test_missing_feature_row_and_unknown_label_are_rejected(corpus):
@@ -141,7 +177,10 @@ def test_missing_feature_row_and_unknown_label_are_rejected(corpus):
 
 def test_bucket_sampler_shards_every_dialogue_across_ranks():
     lengths = np.random.default_rng(0).integers(1, 30, size=23)
-    ranks = [LengthBucketBatchSampler(lengths, 4, shuffle=True, seed=5, num_replicas=2, rank=r, bucket_batches=2) for r in range(2)]
+    ranks = [
+        LengthBucketBatchSampler(lengths, 4, shuffle=True, seed=5, num_replicas=2, rank=r, bucket_batches=2)
+        for r in range(2)
+    ]
     for sampler in ranks:
         sampler.set_epoch(3)
     batches = [list(sampler) for sampler in ranks]
@@ -164,14 +203,20 @@ def test_classification_metrics_match_hand_counts():
     metrics = classification_metrics(labels, predictions, LABELS)
     assert metrics["accuracy"] == pytest.approx(400 / 6)
     assert metrics["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
-    assert metrics["per_class"]["happy"] == pytest.approx({"precision": 200 / 3, "recall": 100.0, "f1": 80.0, "support": 2})
+    assert metrics["per_class"]["happy"] == pytest.approx(
+        {"precision": 200 / 3, "recall": 100.0, "f1": 80.0, "support": 2}
+    )
     assert metrics["macro_f1"] == pytest.approx((50 + 80 + 200 / 3) / 3)
     assert metrics["weighted_f1"] == pytest.approx(metrics["macro_f1"])  # equal supports
 
 
 def test_firing_rates_are_averaged_per_layer_group():
-    rates = {"spikformer.blocks.0.attention.key.lif": 0.1, "spikformer.blocks.0.attention.attention_lif": 0.3,
-             "spikformer.blocks.0.mlp.expand.lif": 0.2, "spikformer.blocks.1.mlp.contract.lif": 0.4}
+    rates = {
+        "spikformer.blocks.0.attention.key.lif": 0.1,
+        "spikformer.blocks.0.attention.attention_lif": 0.3,
+        "spikformer.blocks.0.mlp.expand.lif": 0.2,
+        "spikformer.blocks.1.mlp.contract.lif": 0.4,
+    }
     assert firing_rates_by_group(rates) == pytest.approx(
         {"spikformer.blocks.0.attention": 0.2, "spikformer.blocks.0.mlp": 0.2, "spikformer.blocks.1.mlp": 0.4}
     )
@@ -180,13 +225,23 @@ def test_firing_rates_are_averaged_per_layer_group():
 def test_training_reduces_loss_and_writes_a_loadable_checkpoint(corpus, tmp_path):
     manifest, features = corpus
     calls: list[tuple[int, dict[str, float]]] = []
-    result = train_model(tiny_config(epochs=5), manifest, features, LABELS, tmp_path, on_epoch_end=lambda e, m: calls.append((e, m)))
+    result = train_model(
+        tiny_config(epochs=5), manifest, features, LABELS, tmp_path, on_epoch_end=lambda e, m: calls.append((e, m))
+    )
 
     losses = [epoch["train_loss"] for epoch in result.history]
     assert losses[-1] < 0.8 * losses[0]
     assert [epoch for epoch, _ in calls] == list(range(5))
     first = calls[0][1]
-    for key in ("train_loss_ce", "train_loss_dice", "train_loss_soft_hgr", "dev_weighted_f1", "dev_macro_f1", "dev_accuracy", "lr"):
+    for key in (
+        "train_loss_ce",
+        "train_loss_dice",
+        "train_loss_soft_hgr",
+        "dev_weighted_f1",
+        "dev_macro_f1",
+        "dev_accuracy",
+        "lr",
+    ):
         assert np.isfinite(first[key]), key
     for term, weight in (("ce", 1.0), ("dice", 0.5), ("soft_hgr", 0.1)):
         assert first[f"train_weighted_loss_{term}"] == pytest.approx(weight * first[f"train_loss_{term}"])
@@ -194,7 +249,9 @@ def test_training_reduces_loss_and_writes_a_loadable_checkpoint(corpus, tmp_path
     assert result.best_epoch == int(np.argmax([epoch["dev_weighted_f1"] for epoch in result.history]))
     assert result.dev_metrics["weighted_f1"] == pytest.approx(result.history[result.best_epoch]["dev_weighted_f1"])
     assert result.dev_metrics["weighted_f1"] > 60.0  # separable toy classes; chance is ~33
-    assert result.test_metrics is not None and result.test_metrics["num_utterances"] == (manifest["split"] == "test").sum()
+    assert (
+        result.test_metrics is not None and result.test_metrics["num_utterances"] == (manifest["split"] == "test").sum()
+    )
     majority = manifest.loc[manifest["split"] == "test", "label_id"].value_counts(normalize=True).max()
     assert result.test_metrics["accuracy"] > 100 * majority + 15  # far better than a constant predictor
     assert result.firing_rates and all(0.0 <= rate <= 1.0 for rate in result.firing_rates.values())
@@ -205,7 +262,10 @@ def test_training_reduces_loss_and_writes_a_loadable_checkpoint(corpus, tmp_path
     reloaded = SpikEmo(ModelConfig(**spec["model"]), spec["input_dims"], len(LABELS))
     reloaded.load_state_dict(weights)
     test = build_dialogue_data(manifest, features, len(LABELS)).splits["test"]
-    batches = [collate_dialogues([test[i] for i in range(start, min(start + 3, len(test)))]) for start in range(0, len(test), 3)]
+    batches = [
+        collate_dialogues([test[i] for i in range(start, min(start + 3, len(test)))])
+        for start in range(0, len(test), 3)
+    ]
     assert evaluate(reloaded, batches, LABELS)["weighted_f1"] == pytest.approx(result.test_metrics["weighted_f1"])
 
 
@@ -255,7 +315,9 @@ def test_resume_after_interruption_continues_from_last_checkpoint(corpus, tmp_pa
     with pytest.raises(Killed):
         train_model(config, manifest, features, LABELS, tmp_path / "killed", on_epoch_end=die_after_second_epoch)
     resumed_epochs: list[int] = []
-    resumed = train_model(config, manifest, features, LABELS, tmp_path / "killed", on_epoch_end=lambda e, m: resumed_epochs.append(e))
+    resumed = train_model(
+        config, manifest, features, LABELS, tmp_path / "killed", on_epoch_end=lambda e, m: resumed_epochs.append(e)
+    )
 
     assert resumed_epochs == [2, 3]
     assert resumed.history == uninterrupted.history
@@ -327,14 +389,22 @@ def test_non_finite_loss_raises(corpus, tmp_path):
 def _ddp_rank(rank: int, world_size: int, port: int, out_dir: str) -> None:
     """One torchrun-like process; saves the weights it trained (before the shared best checkpoint is loaded)."""
     os.environ.update(
-        {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size)}
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world_size),
+        }
     )
     torch.set_num_threads(1)
     finish = loop._TrainingRun._finish
 
     def save_trained_weights_then_finish(run: loop._TrainingRun, selection: SelectionState) -> TrainResult:
         weights = {name: tensor.detach().clone().contiguous() for name, tensor in run.model.state_dict().items()}
-        history = torch.tensor([[e["train_loss"], e["dev_weighted_f1"]] for e in selection.history], dtype=torch.float64)
+        history = torch.tensor(
+            [[e["train_loss"], e["dev_weighted_f1"]] for e in selection.history], dtype=torch.float64
+        )
         save_file({**weights, "history": history}, str(Path(out_dir) / f"rank{rank}.safetensors"))
         return finish(run, selection)
 
@@ -356,7 +426,9 @@ def test_distributed_data_parallel_ranks_end_identical(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "last.safetensors").is_file()
 
 
-def _learning_rates(config: TrainConfig, steps_per_epoch: int, dev_scores: list[float]) -> tuple[list[float], LearningRateSchedule]:
+def _learning_rates(
+    config: TrainConfig, steps_per_epoch: int, dev_scores: list[float]
+) -> tuple[list[float], LearningRateSchedule]:
     schedule = LearningRateSchedule(_optimizer(config), config, steps_per_epoch)
     optimizer = schedule.per_step.optimizer if schedule.per_step is not None else schedule.plateau.optimizer
     rates = []
@@ -438,10 +510,21 @@ def test_the_probe_reads_speaker_relative_inputs_as_the_model_does():
             for turn in range(12):
                 label = turn % 2
                 key = f"toy/{split}/{session}/{turn}"
-                rows.append({"utterance_key": key, "split": split, "dialogue_id": str(session), "turn": turn, "party": 0,
-                             "label": LABELS[label], "label_id": label})
+                rows.append(
+                    {
+                        "utterance_key": key,
+                        "split": split,
+                        "dialogue_id": str(session),
+                        "turn": turn,
+                        "party": 0,
+                        "label": LABELS[label],
+                        "label_id": label,
+                    }
+                )
                 vector = offset + (1.0 if label else -1.0) + rng.normal(scale=0.5, size=4)
-                vectors.append({"utterance_key": key, "status": "ok", "reason": None, "embedding": vector.astype(np.float32)})
+                vectors.append(
+                    {"utterance_key": key, "status": "ok", "reason": None, "embedding": vector.astype(np.float32)}
+                )
     data = build_dialogue_data(pd.DataFrame(rows), {"audio": pd.DataFrame(vectors)}, len(LABELS))
     model = ModelConfig(speaker_relative_inputs="zscore")
 
@@ -450,11 +533,18 @@ def test_the_probe_reads_speaker_relative_inputs_as_the_model_does():
     mean, std = data.splits["train"].feature_statistics()["audio"]
     for index in range(len(dev)):
         dialogue = collate_dialogues([dev[index]])
-        expected = speaker_relative((dialogue.features["audio"] - mean) / std, dialogue.party, dialogue.utterance_mask, "zscore",
-                                    min_utterances=model.speaker_min_utterances)[0]
+        expected = speaker_relative(
+            (dialogue.features["audio"] - mean) / std,
+            dialogue.party,
+            dialogue.utterance_mask,
+            "zscore",
+            min_utterances=model.speaker_min_utterances,
+        )[0]
         rows_of = slice(dev.dialogue_offsets[index], dev.dialogue_offsets[index + 1])
         np.testing.assert_allclose(read.features["audio"][rows_of], expected.numpy(), rtol=1e-5, atol=1e-5)
 
     raw, like_for_like = fit_linear_probe(data, LABELS), fit_linear_probe(data, LABELS, model=model)
     assert like_for_like.test_metrics["accuracy"] > 95.0 > raw.test_metrics["accuracy"] + 20.0
-    assert fit_linear_probe(data, LABELS, model=ModelConfig()).test_metrics == raw.test_metrics  # no speaker normalisation
+    assert (
+        fit_linear_probe(data, LABELS, model=ModelConfig()).test_metrics == raw.test_metrics
+    )  # no speaker normalisation

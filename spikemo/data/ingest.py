@@ -50,7 +50,9 @@ class IngestResult:
                 "utterances": int(len(rows)),
                 "with_media": int(rows["media_path"].notna().sum()),
                 "rejected": int(len(rejected)),
-                "rejected_by_reason": {k: int(v) for k, v in rejected["reason"].map(reason_kind).value_counts().items()},
+                "rejected_by_reason": {
+                    k: int(v) for k, v in rejected["reason"].map(reason_kind).value_counts().items()
+                },
                 "media_dropped": int((problems["action"] == MEDIA_DROPPED).sum()),
             }
         return {
@@ -103,8 +105,15 @@ def ingest(config: DataConfig, out: Path, require_labels: bool = True) -> Ingest
     candidate = reasons.isna()
     duplicated = rows[candidate].duplicated(key_columns, keep="first").reindex(rows.index, fill_value=False)
     first_row = rows[candidate].groupby(key_columns)["source_row"].transform("first").reindex(rows.index)
-    flag(duplicated, "duplicated key: dialogue " + rows["dialogue_id"] + " utterance " + rows["utterance_index"].astype(str)
-         + " first seen at row " + first_row.fillna(-1).astype(int).astype(str))
+    flag(
+        duplicated,
+        "duplicated key: dialogue "
+        + rows["dialogue_id"]
+        + " utterance "
+        + rows["utterance_index"].astype(str)
+        + " first seen at row "
+        + first_row.fillna(-1).astype(int).astype(str),
+    )
 
     media = _resolve_media(rows, raw.root)
     missing = _flag_media(rows, media, flag)
@@ -119,16 +128,26 @@ def ingest(config: DataConfig, out: Path, require_labels: bool = True) -> Ingest
         first = problems["reason"].iloc[0] if len(problems) else "no rows"
         raise DataError(f"{raw.root}: no valid row to ingest (first problem: {first}); fix the input and re-run")
     manifest, speakers = _build_manifest(accepted, media, labels, config.dataset_name, raw.root, out)
-    write_manifest(manifest, problems, out, dataset=config.dataset_name, labels=labels, speakers=speakers, root=raw.root)
+    write_manifest(
+        manifest, problems, out, dataset=config.dataset_name, labels=labels, speakers=speakers, root=raw.root
+    )
     return IngestResult(out, problems_path(out), manifest, problems, raw.warnings)
 
 
-def _flag_media(rows: pd.DataFrame, media: pd.DataFrame, flag: Callable[[pd.Series, str | pd.Series], None]) -> pd.Series:
+def _flag_media(
+    rows: pd.DataFrame, media: pd.DataFrame, flag: Callable[[pd.Series, str | pd.Series], None]
+) -> pd.Series:
     """Flag rows whose media path escapes the root or names a directory, rows with neither text nor a clip,
     and bad segments; returns which rows name a clip that is missing."""
     has_media_path = rows["media_path"].notna()
-    flag(has_media_path & (media["problem"] == "escapes"), "media path outside the dataset root: " + rows["media_path"].astype(str))
-    flag(has_media_path & (media["problem"] == "directory"), "media path is a directory: " + rows["media_path"].astype(str))
+    flag(
+        has_media_path & (media["problem"] == "escapes"),
+        "media path outside the dataset root: " + rows["media_path"].astype(str),
+    )
+    flag(
+        has_media_path & (media["problem"] == "directory"),
+        "media path is a directory: " + rows["media_path"].astype(str),
+    )
     missing = has_media_path & (media["problem"] == "missing")
     empty_text = rows["text"] == ""
     flag(missing & empty_text, "missing clip and empty text: " + rows["media_path"].astype(str))
@@ -171,7 +190,9 @@ def _resolve_media(rows: pd.DataFrame, root: Path) -> pd.DataFrame:
     return pd.DataFrame({"path": resolved, "problem": problems}, index=rows.index)
 
 
-def _problems_table(rows: pd.DataFrame, raw: pd.DataFrame, reasons: pd.Series, action: pd.Series, dataset: str) -> pd.DataFrame:
+def _problems_table(
+    rows: pd.DataFrame, raw: pd.DataFrame, reasons: pd.Series, action: pd.Series, dataset: str
+) -> pd.DataFrame:
     flagged = reasons.notna()
     table = pd.DataFrame(
         {
@@ -192,17 +213,27 @@ def _build_manifest(
     accepted: pd.DataFrame, media: pd.DataFrame, labels: list[str], dataset: str, root: Path, out: Path
 ) -> tuple[pd.DataFrame, list[str]]:
     accepted["dialogue_order"] = pd.to_numeric(accepted["dialogue_id"], errors="coerce")
-    accepted = accepted.sort_values(["split", "dialogue_order", "dialogue_id", "utterance_index"], kind="stable", na_position="last")
+    accepted = accepted.sort_values(
+        ["split", "dialogue_order", "dialogue_id", "utterance_index"], kind="stable", na_position="last"
+    )
     speakers = sorted(accepted["speaker"].unique())
     speaker_ids = {name: i for i, name in enumerate(speakers)}
     dialogue = accepted.groupby(["split", "dialogue_id"], sort=False)
     accepted["turn"] = dialogue.cumcount()
-    accepted["party"] = dialogue["speaker"].transform(lambda names: pd.Series(pd.factorize(names)[0], index=names.index))
+    accepted["party"] = dialogue["speaker"].transform(
+        lambda names: pd.Series(pd.factorize(names)[0], index=names.index)
+    )
     paths = media.loc[accepted.index, "path"].where(accepted["media_path"].notna(), None)
     fingerprints = _fingerprint_media(paths, accepted, root, out)
     manifest = pd.DataFrame(
         {
-            "utterance_key": dataset + "/" + accepted["split"] + "/" + accepted["dialogue_id"] + "/" + accepted["utterance_index"].astype(str),
+            "utterance_key": dataset
+            + "/"
+            + accepted["split"]
+            + "/"
+            + accepted["dialogue_id"]
+            + "/"
+            + accepted["utterance_index"].astype(str),
             "dataset": dataset,
             "split": accepted["split"],
             "dialogue_id": accepted["dialogue_id"],
@@ -239,7 +270,9 @@ def _fingerprint_media(paths: pd.Series, rows: pd.DataFrame, root: Path, out: Pa
     if out.is_file():
         try:
             old, _ = read_manifest(out)
-            for path, size, mtime, digest in old[["media_path", "media_size", "media_mtime_ns", "media_fingerprint"]].itertuples(index=False):
+            for path, size, mtime, digest in old[
+                ["media_path", "media_size", "media_mtime_ns", "media_fingerprint"]
+            ].itertuples(index=False):
                 if path is not None and digest is not None:
                     previous[path] = (int(size), int(mtime), digest.split("@")[0])
         except (OSError, ValueError, KeyError, DataError):

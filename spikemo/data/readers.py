@@ -92,8 +92,7 @@ def require_columns(frame: pd.DataFrame, required: list[str], path: Path) -> Non
     missing = [column for column in required if column not in frame.columns]
     if missing:
         raise DataError(
-            f"{path}: missing required column(s) {', '.join(missing)}; "
-            f"expected columns include {', '.join(required)}"
+            f"{path}: missing required column(s) {', '.join(missing)}; expected columns include {', '.join(required)}"
         )
 
 
@@ -145,7 +144,9 @@ def read_emorynlp(config: DataConfig, require_labels: bool) -> RawDataset:
     parts = []
     for split, path in present.items():
         frame = read_csv_strict(path, EMORYNLP_COLUMNS + (["Emotion"] if require_labels else []))
-        scene = "s" + frame["Season"].str.strip() + "e" + frame["Episode"].str.strip() + "c" + frame["Scene_ID"].str.strip()
+        scene = (
+            "s" + frame["Season"].str.strip() + "e" + frame["Episode"].str.strip() + "c" + frame["Scene_ID"].str.strip()
+        )
         parts.append(_transcript_rows(frame, path, root, split, scene, frame["Speaker"].map(_emorynlp_speaker)))
     return RawDataset(pd.concat(parts, ignore_index=True), root, warnings)
 
@@ -155,16 +156,32 @@ def _split_files(root: Path, files: dict[str, str], corpus: str) -> tuple[dict[s
     present = {split: root / name for split, name in files.items() if (root / name).is_file()}
     if not present:
         raise DataError(f"{root}: none of {', '.join(files.values())} found; point --root at {corpus}'s folder")
-    return present, [f"{root}: no {files[split]}; the {split} split is empty" for split in SPLITS if split not in present]
+    return present, [
+        f"{root}: no {files[split]}; the {split} split is empty" for split in SPLITS if split not in present
+    ]
 
 
 def _transcript_rows(
-    frame: pd.DataFrame, path: Path, root: Path, split: str, dialogue_id: pd.Series, speaker: pd.Series, media_path: pd.Series | None = None
+    frame: pd.DataFrame,
+    path: Path,
+    root: Path,
+    split: str,
+    dialogue_id: pd.Series,
+    speaker: pd.Series,
+    media_path: pd.Series | None = None,
 ) -> pd.DataFrame:
     """Candidate rows of a MELD-style transcript CSV (MELD and EmoryNLP share Utterance, Utterance_ID, Emotion)."""
     return _candidates(
-        frame, path, root, split=split, dialogue_id=dialogue_id, utterance_index=frame["Utterance_ID"], speaker=speaker,
-        text=frame["Utterance"], label=frame.get("Emotion"), media_path=media_path,
+        frame,
+        path,
+        root,
+        split=split,
+        dialogue_id=dialogue_id,
+        utterance_index=frame["Utterance_ID"],
+        speaker=speaker,
+        text=frame["Utterance"],
+        label=frame.get("Emotion"),
+        media_path=media_path,
     )
 
 
@@ -202,7 +219,9 @@ def read_manifest_file(config: DataConfig, require_labels: bool) -> RawDataset:
         require_columns(frame, required, path)
     else:
         raise DataError(f"{path}: unknown manifest type {suffix!r}; use .csv, .jsonl or .parquet")
-    text_columns = [c for c in ("dialogue_id", "utterance_index", "speaker", "text", "label", "split", "media_path") if c in frame]
+    text_columns = [
+        c for c in ("dialogue_id", "utterance_index", "speaker", "text", "label", "split", "media_path") if c in frame
+    ]
     frame[text_columns] = frame[text_columns].astype(object).where(frame[text_columns].notna(), "").astype(str)
     media = frame["media_path"].where(frame["media_path"].str.strip() != "", None) if "media_path" in frame else None
     return RawDataset(

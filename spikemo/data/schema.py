@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +70,16 @@ MANIFEST_SCHEMA = pa.schema(
     ]
 )
 
-PROBLEMS_SCHEMA = pa.schema(  # where a problem row points uses the manifest's columns; the index as written in the source
-    [
-        *(MANIFEST_SCHEMA.field(name) for name in ("dataset", "split", "dialogue_id")),
-        ("utterance_index", pa.string()),
-        *(MANIFEST_SCHEMA.field(name) for name in ("source_file", "source_row")),
-        ("reason", pa.string()),
-        ("action", pa.string()),
-    ]
+PROBLEMS_SCHEMA = (
+    pa.schema(  # where a problem row points uses the manifest's columns; the index as written in the source
+        [
+            *(MANIFEST_SCHEMA.field(name) for name in ("dataset", "split", "dialogue_id")),
+            ("utterance_index", pa.string()),
+            *(MANIFEST_SCHEMA.field(name) for name in ("source_file", "source_row")),
+            ("reason", pa.string()),
+            ("action", pa.string()),
+        ]
+    )
 )
 
 
@@ -114,11 +116,13 @@ def write_manifest(
         "labels": labels,
         "speakers": speakers,
         "root": str(root.resolve()),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     table = pa.Table.from_pandas(manifest, schema=MANIFEST_SCHEMA, preserve_index=False)
     table = table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata).encode()})
-    write_table_atomic(pa.Table.from_pandas(problems, schema=PROBLEMS_SCHEMA, preserve_index=False), problems_path(path))
+    write_table_atomic(
+        pa.Table.from_pandas(problems, schema=PROBLEMS_SCHEMA, preserve_index=False), problems_path(path)
+    )
     write_table_atomic(table, path)
 
 

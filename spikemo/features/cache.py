@@ -27,7 +27,7 @@ import os
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,9 @@ class FeatureCache:
 
     @classmethod
     def for_encoder(cls, cache_dir: Path, dataset: str, encoder: Encoder) -> FeatureCache:
-        folder = Path(cache_dir) / dataset / encoder.modality / f"{encoder.name}-{encoder.fingerprint[:FINGERPRINT_PREFIX]}"
+        folder = (
+            Path(cache_dir) / dataset / encoder.modality / f"{encoder.name}-{encoder.fingerprint[:FINGERPRINT_PREFIX]}"
+        )
         return cls(folder, dataset, encoder.modality)
 
     def parts(self) -> list[Path]:
@@ -98,7 +100,9 @@ class FeatureCache:
 
     def latest(self, with_embeddings: bool = True) -> pd.DataFrame:
         """The latest row per utterance key (all columns but ``written_at``), indexed by key."""
-        columns = ["utterance_key", "media_fingerprint", "status", "reason"] + (["embedding"] if with_embeddings else [])
+        columns = ["utterance_key", "media_fingerprint", "status", "reason"] + (
+            ["embedding"] if with_embeddings else []
+        )
         parts = self.parts()
         if not parts:
             return pd.DataFrame(columns=columns).set_index("utterance_key")
@@ -106,18 +110,22 @@ class FeatureCache:
         table = table.take(pc.sort_indices(table, [("written_at", "ascending")]))
         frame = table.drop_columns(["written_at"]).to_pandas()
         if with_embeddings:
-            frame["embedding"] = [None if value is None else np.asarray(value, dtype=np.float32) for value in frame["embedding"]]
+            frame["embedding"] = [
+                None if value is None else np.asarray(value, dtype=np.float32) for value in frame["embedding"]
+            ]
         return frame.drop_duplicates("utterance_key", keep="last").set_index("utterance_key")
 
     def write_part(self, rows: list[CacheRow], encoder: Encoder, dim: int) -> Path:
         """Write rows as a new part, atomically, under a name no other writer can pick."""
         schema = cache_schema(dim).with_metadata({METADATA_KEY: json.dumps(self._metadata(encoder, dim)).encode()})
         present = np.array([row.embedding is not None for row in rows], dtype=bool)
-        vectors = [np.asarray(row.embedding, dtype=np.float32).reshape(dim) for row in rows if row.embedding is not None]
+        vectors = [
+            np.asarray(row.embedding, dtype=np.float32).reshape(dim) for row in rows if row.embedding is not None
+        ]
         offsets = np.concatenate([[0], np.cumsum(present * dim)]).astype(np.int32)
         flat = pa.array(np.concatenate(vectors) if vectors else np.zeros(0, np.float32), type=pa.float32())
         embedding_column = pa.ListArray.from_arrays(pa.array(offsets), flat, mask=pa.array(~present))
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         table = pa.Table.from_arrays(
             [
                 pa.array([row.utterance_key for row in rows], pa.string()),
@@ -143,5 +151,5 @@ class FeatureCache:
             "spec": encoder.spec(),
             "dim": dim,
             "library_versions": encoder.library_versions(),
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }

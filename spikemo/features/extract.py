@@ -126,14 +126,23 @@ def extract_modality(
     dim = cache.stored_dim() if not todo else None
     if dim is None:
         dim = encoder.dim
-    result = ExtractionResult(modality, encoder.name, encoder.fingerprint, dim, cache.path, reused=len(in_scope) - len(todo))
+    result = ExtractionResult(
+        modality, encoder.name, encoder.fingerprint, dim, cache.path, reused=len(in_scope) - len(todo)
+    )
     if todo:
         _run(todo, encoder, cache, features, result)
     result.seconds = time.perf_counter() - started
     log.log(
         logging.INFO if todo else logging.DEBUG,  # a pass with nothing to encode is not news
         "%s %s (%s): %d encoded, %d reused, %d failed, %d without media in %.1f s",
-        cache.dataset, modality, encoder.name, result.encoded, result.reused, result.failed, result.missing_media, result.seconds,
+        cache.dataset,
+        modality,
+        encoder.name,
+        result.encoded,
+        result.reused,
+        result.failed,
+        result.missing_media,
+        result.seconds,
     )
     return result
 
@@ -149,7 +158,9 @@ def load_features(
         frame = manifest.reset_index(drop=True)
         datasets = frame["dataset"].unique()
         if len(datasets) != 1:
-            raise DataError(f"load_features needs the rows of one dataset, got {len(datasets)}: {', '.join(map(str, datasets[:3]))}")
+            raise DataError(
+                f"load_features needs the rows of one dataset, got {len(datasets)}: {', '.join(map(str, datasets[:3]))}"
+            )
         dataset = str(datasets[0])
     else:
         frame, metadata = read_manifest(Path(manifest))
@@ -159,10 +170,15 @@ def load_features(
     expected = _expected_fingerprints(frame, encoder)
     cached = cache.latest().reindex(frame["utterance_key"])
     fresh = cached["status"].notna().to_numpy() & (
-        (cached["media_fingerprint"].to_numpy() == expected) | (cached["media_fingerprint"].isna().to_numpy() & pd.isna(expected))
+        (cached["media_fingerprint"].to_numpy() == expected)
+        | (cached["media_fingerprint"].isna().to_numpy() & pd.isna(expected))
     )
     stale = cached["status"].notna().to_numpy() & ~fresh
-    reason = np.where(stale, "extracted from other media or text; run `spikemo preprocess` again", "not extracted; run `spikemo preprocess`")
+    reason = np.where(
+        stale,
+        "extracted from other media or text; run `spikemo preprocess` again",
+        "not extracted; run `spikemo preprocess`",
+    )
     return pd.DataFrame(
         {
             "utterance_key": frame["utterance_key"].to_numpy(),
@@ -181,7 +197,11 @@ def preprocess(config: SpikEmoConfig) -> dict[str, Any]:
 
     manifest_path = config.manifest_path
     ingested = ingest(config.data, manifest_path)
-    summary: dict[str, Any] = {"manifest": str(manifest_path), "utterances": int(len(ingested.manifest)), "rejected": ingested.summary()["rejected"]}
+    summary: dict[str, Any] = {
+        "manifest": str(manifest_path),
+        "utterances": int(len(ingested.manifest)),
+        "rejected": ingested.summary()["rejected"],
+    }
     if config.features.text.finetune is not None and "text" in config.features.modalities:
         summary["text_finetune"] = finetune_text_encoder(config, manifest_path).summary()
         config = finetuned_text_config(config, manifest_path)
@@ -198,7 +218,9 @@ def loaded_encoder(modality: Modality, features: FeaturesConfig) -> Encoder:
     once. Threads never share an instance: MediaPipe's graphs, for one, crash when two threads feed them."""
     encoder = build_encoder(modality, features)
     key = (encoder.fingerprint, encoder.runtime)
-    loaded: OrderedDict[tuple[str, EncoderRuntime], Encoder] = _THREAD_STATE.__dict__.setdefault("encoders", OrderedDict())
+    loaded: OrderedDict[tuple[str, EncoderRuntime], Encoder] = _THREAD_STATE.__dict__.setdefault(
+        "encoders", OrderedDict()
+    )
     if key not in loaded:
         loaded[key] = encoder
         while len(loaded) > MAX_LOADED_ENCODERS:
@@ -231,7 +253,12 @@ def work_items(manifest: pd.DataFrame, metadata: dict[str, Any], encoder: Encode
     root = Path(metadata["root"])
     items = []
     for shard, key, relative, start, end, fingerprint in zip(
-        shards, keys, manifest["media_path"], manifest["media_start"], manifest["media_end"], manifest["media_fingerprint"]
+        shards,
+        keys,
+        manifest["media_path"],
+        manifest["media_start"],
+        manifest["media_end"],
+        manifest["media_fingerprint"],
     ):
         if relative is None:
             items.append(WorkItem(int(shard), key, None, None, "no media for this utterance"))
@@ -280,7 +307,9 @@ class _Decoded:
     failure: str | None = None
 
 
-def _decode_stream(items: Sequence[WorkItem], decode: Callable[[Any], Any] | None, pool: ThreadPoolExecutor, window: int) -> Iterator[_Decoded]:
+def _decode_stream(
+    items: Sequence[WorkItem], decode: Callable[[Any], Any] | None, pool: ThreadPoolExecutor, window: int
+) -> Iterator[_Decoded]:
     """Decoded items in order, with up to ``window`` decodes running ahead of the consumer."""
 
     def run(item: WorkItem) -> _Decoded:
@@ -302,17 +331,27 @@ def _decode_stream(items: Sequence[WorkItem], decode: Callable[[Any], Any] | Non
         yield done
 
 
-def _run(todo: list[WorkItem], encoder: Encoder, cache: FeatureCache, features: FeaturesConfig, result: ExtractionResult) -> None:
+def _run(
+    todo: list[WorkItem], encoder: Encoder, cache: FeatureCache, features: FeaturesConfig, result: ExtractionResult
+) -> None:
     """Encode ``todo`` and write it to the cache part by part (each part is a unit of resumption).
 
     Text is encoded longest first across the whole of ``todo`` (as ``SentenceTransformer.encode`` does), so
     that each batch pads to inputs of nearly its own length; a part holds ``shard_size`` inputs. Media keep
     the manifest's order, shard by shard, decoded ahead of the encoder by ``decode_workers`` threads.
     """
-    progress = tqdm(total=len(todo), desc=f"{cache.dataset}/{encoder.modality} {encoder.name}", unit="utt", mininterval=1.0, disable=None)
+    progress = tqdm(
+        total=len(todo),
+        desc=f"{cache.dataset}/{encoder.modality} {encoder.name}",
+        unit="utt",
+        mininterval=1.0,
+        disable=None,
+    )
     if isinstance(encoder, TextEncoder):
         ordered = sorted(todo, key=lambda item: -len(item.source))
-        parts = [min(features.shard_size, len(ordered) - begin) for begin in range(0, len(ordered), features.shard_size)]
+        parts = [
+            min(features.shard_size, len(ordered) - begin) for begin in range(0, len(ordered), features.shard_size)
+        ]
         chunk_size = features.shard_size
     else:
         ordered = todo
@@ -356,7 +395,11 @@ def decode_input(decode: Callable[[Any], Any] | None, source: Any) -> tuple[Any,
 
 
 def _encode_chunk(decoded: list[_Decoded], encoder: Encoder, result: ExtractionResult) -> list[CacheRow]:
-    ready = [position for position, entry in enumerate(decoded) if entry.item.missing_reason is None and entry.failure is None]
+    ready = [
+        position
+        for position, entry in enumerate(decoded)
+        if entry.item.missing_reason is None and entry.failure is None
+    ]
     failures = {position: entry.failure for position, entry in enumerate(decoded) if entry.failure is not None}
     vectors: dict[int, np.ndarray] = {}
     for position, outcome in zip(ready, encode_decoded(encoder, [decoded[position].value for position in ready])):

@@ -154,20 +154,29 @@ def finetune_folder(config: SpikEmoConfig, manifest: pd.DataFrame) -> Path:
     settings = text.finetune.model_dump() if text.finetune else None
     head: dict[str, Any] = {}
     if settings is not None:
-        for name, default in NEW_SETTING_DEFAULTS.items():  # at their defaults, fine-tunes made before them are found again
+        for (
+            name,
+            default,
+        ) in NEW_SETTING_DEFAULTS.items():  # at their defaults, fine-tunes made before them are found again
             if settings[name] == default:
                 del settings[name]
         if settings.get("head") == "dialogue":  # the head's architecture and loss shape the encoder too
             train = config.train
-            head = {"model": config.model.model_dump(), "loss": train.loss_weights.model_dump(),
-                    "class_weighting": train.class_weighting, "label_smoothing": train.label_smoothing}
+            head = {
+                "model": config.model.model_dump(),
+                "loss": train.loss_weights.model_dump(),
+                "class_weighting": train.class_weighting,
+                "label_smoothing": train.label_smoothing,
+            }
     digest = hashlib.sha256(
         json.dumps(
             {
                 "encoder": spec,
                 "finetune": settings,
                 **({"dialogue_head": head} if head else {}),
-                "data": hashlib.sha256(pd.util.hash_pandas_object(content, index=False).to_numpy().tobytes()).hexdigest(),
+                "data": hashlib.sha256(
+                    pd.util.hash_pandas_object(content, index=False).to_numpy().tobytes()
+                ).hexdigest(),
             },
             sort_keys=True,
         ).encode()
@@ -273,7 +282,9 @@ def finetune_autocast(precision: str, device: torch.device) -> Callable[[], cont
 def _base_encoder(config: SpikEmoConfig) -> HFTextEncoder:
     encoder = build_encoder("text", config.features)
     if not isinstance(encoder, HFTextEncoder):
-        raise ConfigError(f"features.text.name {config.features.text.name!r}: only 'hf-text' encoders can be fine-tuned")
+        raise ConfigError(
+            f"features.text.name {config.features.text.name!r}: only 'hf-text' encoders can be fine-tuned"
+        )
     return encoder
 
 
@@ -294,16 +305,23 @@ class _FinetuneRun:
             self.splits[split] = _SplitInputs.of(manifest.iloc[rows], [items[row] for row in rows])
         for split in ("train", "dev"):
             if not len(self.splits[split].labelled):
-                raise DataError(f"fine-tuning the text encoder needs labelled {split} utterances; the manifest has none")
+                raise DataError(
+                    f"fine-tuning the text encoder needs labelled {split} utterances; the manifest has none"
+                )
         seed_everything(self.settings.seed)
         self.dialogue_head = self.settings.head == "dialogue"
         self.model: UtteranceClassifier | DialogueClassifier
         if self.dialogue_head:
             self.model = DialogueClassifier(self.encoder, len(labels), config.model).to(self.runtime.device)
             train = config.train
-            counts = torch.bincount(torch.from_numpy(self.splits["train"].labels[self.splits["train"].labelled]), minlength=len(labels))
+            counts = torch.bincount(
+                torch.from_numpy(self.splits["train"].labels[self.splits["train"].labelled]), minlength=len(labels)
+            )
             self.loss = SpikEmoLoss(
-                train.loss_weights, len(labels), class_weights_from_counts(counts, train.class_weighting), train.label_smoothing
+                train.loss_weights,
+                len(labels),
+                class_weights_from_counts(counts, train.class_weighting),
+                train.label_smoothing,
             ).to(self.runtime.device)
         else:
             self.model = UtteranceClassifier(self.encoder, len(labels), self.settings.dropout).to(self.runtime.device)
@@ -312,7 +330,9 @@ class _FinetuneRun:
         if self.dialogue_head:
             self._set_head_statistics()
         accumulation = self.settings.gradient_accumulation
-        total_steps = sum(math.ceil(len(self._training_batches(epoch)) / accumulation) for epoch in range(self.settings.epochs))
+        total_steps = sum(
+            math.ceil(len(self._training_batches(epoch)) / accumulation) for epoch in range(self.settings.epochs)
+        )
         self.optimizer = torch.optim.AdamW(
             layerwise_lr_groups(self.model, self.settings.lr, self.settings.layer_lr_decay, self.settings.head_lr),
             weight_decay=self.settings.weight_decay,
@@ -408,7 +428,10 @@ class _FinetuneRun:
         assert isinstance(self.model, DialogueClassifier)
         by_length = sorted(range(len(positions)), key=lambda index: len(inputs.items[positions[index]]))
         chunks = [by_length[begin : begin + ENCODER_CHUNK] for begin in range(0, len(by_length), ENCODER_CHUNK)]
-        tokens = [self.encoder.tokenize([inputs.items[positions[index]] for index in chunk]).to(self.runtime.device) for chunk in chunks]
+        tokens = [
+            self.encoder.tokenize([inputs.items[positions[index]] for index in chunk]).to(self.runtime.device)
+            for chunk in chunks
+        ]
         with self.autocast():
             pooled = self.model.encode(tokens)
         return pooled[torch.from_numpy(np.argsort(np.concatenate(chunks))).to(pooled.device)]
@@ -421,10 +444,18 @@ class _FinetuneRun:
         for row, dialogue in enumerate(batch):
             mask[row, : len(dialogue)] = True
             party[row, : len(dialogue)] = torch.from_numpy(inputs.party[dialogue])
-            labels[row, : len(dialogue)] = torch.from_numpy(np.where(inputs.labels[dialogue] >= 0, inputs.labels[dialogue], IGNORE_INDEX))
+            labels[row, : len(dialogue)] = torch.from_numpy(
+                np.where(inputs.labels[dialogue] >= 0, inputs.labels[dialogue], IGNORE_INDEX)
+            )
         device = self.runtime.device
         mask = mask.to(device)
-        return DialogueBatch(features={}, modality_mask={"text": mask}, utterance_mask=mask, party=party.to(device), labels=labels.to(device))
+        return DialogueBatch(
+            features={},
+            modality_mask={"text": mask},
+            utterance_mask=mask,
+            party=party.to(device),
+            labels=labels.to(device),
+        )
 
     @torch.inference_mode()
     def _set_head_statistics(self) -> None:
@@ -472,7 +503,11 @@ class _FinetuneRun:
             positions = np.concatenate(batch)
             labelled = inputs.labels[positions] >= 0
             target = torch.from_numpy(inputs.labels[positions][labelled]).to(logits.device)
-            total += float(nn.functional.cross_entropy(logits[torch.from_numpy(labelled).to(logits.device)], target, reduction="sum"))
+            total += float(
+                nn.functional.cross_entropy(
+                    logits[torch.from_numpy(labelled).to(logits.device)], target, reduction="sum"
+                )
+            )
             predictions[positions] = logits.argmax(-1).cpu().numpy()
         labelled = inputs.labelled
         metrics = classification_metrics(inputs.labels[labelled], predictions[labelled], self.labels)
@@ -484,7 +519,10 @@ class _FinetuneRun:
         shutil.rmtree(staging, ignore_errors=True)
         self.model.encoder.save_pretrained(staging)
         self.encoder.tokenizer.save_pretrained(staging)
-        save_file({name: tensor.detach().cpu().contiguous() for name, tensor in self.model.head.state_dict().items()}, staging / HEAD_FILE)
+        save_file(
+            {name: tensor.detach().cpu().contiguous() for name, tensor in self.model.head.state_dict().items()},
+            staging / HEAD_FILE,
+        )
         shutil.rmtree(directory, ignore_errors=True)
         staging.rename(directory)
 
@@ -503,7 +541,10 @@ class _FinetuneRun:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             # batch order comes from generators seeded per epoch; torch's generators drive dropout
-            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
         }
         partial = self.checkpoints / (LAST_CHECKPOINT + ".partial")
         torch.save(payload, partial)
@@ -548,8 +589,10 @@ class _FinetuneRun:
                 },
             )
             mlflow.log_params(
-                {**{f"text.{k}": v for k, v in self.encoder.params.model_dump().items()},
-                 **{f"finetune.{k}": v for k, v in self.settings.model_dump().items()}}
+                {
+                    **{f"text.{k}": v for k, v in self.encoder.params.model_dump().items()},
+                    **{f"finetune.{k}": v for k, v in self.settings.model_dump().items()},
+                }
             )
         try:
             yield run
@@ -568,9 +611,14 @@ class _FinetuneRun:
         if len(self.splits["test"].labelled):
             scores["test"] = self._evaluate("test")
         for split, metrics in scores.items():
-            mlflow.log_metrics({f"{split}/{key}": float(metrics[key]) for key in ("weighted_f1", "macro_f1", "accuracy")}, step=selection.best_epoch)
+            mlflow.log_metrics(
+                {f"{split}/{key}": float(metrics[key]) for key in ("weighted_f1", "macro_f1", "accuracy")},
+                step=selection.best_epoch,
+            )
             mlflow.log_figure(
-                reports.confusion_matrix_figure(metrics["confusion_matrix"], self.labels, f"fine-tuned text classifier, {split}"),
+                reports.confusion_matrix_figure(
+                    metrics["confusion_matrix"], self.labels, f"fine-tuned text classifier, {split}"
+                ),
                 f"plots/{split}_confusion_matrix.png",
             )
         mlflow.log_metric("best_epoch", selection.best_epoch)
@@ -589,4 +637,3 @@ class _FinetuneRun:
         shutil.rmtree(model, ignore_errors=True)
         best.rename(model)
         return result
-

@@ -39,7 +39,11 @@ def native_stderr_filtered(noise: tuple[str, ...] = START_UP_LINES) -> Iterator[
             os.dup2(saved, 2)
             os.close(saved)
             capture.seek(0)
-            kept = [line for line in capture.read().decode(errors="replace").splitlines(keepends=True) if not any(n in line for n in noise)]
+            kept = [
+                line
+                for line in capture.read().decode(errors="replace").splitlines(keepends=True)
+                if not any(n in line for n in noise)
+            ]
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()

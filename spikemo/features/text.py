@@ -15,8 +15,8 @@ import torch
 import transformers
 from pydantic import Field
 
-from spikemo.features.base import EncodedBatch, Encoder, EncoderParams, batches, register_encoder
 from spikemo.errors import ConfigError, DataError
+from spikemo.features.base import EncodedBatch, Encoder, EncoderParams, batches, register_encoder
 from spikemo.features.hf import PretrainedModelFolder, masked_mean
 
 
@@ -83,8 +83,16 @@ def dialogue_text_items(
             future: list[str] = []
             open_sides = {"past": past_turns > 0, "future": future_turns > 0}
             for distance in range(1, max(past_turns, future_turns) + 1):
-                for side, index, limit in (("past", position - distance, past_turns), ("future", position + distance, future_turns)):
-                    if not open_sides[side] or distance > limit or not 0 <= index < len(turns) or counts[index] > budget:
+                for side, index, limit in (
+                    ("past", position - distance, past_turns),
+                    ("future", position + distance, future_turns),
+                ):
+                    if (
+                        not open_sides[side]
+                        or distance > limit
+                        or not 0 <= index < len(turns)
+                        or counts[index] > budget
+                    ):
                         open_sides[side] = False
                         continue
                     budget -= counts[index]
@@ -120,10 +128,14 @@ class HFTextParams(EncoderParams):
         description="Hidden layer whose states are pooled: 0 the embeddings, 1..n the transformer layers, negative "
         "counts from the top (-1 the last).",
     )
-    context_turns: int = Field(0, ge=0, description="Previous turns of the dialogue given as the first segment (EmoBERTa).")
+    context_turns: int = Field(
+        0, ge=0, description="Previous turns of the dialogue given as the first segment (EmoBERTa)."
+    )
     future_turns: int = Field(0, ge=0, description="Next turns of the dialogue, after the utterance and a separator.")
     speaker_names: bool = Field(False, description="Prepend 'Speaker: ' to the utterance and to each context turn.")
-    max_length: int = Field(256, ge=8, description="Tokens per input; context turns are dropped from the far end to fit.")
+    max_length: int = Field(
+        256, ge=8, description="Tokens per input; context turns are dropped from the far end to fit."
+    )
     normalize: bool = False
 
     @property
@@ -142,7 +154,9 @@ class HFTextEncoder(PretrainedModelFolder, TextEncoder):
     @functools.cached_property
     def tokenizer(self) -> Any:
         tokenizer = self.from_model_folder(transformers.AutoTokenizer)
-        tokenizer.truncation_side = "right"  # context is already fitted to max_length; an overlong utterance keeps its start
+        tokenizer.truncation_side = (
+            "right"  # context is already fitted to max_length; an overlong utterance keeps its start
+        )
         return tokenizer
 
     @functools.cached_property
@@ -163,7 +177,9 @@ class HFTextEncoder(PretrainedModelFolder, TextEncoder):
         queries = self._mask_queries(manifest)
         if queries:
             budget -= max(self.count_tokens(queries))
-        items = dialogue_text_items(manifest, params.speaker_names, params.context_turns, params.future_turns, budget, self.count_tokens)
+        items = dialogue_text_items(
+            manifest, params.speaker_names, params.context_turns, params.future_turns, budget, self.count_tokens
+        )
         return [dataclasses.replace(item, query=query) for item, query in zip(items, queries)] if queries else items
 
     def _mask_queries(self, manifest: pd.DataFrame) -> list[str]:
@@ -184,7 +200,9 @@ class HFTextEncoder(PretrainedModelFolder, TextEncoder):
             pairs: tuple[list[str], ...] = (list(first), list(second))
         else:
             pairs = ([item.utterance for item in inputs],)
-        return self.tokenizer(*pairs, padding=True, truncation=True, max_length=self.params.max_length, return_tensors="pt")
+        return self.tokenizer(
+            *pairs, padding=True, truncation=True, max_length=self.params.max_length, return_tensors="pt"
+        )
 
     def pooled(self, model: Any, tokens: Any) -> torch.Tensor:
         """``model``'s states at ``params.layer`` for the tokens, pooled per input."""

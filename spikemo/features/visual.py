@@ -51,7 +51,10 @@ EXPRESSION_LANDMARKS = _landmark_indices(
 )
 MEDIAPIPE_DIR = Path(mediapipe.__file__).parent
 BLANK_FRAME = np.zeros((64, 64, 3), dtype=np.uint8)
-FACEMESH_MODEL_FILES = ("modules/face_detection/face_detection_short_range.tflite", "modules/face_landmark/face_landmark.tflite")
+FACEMESH_MODEL_FILES = (
+    "modules/face_detection/face_detection_short_range.tflite",
+    "modules/face_landmark/face_landmark.tflite",
+)
 
 
 class FaceMeshParams(EncoderParams):
@@ -72,7 +75,9 @@ class FaceMeshEncoder(VisualEncoder):
 
     @functools.cached_property
     def _mesh(self) -> face_mesh.FaceMesh:
-        with native_stderr_filtered():  # the graph starts on its first frame: a blank one, with its start-up lines hidden
+        with (
+            native_stderr_filtered()
+        ):  # the graph starts on its first frame: a blank one, with its start-up lines hidden
             mesh = face_mesh.FaceMesh(
                 static_image_mode=True,
                 max_num_faces=1,
@@ -136,7 +141,9 @@ def _landmarks(mesh: face_mesh.FaceMesh, frame: np.ndarray) -> Any:
 class HFImageParams(EncoderParams):
     model: str = Field(..., description="Hugging Face image model folder or cached id (CLIP, ViT, ...).")
     crop: Literal["face", "frame"] = Field("face", description="'face': MTCNN face crops; 'frame': whole frames.")
-    face_detector: Literal["mtcnn", "mediapipe"] = Field("mtcnn", description="MTCNN (facenet-pytorch) or MediaPipe face detection.")
+    face_detector: Literal["mtcnn", "mediapipe"] = Field(
+        "mtcnn", description="MTCNN (facenet-pytorch) or MediaPipe face detection."
+    )
     face_margin: float = Field(0.2, ge=0, description="Margin added around each face box, as a fraction of its size.")
     min_face_probability: float = Field(0.9, gt=0, lt=1)
 
@@ -162,7 +169,9 @@ class HFImageEncoder(PretrainedModelFolder, VisualEncoder):
     @functools.cached_property
     def _mediapipe_detector(self) -> face_detection.FaceDetection:
         with native_stderr_filtered():
-            detector = face_detection.FaceDetection(model_selection=0, min_detection_confidence=self.params.min_face_probability)
+            detector = face_detection.FaceDetection(
+                model_selection=0, min_detection_confidence=self.params.min_face_probability
+            )
             detector.process(BLANK_FRAME)
         return detector
 
@@ -171,7 +180,9 @@ class HFImageEncoder(PretrainedModelFolder, VisualEncoder):
         if self.params.face_detector == "mtcnn":
             boxes, probabilities = self._mtcnn.detect(list(frames))
             return [
-                None if frame_boxes is None or frame_probabilities[0] < self.params.min_face_probability else tuple(frame_boxes[0])
+                None
+                if frame_boxes is None or frame_probabilities[0] < self.params.min_face_probability
+                else tuple(frame_boxes[0])
                 for frame_boxes, frame_probabilities in zip(boxes, probabilities)
             ]
         found = []
@@ -182,7 +193,9 @@ class HFImageEncoder(PretrainedModelFolder, VisualEncoder):
                 continue
             box = max(detections, key=lambda d: d.score[0]).location_data.relative_bounding_box
             height, width = frame.shape[:2]
-            found.append((box.xmin * width, box.ymin * height, (box.xmin + box.width) * width, (box.ymin + box.height) * height))
+            found.append(
+                (box.xmin * width, box.ymin * height, (box.xmin + box.width) * width, (box.ymin + box.height) * height)
+            )
         return found
 
     @functools.cached_property

@@ -56,7 +56,9 @@ class FusionLayer(nn.Module):
     def __init__(self, num_sources: int, config: ModelConfig):
         super().__init__()
         dim = config.model_dim
-        self.attentions = nn.ModuleList(CrossAttention(dim, config.fusion_heads, config.causal) for _ in range(num_sources))
+        self.attentions = nn.ModuleList(
+            CrossAttention(dim, config.fusion_heads, config.causal) for _ in range(num_sources)
+        )
         self.attention_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(num_sources))
         self.feed_forward = nn.Sequential(
             nn.Linear(dim, config.fusion_hidden),

@@ -46,7 +46,7 @@ def lif_step_backward(
     return grad_h - grad_h / tau
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fused_lif(timesteps: int, tau: float, threshold: float) -> tuple[Callable, Callable]:
     """Compiled forward and backward of the whole time loop of ``lif_step``: the loop over the ``timesteps``
     (a constant here) unrolls into one kernel per direction, so the membrane stays in registers instead of
@@ -68,7 +68,10 @@ def fused_lif(timesteps: int, tau: float, threshold: float) -> tuple[Callable, C
         grad_v = torch.zeros_like(charged[0])
         grad_current: list[torch.Tensor] = []
         for t in reversed(range(timesteps)):
-            grad_h = grad_spikes[t].float() * atan_gradient(charged[t], threshold) + grad_v * (charged[t] < threshold).float()
+            grad_h = (
+                grad_spikes[t].float() * atan_gradient(charged[t], threshold)
+                + grad_v * (charged[t] < threshold).float()
+            )
             grad_current.append((grad_h / tau).to(grad_spikes.dtype))
             grad_v = grad_h - grad_h / tau
         return torch.stack(grad_current[::-1])
@@ -155,9 +158,7 @@ class SpikingJellyNeuron(SpikingNeuron):
 
 def is_fused_lif(settings: NeuronConfig) -> bool:
     """The settings that ``MultiStepLIF`` implements."""
-    return (
-        settings.kind == "lif" and settings.surrogate == "atan" and settings.v_reset == 0.0 and settings.detach_reset
-    )
+    return settings.kind == "lif" and settings.surrogate == "atan" and settings.v_reset == 0.0 and settings.detach_reset
 
 
 def spiking_neuron(config: ModelConfig, threshold_scale: float = 1.0) -> SpikingNeuron:

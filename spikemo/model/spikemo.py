@@ -66,7 +66,12 @@ def _speaker_means(features: torch.Tensor, peers: torch.Tensor) -> torch.Tensor:
 
 
 def speaker_relative(
-    features: torch.Tensor, party: torch.Tensor, present: torch.Tensor, mode: str, causal: bool = False, min_utterances: int = 1
+    features: torch.Tensor,
+    party: torch.Tensor,
+    present: torch.Tensor,
+    mode: str,
+    causal: bool = False,
+    min_utterances: int = 1,
 ) -> torch.Tensor:
     """Standardised ``features`` [B, L, D] relative to their speaker's present utterances in the dialogue (the
     earlier and current ones when ``causal``): ``centred`` appends the features minus the speaker's mean;
@@ -122,7 +127,9 @@ class SpikEmo(nn.Module):
             nn.Linear(dim, 2 * dim), nn.ReLU(), nn.Dropout(config.dropout), nn.Linear(2 * dim, num_classes)
         )
         self.speaker_evidence = (
-            SpeakerEvidence(num_classes, config.speaker_evidence_rounds, config.causal) if config.speaker_evidence_rounds else None
+            SpeakerEvidence(num_classes, config.speaker_evidence_rounds, config.causal)
+            if config.speaker_evidence_rounds
+            else None
         )
 
     def set_input_statistics(self, statistics: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -146,7 +153,9 @@ class SpikEmo(nn.Module):
             if self.training and self.config.input_noise:
                 standardised = standardised + self.config.input_noise * torch.randn_like(standardised)
             standardised = self._speaker_relative(standardised, batch.party, present[m])
-            h = self.input_dropout(self.projections[m](standardised)) * present[m].unsqueeze(-1).to(batch.features[m].dtype)
+            h = self.input_dropout(self.projections[m](standardised)) * present[m].unsqueeze(-1).to(
+                batch.features[m].dtype
+            )
             if m in self.contexts:
                 context = self.contexts[m](h, batch.party)
                 h = h + context if self.config.dialogue_context_residual else context
@@ -155,7 +164,9 @@ class SpikEmo(nn.Module):
             hidden = self._spike_gate(hidden, present, batch.party)
         real = batch.utterance_mask
         fused = self.fusion({m: hidden[m][real] for m in self.modalities}, real, present)  # [N, D] per modality
-        logits = scatter_to_padded(self.classifier(self.merge(torch.cat([fused[m] for m in self.modalities], dim=-1))), real)
+        logits = scatter_to_padded(
+            self.classifier(self.merge(torch.cat([fused[m] for m in self.modalities], dim=-1))), real
+        )
         if self.speaker_evidence is not None:
             logits = self.speaker_evidence(logits, batch.party, real)
         return SpikEmoOutput(logits=logits, modality_features={m: scatter_to_padded(f, real) for m, f in fused.items()})
@@ -164,7 +175,9 @@ class SpikEmo(nn.Module):
         config = self.config
         if config.speaker_relative_inputs == "off":
             return features
-        return speaker_relative(features, party, present, config.speaker_relative_inputs, config.causal, config.speaker_min_utterances)
+        return speaker_relative(
+            features, party, present, config.speaker_relative_inputs, config.causal, config.speaker_min_utterances
+        )
 
     def _spike_gate(
         self, hidden: dict[str, torch.Tensor], present: dict[str, torch.Tensor], party: torch.Tensor

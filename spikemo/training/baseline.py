@@ -38,8 +38,12 @@ class LinearProbeResult:
     test_metrics: dict[str, Any] | None  # None when there is no labelled test split
     dev_weighted_f1_by_C: dict[float, float]
     test_predictions: np.ndarray | None = None  # of the labelled test utterances, in storage order
-    train_metrics: dict[str, Any] | None = None  # the selected probe on its own training utterances: how far apart train and dev sit
-    probabilities: dict[str, np.ndarray] = field(default_factory=dict)  # split -> (labelled utterances, labels), storage order
+    train_metrics: dict[str, Any] | None = (
+        None  # the selected probe on its own training utterances: how far apart train and dev sit
+    )
+    probabilities: dict[str, np.ndarray] = field(
+        default_factory=dict
+    )  # split -> (labelled utterances, labels), storage order
 
 
 def as_model_reads(data: DialogueData, model: ModelConfig) -> DialogueData:
@@ -57,13 +61,19 @@ def as_model_reads(data: DialogueData, model: ModelConfig) -> DialogueData:
             mean, std = statistics[modality]
             standardised = (torch.from_numpy(matrix) - mean) / torch.where(std > 1e-6, std, torch.ones_like(std))
             present = torch.from_numpy(masks[modality])
-            features[modality] = torch.cat([
-                speaker_relative(
-                    standardised[None, begin:end], party[None, begin:end], present[None, begin:end],
-                    model.speaker_relative_inputs, model.causal, model.speaker_min_utterances,
-                )[0]
-                for begin, end in zip(bounds[:-1], bounds[1:])
-            ]).numpy()
+            features[modality] = torch.cat(
+                [
+                    speaker_relative(
+                        standardised[None, begin:end],
+                        party[None, begin:end],
+                        present[None, begin:end],
+                        model.speaker_relative_inputs,
+                        model.causal,
+                        model.speaker_min_utterances,
+                    )[0]
+                    for begin, end in zip(bounds[:-1], bounds[1:])
+                ]
+            ).numpy()
         splits[split] = dataset.with_features(features)
     return DialogueData(splits, {modality: matrix.shape[1] for modality, matrix in splits["train"].features.items()})
 

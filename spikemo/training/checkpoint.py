@@ -131,7 +131,9 @@ def load_training_checkpoint(
             f"{path}: checkpoint belongs to a run with other settings, data or labels; "
             "use a new run directory or pass resume=False to start over"
         )
-    model.load_state_dict({name[len(MODEL_PREFIX) :]: t for name, t in tensors.items() if name.startswith(MODEL_PREFIX)})
+    model.load_state_dict(
+        {name[len(MODEL_PREFIX) :]: t for name, t in tensors.items() if name.startswith(MODEL_PREFIX)}
+    )
     if averaged is not None:
         averaged.load_state_dict(
             {name[len(AVERAGED_PREFIX) :]: t for name, t in tensors.items() if name.startswith(AVERAGED_PREFIX)}
@@ -149,7 +151,9 @@ def load_training_checkpoint(
     ]
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
     scheduler.load_state_dict(document["scheduler"])
-    _restore_rng({name[len(RNG_PREFIX) :]: t for name, t in tensors.items() if name.startswith(RNG_PREFIX)}, document["rng"])
+    _restore_rng(
+        {name[len(RNG_PREFIX) :]: t for name, t in tensors.items() if name.startswith(RNG_PREFIX)}, document["rng"]
+    )
     return SelectionState(**document["selection"])
 
 

@@ -52,11 +52,15 @@ def train_with_cross_fitted_evidence(
     logits = out_of_fold_logits(base_config, data, label_names, run_dir / "folds", resume)
     train_set = data.splits["train"]
     evidence = fit_speaker_evidence(
-        logits, train_set, SpeakerEvidence(len(label_names), config.model.speaker_evidence_rounds, config.model.causal),
+        logits,
+        train_set,
+        SpeakerEvidence(len(label_names), config.model.speaker_evidence_rounds, config.model.causal),
         class_weights_from_counts(train_set.label_counts(len(label_names)), config.train.class_weighting),
     )
     weights = {name: tensor.detach().cpu() for name, tensor in base.model.state_dict().items()}
-    weights.update({f"speaker_evidence.{name}": tensor.detach().cpu() for name, tensor in evidence.state_dict().items()})
+    weights.update(
+        {f"speaker_evidence.{name}": tensor.detach().cpu() for name, tensor in evidence.state_dict().items()}
+    )
     return result_with_weights(config, data, label_names, run_dir, weights, base)
 
 
@@ -68,15 +72,24 @@ def out_of_fold_logits(
     train_set = data.splits["train"]
     folds = min(config.train.speaker_evidence_folds, len(train_set))
     if folds < 2:
-        raise DataError("cross-fitted speaker evidence needs at least 2 training dialogues; use train.speaker_evidence_fit joint")
+        raise DataError(
+            "cross-fitted speaker evidence needs at least 2 training dialogues; use train.speaker_evidence_fit joint"
+        )
     order = np.random.default_rng(config.train.seed).permutation(len(train_set))
     logits: dict[int, torch.Tensor] = {}
     for fold, held_out in enumerate(np.array_split(order, folds)):
         kept = np.setdiff1d(order, held_out)
-        fold_data = DialogueData(splits={"train": train_set.subset(kept), "dev": data.splits["dev"]}, input_dims=data.input_dims)
+        fold_data = DialogueData(
+            splits={"train": train_set.subset(kept), "dev": data.splits["dev"]}, input_dims=data.input_dims
+        )
         result = train_on_dialogue_data(config, fold_data, label_names, folds_dir / f"fold{fold}", resume=resume)
-        log.info("speaker evidence fold %d of %d: dev weighted-F1 %.2f without %d training dialogues",
-                 fold + 1, folds, result.dev_metrics["weighted_f1"], len(held_out))
+        log.info(
+            "speaker evidence fold %d of %d: dev weighted-F1 %.2f without %d training dialogues",
+            fold + 1,
+            folds,
+            result.dev_metrics["weighted_f1"],
+            len(held_out),
+        )
         for index, fold_logits in zip(held_out, _dialogue_logits(result.model, train_set.subset(held_out))):
             logits[int(index)] = fold_logits
     return [logits[index] for index in range(len(train_set))]
@@ -115,5 +128,9 @@ def fit_speaker_evidence(
             error = loss(evidence(padded, batch.party, batch.utterance_mask)[labelled], batch.labels[labelled])
             error.backward()
             optimizer.step()
-    log.info("speaker evidence fitted on out-of-fold logits: training cross-entropy %.4f -> %.4f", before, float(error.detach()))
+    log.info(
+        "speaker evidence fitted on out-of-fold logits: training cross-entropy %.4f -> %.4f",
+        before,
+        float(error.detach()),
+    )
     return evidence.eval()

@@ -131,7 +131,15 @@ class DialogueDataset(Dataset[Dialogue]):
 
     def with_features(self, features: dict[str, np.ndarray]) -> DialogueDataset:
         """The same dialogues with other feature matrices (one row per utterance, storage order)."""
-        return DialogueDataset(self.split, self.utterance_keys, self.dialogue_offsets, features, self.modality_mask, self.party, self.labels)
+        return DialogueDataset(
+            self.split,
+            self.utterance_keys,
+            self.dialogue_offsets,
+            features,
+            self.modality_mask,
+            self.party,
+            self.labels,
+        )
 
     def labelled_rows(self, dialogue_indices: Sequence[int]) -> np.ndarray:
         """Storage rows of the labelled utterances of these dialogues, in the order a batch of them yields."""
@@ -254,7 +262,9 @@ def _modality_matrix(
         )
     matrix = np.zeros((len(keys), dim), dtype=np.float32)
     if present.any():
-        matrix[present] = np.stack([np.asarray(embedding, dtype=np.float32).reshape(dim) for embedding in embeddings[present]])
+        matrix[present] = np.stack(
+            [np.asarray(embedding, dtype=np.float32).reshape(dim) for embedding in embeddings[present]]
+        )
     non_finite = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
     if non_finite.size:
         raise DataError(

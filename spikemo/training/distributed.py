@@ -77,7 +77,9 @@ def all_reduce_min(values: torch.Tensor, context: DistributedContext) -> torch.T
     return values.cpu()
 
 
-def gather_predictions(rows: np.ndarray, predictions: np.ndarray, total: int, context: DistributedContext) -> np.ndarray:
+def gather_predictions(
+    rows: np.ndarray, predictions: np.ndarray, total: int, context: DistributedContext
+) -> np.ndarray:
     """Every rank's predictions placed at their rows of a ``total``-long vector, summed over ranks.
 
     Each row is predicted by exactly one rank; rows no rank predicted are -1.

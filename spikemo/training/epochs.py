@@ -51,7 +51,9 @@ class EpochPlan:
 
 def run_epochs(task: EpochTask, plan: EpochPlan, on_epoch_end: EpochCallback | None = None) -> SelectionState:
     """Train ``task`` epoch by epoch from where its last checkpoint left off; the final selection state."""
-    selection = task.load_last() or SelectionState(epoch=-1, best_epoch=-1, best_score=-math.inf, epochs_without_improvement=0)
+    selection = task.load_last() or SelectionState(
+        epoch=-1, best_epoch=-1, best_score=-math.inf, epochs_without_improvement=0
+    )
     for epoch in range(selection.epoch + 1, plan.epochs):
         if selection.epochs_without_improvement >= plan.patience:
             break
@@ -69,7 +71,14 @@ def run_epochs(task: EpochTask, plan: EpochPlan, on_epoch_end: EpochCallback | N
         if plan.is_main:
             log.info(
                 "%s %d of 0-%d: train loss %.4f, dev weighted-F1 %.2f (best %.2f at %s %d)",
-                plan.label, epoch, plan.epochs - 1, metrics["train_loss"], score, selection.best_score, plan.label, selection.best_epoch,
+                plan.label,
+                epoch,
+                plan.epochs - 1,
+                metrics["train_loss"],
+                score,
+                selection.best_score,
+                plan.label,
+                selection.best_epoch,
             )
             if on_epoch_end is not None:
                 on_epoch_end(epoch, metrics)

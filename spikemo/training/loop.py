@@ -40,7 +40,13 @@ from spikemo.training.checkpoint import (
     save_model_checkpoint,
     save_training_checkpoint,
 )
-from spikemo.training.data import DialogueData, DialogueDataset, LengthBucketBatchSampler, build_dialogue_data, collate_dialogues
+from spikemo.training.data import (
+    DialogueData,
+    DialogueDataset,
+    LengthBucketBatchSampler,
+    build_dialogue_data,
+    collate_dialogues,
+)
 from spikemo.training.distributed import (
     DistributedContext,
     all_reduce_min,
@@ -164,12 +170,16 @@ class _TrainingRun:
         self.model.set_input_statistics(data.splits["train"].feature_statistics())
         self.model.to(context.device)
         self.network: torch.nn.Module = (
-            DistributedDataParallel(self.model, device_ids=[context.device.index] if context.device.type == "cuda" else None)
+            DistributedDataParallel(
+                self.model, device_ids=[context.device.index] if context.device.type == "cuda" else None
+            )
             if context.is_distributed
             else self.model
         )
         train_set = data.splits["train"]
-        class_weights = class_weights_from_counts(train_set.label_counts(len(label_names)), self.train_config.class_weighting)
+        class_weights = class_weights_from_counts(
+            train_set.label_counts(len(label_names)), self.train_config.class_weighting
+        )
         self.loss = SpikEmoLoss(
             self.train_config.loss_weights, len(label_names), class_weights, self.train_config.label_smoothing
         ).to(context.device)
@@ -181,7 +191,8 @@ class _TrainingRun:
             self.model.parameters(),
             lr=self.train_config.lr,
             weight_decay=self.train_config.weight_decay,
-            fused=context.device.type in FUSED_OPTIMIZER_DEVICES,  # one kernel for all parameters: 0.2x the step time on CPU
+            fused=context.device.type
+            in FUSED_OPTIMIZER_DEVICES,  # one kernel for all parameters: 0.2x the step time on CPU
         )
         self.train_sampler = LengthBucketBatchSampler(
             train_set.dialogue_lengths,
@@ -196,7 +207,10 @@ class _TrainingRun:
 
     def execute(self, on_epoch_end: EpochCallback | None) -> TrainResult:
         plan = EpochPlan(
-            self.train_config.epochs, self.train_config.patience, keep_last=self.train_config.keep == "last", is_main=self.context.is_main
+            self.train_config.epochs,
+            self.train_config.patience,
+            keep_last=self.train_config.keep == "last",
+            is_main=self.context.is_main,
         )
         return self._finish(run_epochs(self, plan, on_epoch_end))
 
@@ -208,8 +222,11 @@ class _TrainingRun:
             spec = self._best_spec(trained.best_epoch, {SELECTION_KEY: float(dev_scores["weighted_f1"])})
             save_model_checkpoint(self._best_path(trained.best_epoch), self.model, spec)
         selection = SelectionState(
-            epoch=len(trained.history) - 1, best_epoch=trained.best_epoch, best_score=trained.dev_metrics["weighted_f1"],
-            epochs_without_improvement=0, history=trained.history,
+            epoch=len(trained.history) - 1,
+            best_epoch=trained.best_epoch,
+            best_score=trained.dev_metrics["weighted_f1"],
+            epochs_without_improvement=0,
+            history=trained.history,
         )
         return self._finish(selection)
 
@@ -217,13 +234,17 @@ class _TrainingRun:
         last = self.checkpoint_dir / LAST_CHECKPOINT
         if not (self.resume and last.is_file()):
             return None
-        selection = load_training_checkpoint(last, self.model, self.optimizer, self.scheduler, self._run_identity(), self.averaged)
+        selection = load_training_checkpoint(
+            last, self.model, self.optimizer, self.scheduler, self._run_identity(), self.averaged
+        )
         if self.context.is_main:
             log.info("resuming after epoch %d from %s", selection.epoch, last)
         return selection
 
     def evaluate_dev(self) -> dict[str, float]:
-        scores, _, firing_rates, _ = self._evaluate_split(self._selected_model(), self.data.splits["dev"], monitor_spikes=True)
+        scores, _, firing_rates, _ = self._evaluate_split(
+            self._selected_model(), self.data.splits["dev"], monitor_spikes=True
+        )
         metrics = {f"dev_{name}": float(scores[name]) for name in ("loss", "weighted_f1", "macro_f1", "accuracy")}
         metrics.update({f"firing_rate.{group}": rate for group, rate in firing_rates_by_group(firing_rates).items()})
         return metrics
@@ -237,7 +258,13 @@ class _TrainingRun:
         self.scheduler.after_epoch(selection.history[-1][SELECTION_KEY])
         if self.context.is_main:
             save_training_checkpoint(
-                self.checkpoint_dir / LAST_CHECKPOINT, self.model, self.optimizer, self.scheduler, selection, self._run_identity(), self.averaged
+                self.checkpoint_dir / LAST_CHECKPOINT,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                selection,
+                self._run_identity(),
+                self.averaged,
             )
             self._remove_unselected_best(selection.best_epoch)
 
@@ -361,10 +388,14 @@ class _TrainingRun:
         self.model.load_state_dict(best_weights)
         test_set = self.data.splits.get("test")
         has_test = test_set is not None and bool((test_set.labels >= 0).any())
-        dev_metrics, _, firing_rates, energy = self._evaluate_split(self.model, self.data.splits["dev"], monitor_spikes=not has_test)
+        dev_metrics, _, firing_rates, energy = self._evaluate_split(
+            self.model, self.data.splits["dev"], monitor_spikes=not has_test
+        )
         test_metrics = test_predictions = None
         if has_test:
-            test_metrics, test_predictions, firing_rates, energy = self._evaluate_split(self.model, test_set, monitor_spikes=True)
+            test_metrics, test_predictions, firing_rates, energy = self._evaluate_split(
+                self.model, test_set, monitor_spikes=True
+            )
         self.model.eval()
         return TrainResult(
             model=self.model,

@@ -95,8 +95,12 @@ class BootstrapReport:
         ``baseline_<prefix><metric>_ci``, ``<prefix><metric>_minus_baseline`` = [value, low, high] and the verdict."""
         entries: dict[str, Any] = {f"{prefix}{name}_ci": score.as_list()[1:] for name, score in self.scores.items()}
         if self.baseline is not None and self.difference is not None:
-            entries.update({f"baseline_{prefix}{name}_ci": score.as_list()[1:] for name, score in self.baseline.items()})
-            entries.update({f"{prefix}{name}_minus_baseline": score.as_list() for name, score in self.difference.items()})
+            entries.update(
+                {f"baseline_{prefix}{name}_ci": score.as_list()[1:] for name, score in self.baseline.items()}
+            )
+            entries.update(
+                {f"{prefix}{name}_minus_baseline": score.as_list() for name, score in self.difference.items()}
+            )
             entries["verdict_vs_baseline"] = self.verdict
         return entries
 
@@ -140,7 +144,9 @@ def interval(values: np.ndarray) -> Interval:
     return Interval(float(values[0]), float(low), float(high))
 
 
-def weighted_scores(labels: np.ndarray, predictions: np.ndarray, weights: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
+def weighted_scores(
+    labels: np.ndarray, predictions: np.ndarray, weights: np.ndarray, num_classes: int
+) -> dict[str, np.ndarray]:
     """Headline metrics (percent) for each row of ``weights`` [rows, utterances] (multiplicities), from weighted
     confusion matrices; the same definitions as scikit-learn's with ``labels=range(num_classes)``, zero_division=0."""
     pairs = np.asarray(labels, dtype=np.int64) * num_classes + np.asarray(predictions, dtype=np.int64)

@@ -24,12 +24,18 @@ class LearningRateSchedule:
         self.kind = config.lr_schedule
         self.warmup_steps = round(config.warmup_epochs * steps_per_epoch)
         self.steps = 0
-        warmup = LinearLR(optimizer, WARMUP_START_FACTOR, total_iters=max(self.warmup_steps, 1)) if self.warmup_steps else None
+        warmup = (
+            LinearLR(optimizer, WARMUP_START_FACTOR, total_iters=max(self.warmup_steps, 1))
+            if self.warmup_steps
+            else None
+        )
         self.plateau: ReduceLROnPlateau | None = None
         if self.kind == "cosine":
             decay_steps = max(config.epochs * steps_per_epoch - self.warmup_steps, 1)
             cosine = CosineAnnealingLR(optimizer, T_max=decay_steps)
-            self.per_step = SequentialLR(optimizer, [warmup, cosine], milestones=[self.warmup_steps]) if warmup else cosine
+            self.per_step = (
+                SequentialLR(optimizer, [warmup, cosine], milestones=[self.warmup_steps]) if warmup else cosine
+            )
         else:
             self.per_step = warmup
             self.plateau = ReduceLROnPlateau(

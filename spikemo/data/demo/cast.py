@@ -25,6 +25,7 @@ class Character:
 
 def _read_cast(path: Path) -> tuple[Character, ...]:
     """The cast table (one row per character; colours as three space-separated BGR values)."""
+
     def colour(value: str) -> tuple[int, int, int]:
         blue, green, red = (int(part) for part in value.split())
         return blue, green, red
@@ -32,8 +33,16 @@ def _read_cast(path: Path) -> tuple[Character, ...]:
     with path.open(newline="", encoding="utf-8") as handle:
         return tuple(
             Character(
-                row["name"], row["voice"], int(row["pitch"]), int(row["rate"]), colour(row["skin"]), colour(row["hair"]),
-                colour(row["background"]), float(row["head_width"]), float(row["head_height"]), float(row["eye_spacing"]),
+                row["name"],
+                row["voice"],
+                int(row["pitch"]),
+                int(row["rate"]),
+                colour(row["skin"]),
+                colour(row["hair"]),
+                colour(row["background"]),
+                float(row["head_width"]),
+                float(row["head_height"]),
+                float(row["eye_spacing"]),
             )
             for row in csv.DictReader(handle)
         )

@@ -69,8 +69,12 @@ def _encode(video: Iterator[np.ndarray], samples: np.ndarray, rate: int, size: i
     MP4 like AAC. The bitexact flags keep library versions out of the file.
     """
     try:
-        with av.open(str(out), "w", format="mp4", options={"movflags": "+faststart", "fflags": "+bitexact"}) as container:
-            picture = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": "23", "flags": "+bitexact"})
+        with av.open(
+            str(out), "w", format="mp4", options={"movflags": "+faststart", "fflags": "+bitexact"}
+        ) as container:
+            picture = container.add_stream(
+                "libx264", rate=fps, options={"preset": "ultrafast", "crf": "23", "flags": "+bitexact"}
+            )
             picture.width = picture.height = size
             picture.pix_fmt = "yuv420p"
             picture.codec_context.thread_count = 1

@@ -71,7 +71,7 @@ def animate_face(
         seconds = index / fps
         canvas = background.copy()
         _draw_face(canvas, character, expression, float(level), blinking=index in blink_frames)
-        dx, dy, tilt = (np.sin(2 * np.pi * sway * seconds + phase) * np.array([0.03 * size, 0.02 * size, 4.0]))
+        dx, dy, tilt = np.sin(2 * np.pi * sway * seconds + phase) * np.array([0.03 * size, 0.02 * size, 4.0])
         motion = cv2.getRotationMatrix2D((size / 2, size / 2), float(tilt), 1.0)
         motion[:, 2] += (dx, dy)
         moved = cv2.warpAffine(canvas, motion, (size, size), borderMode=cv2.BORDER_REFLECT)
@@ -84,7 +84,9 @@ def _background(character: Character, size: int) -> np.ndarray:
     return np.clip(np.broadcast_to(shade * colour, (size, size, 3)), 0, 255).astype(np.uint8)
 
 
-def _draw_face(canvas: np.ndarray, character: Character, expression: Expression, loudness: float, blinking: bool) -> None:
+def _draw_face(
+    canvas: np.ndarray, character: Character, expression: Expression, loudness: float, blinking: bool
+) -> None:
     size = canvas.shape[0]
     cx, cy = size / 2, size * 0.53
     hw, hh = character.head_width * size, character.head_height * size
@@ -118,11 +120,17 @@ def _draw_face(canvas: np.ndarray, character: Character, expression: Expression,
     lower = np.stack([mouth_x + half_width * x, middle + 0.65 * opening * bulge], axis=1)
     outline = np.concatenate([upper, lower[::-1]])
     cv2.fillPoly(canvas, [np.round(outline * 16).astype(np.int32)], MOUTH_INSIDE, cv2.LINE_AA, 4)
-    cv2.polylines(canvas, [np.round(outline * 16).astype(np.int32)], True, LIPS, max(2, round(size / 70)), cv2.LINE_AA, 4)
+    cv2.polylines(
+        canvas, [np.round(outline * 16).astype(np.int32)], True, LIPS, max(2, round(size / 70)), cv2.LINE_AA, 4
+    )
 
 
-def _ellipse(canvas: np.ndarray, centre: tuple[float, float], axes: tuple[float, float], colour: tuple[int, int, int]) -> None:
-    cv2.ellipse(canvas, _px(centre), (max(1, round(axes[0])), max(1, round(axes[1]))), 0, 0, 360, colour, -1, cv2.LINE_AA)
+def _ellipse(
+    canvas: np.ndarray, centre: tuple[float, float], axes: tuple[float, float], colour: tuple[int, int, int]
+) -> None:
+    cv2.ellipse(
+        canvas, _px(centre), (max(1, round(axes[0])), max(1, round(axes[1]))), 0, 0, 360, colour, -1, cv2.LINE_AA
+    )
 
 
 def _px(point: tuple[float, float]) -> tuple[int, int]:

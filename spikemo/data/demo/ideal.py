@@ -74,7 +74,9 @@ def _exact_utterance_accuracy(likelihoods: list[np.ndarray]) -> float:
     return float(joint.max(axis=-1).sum())
 
 
-def _speaker_sequences(settings: DemoCorpusSettings, dialogues: int) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+def _speaker_sequences(
+    settings: DemoCorpusSettings, dialogues: int
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
     """Each speaker's turns in each drawn dialogue, as padded arrays of emotion ids and cue ids."""
     sequences: list[list[tuple[int, dict[str, int]]]] = []
     for index in range(dialogues):

@@ -18,8 +18,17 @@ from spikemo.data.demo.settings import EMOTIONS, MELD_PRIOR, NEUTRAL, SPLIT_NAME
 from spikemo.data.demo.text import write_utterance
 
 MELD_CSV_COLUMNS = [
-    "Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID",
-    "Season", "Episode", "StartTime", "EndTime",
+    "Sr No.",
+    "Utterance",
+    "Speaker",
+    "Emotion",
+    "Sentiment",
+    "Dialogue_ID",
+    "Utterance_ID",
+    "Season",
+    "Episode",
+    "StartTime",
+    "EndTime",
 ]
 MELD_CSV_FILES = {"train": "train_sent_emo.csv", "dev": "dev_sent_emo.csv", "test": "test_sent_emo.csv"}
 MELD_CLIP_DIRS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
@@ -102,12 +111,17 @@ def plan_demo_corpus(settings: DemoCorpusSettings) -> list[PlannedUtterance]:
     return utterances
 
 
-def draw_dialogue(settings: DemoCorpusSettings, split: str, dialogue_id: int, global_index: int) -> list[PlannedUtterance]:
+def draw_dialogue(
+    settings: DemoCorpusSettings, split: str, dialogue_id: int, global_index: int
+) -> list[PlannedUtterance]:
     """One dialogue, drawn from its own random stream so that dialogues do not depend on each other."""
     rng = np.random.default_rng([settings.seed, global_index])
     likelihoods = {m: cue_likelihood(settings.cue_reliability[m], settings.neutral_when_hidden) for m in MODALITIES}
     emotion_prior = prior()
-    speakers = [CAST[i].name for i in rng.choice(len(CAST), rng.integers(settings.min_speakers, settings.max_speakers + 1), replace=False)]
+    speakers = [
+        CAST[i].name
+        for i in rng.choice(len(CAST), rng.integers(settings.min_speakers, settings.max_speakers + 1), replace=False)
+    ]
     turns = int(rng.integers(settings.min_turns, settings.max_turns + 1))
     order = _speaking_order(speakers, turns, rng)
     episode_index = global_index // 2
@@ -190,8 +204,19 @@ def write_annotations(plan: list[PlannedUtterance], out: Path) -> dict[str, Path
             writer.writerow(MELD_CSV_COLUMNS)
             for number, u in enumerate(rows, start=1):
                 writer.writerow(
-                    [number, u.text, u.speaker, u.emotion, u.sentiment, u.dialogue_id, u.utterance_id,
-                     u.season, u.episode, _timestamp(u.start_seconds), _timestamp(u.end_seconds)]
+                    [
+                        number,
+                        u.text,
+                        u.speaker,
+                        u.emotion,
+                        u.sentiment,
+                        u.dialogue_id,
+                        u.utterance_id,
+                        u.season,
+                        u.episode,
+                        _timestamp(u.start_seconds),
+                        _timestamp(u.end_seconds),
+                    ]
                 )
         written[split] = path
     cues_path = out / CUES_FILE
@@ -199,6 +224,8 @@ def write_annotations(plan: list[PlannedUtterance], out: Path) -> dict[str, Path
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(CUES_COLUMNS)
         for u in plan:
-            writer.writerow([u.split, u.dialogue_id, u.utterance_id, u.speaker, u.emotion, u.text_cue, u.audio_cue, u.visual_cue])
+            writer.writerow(
+                [u.split, u.dialogue_id, u.utterance_id, u.speaker, u.emotion, u.text_cue, u.audio_cue, u.visual_cue]
+            )
     written["cues"] = cues_path
     return written

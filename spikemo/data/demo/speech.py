@@ -49,11 +49,24 @@ def synthesize_speech(text: str, character: Character, emotion: str, rng: np.ran
         f'<speak><prosody pitch="{pitch:+d}%" range="{prosody.pitch_range:+d}%" '
         f'rate="{rate}%" volume="{prosody.volume}%">{escape(text)}</prosody></speak>'
     )
-    command = [ESPEAK, "-m", "-v", character.voice, "-p", str(character.pitch), "-s", str(character.rate), "--stdout", ssml]
+    command = [
+        ESPEAK,
+        "-m",
+        "-v",
+        character.voice,
+        "-p",
+        str(character.pitch),
+        "-s",
+        str(character.rate),
+        "--stdout",
+        ssml,
+    ]
     result = subprocess.run(command, capture_output=True, check=False)
     if result.returncode != 0:
         detail = result.stderr.decode(errors="replace").strip().splitlines()
-        raise RuntimeError(f"espeak-ng failed for {text!r}: {detail[-1] if detail else f'exit code {result.returncode}'}")
+        raise RuntimeError(
+            f"espeak-ng failed for {text!r}: {detail[-1] if detail else f'exit code {result.returncode}'}"
+        )
     return _read_wav(result.stdout)
 
 
