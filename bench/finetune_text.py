@@ -20,9 +20,12 @@ SpikEmo (the first recipe's model section, ``--seeds`` seeds) on each member's f
 combination, all in one invocation. Prints one JSON line per part.
 
     .venv/bin/python bench/finetune_text.py --part speed
-    .venv/bin/python bench/finetune_text.py --part accuracy --configs configs/meld-mpnet.yaml,configs/meld-finetuned.yaml
-    .venv/bin/python bench/finetune_text.py --part accuracy --dataset emorynlp --configs configs/emorynlp-mpnet.yaml
-    .venv/bin/python bench/finetune_text.py --part combine --configs configs/meld-mpnet.yaml,configs/meld-mpnet-llrd.yaml
+    .venv/bin/python bench/finetune_text.py --part accuracy \\
+        --configs configs/meld-mpnet.yaml,configs/meld-finetuned.yaml
+    .venv/bin/python bench/finetune_text.py --part accuracy --dataset emorynlp \\
+        --configs configs/emorynlp-mpnet.yaml
+    .venv/bin/python bench/finetune_text.py --part combine \\
+        --configs configs/meld-mpnet.yaml,configs/meld-mpnet-llrd.yaml
 """
 
 from __future__ import annotations
@@ -296,7 +299,8 @@ def combine(args: argparse.Namespace) -> dict[str, Any]:
 def _finetuned_features(
     config: SpikEmoConfig, manifest_path: Path, resplit: pd.DataFrame, resplit_path: Path
 ) -> tuple[SpikEmoConfig, pd.DataFrame]:
-    """The config resolved to its finished fine-tune, and that encoder's features of the resplit (extracted if missing)."""
+    """The config resolved to its finished fine-tune, and that encoder's features of the resplit (extracted if
+    missing)."""
     tuned = finetuned_text_config(config, resplit_path)
     extract_modality(manifest_path, "text", tuned.features, config.cache)
     return tuned, load_features(resplit, "text", tuned.features, config.cache)

@@ -1,7 +1,7 @@
 """Live scoring latency: the newest turn of a 20-turn MELD dialogue, text encoding included, on CPU.
 
-For MELD dialogues of at least 20 turns (cut to their first 20; dev's, then train's), each turn k is scored as it arrives
-(the request holds turns 0..k), three ways in the same invocation:
+For MELD dialogues of at least 20 turns (cut to their first 20; dev's, then train's), each turn k is scored as it
+arrives (the request holds turns 0..k), three ways in the same invocation:
 - ``incremental``: one ``IncrementalScorer`` kept across requests (earlier turns' encodings reused);
 - ``rescore_in_memory``: another scorer whose memory is emptied before each request (every turn of the
   conversation so far encoded again, the encoder already loaded);
@@ -72,7 +72,8 @@ def causal_predictor(config_path: Path) -> Predictor:
 
 
 def long_dialogues(meld: Path, limit: int) -> list[pd.DataFrame]:
-    """The first ``limit`` MELD dialogues of 20+ turns, cut to 20: dev's, then train's (the model's weights are random)."""
+    """The first ``limit`` MELD dialogues of 20+ turns, cut to 20: dev's, then train's (the model's weights are
+    random)."""
     columns = {
         "Dialogue_ID": "dialogue_id",
         "Utterance_ID": "utterance_index",

@@ -30,8 +30,15 @@ root = Path(sys.argv[1])
 started = time.perf_counter()
 ingest(DataConfig(format="manifest", manifest=root / "clip.csv", labels=["neutral"]), root / "manifest.parquet")
 features = FeaturesConfig(modalities=["audio", "visual"], frames_per_clip=8)
-outcome = {m: extract_modality(root / "manifest.parquet", m, features, root / "cache").summary()["failure_reasons"] for m in ("audio", "visual")}
-print(json.dumps({"seconds": time.perf_counter() - started, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "failures": outcome}))
+outcome = {
+    m: extract_modality(root / "manifest.parquet", m, features, root / "cache").summary()["failure_reasons"]
+    for m in ("audio", "visual")
+}
+print(json.dumps({
+    "seconds": time.perf_counter() - started,
+    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "failures": outcome,
+}))
 """
 
 

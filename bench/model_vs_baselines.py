@@ -18,10 +18,11 @@ Datasets (each trained with its shipped config's model and training sections):
 Variants: ``ours`` (the config as shipped), ``no_spiking`` (its spiking branch removed), ``ce_only`` (its loss
 reduced to cross-entropy), ``speaker_evidence`` (two rounds of speaker-chain evidence), ``text_dialogue_rnn``
 (the DialogueRNN on text too), ``input_noise`` (Gaussian noise of 0.5 standard deviations on the standardised
-training inputs), ``causal`` (``model.causal``: only the current and earlier turns), ``speaker_evidence_cross_fitted`` (two rounds of
-speaker-chain evidence fitted on out-of-fold probabilities, ``train.speaker_evidence_fit: cross_fitted``), ``no_speaker_relative`` (its speaker-relative inputs off; the same as ``ours``
-where the config leaves them off), ``no_speaker_evidence`` (likewise its speaker-chain evidence rounds),
-``paper`` (the paper-faithful model: Heaviside input encoding, softmax gate over utterances, no
+training inputs), ``causal`` (``model.causal``: only the current and earlier turns),
+``speaker_evidence_cross_fitted`` (two rounds of speaker-chain evidence fitted on out-of-fold probabilities,
+``train.speaker_evidence_fit: cross_fitted``), ``no_speaker_relative`` (its speaker-relative inputs off; the
+same as ``ours`` where the config leaves them off), ``no_speaker_evidence`` (likewise its speaker-chain
+evidence rounds), ``paper`` (the paper-faithful model: Heaviside input encoding, softmax gate over utterances, no
 speaker/position embeddings, DialogueRNN output replacing its input, no speaker evidence, tau 10, loss weights
 0.4/1/0.3, Adam with L2; same sizes and schedule so the comparison isolates the design) and ``linear_probe``
 (the probe every training run fits, on the inputs as the variant's model reads them); ``linear_probe_speaker_zscore``
@@ -395,7 +396,8 @@ def main() -> None:
         choices=["all", "half", "held_out"],
         default="all",
         help="with a fine-tuned text encoder: 'all' trains on every training dialogue; 'half' on half b of them (fixed "
-        "halves); 'held_out' on half b with features of an encoder fine-tuned on half a only (fine-tuned here when missing)",
+        "halves); 'held_out' on half b with features of an encoder fine-tuned on half a only (fine-tuned here when "
+        "missing)",
     )
     parser.add_argument(
         "--emodb-session-length",

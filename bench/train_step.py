@@ -3,12 +3,13 @@
 64 dialogues whose lengths are drawn from MELD train's dialogue-length histogram (the longest set to 24),
 text 384-d, audio 88-d, visual 96-d, the model and loss of configs/meld-paper.yaml (the released MELD
 settings: width 256, T 32, 2 Spikformer blocks, 6 fusion layers of 1024) with the LIF neurons compiled
-(``--eager`` to not), in fp32 and with bf16 autocast (``train.precision: bf16``), 2 threads; median seconds per step (forward, backward, Adam) after a warm-up step
-(compilation, reported apart) and peak RSS. Each measurement runs in a fresh subprocess so memory peaks do
-not mix. The anchor is measured in the same invocation: ``../shared/reference/released_step.py`` times the
-released model (MIT, kept for benchmarks only) on exactly the same dialogue lengths and input widths; it
-needs all three modalities, so only the ``all`` variant has ``released``, ``time_ratio`` and
-``memory_ratio`` (ours / released). Prints one JSON line, with the load average before and after.
+(``--eager`` to not), in fp32 and with bf16 autocast (``train.precision: bf16``), 2 threads; median seconds
+per step (forward, backward, Adam) after a warm-up step (compilation, reported apart) and peak RSS. Each
+measurement runs in a fresh subprocess so memory peaks do not mix. The anchor is measured in the same
+invocation: ``../shared/reference/released_step.py`` times the released model (MIT, kept for benchmarks only)
+on exactly the same dialogue lengths and input widths; it needs all three modalities, so only the ``all``
+variant has ``released``, ``time_ratio`` and ``memory_ratio`` (ours / released). Prints one JSON line, with
+the load average before and after.
 
     python bench/train_step.py [--steps 3] [--variants text,all] [--precisions fp32,bf16] [--eager]
 """

@@ -85,18 +85,23 @@ def run_demo(config: SpikEmoConfig, data: Path | None, dialogues: int | None) ->
         "\n".join(
             [
                 "",
-                f"SpikEmo on the demo corpus ({result['preprocess']['utterances']} utterances, modalities {', '.join(config.features.modalities)}):",
+                f"SpikEmo on the demo corpus ({result['preprocess']['utterances']} utterances, "
+                f"modalities {', '.join(config.features.modalities)}):",
                 f"  dev weighted-F1  {trained['dev_weighted_f1']:.2f}",
                 f"  test weighted-F1 {score_with_interval(trained, 'test_weighted_f1')}   macro-F1 "
-                f"{score_with_interval(trained, 'test_macro_f1')}   accuracy {score_with_interval(trained, 'test_accuracy')}",
-                f"  linear probe on the same features: test weighted-F1 {score_with_interval(trained, 'baseline_test_weighted_f1')}",
+                f"{score_with_interval(trained, 'test_macro_f1')}   "
+                f"accuracy {score_with_interval(trained, 'test_accuracy')}",
+                "  linear probe on the same features: test weighted-F1 "
+                f"{score_with_interval(trained, 'baseline_test_weighted_f1')}",
                 f"  SpikEmo - probe: {verdict_line(trained)}   (95% intervals over test dialogues)",
                 f"  registered: {trained['model_uri']} -> alias '{trained['alias']}'",
                 "",
                 f"MLflow UI:  spikemo ui --workdir {config.workdir}      (http://127.0.0.1:5000)",
                 f"Prefect UI: spikemo prefect-ui --workdir {config.workdir}   (http://127.0.0.1:4200)",
-                f"Predict:    spikemo predict --workdir {config.workdir} --model models:/{trained['registered_model']}@champion "
-                f"--input {corpus / 'test_sent_emo.csv'} --media-root {corpus / 'output_repeated_splits_test'} --out predictions.jsonl",
+                f"Predict:    spikemo predict --workdir {config.workdir} "
+                f"--model models:/{trained['registered_model']}@champion "
+                f"--input {corpus / 'test_sent_emo.csv'} --media-root {corpus / 'output_repeated_splits_test'} "
+                "--out predictions.jsonl",
             ]
         )
     )

@@ -126,7 +126,8 @@ def _markdown(config: SpikEmoConfig, summary: dict[str, Any]) -> str:
     return "\n\n".join(
         [
             f"# {config.data.dataset_name}: SpikEmo training",
-            f"MLflow run: [{summary['run_id']}]({link}) · model `{summary['model_uri']}` → alias **{summary['alias']}**",
+            f"MLflow run: [{summary['run_id']}]({link}) · model `{summary['model_uri']}` "
+            f"→ alias **{summary['alias']}**",
             metrics.to_markdown(index=False, floatfmt=".2f"),
         ]
     )

@@ -110,7 +110,8 @@ def cmd_make_demo_data(args: argparse.Namespace, config: SpikEmoConfig) -> dict[
     settings = DemoCorpusSettings(**{key: value for key, value in chosen.items() if value is not None})
     summary = make_demo_corpus(args.out, settings).to_dict()
     print(
-        f"demo corpus: {summary['total_clips']} clips, {summary['media_seconds']:.0f} s of media in {summary['wall_seconds']:.0f} s -> {args.out}"
+        f"demo corpus: {summary['total_clips']} clips, {summary['media_seconds']:.0f} s of media "
+        f"in {summary['wall_seconds']:.0f} s -> {args.out}"
     )
     return {"command": "make-demo-data", **summary}
 
@@ -124,7 +125,8 @@ def cmd_preprocess(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str,
     summary = _preprocessed(config)
     for modality, counts in summary["modalities"].items():
         print(
-            f"{modality:<7} encoded {counts['encoded']:>6}  reused {counts['reused']:>6}  failed {counts['failed']:>5}  {counts['cache_path']}"
+            f"{modality:<7} encoded {counts['encoded']:>6}  reused {counts['reused']:>6}  "
+            f"failed {counts['failed']:>5}  {counts['cache_path']}"
         )
     return {"command": "preprocess", "dataset": config.data.dataset_name, **summary}
 
@@ -209,7 +211,8 @@ def cmd_evaluate(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, A
     )
     print(
         f"{args.model} on {args.split}: weighted-F1 {score_with_interval(metrics, 'weighted_f1')}, macro-F1 "
-        f"{score_with_interval(metrics, 'macro_f1')}, accuracy {score_with_interval(metrics, 'accuracy')} (95% intervals over dialogues)"
+        f"{score_with_interval(metrics, 'macro_f1')}, accuracy {score_with_interval(metrics, 'accuracy')} "
+        "(95% intervals over dialogues)"
     )
     return {"command": "evaluate", "model": args.model, "split": args.split, **metrics}
 

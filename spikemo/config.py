@@ -74,8 +74,8 @@ class TextFinetuneConfig(Section):
 
     head: Literal["utterance", "dialogue"] = Field(
         "utterance",
-        description="'utterance': dropout and a linear head on each input alone; 'dialogue': the model section's SpikEmo "
-        "over each dialogue's pooled utterances, trained with the encoder on the train section's loss "
+        description="'utterance': dropout and a linear head on each input alone; 'dialogue': the model section's "
+        "SpikEmo over each dialogue's pooled utterances, trained with the encoder on the train section's loss "
         "(batches of whole dialogues, about batch_size utterances each).",
     )
     epochs: int = Field(3, ge=1)

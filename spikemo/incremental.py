@@ -2,18 +2,19 @@
 
 A request holds one conversation so far; the answer holds the label and class probabilities of its newest turn(s).
 The scorer keeps the encoders loaded and remembers every turn's encoding (keyed by exactly what the encoder read:
-the text with its context window, or the media file's sha256 and segment: the manifest's media fingerprint), so each request encodes
-only the turns it has not seen; the SpikEmo pass over the dialogue is recomputed (milliseconds). A scorer answers
-one request at a time (a lock): its memo, encoders (tokenizer, MediaPipe graphs) and model are shared by every
-thread that calls it. With a ``model.causal`` model a turn's answer is final: later turns never change it. A
-bidirectional model reads later turns too, so an earlier turn's label may still change; every answer says which
-(``causal``, and ``final`` per turn).
+the text with its context window, or the media file's sha256 and segment: the manifest's media fingerprint), so
+each request encodes only the turns it has not seen; the SpikEmo pass over the dialogue is recomputed
+(milliseconds). A scorer answers one request at a time (a lock): its memo, encoders (tokenizer, MediaPipe graphs)
+and model are shared by every thread that calls it. With a ``model.causal`` model a turn's answer is final: later
+turns never change it. A bidirectional model reads later turns too, so an earlier turn's label may still change;
+every answer says which (``causal``, and ``final`` per turn).
 
 Request (JSON; ``spikemo predict --incremental``, one request per line)::
 
     {"dialogue_id": "call-17", "newest": 1,
      "turns": [{"speaker": "Ann", "text": "Hi!"},
-               {"speaker": "Bob", "text": "What now?", "media_path": "clips/17-2.mp4", "media_start": 3.5, "media_end": 6.0}]}
+               {"speaker": "Bob", "text": "What now?", "media_path": "clips/17-2.mp4",
+                "media_start": 3.5, "media_end": 6.0}]}
 
 ``turns`` are in order (their position is the utterance index); ``newest`` (default 1) is how many of the
 last turns to answer; media paths are relative to the scorer's media root. A line that is not a valid request
@@ -210,7 +211,8 @@ def _request_manifest(request: Any) -> tuple[pd.DataFrame, int]:
         or not request["turns"]
     ):
         raise DataError(
-            'a request is {"dialogue_id": ..., "turns": [{"speaker": ..., "text": ...}, ...], "newest": 1} with at least one turn'
+            'a request is {"dialogue_id": ..., "turns": [{"speaker": ..., "text": ...}, ...], "newest": 1} '
+            "with at least one turn"
         )
     newest = request.get("newest", 1)
     if not isinstance(newest, int) or newest < 1:

@@ -452,9 +452,10 @@ def log_and_register(
 
     The logged model (``model_id``: the one the run initialised and linked its final scores to, see
     ``FinalMetrics``) is named after the dataset and modalities and gets an input example; the version gets
-    a description from ``summary`` (the run's JSON summary). With ``tracking.require_beating_baseline``, a version whose gating score
-    does not beat ``baseline_score`` (its own linear probe's on the same split) is never champion.
-    ``champion_rescore(version)`` re-scores the current champion on the new run's data (see ``gate_champion``)."""
+    a description from ``summary`` (the run's JSON summary). With ``tracking.require_beating_baseline``, a version
+    whose gating score does not beat ``baseline_score`` (its own linear probe's on the same split) is never
+    champion. ``champion_rescore(version)`` re-scores the current champion on the new run's data (see
+    ``gate_champion``)."""
     name = registered_model_name(config)
     summary = summary or {}
     labels = ModelSpec.model_validate_json((bundle / SPEC_FILE).read_text(encoding="utf-8")).labels
@@ -492,8 +493,10 @@ def _version_description(config: SpikEmoConfig, summary: dict[str, Any], alias: 
     return (
         f"SpikEmo on {config.data.dataset_name} ({', '.join(config.features.modalities)}){_source_note(summary)}. "
         f"Test weighted-F1 {reports.score_with_interval(summary, 'test_weighted_f1')} (linear probe "
-        f"{reports.score_with_interval(summary, 'baseline_test_weighted_f1')}{verdict}; 95% intervals over test dialogues), "
-        f"dev {score('dev_weighted_f1')}, accuracy {score('test_accuracy')}; best epoch {summary.get('best_epoch', 'n/a')} "
+        f"{reports.score_with_interval(summary, 'baseline_test_weighted_f1')}{verdict}; "
+        "95% intervals over test dialogues), "
+        f"dev {score('dev_weighted_f1')}, accuracy {score('test_accuracy')}; "
+        f"best epoch {summary.get('best_epoch', 'n/a')} "
         f"of {summary.get('epochs_run', 'n/a')}. Alias {alias}: {decision}."
     )
 

@@ -170,6 +170,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(autouse=True)
 def no_inherited_tracking_uri(monkeypatch):
-    """MLflow exports the store and experiment it was pointed at; keep one test's store out of another's subprocesses."""
+    """MLflow exports the store and experiment it was pointed at; keep one test's store out of another's
+    subprocesses."""
     for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
         monkeypatch.delenv(variable, raising=False)

@@ -165,9 +165,10 @@ def test_precedence_is_defaults_then_config_then_set_then_given_options(
     config_file = tmp_path / "c.yaml"
     config_file.write_text("train:\n  epochs: 20\nfeatures:\n  modalities: [text]\ndata:\n  name: from-file\n")
     required = {"evaluate": ["--model", "models:/m@champion"]}.get(command, [])
-    parse = lambda *extra: resolve_config(
-        build_parser().parse_args([command, *required, "--config", str(config_file), *extra])
-    )  # noqa: E731
+
+    def parse(*extra):
+        return resolve_config(build_parser().parse_args([command, *required, "--config", str(config_file), *extra]))
+
     from_file = parse()
     from_set = parse("--set", f"{key}={set_value}")
     assert read(from_set) != read(from_file) and read(from_set) == read(

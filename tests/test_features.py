@@ -102,7 +102,8 @@ def talking_face(seed: int, seconds: float = 2.0, fps: int = 10) -> list[np.ndar
 
 @pytest.fixture(scope="module")
 def media_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DataConfig]:
-    """Eight utterances: four talking faces, a clip with no face, a corrupt clip, a clip with no audio track, no media."""
+    """Eight utterances: four talking faces, a clip with no face, a corrupt clip, a clip with no audio track, no
+    media."""
     root = tmp_path_factory.mktemp("corpus")
     (root / "clips").mkdir()
     for index, sentence in enumerate(SENTENCES):
@@ -504,7 +505,7 @@ def test_preprocess_ingests_then_extracts_each_modality(media_dataset: tuple[Pat
 )
 def test_bad_encoder_settings_are_config_errors(section: EncoderConfig, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        build_encoder("audio", FeaturesConfig(audio=section)).fingerprint
+        _ = build_encoder("audio", FeaturesConfig(audio=section)).fingerprint
 
 
 def test_loaded_encoders_are_reused_within_a_thread_and_never_shared_across_threads():

@@ -58,7 +58,8 @@ def test_context_windows_stay_inside_their_dialogue_and_split_and_drop_far_turns
     )
     assert items[4].past == () and items[4].future == ("D: dev two",)  # the train dialogue 0 is another dialogue
     assert items[5].past == ("C: dev one",) and items[5].future == ()
-    # a budget of 7 words beside "A: five six" (3): the previous turn (2), the next (2), then the far past (4) no longer fits
+    # a budget of 7 words beside "A: five six" (3): the previous turn (2), the next (2), then the far past (4) no
+    # longer fits
     tight = dialogue_text_items(
         manifest, speaker_names=True, past_turns=2, future_turns=1, token_budget=10, count_tokens=words
     )

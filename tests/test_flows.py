@@ -345,7 +345,8 @@ def test_pipeline_flow_fine_tunes_the_text_encoder_then_reuses_it(
         "from flows.pipeline import pipeline_flow\n"
         "for _ in range(2):\n"
         "    summary = pipeline_flow(config=json.loads(sys.argv[1]))\n"
-        "    print(json.dumps({'finetune': summary['preprocess']['text_finetune'], 'text': summary['preprocess']['modalities']['text'],"
+        "    print(json.dumps({'finetune': summary['preprocess']['text_finetune'],"
+        " 'text': summary['preprocess']['modalities']['text'],"
         " 'alias': summary['train']['alias']}))\n"
     )
     result = subprocess.run(

@@ -104,7 +104,8 @@ class LogMelEncoder(AudioEncoder):
     def _encode_one(self, samples: np.ndarray) -> np.ndarray:
         if len(samples) <= self.params.n_fft // 2:  # the spectrogram's reflection padding needs more
             raise FeatureFailure(
-                f"audio too short: {len(samples)} samples, the log-mel spectrogram needs more than {self.params.n_fft // 2}"
+                f"audio too short: {len(samples)} samples, "
+                f"the log-mel spectrogram needs more than {self.params.n_fft // 2}"
             )
         log_mel = torch.log(self._melspec(torch.from_numpy(samples)) + 1e-6)
         return torch.cat([log_mel.mean(dim=-1), log_mel.std(dim=-1, correction=0)]).numpy()
@@ -245,7 +246,8 @@ class HFAudioEncoder(PretrainedModelFolder, AudioEncoder):
         expected = getattr(extractor, "sampling_rate", self.runtime.sample_rate)
         if expected != self.runtime.sample_rate:
             raise ConfigError(
-                f"{self.model_setting} {self.model_dir} expects {expected} Hz audio; set features.sample_rate={expected}"
+                f"{self.model_setting} {self.model_dir} expects {expected} Hz audio; "
+                f"set features.sample_rate={expected}"
             )
         return extractor, self.model_on_device()
 
@@ -335,8 +337,8 @@ class WhisperEncoder(PretrainedModelFolder, AudioEncoder):
 
             if self.params.layer != -1:
                 raise ConfigError(
-                    f"features.audio.params.layer={self.params.layer}: the CTranslate2 model {self.model_dir} exposes its last "
-                    "layer only; give a transformers Whisper folder for other layers"
+                    f"features.audio.params.layer={self.params.layer}: the CTranslate2 model {self.model_dir} "
+                    "exposes its last layer only; give a transformers Whisper folder for other layers"
                 )
             cuda = self.runtime.device.type == "cuda"
             return "ctranslate2", ctranslate2.models.Whisper(

@@ -5,7 +5,7 @@ Layout: ``<cache>/<dataset>/<modality>/<encoder-name>-<fingerprint[:12]>/part-<t
 | column | type | meaning |
 | --- | --- | --- |
 | utterance_key | string | manifest key |
-| media_fingerprint | string, null | what was encoded: the manifest's media fingerprint, or for text a hash of text + context |
+| media_fingerprint | string, null | what was encoded: the manifest's media fingerprint (text: hash of text + context) |
 | status | string | ``ok``, ``missing_media`` or ``failed`` |
 | reason | string, null | why there is no embedding |
 | embedding | list<float32>, null | the vector (``dim`` values, recorded in the metadata) when ``ok`` |

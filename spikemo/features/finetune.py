@@ -18,8 +18,9 @@ manifest's content:
     model/        the picked encoder and tokenizer (``save_pretrained``, safetensors), the head
                   (``classifier_head.safetensors``) and ``finetune.json``; ``features.text.params.model``
                   accepts this folder. Written last: its ``finetune.json`` marks a finished fine-tune.
-    checkpoint/   ``last.pt`` after every epoch (weights, optimizer, schedule, torch RNG states, selection state; no pickled objects)
-                  and ``best/`` (the picked weights so far): a killed run resumes after its last epoch.
+    checkpoint/   ``last.pt`` after every epoch (weights, optimizer, schedule, torch RNG states, selection state; no
+                  pickled objects) and ``best/`` (the picked weights so far): a killed run resumes after its last
+                  epoch.
 The run is logged to MLflow as its own run (tag ``spikemo.stage`` = ``finetune-text``).
 """
 
@@ -424,7 +425,8 @@ class _FinetuneRun:
         return output.logits[layout.utterance_mask], self.loss(output, layout).total
 
     def _pooled(self, inputs: _SplitInputs, positions: np.ndarray) -> torch.Tensor:
-        """The dialogue classifier's pooled vectors [N, H] of ``positions``, encoded ``ENCODER_CHUNK`` at a time by length."""
+        """The dialogue classifier's pooled vectors [N, H] of ``positions``, encoded ``ENCODER_CHUNK`` at a time by
+        length."""
         assert isinstance(self.model, DialogueClassifier)
         by_length = sorted(range(len(positions)), key=lambda index: len(inputs.items[positions[index]]))
         chunks = [by_length[begin : begin + ENCODER_CHUNK] for begin in range(0, len(by_length), ENCODER_CHUNK)]
@@ -582,8 +584,8 @@ class _FinetuneRun:
                     "spikemo.dataset": self.config.data.dataset_name,
                     "spikemo.path.finetune_folder": str(self.folder),
                     MLFLOW_RUN_NOTE: (
-                        f"Text encoder {text.params.get('model', 'minilm')} fine-tuned as an emotion classifier "
-                        f"({'SpikEmo over each dialogue' if self.dialogue_head else 'a linear head on each utterance'}) "
+                        f"Text encoder {text.params.get('model', 'minilm')} fine-tuned as an emotion classifier ("
+                        f"{'SpikEmo over each dialogue' if self.dialogue_head else 'a linear head on each utterance'}) "
                         f"on {self.config.data.dataset_name} train; epoch picked on dev weighted-F1, test scored once."
                     ),
                 },

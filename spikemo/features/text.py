@@ -209,8 +209,8 @@ class HFTextEncoder(PretrainedModelFolder, TextEncoder):
         layers = model.config.num_hidden_layers
         if not -(layers + 1) <= self.params.layer <= layers:
             raise ConfigError(
-                f"features.text.params.layer={self.params.layer}: {self.model_dir} has layers 0 (embeddings) to {layers}; "
-                "choose one of them or count from the top (-1 the last)"
+                f"features.text.params.layer={self.params.layer}: {self.model_dir} has layers 0 (embeddings) "
+                f"to {layers}; choose one of them or count from the top (-1 the last)"
             )
         if self.params.layer == -1:
             states = model(**tokens).last_hidden_state

@@ -18,6 +18,7 @@ SURROGATES = {
 
 
 def atan_gradient(membrane: torch.Tensor, threshold: float) -> torch.Tensor:
-    """d spike / d membrane under spikingjelly's ATan surrogate: (alpha / 2) / (1 + (pi / 2 alpha (h - threshold))^2)."""
+    """d spike / d membrane under spikingjelly's ATan surrogate:
+    (alpha / 2) / (1 + (pi / 2 alpha (h - threshold))^2)."""
     z = (membrane - threshold) * (math.pi / 2 * ATAN_ALPHA)
     return (ATAN_ALPHA / 2) / (1 + z * z)

@@ -3,10 +3,10 @@
 The probe sees what the model sees (``as_model_reads``): with ``model.speaker_relative_inputs`` each modality is
 first standardised with the training split's statistics and made relative to each speaker in each dialogue, by the
 model's own function. Each modality is then standardised with statistics of the training split's utterances that
-have it; an absent modality contributes zeros (its training mean) and a presence indicator. The modalities are concatenated
-and one multinomial logistic regression per inverse regularisation strength ``C`` is fitted on train; the
-``C`` with the best dev weighted-F1 is kept (dev selects, exactly as it selects SpikEmo's epoch) and scored
-once on test.
+have it; an absent modality contributes zeros (its training mean) and a presence indicator. The modalities are
+concatenated and one multinomial logistic regression per inverse regularisation strength ``C`` is fitted on
+train; the ``C`` with the best dev weighted-F1 is kept (dev selects, exactly as it selects SpikEmo's epoch) and
+scored once on test.
 """
 
 from __future__ import annotations
