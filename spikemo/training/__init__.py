@@ -2,7 +2,8 @@
 
 from spikemo.training.data import DialogueData, DialogueDataset, build_dialogue_data, collate_dialogues
 from spikemo.training.evaluation import evaluate, predict
-from spikemo.training.loop import NonFiniteLossError, TrainResult, train_model, train_on_dialogue_data
+from spikemo.training.loop import NonFiniteLossError, TrainResult
+from spikemo.training.recipe import train_model, train_on_dialogue_data
 
 __all__ = [
     "DialogueData",

@@ -28,7 +28,7 @@ from spikemo.losses import class_weights_from_counts
 from spikemo.model.batch import IGNORE_INDEX
 from spikemo.model.evidence import SpeakerEvidence
 from spikemo.training.data import DialogueData, DialogueDataset, collate_dialogues
-from spikemo.training.loop import EpochCallback, TrainResult, result_with_weights, train_on_dialogue_data
+from spikemo.training.loop import EpochCallback, TrainResult, result_with_weights, train_once
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,13 @@ def train_with_cross_fitted_evidence(
     on_epoch_end: EpochCallback | None,
     resume: bool,
 ) -> TrainResult:
-    """``train_on_dialogue_data`` for a model with speaker evidence fitted out of fold (module docstring)."""
+    """``training.recipe.train_on_dialogue_data`` for a model with speaker evidence fitted out of fold (module
+    docstring)."""
     base_config = config.model_copy(update={"model": config.model.model_copy(update={"speaker_evidence_rounds": 0})})
-    base = train_on_dialogue_data(base_config, data, label_names, run_dir / "base", on_epoch_end, resume)
+    without_test = DialogueData(  # test is scored once, on the stacked model
+        splits={name: split for name, split in data.splits.items() if name != "test"}, input_dims=data.input_dims
+    )
+    base = train_once(base_config, without_test, label_names, run_dir / "base", on_epoch_end, resume)
     logits = out_of_fold_logits(base_config, data, label_names, run_dir / "folds", resume)
     train_set = data.splits["train"]
     evidence = fit_speaker_evidence(
@@ -82,7 +86,7 @@ def out_of_fold_logits(
         fold_data = DialogueData(
             splits={"train": train_set.subset(kept), "dev": data.splits["dev"]}, input_dims=data.input_dims
         )
-        result = train_on_dialogue_data(config, fold_data, label_names, folds_dir / f"fold{fold}", resume=resume)
+        result = train_once(config, fold_data, label_names, folds_dir / f"fold{fold}", resume=resume)
         log.info(
             "speaker evidence fold %d of %d: dev weighted-F1 %.2f without %d training dialogues",
             fold + 1,

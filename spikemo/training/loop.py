@@ -14,13 +14,12 @@ import hashlib
 import logging
 import random
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Adam, AdamW
@@ -44,7 +43,6 @@ from spikemo.training.data import (
     DialogueData,
     DialogueDataset,
     LengthBucketBatchSampler,
-    build_dialogue_data,
     collate_dialogues,
 )
 from spikemo.training.distributed import (
@@ -90,27 +88,7 @@ class TrainResult:
     test_predictions: np.ndarray | None = None  # predicted label of each labelled test utterance, in storage order
 
 
-def train_model(
-    config: SpikEmoConfig,
-    manifest: pd.DataFrame,
-    features: Mapping[str, pd.DataFrame],
-    label_names: list[str],
-    run_dir: Path,
-    on_epoch_end: EpochCallback | None = None,
-    resume: bool = True,
-) -> TrainResult:
-    """Train on ``train``, select on ``dev``, evaluate the selected weights once on ``test``.
-
-    ``features`` maps each modality to its feature table (``utterance_key``, ``status``, ``embedding``).
-    Checkpoints go to ``run_dir/checkpoints``; with ``resume`` a run continues after its last completed
-    epoch. ``on_epoch_end(epoch, metrics)`` is called (rank 0 only) after that epoch's checkpoint is written.
-    Raises ``DataError`` for unusable inputs and ``NonFiniteLossError`` when the loss diverges.
-    """
-    data = build_dialogue_data(manifest, features, len(label_names))
-    return train_on_dialogue_data(config, data, label_names, run_dir, on_epoch_end, resume)
-
-
-def train_on_dialogue_data(
+def train_once(
     config: SpikEmoConfig,
     data: DialogueData,
     label_names: list[str],
@@ -118,16 +96,13 @@ def train_on_dialogue_data(
     on_epoch_end: EpochCallback | None = None,
     resume: bool = True,
 ) -> TrainResult:
-    """``train_model`` on dialogue data already built (``build_dialogue_data``), e.g. shared with a baseline."""
+    """One SpikEmo trained on dialogue data (``training.recipe.train_on_dialogue_data``'s contract), every layer
+    trained jointly."""
     for split in ("train", "dev"):
         if split not in data.splits:
             raise DataError(f"the manifest has no {split!r} split; training needs train and dev (selection uses dev)")
     if not (data.splits["dev"].labels >= 0).any():
         raise DataError("the dev split has no labelled utterance; model selection needs dev labels")
-    if config.model.speaker_evidence_rounds and config.train.speaker_evidence_fit == "cross_fitted":
-        from spikemo.training.cross_fit import train_with_cross_fitted_evidence  # it trains through this function
-
-        return train_with_cross_fitted_evidence(config, data, label_names, Path(run_dir), on_epoch_end, resume)
     with distributed_context(config.train.device) as context:
         run = _TrainingRun(config, data, label_names, Path(run_dir), context, resume)
         return run.execute(on_epoch_end)
