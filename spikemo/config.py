@@ -1,6 +1,7 @@
 """The resolved configuration: pydantic sections loaded from YAML, overridable from the command line.
 
 One ``SpikEmoConfig`` object travels through every stage; later stages log it to MLflow as is.
+Every key with its default and meaning: ``docs/configuration.md``.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ class DataConfig(Section):
     """Which dataset to ingest and how to read it."""
 
     format: Literal["meld", "emorynlp", "manifest"] = "meld"
-    root: Path | None = Field(None, description="Dataset root; media paths are resolved and confined here.")
+    root: Path | None = Field(None, description="Dataset root directory.")
     manifest: Path | None = Field(None, description="Generic manifest file (CSV, JSONL or Parquet).")
-    name: str | None = Field(None, description="Dataset name used in keys and registry names; default from format.")
+    name: str | None = Field(None, description="Dataset name (default: from format).")
     labels: list[str] | None = Field(None, description="Label set in id order; default from format.")
 
     @field_validator("labels")
@@ -68,54 +69,27 @@ class EncoderConfig(Section):
 
 
 class TextFinetuneConfig(Section):
-    """Fine-tuning the text encoder as an emotion classifier on train before extraction (EmoBERTa's recipe).
-    Its input is what the encoder reads: ``features.text.params`` (speaker names, context turns, max_length,
-    pooling)."""
+    """Fine-tuning the text encoder as an emotion classifier on train before extraction (EmoBERTa's recipe)."""
 
-    head: Literal["utterance", "dialogue"] = Field(
-        "utterance",
-        description="'utterance': dropout and a linear head on each input alone; 'dialogue': the model section's "
-        "SpikEmo over each dialogue's pooled utterances, trained with the encoder on the train section's loss "
-        "(batches of whole dialogues, about batch_size utterances each).",
-    )
+    head: Literal["utterance", "dialogue"] = Field("utterance", description="Classifier head: utterance | dialogue.")
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(16, ge=1)
-    gradient_accumulation: int = Field(
-        1, ge=1, description="Batches per optimizer step (effective batch = batch_size x this)."
-    )
+    gradient_accumulation: int = Field(1, ge=1, description="Batches per optimizer step.")
     lr: float = Field(3e-5, gt=0)
     weight_decay: float = Field(0.01, ge=0)
-    warmup_ratio: float = Field(
-        0.1, ge=0, lt=1, description="Share of the optimizer steps with a linear warm-up; linear decay after."
-    )
-    head_lr: float | None = Field(
-        None, gt=0, description="The head's lr (default: lr); a dialogue head starts from scratch."
-    )
-    dropout: float = Field(
-        0.1, ge=0, lt=1, description="Dropout before the utterance head (a dialogue head uses model.dropout)."
-    )
-    freeze_layers: int = Field(
-        0, ge=0, description="Freeze the embeddings and this many lowest transformer layers (faster, less memory)."
-    )
-    layer_lr_decay: float = Field(
-        1.0,
-        gt=0,
-        le=1,
-        description="Layer-wise lr decay: the head gets lr, the top layer lr x this, each layer below x this again.",
-    )
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="bf16 autocast: 'auto' uses it on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX)."
-    )
-    patience: int = Field(2, ge=1, description="Epochs without a better dev weighted-F1 before stopping.")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of optimizer steps in linear warm-up.")
+    head_lr: float | None = Field(None, gt=0, description="Head learning rate (default: lr).")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before the utterance head.")
+    freeze_layers: int = Field(0, ge=0, description="Lowest transformer layers frozen, with the embeddings.")
+    layer_lr_decay: float = Field(1.0, gt=0, le=1, description="Layer-wise lr decay factor (1: none).")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="Autocast: auto | fp32 | bf16.")
+    patience: int = Field(2, ge=1, description="Early-stopping patience (epochs).")
     seed: int = 0
 
 
 class TextEncoderConfig(EncoderConfig):
     name: str = "hf-text"
-    finetune: TextFinetuneConfig | None = Field(
-        None,
-        description="Set to fine-tune the encoder on train (dev picks the epoch) and extract text features with it.",
-    )
+    finetune: TextFinetuneConfig | None = Field(None, description="Fine-tune before extraction (null: off).")
 
 
 class FeaturesConfig(Section):
@@ -125,17 +99,13 @@ class FeaturesConfig(Section):
     visual: EncoderConfig = EncoderConfig(name="facemesh")
     frames_per_clip: int = Field(8, ge=1)
     sample_rate: int = Field(16000, ge=8000)
-    shard_size: int = Field(256, ge=1, description="Utterances per cache shard (unit of resumption and of flow tasks).")
+    shard_size: int = Field(256, ge=1, description="Utterances per cache shard.")
     batch_size: int = Field(64, ge=1)
-    decode_workers: int = Field(2, ge=1, description="Threads decoding media ahead of the encoder.")
+    decode_workers: int = Field(2, ge=1, description="Media-decoding threads.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    task_runner: Literal["threads", "dask"] = Field(
-        "threads", description="Prefect task runner of the extraction flow."
-    )
+    task_runner: Literal["threads", "dask"] = Field("threads", description="Extraction task runner: threads | dask.")
     task_workers: int | None = Field(None, ge=1, description="Concurrent extraction tasks (default: CPU count).")
-    dask_address: str | None = Field(
-        None, description="Existing Dask scheduler (tcp://host:8786); default: a local cluster."
-    )
+    dask_address: str | None = Field(None, description="Dask scheduler address (default: local cluster).")
 
     @field_validator("modalities")
     @classmethod
@@ -146,47 +116,27 @@ class FeaturesConfig(Section):
 
 
 class NeuronConfig(Section):
-    """The spiking neuron, its surrogate gradient and its reset, as spikingjelly structures them.
+    """The spiking neuron, its surrogate gradient and its reset, as spikingjelly structures them."""
 
-    The default (LIF, ATan, hard reset to 0, detached reset) runs as one fused autograd node; any other
-    combination runs spikingjelly's own multi-step node.
-    """
-
-    kind: Literal["lif", "plif", "if"] = Field(
-        "lif", description="LIF, parametric LIF (learned tau) or integrate-and-fire."
-    )
-    tau: float = Field(2.0, gt=1.0, description="Membrane time constant (initial value for plif).")
+    kind: Literal["lif", "plif", "if"] = Field("lif", description="Neuron: lif | plif | if.")
+    tau: float = Field(2.0, gt=1.0, description="Membrane time constant (plif: initial).")
     v_threshold: float = Field(1.0, gt=0)
-    v_reset: float | None = Field(
-        0.0, description="Hard reset potential; null for a soft reset (subtract the threshold)."
-    )
+    v_reset: float | None = Field(0.0, description="Reset potential (null: soft reset).")
     surrogate: Literal["atan", "sigmoid", "piecewise_quadratic"] = "atan"
     detach_reset: bool = True
 
 
 class ModelConfig(Section):
-    """SpikEmo hyperparameters. The defaults are ours (``spike_encoding: direct``, ``spike_gate: feature``,
-    sizes for a few thousand utterances); ``configs/meld-paper.yaml`` holds the released MELD script's."""
+    """SpikEmo hyperparameters (ours by default; the paper's: ``configs/meld-paper.yaml``)."""
 
     model_dim: int = 128
     timesteps: int = Field(4, ge=1)
     neuron: NeuronConfig = NeuronConfig()
-    spike_encoding: Literal["direct", "heaviside"] = Field(
-        "direct",
-        description="direct: the real-valued features drive the first LIF layer at every timestep (firing rates "
-        "encode magnitudes); heaviside: the paper's binarised input (x >= 0), constant over time.",
-    )
+    spike_encoding: Literal["direct", "heaviside"] = Field("direct", description="Spike encoding: direct | heaviside.")
     spike_gate: Literal["feature", "utterance_softmax"] = Field(
-        "feature",
-        description="feature: h * 2 sigmoid(W s + b) + U s + c per utterance and feature (the identity at "
-        "initialisation); "
-        "utterance_softmax: the paper's h + h * softmax of s over the dialogue's utterances.",
+        "feature", description="Spiking gate: feature | utterance_softmax."
     )
-    spike_speaker_context: bool = Field(
-        True,
-        description="Add learned speaker (party within the dialogue) and turn-position embeddings to the Spikformer's "
-        "input, so its attention can tell who said what and when (the paper's Spikformer sees neither).",
-    )
+    spike_speaker_context: bool = Field(True, description="Speaker and turn embeddings in the Spikformer input.")
     spikformer_depth: int = Field(1, ge=1)
     spikformer_heads: int = 4
     mlp_ratio: int = 4
@@ -196,46 +146,15 @@ class ModelConfig(Section):
     dropout: float = Field(0.2, ge=0, lt=1)
     use_spiking: bool = True
     dialogue_context: list[Literal["text", "audio", "visual"]] = Field(default_factory=lambda: ["audio", "visual"])
-    dialogue_context_residual: bool = Field(
-        True,
-        description="h + DialogueRNN(h) rather than the paper's DialogueRNN(h): the utterance's own features stay.",
-    )
+    dialogue_context_residual: bool = Field(True, description="DialogueRNN output added to its input (h + RNN(h)).")
     speaker_relative_inputs: Literal["off", "centred", "zscore"] = Field(
-        "off",
-        description="Speaker normalisation within each dialogue, over the speaker's present utterances: centred "
-        "also feeds each utterance's standardised features minus its speaker's mean (removes a voice's or face's "
-        "own baseline); zscore feeds them minus that mean and divided by that speaker's standard deviation instead "
-        "(for sessions of one speaker's many clips; a speaker with fewer than speaker_min_utterances utterances is "
-        "standardised with the training population's statistics). true/false from older configs mean centred/off.",
+        "off", description="Per-speaker normalisation: off | centred | zscore."
     )
-    speaker_evidence_rounds: int = Field(
-        0,
-        ge=0,
-        description="Rounds of correcting each utterance's logits with its speaker's other turns' class "
-        "probabilities in the dialogue (nearest earlier, nearest later, mean of the rest; weights start at zero): "
-        "a stacked emotion-chain smoother, model/evidence.py. 0: off.",
-    )
-    causal: bool = Field(
-        False,
-        description="Every path sees only the current and earlier turns (attention masks, speaker statistics and "
-        "evidence from earlier turns): a turn's prediction never changes when later turns arrive, so a "
-        "conversation can be scored as it goes (needs features.text.params.future_turns 0). Default: bidirectional.",
-    )
-    speaker_min_utterances: int = Field(
-        2,
-        ge=1,
-        description="With speaker_relative_inputs: a speaker with fewer present utterances in the dialogue (so far, "
-        "when causal) is normalised with the training population's statistics instead of their own.",
-    )
-    input_noise: float = Field(
-        0.0,
-        ge=0,
-        description="Training only: standard deviation of Gaussian noise added to the standardised inputs (features "
-        "of a fine-tuned encoder are cleaner on the utterances it was trained on than on new ones). 0: off.",
-    )
-    compile_neurons: bool = Field(
-        False, description="torch.compile each LIF neuron (fuses its time loop; first call compiles)."
-    )
+    speaker_evidence_rounds: int = Field(0, ge=0, description="Speaker-chain evidence rounds (0: off).")
+    causal: bool = Field(False, description="Read only current and earlier turns (live scoring).")
+    speaker_min_utterances: int = Field(2, ge=1, description="Fewest utterances for a speaker's own statistics.")
+    input_noise: float = Field(0.0, ge=0, description="Training input noise std (0: off).")
+    compile_neurons: bool = Field(False, description="torch.compile each LIF neuron.")
 
     @field_validator("speaker_relative_inputs", mode="before")
     @classmethod
@@ -252,73 +171,39 @@ class LossWeights(Section):
 class TrainConfig(Section):
     epochs: int = Field(40, ge=1)
     batch_dialogues: int = Field(16, ge=1)
-    optimizer: Literal["adamw", "adam"] = Field(
-        "adamw", description="adam: L2 penalty in the gradient (the released code's)."
-    )
+    optimizer: Literal["adamw", "adam"] = Field("adamw", description="Optimizer: adamw | adam.")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
-    warmup_epochs: float = Field(
-        1.0, ge=0, description="Linear warm-up of the learning rate from 1% over this many epochs."
-    )
-    lr_schedule: Literal["cosine", "plateau"] = Field(
-        "cosine",
-        description="cosine: decay to 0 over `epochs` after warm-up; plateau: ReduceLROnPlateau on dev weighted-F1.",
-    )
-    lr_plateau_factor: float = Field(0.5, gt=0, lt=1, description="ReduceLROnPlateau factor on dev weighted-F1.")
-    lr_plateau_patience: int = Field(3, ge=0, description="Epochs without dev improvement before the LR drops.")
-    grad_clip: float | None = Field(1.0, gt=0, description="Clip the gradient norm; null to leave it.")
-    ema_decay: float | None = Field(
-        0.99,
-        gt=0,
-        lt=1,
-        description="Evaluate, select and keep an exponential moving average of the weights; null: the raw weights.",
-    )
+    warmup_epochs: float = Field(1.0, ge=0, description="Linear learning-rate warm-up (epochs).")
+    lr_schedule: Literal["cosine", "plateau"] = Field("cosine", description="LR schedule: cosine | plateau.")
+    lr_plateau_factor: float = Field(0.5, gt=0, lt=1, description="Plateau schedule's LR factor.")
+    lr_plateau_patience: int = Field(3, ge=0, description="Plateau schedule's patience (epochs).")
+    grad_clip: float | None = Field(1.0, gt=0, description="Gradient-norm clip (null: none).")
+    ema_decay: float | None = Field(0.99, gt=0, lt=1, description="Weight EMA decay (null: raw weights).")
     class_weighting: Literal["none", "balanced", "sqrt_balanced"] = Field(
-        "none", description="Cross-entropy class weights from the training split's label counts."
+        "none", description="Cross-entropy class weights: none | balanced | sqrt_balanced."
     )
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
     loss_weights: LossWeights = LossWeights()
-    patience: int = Field(8, ge=1, description="Epochs without a better dev weighted-F1 before training stops.")
-    keep: Literal["best_dev", "last"] = Field(
-        "best_dev",
-        description="best_dev: the weights of the epoch with the best dev weighted-F1, with early stopping after "
-        "`patience` epochs without one; last: the weights after the last epoch, no early stopping (for dev splits "
-        "too small to pick an epoch, such as one speaker's clips). Dev still scores the kept weights for gating.",
-    )
+    patience: int = Field(8, ge=1, description="Early-stopping patience (epochs).")
+    keep: Literal["best_dev", "last"] = Field("best_dev", description="Weights kept: best_dev | last.")
     speaker_evidence_fit: Literal["joint", "cross_fitted"] = Field(
-        "joint",
-        description="How the speaker-chain evidence (model.speaker_evidence_rounds) learns: joint, with the rest of "
-        "the model on its own in-sample probabilities; cross_fitted, stacked on out-of-fold probabilities of "
-        "models trained without each fold of the training dialogues (training/cross_fit.py; folds + 1 trainings).",
+        "joint", description="Speaker-evidence fitting: joint | cross_fitted."
     )
-    speaker_evidence_folds: int = Field(
-        5, ge=2, description="Folds of the training dialogues for cross_fitted evidence."
-    )
+    speaker_evidence_folds: int = Field(5, ge=2, description="Folds for cross_fitted evidence.")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto",
-        description="Autocast of forward passes: bf16 (linears and attention products in bfloat16, neurons and "
-        "losses in fp32) or fp32; auto: bf16 on CUDA, fp32 on CPU (bf16 pays on CPUs with AVX512-BF16 or AMX).",
-    )
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="Forward autocast: auto | fp32 | bf16.")
 
 
 class TrackingConfig(Section):
-    tracking_uri: str | None = Field(None, description="Default: MLFLOW_TRACKING_URI, else sqlite in the workdir.")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI (default: env or workdir sqlite).")
     experiment: str = "spikemo"
-    registered_model: str | None = Field(None, description="Default: spikemo-<dataset>.")
-    ui_url: str | None = Field(
-        None, description="MLflow UI address for links in artifacts; default: an http tracking URI, else spikemo ui's."
-    )
-    gating_split: Literal["dev"] = Field(
-        "dev", description="Split whose weighted-F1 decides the champion; test never selects anything."
-    )
-    require_beating_baseline: bool = Field(
-        False, description="Champion only if the run also beats its own linear probe on the gating split."
-    )
-    bootstrap_draws: int = Field(
-        1000, ge=100, description="Resamples of whole test dialogues behind each reported score's 95% interval."
-    )
+    registered_model: str | None = Field(None, description="Registered model name (default: spikemo-<dataset>).")
+    ui_url: str | None = Field(None, description="MLflow UI address for artifact links.")
+    gating_split: Literal["dev"] = Field("dev", description="Split deciding the champion (dev only).")
+    require_beating_baseline: bool = Field(False, description="Champion must also beat its linear probe.")
+    bootstrap_draws: int = Field(1000, ge=100, description="Bootstrap resamples per 95% interval.")
     bootstrap_seed: int = 0
 
     @field_validator("gating_split", mode="before")
@@ -346,14 +231,18 @@ class SpikEmoConfig(Section):
 
     @model_validator(mode="after")
     def _cross_fitted_evidence_needs_an_unseen_encoder(self) -> SpikEmoConfig:
-        fine_tuned = self.features.text.finetune is not None and "text" in self.features.modalities
         cross_fitted = self.model.speaker_evidence_rounds and self.train.speaker_evidence_fit == "cross_fitted"
-        if fine_tuned and cross_fitted:
+        if self.fine_tunes_text and cross_fitted:
             raise ValueError(
                 "train.speaker_evidence_fit cross_fitted is not out-of-fold over a text encoder fine-tuned on every "
                 "training label: set it to joint, or drop features.text.finetune"
             )
         return self
+
+    @property
+    def fine_tunes_text(self) -> bool:
+        """Whether the pipeline fine-tunes the text encoder before extraction (a ``finetune`` section, text used)."""
+        return self.features.text.finetune is not None and "text" in self.features.modalities
 
     @property
     def manifest_path(self) -> Path:
