@@ -26,7 +26,7 @@ from flows.demo import DEMO_RUN_CORPUS
 from spikemo.config import SpikEmoConfig, load_config
 from spikemo.data.demo import DemoCorpusSettings, make_demo_corpus
 from spikemo.experiment import load_prepared
-from spikemo.features.extract import preprocess
+from spikemo.stages import preprocess
 from spikemo.training import build_dialogue_data, train_on_dialogue_data
 from spikemo.training.baseline import fit_linear_probe
 

@@ -37,8 +37,8 @@ from spikemo.config import DataConfig, FeaturesConfig, SpikEmoConfig, load_confi
 from spikemo.data.ingest import ingest
 from spikemo.data.schema import read_manifest
 from spikemo.features import build_encoder, extract_modality
-from spikemo.features.extract import preprocess
 from spikemo.features.hf import resolve_model_dir
+from spikemo.stages import preprocess
 
 SENTENCES = [
     "Oh my god, I cannot believe it",

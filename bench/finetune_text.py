@@ -53,15 +53,15 @@ from spikemo.data.ingest import ingest
 from spikemo.data.schema import read_manifest
 from spikemo.features.base import build_encoder
 from spikemo.features.extract import extract_modality, load_features
-from spikemo.features.finetune import (
+from spikemo.training import build_dialogue_data, train_model
+from spikemo.training.baseline import fit_linear_probe
+from spikemo.training.text_finetune import (
     UtteranceClassifier,
     finetune_autocast,
     finetune_text_encoder,
     finetuned_text_config,
     freeze_lower_layers,
 )
-from spikemo.training import build_dialogue_data, train_model
-from spikemo.training.baseline import fit_linear_probe
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -56,11 +56,12 @@ from spikemo.config import ModelConfig, SpikEmoConfig, load_config, with_overrid
 from spikemo.data.demo import DemoCorpusSettings, make_demo_corpus
 from spikemo.data.ingest import ingest
 from spikemo.data.schema import read_manifest
-from spikemo.features.extract import load_features, preprocess
-from spikemo.features.finetune import finetune_text_encoder, finetuned_text_config
+from spikemo.features.extract import load_features
+from spikemo.stages import preprocess
 from spikemo.training import build_dialogue_data, train_on_dialogue_data
 from spikemo.training.baseline import fit_linear_probe
 from spikemo.training.metrics import bootstrap_weights, interval, weighted_scores
+from spikemo.training.text_finetune import finetune_text_encoder, finetuned_text_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -112,12 +113,11 @@ class Fold:
 
 def meld_folds(args: argparse.Namespace) -> Iterator[Fold]:
     config = _config(args.meld_config, args, {"data.root": str(args.meld_root), "features.modalities": ["text"]})
-    if config.features.text.finetune is not None:
+    if config.fine_tunes_text:
         config = _with_finetuned_text_encoder(config, args)
     manifest, labels, features = _prepared(config)
-    manifest = selection_resplit(
-        manifest
-    )  # the same selection dialogues for every seed and variant (and bench/finetune_text.py)
+    # the same selection dialogues for every seed and variant (and bench/finetune_text.py)
+    manifest = selection_resplit(manifest)
     if args.meld_stacking != "all":
         manifest = training_half(manifest, "b")
     for seed in range(args.seeds):

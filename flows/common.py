@@ -1,22 +1,18 @@
-"""What every flow shares: the config from deployment parameters, the task runner choice, digests."""
+"""What every flow shares: the config from deployment parameters, the task runner choice, run names."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 from prefect.runtime import flow_run, task_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-import spikemo
 from spikemo.config import SpikEmoConfig, load_config, with_overrides
 from spikemo.errors import ConfigError, SpikemoError
 
@@ -56,21 +52,6 @@ def resolve_config(
 def config_payload(config: SpikEmoConfig) -> dict[str, Any]:
     """The config as task input: plain JSON, so Prefect can hash it and store results as JSON."""
     return config.model_dump(mode="json")
-
-
-def digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-@cache
-def code_digest() -> str:
-    """sha256 over the spikemo library's source files: a change to the code invalidates cached training."""
-    package = Path(spikemo.__file__).parent
-    hasher = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        hasher.update(str(path.relative_to(package)).encode())
-        hasher.update(path.read_bytes())
-    return hasher.hexdigest()
 
 
 def artifact_key(config: SpikEmoConfig, stage: str) -> str:

@@ -16,7 +16,7 @@ from flows.common import artifact_key, config_payload, flow_run_name, resolve_co
 from spikemo.config import SpikEmoConfig
 from spikemo.data.ingest import ingest, reason_kind
 from spikemo.features.extract import extract_modality, plan_shards
-from spikemo.features.finetune import finetune_text_encoder, finetuned_text_config
+from spikemo.training.text_finetune import finetune_text_encoder, finetuned_text_config
 
 
 @task(name="ingest", task_run_name=task_run_name("ingest"), retries=1, cache_policy=NONE)
@@ -108,7 +108,7 @@ def preprocess_flow(
         "utterances": ingested["utterances"],
         "rejected": ingested["rejected"],
     }
-    if resolved.features.text.finetune is not None and "text" in resolved.features.modalities:
+    if resolved.fine_tunes_text:
         summary["text_finetune"] = finetune_text_task(payload, ingested["manifest"])
         payload = config_payload(finetuned_text_config(resolved, Path(ingested["manifest"])))
     modalities = extract_flow.with_options(task_runner=task_runner(resolved))(payload, ingested["manifest"])

@@ -12,9 +12,7 @@ from prefect.cache_policies import NONE
 
 from flows.common import (
     artifact_key,
-    code_digest,
     config_payload,
-    digest,
     flow_run_name,
     resolve_config,
     task_run_name,
@@ -22,18 +20,16 @@ from flows.common import (
 from spikemo import tracking
 from spikemo.config import SpikEmoConfig
 from spikemo.data.schema import read_manifest
-from spikemo.experiment import TrainedRun, load_prepared, manifest_digest, register, train_and_log
-from spikemo.features.extract import preprocess
+from spikemo.experiment import TrainedRun, load_prepared, register, train_and_log
+from spikemo.identity import stable_digest, training_cache_key
+from spikemo.stages import preprocess
 
 
 def _training_inputs(context: Any, parameters: dict[str, Any]) -> str:
     """Same config, manifest content, encoders and library code → the finished run is reused, not retrained."""
-    config = parameters["config"]
     manifest, _ = read_manifest(Path(parameters["preprocessed"]["manifest"]))
     encoders = {m: s["fingerprint"] for m, s in parameters["preprocessed"]["modalities"].items()}
-    return digest(
-        "train", {k: v for k, v in config.items() if k != "cache"}, manifest_digest(manifest), encoders, code_digest()
-    )
+    return training_cache_key(parameters["config"], manifest, encoders)
 
 
 @task(name="extract-missing", task_run_name=task_run_name("extract-missing"), retries=1, cache_policy=NONE)
@@ -66,7 +62,7 @@ def train_task(config: dict[str, Any], preprocessed: dict[str, Any]) -> dict[str
 @task(
     name="register",
     task_run_name=task_run_name("register"),
-    cache_key_fn=lambda context, parameters: digest("register", parameters["trained"]["run_id"]),
+    cache_key_fn=lambda context, parameters: stable_digest("register", parameters["trained"]["run_id"]),
     persist_result=True,
     result_serializer="json",
 )

@@ -139,7 +139,7 @@ def _preprocessed(config: SpikEmoConfig) -> dict[str, Any]:
         from flows.preprocess import preprocess_flow
 
         return preprocess_flow(config=config_payload(config))
-    from spikemo.features.extract import preprocess
+    from spikemo.stages import preprocess
 
     return preprocess(config)
 
@@ -159,7 +159,7 @@ def cmd_finetune_text(args: argparse.Namespace, config: SpikEmoConfig) -> dict[s
             "finetune-text runs in one process: start it without torchrun (spikemo train under torchrun "
             "then reuses the finished fine-tune)"
         )
-    from spikemo.features.finetune import finetune_text_encoder
+    from spikemo.training.text_finetune import finetune_text_encoder
 
     ingest(config.data, config.manifest_path)
     result = finetune_text_encoder(config, config.manifest_path)

@@ -7,8 +7,6 @@ and data: its work folder is keyed by a digest of both.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -26,15 +24,17 @@ from spikemo.bundle import EncoderSpec, ModelSpec, save_bundle
 from spikemo.config import FeaturesConfig, SpikEmoConfig
 from spikemo.data.schema import read_manifest
 from spikemo.errors import SpikemoError
-from spikemo.features.extract import load_features, preprocess
-from spikemo.features.finetune import dialogue_head_weights, finetuned_text_config
+from spikemo.features.extract import load_features
+from spikemo.identity import training_run_key
 from spikemo.predict import Predictor, evaluate_predictions
+from spikemo.stages import preprocess
 from spikemo.training import TrainResult, build_dialogue_data, train_on_dialogue_data
 from spikemo.training.baseline import fit_linear_probe
 from spikemo.training.data import DialogueData
 from spikemo.training.distributed import broadcast_from_main, distributed_context
 from spikemo.training.loop import result_with_weights
 from spikemo.training.metrics import BootstrapReport, dialogue_bootstrap
+from spikemo.training.text_finetune import dialogue_head_weights, finetuned_text_config
 
 ACTIVE_RUN_FILE = "mlflow_run_id"
 RETRAINED = "retrained"  # SpikEmo trained on the extracted features
@@ -286,20 +286,10 @@ def _train_on_a_follower_rank(config: SpikEmoConfig, data: PreparedData, rank: i
     return {"rank": rank}
 
 
-def manifest_digest(manifest: pd.DataFrame) -> str:
-    """What training depends on in a manifest: keys, splits, labels, text and media content."""
-    content = manifest[["utterance_key", "split", "label_id", "text", "media_fingerprint"]].astype(str)
-    return hashlib.sha256(pd.util.hash_pandas_object(content, index=False).to_numpy().tobytes()).hexdigest()
-
-
 def _run_key(config: SpikEmoConfig, data: PreparedData) -> str:
-    """Same config and same data (keys, labels, media and encoders) → same work folder → resumable."""
-    digest = hashlib.sha256()
-    identity = config.model_dump(mode="json", exclude={"workdir", "cache", "tracking"})
-    digest.update(json.dumps(identity, sort_keys=True).encode())
-    digest.update(manifest_digest(data.manifest).encode())
-    digest.update(json.dumps({m: s.fingerprint for m, s in data.encoders.items()}, sort_keys=True).encode())
-    return f"{config.data.dataset_name}-{digest.hexdigest()[:16]}"
+    return training_run_key(
+        config, data.manifest, {modality: spec.fingerprint for modality, spec in data.encoders.items()}
+    )
 
 
 def _close_interrupted_run(config: SpikEmoConfig, run_dir: Path) -> None:

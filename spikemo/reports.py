@@ -7,6 +7,7 @@ Figures use matplotlib's object API (no pyplot, no global backend state).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -82,3 +83,51 @@ def firing_rates_figure(rates: dict[str, float], split: str) -> Figure:
 
 def per_class_table(per_class: dict[str, dict[str, float]]) -> pd.DataFrame:
     return pd.DataFrame(per_class).T.rename_axis("label").reset_index()
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A score (percent) and its bootstrap confidence interval."""
+
+    value: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"{self.value:.1f} [{self.low:.1f}, {self.high:.1f}]"
+
+    def as_list(self) -> list[float]:
+        return [round(self.value, 2), round(self.low, 2), round(self.high, 2)]
+
+
+@dataclass(frozen=True)
+class BootstrapReport:
+    """Headline scores with 95% intervals from resampling whole dialogues; with a baseline scored on the same
+    utterances, its scores and the paired difference (model - baseline) per draw."""
+
+    scores: dict[str, Interval]
+    baseline: dict[str, Interval] | None = None
+    difference: dict[str, Interval] | None = None
+    draws: int = 0
+
+    @property
+    def verdict(self) -> str | None:
+        """Against the baseline on weighted-F1: 'better' / 'worse' when the difference's interval excludes 0."""
+        if self.difference is None:
+            return None
+        gap = self.difference["weighted_f1"]
+        return "better" if gap.low > 0 else "worse" if gap.high < 0 else "no significant difference"
+
+    def summary(self, prefix: str = "") -> dict[str, Any]:
+        """Flat entries for a JSON summary: ``<prefix><metric>_ci`` = [low, high]; with a baseline also
+        ``baseline_<prefix><metric>_ci``, ``<prefix><metric>_minus_baseline`` = [value, low, high] and the verdict."""
+        entries: dict[str, Any] = {f"{prefix}{name}_ci": score.as_list()[1:] for name, score in self.scores.items()}
+        if self.baseline is not None and self.difference is not None:
+            entries.update(
+                {f"baseline_{prefix}{name}_ci": score.as_list()[1:] for name, score in self.baseline.items()}
+            )
+            entries.update(
+                {f"{prefix}{name}_minus_baseline": score.as_list() for name, score in self.difference.items()}
+            )
+            entries["verdict_vs_baseline"] = self.verdict
+        return entries

@@ -28,11 +28,11 @@ from spikemo.features import (
     extract_modality,
     load_features,
     plan_shards,
-    preprocess,
 )
 from spikemo.features.audio import PROSODY_STATISTICS, LogMelEncoder
 from spikemo.features.extract import loaded_encoder
 from spikemo.features.native_logs import native_stderr_filtered
+from spikemo.stages import preprocess
 
 MELD = Path("/work/shared/data/meld")
 LABELS = ["neutral", "joy", "anger"]

@@ -17,8 +17,12 @@ from spikemo.data.ingest import ingest
 from spikemo.errors import ConfigError
 from spikemo.experiment import run_experiment
 from spikemo.features.base import build_encoder
-from spikemo.features.extract import preprocess
-from spikemo.features.finetune import (
+from spikemo.features.text import dialogue_text_items
+from spikemo.model.batch import IGNORE_INDEX, DialogueBatch
+from spikemo.predict import Predictor
+from spikemo.stages import preprocess
+from spikemo.tracking import tracking_uri
+from spikemo.training.text_finetune import (
     HEAD_FILE,
     SUMMARY_FILE,
     DialogueClassifier,
@@ -28,10 +32,6 @@ from spikemo.features.finetune import (
     finetune_text_encoder,
     finetuned_text_config,
 )
-from spikemo.features.text import dialogue_text_items
-from spikemo.model.batch import IGNORE_INDEX, DialogueBatch
-from spikemo.predict import Predictor
-from spikemo.tracking import tracking_uri
 
 
 def words(lines: list[str]) -> list[int]:

@@ -164,15 +164,15 @@ def test_artifact_keys_are_valid_for_any_dataset_name():
 
 
 def test_training_cache_key_follows_the_library_code(tmp_path, monkeypatch, meld_conversations, tiny_config):
-    from flows import common, train
-    from spikemo.features.extract import preprocess
+    from flows import train
+    from spikemo import identity
+    from spikemo.stages import preprocess
 
     config = tiny_config(meld_conversations, tmp_path / "work", tmp_path / "cache")
     parameters = {"config": config.model_dump(mode="json"), "preprocessed": preprocess(config)}
     before = train._training_inputs(None, parameters)
     assert train._training_inputs(None, parameters) == before
-    monkeypatch.setattr(common, "code_digest", lambda: "another version of spikemo")
-    monkeypatch.setattr(train, "code_digest", common.code_digest)
+    monkeypatch.setattr(identity, "code_digest", lambda: "another version of spikemo")
     assert train._training_inputs(None, parameters) != before
 
 

@@ -17,8 +17,8 @@ from spikemo.config import FeaturesConfig
 from spikemo.errors import ConfigError
 from spikemo.features import packaged
 from spikemo.features.base import build_encoder
-from spikemo.features.finetune import UtteranceClassifier, finetune_autocast, layerwise_lr_groups
 from spikemo.features.hf import resolve_model_dir
+from spikemo.training.text_finetune import UtteranceClassifier, finetune_autocast, layerwise_lr_groups
 
 FOLDER = "all-mpnet-base-v2"
 
@@ -145,6 +145,6 @@ def test_finetune_precision_autocasts_only_where_asked(monkeypatch) -> None:
         assert layer(torch.ones(1, 4)).dtype == torch.bfloat16
     with finetune_autocast("fp32", torch.device("cpu"))():
         assert layer(torch.ones(1, 4)).dtype == torch.float32
-    monkeypatch.setattr("spikemo.features.finetune.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("spikemo.training.text_finetune.cpu_has_native_bf16", lambda: False)
     with finetune_autocast("auto", torch.device("cpu"))():
         assert layer(torch.ones(1, 4)).dtype == torch.float32

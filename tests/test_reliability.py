@@ -17,7 +17,8 @@ import pytest
 
 from spikemo import experiment, tracking
 from spikemo.config import load_config
-from spikemo.features.extract import load_features, preprocess
+from spikemo.features.extract import load_features
+from spikemo.stages import preprocess
 from spikemo.training.loop import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -429,7 +429,7 @@ def test_distributed_data_parallel_ranks_end_identical(tmp_path):
 def _learning_rates(
     config: TrainConfig, steps_per_epoch: int, dev_scores: list[float]
 ) -> tuple[list[float], LearningRateSchedule]:
-    schedule = LearningRateSchedule(_optimizer(config), config, steps_per_epoch)
+    schedule = LearningRateSchedule.for_training(_optimizer(config), config, steps_per_epoch)
     optimizer = schedule.per_step.optimizer if schedule.per_step is not None else schedule.plateau.optimizer
     rates = []
     for score in dev_scores:
@@ -449,7 +449,7 @@ def test_warm_up_then_cosine_decay():
     assert rates[10:] == sorted(rates[10:], reverse=True) and rates[-1] < 1e-3  # cosine towards 0
     # resuming as the checkpoint does: a new schedule, then the optimizer's state, then the schedule's
     resumed_optimizer = _optimizer(config)
-    resumed = LearningRateSchedule(resumed_optimizer, config, 5)
+    resumed = LearningRateSchedule.for_training(resumed_optimizer, config, 5)
     resumed_optimizer.load_state_dict(schedule.per_step.optimizer.state_dict())
     resumed.load_state_dict(schedule.state_dict())
     for continued in (schedule, resumed):

@@ -14,7 +14,6 @@ from spikemo.features.extract import (
     extract_modality,
     load_features,
     plan_shards,
-    preprocess,
 )
 
 __all__ = [
@@ -35,7 +34,6 @@ __all__ = [
     "extract_modality",
     "load_features",
     "plan_shards",
-    "preprocess",
     "text",
     "visual",
 ]

@@ -25,8 +25,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from spikemo.config import FeaturesConfig, SpikEmoConfig
-from spikemo.data.ingest import ingest
+from spikemo.config import FeaturesConfig
 from spikemo.data.schema import read_manifest
 from spikemo.errors import DataError
 from spikemo.features.base import Encoder, EncoderRuntime, FeatureFailure, Modality, build_encoder
@@ -187,29 +186,6 @@ def load_features(
             "embedding": [vector if ok else None for vector, ok in zip(cached["embedding"], fresh)],
         }
     )
-
-
-def preprocess(config: SpikEmoConfig) -> dict[str, Any]:
-    """Ingest ``config.data`` to ``<cache>/<dataset>/manifest.parquet``, fine-tune the text encoder if
-    ``features.text.finetune`` asks for it (or reuse the finished fine-tune), then extract each configured
-    modality."""
-    from spikemo.features.finetune import finetune_text_encoder, finetuned_text_config
-
-    manifest_path = config.manifest_path
-    ingested = ingest(config.data, manifest_path)
-    summary: dict[str, Any] = {
-        "manifest": str(manifest_path),
-        "utterances": int(len(ingested.manifest)),
-        "rejected": ingested.summary()["rejected"],
-    }
-    if config.features.text.finetune is not None and "text" in config.features.modalities:
-        summary["text_finetune"] = finetune_text_encoder(config, manifest_path).summary()
-        config = finetuned_text_config(config, manifest_path)
-    summary["modalities"] = {
-        modality: extract_modality(manifest_path, modality, config.features, config.cache).summary()
-        for modality in config.features.modalities
-    }
-    return summary
 
 
 def loaded_encoder(modality: Modality, features: FeaturesConfig) -> Encoder:

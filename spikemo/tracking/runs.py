@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -20,9 +20,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_RUN_NOTE, MLFLOW_
 from spikemo import reports
 from spikemo.bundle import EncoderSpec
 from spikemo.config import SpikEmoConfig
-
-if TYPE_CHECKING:
-    from spikemo.training.metrics import BootstrapReport
+from spikemo.reports import BootstrapReport
 from spikemo.tracking.store import SECRET_WORDS, connect, local_paths, redact, registered_model_name
 
 

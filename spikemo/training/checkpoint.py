@@ -91,8 +91,10 @@ def save_training_checkpoint(
     selection: SelectionState,
     run_identity: dict[str, Any],
     averaged: torch.nn.Module | None = None,
+    progress: dict[str, Any] | None = None,
 ) -> None:
-    """``averaged``: the running average of the weights (``AveragedModel``), when training keeps one."""
+    """``averaged``: the running average of the weights (``AveragedModel``), when training keeps one;
+    ``progress``: what the recipe needs beside the state to go on (e.g. its MLflow run), see ``checkpoint_progress``."""
     tensors = {MODEL_PREFIX + name: tensor for name, tensor in model_tensors(model).items()}
     if averaged is not None:
         tensors.update({AVERAGED_PREFIX + name: tensor for name, tensor in model_tensors(averaged).items()})
@@ -112,8 +114,15 @@ def save_training_checkpoint(
         "optimizer": {"param_groups": optimizer_state["param_groups"], "slot_values": slot_values},
         "scheduler": scheduler.state_dict(),
         "rng": rng_document,
+        "progress": progress or {},
     }
     write_safetensors_atomic(tensors, document, path)
+
+
+def checkpoint_progress(path: Path) -> dict[str, Any]:
+    """The ``progress`` a training checkpoint was saved with (read from its metadata alone)."""
+    with safe_open(str(path), framework="pt") as handle:
+        return json.loads((handle.metadata() or {})[METADATA_KEY]).get("progress", {})
 
 
 def load_training_checkpoint(

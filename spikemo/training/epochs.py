@@ -1,4 +1,4 @@
-"""The epoch loop shared by SpikEmo training (training/loop.py) and the text fine-tune (features/finetune.py).
+"""The epoch loop shared by SpikEmo training (training/loop.py) and the text fine-tune (training/text_finetune.py).
 
 Resume after the last completed epoch, train an epoch, score dev, keep the weights of the best dev
 weighted-F1 (or of every epoch in turn), stop after ``patience`` epochs without a better one, checkpoint

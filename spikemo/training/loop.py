@@ -10,7 +10,6 @@ training/epochs.py's, shared with the text fine-tune.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import sys
@@ -29,6 +28,7 @@ from tqdm import tqdm
 
 from spikemo.config import SpikEmoConfig
 from spikemo.errors import DataError, SpikemoError
+from spikemo.identity import checkpoint_identity
 from spikemo.losses import SpikEmoLoss, class_weights_from_counts
 from spikemo.model.snn_stats import SpikeMonitor
 from spikemo.model.spikemo import SpikEmo
@@ -178,7 +178,7 @@ class _TrainingRun:
             rank=context.rank,
         )
         self.train_loader = DataLoader(train_set, batch_sampler=self.train_sampler, collate_fn=collate_dialogues)
-        self.scheduler = LearningRateSchedule(self.optimizer, self.train_config, len(self.train_sampler))
+        self.scheduler = LearningRateSchedule.for_training(self.optimizer, self.train_config, len(self.train_sampler))
 
     def execute(self, on_epoch_end: EpochCallback | None) -> TrainResult:
         plan = EpochPlan(
@@ -398,19 +398,7 @@ class _TrainingRun:
         }
 
     def _run_identity(self) -> dict[str, Any]:
-        """What must match for a checkpoint to be resumed: settings (epochs may grow), labels and data."""
-        digest = hashlib.sha256()
-        for split in ("train", "dev"):
-            dataset = self.data.splits[split]
-            digest.update("\n".join(dataset.utterance_keys.tolist()).encode())
-            digest.update(dataset.labels.tobytes())
-        return {
-            "model": self.config.model.model_dump(mode="json"),
-            "train": self.train_config.model_dump(mode="json", exclude={"epochs", "patience", "device"}),
-            "label_names": self.label_names,
-            "input_dims": self.data.input_dims,
-            "data_sha256": digest.hexdigest(),
-        }
+        return checkpoint_identity(self.config, self.data.splits, self.label_names, self.data.input_dims)
 
 
 def _read_best_weights(path: Path, context: DistributedContext) -> dict[str, torch.Tensor]:

@@ -18,9 +18,9 @@ manifest's content:
     model/        the picked encoder and tokenizer (``save_pretrained``, safetensors), the head
                   (``classifier_head.safetensors``) and ``finetune.json``; ``features.text.params.model``
                   accepts this folder. Written last: its ``finetune.json`` marks a finished fine-tune.
-    checkpoint/   ``last.pt`` after every epoch (weights, optimizer, schedule, torch RNG states, selection state; no
-                  pickled objects) and ``best/`` (the picked weights so far): a killed run resumes after its last
-                  epoch.
+    checkpoint/   ``last.safetensors`` after every epoch (training/checkpoint.py: weights, optimizer, schedule, RNG
+                  states, selection state; no pickle) and ``best/`` (the picked weights so far): a killed run resumes
+                  after its last epoch.
 The run is logged to MLflow as its own run (tag ``spikemo.stage`` = ``finetune-text``).
 """
 
@@ -28,15 +28,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,22 +54,28 @@ from spikemo.data.schema import read_manifest
 from spikemo.errors import ConfigError, DataError
 from spikemo.features.base import EncoderRuntime, build_encoder
 from spikemo.features.text import HFTextEncoder, TextItem
+from spikemo.identity import finetune_key
 from spikemo.losses import SpikEmoLoss, class_weights_from_counts
 from spikemo.model.batch import IGNORE_INDEX, DialogueBatch, scatter_to_padded
 from spikemo.model.spikemo import SpikEmo, SpikEmoOutput
-from spikemo.training.checkpoint import SelectionState
+from spikemo.training.checkpoint import (
+    SelectionState,
+    checkpoint_progress,
+    load_training_checkpoint,
+    save_training_checkpoint,
+)
 from spikemo.training.epochs import EpochPlan, run_epochs
 from spikemo.training.loop import FUSED_OPTIMIZER_DEVICES, seed_everything
 from spikemo.training.metrics import classification_metrics
+from spikemo.training.schedule import LearningRateSchedule
 
 HEAD_FILE = "classifier_head.safetensors"
 SUMMARY_FILE = "finetune.json"
-LAST_CHECKPOINT = "last.pt"
+LAST_CHECKPOINT = "last.safetensors"
 MAX_GRAD_NORM = 1.0
 BUCKET_BATCHES = 50  # batches per pool of similar-length inputs
 ENCODER_CHUNK = 8  # a dialogue batch's inputs go through the encoder this many at a time, similar lengths together
 STATISTICS_SAMPLE = 512  # train utterances that set a dialogue head's input standardisation
-NEW_SETTING_DEFAULTS = {"head": "utterance", "head_lr": None}  # fine-tune settings added after fine-tunes were made
 log = logging.getLogger(__name__)
 
 
@@ -147,49 +151,15 @@ class _SplitInputs:
 
 
 def finetune_folder(config: SpikEmoConfig, manifest: pd.DataFrame) -> Path:
-    """Where the fine-tune of these settings on this manifest lives (same inputs, same folder)."""
-    text = config.features.text
-    spec = _base_encoder(config).spec()  # name, parameters, input construction, weight hashes
-    spec["params"].pop("model")  # the same weights found at another path are the same base model
-    content = manifest[["utterance_key", "split", "dialogue_id", "turn", "speaker", "text", "label_id"]].astype(str)
-    settings = text.finetune.model_dump() if text.finetune else None
-    head: dict[str, Any] = {}
-    if settings is not None:
-        for (
-            name,
-            default,
-        ) in NEW_SETTING_DEFAULTS.items():  # at their defaults, fine-tunes made before them are found again
-            if settings[name] == default:
-                del settings[name]
-        if settings.get("head") == "dialogue":  # the head's architecture and loss shape the encoder too
-            train = config.train
-            head = {
-                "model": config.model.model_dump(),
-                "loss": train.loss_weights.model_dump(),
-                "class_weighting": train.class_weighting,
-                "label_smoothing": train.label_smoothing,
-            }
-    digest = hashlib.sha256(
-        json.dumps(
-            {
-                "encoder": spec,
-                "finetune": settings,
-                **({"dialogue_head": head} if head else {}),
-                "data": hashlib.sha256(
-                    pd.util.hash_pandas_object(content, index=False).to_numpy().tobytes()
-                ).hexdigest(),
-            },
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()
-    return Path(config.workdir) / "text-encoders" / f"{config.data.dataset_name}-{digest[:16]}"
+    """Where the fine-tune of these settings on this manifest lives (same inputs, same folder: ``finetune_key``)."""
+    return Path(config.workdir) / "text-encoders" / finetune_key(config, manifest, _base_encoder(config).spec())
 
 
 def finetuned_text_config(config: SpikEmoConfig, manifest_path: Path) -> SpikEmoConfig:
     """``config`` with a ``features.text.finetune`` replaced by the finished fine-tune's folder as
     ``features.text.params.model``; unchanged when nothing is to be fine-tuned."""
     text = config.features.text
-    if text.finetune is None or "text" not in config.features.modalities:
+    if not config.fine_tunes_text:
         return config
     manifest, _ = read_manifest(manifest_path)
     model = finetune_folder(config, manifest) / "model"
@@ -339,7 +309,7 @@ class _FinetuneRun:
             weight_decay=self.settings.weight_decay,
             fused=self.runtime.device.type in FUSED_OPTIMIZER_DEVICES,
         )
-        self.scheduler = transformers.get_linear_schedule_with_warmup(
+        self.scheduler = LearningRateSchedule.linear(
             self.optimizer, round(self.settings.warmup_ratio * total_steps), total_steps
         )
         self.started = time.perf_counter()
@@ -486,7 +456,7 @@ class _FinetuneRun:
             if (step + 1) % accumulation == 0 or step + 1 == len(batches):
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), MAX_GRAD_NORM)
                 self.optimizer.step()
-                self.scheduler.step()
+                self.scheduler.after_step()
                 self.optimizer.zero_grad(set_to_none=True)
             total += float(loss.detach()) * int(labelled.sum())
             seen += int(labelled.sum())
@@ -534,23 +504,19 @@ class _FinetuneRun:
         self.model.head.load_state_dict(load_file(directory / HEAD_FILE))
 
     def _save_checkpoint(self, selection: SelectionState) -> None:
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-        payload = {
-            **asdict(selection),
-            "run_id": self.run_id,
-            "seconds": self._seconds(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            # batch order comes from generators seeded per epoch; torch's generators drive dropout
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
-        }
-        partial = self.checkpoints / (LAST_CHECKPOINT + ".partial")
-        torch.save(payload, partial)
-        os.replace(partial, self.checkpoints / LAST_CHECKPOINT)
+        progress = {"run_id": self.run_id, "seconds": self._seconds()}
+        save_training_checkpoint(
+            self.checkpoints / LAST_CHECKPOINT,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            selection,
+            self._run_identity(),
+            progress=progress,
+        )
+
+    def _run_identity(self) -> dict[str, Any]:
+        return {"finetune": self.checkpoints.parent.name}  # the folder's name is the digest of what it fine-tunes
 
     def _restore(self) -> SelectionState | None:
         """The last checkpoint's weights, optimizer, schedule and RNG states restored, its MLflow run and time
@@ -558,17 +524,11 @@ class _FinetuneRun:
         last = self.checkpoints / LAST_CHECKPOINT
         if not last.is_file():
             return None
-        payload = torch.load(last, map_location="cpu", weights_only=True)  # RNG states must stay on the CPU
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.scheduler.load_state_dict(payload["scheduler"])
-        rng = payload["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        self.run_id, self.earlier_seconds = payload["run_id"], payload["seconds"]
-        log.info("resuming the text fine-tune after epoch %d from %s", payload["epoch"], last)
-        return SelectionState(**{field.name: payload[field.name] for field in fields(SelectionState)})
+        selection = load_training_checkpoint(last, self.model, self.optimizer, self.scheduler, self._run_identity())
+        progress = checkpoint_progress(last)
+        self.run_id, self.earlier_seconds = progress["run_id"], progress["seconds"]
+        log.info("resuming the text fine-tune after epoch %d from %s", selection.epoch, last)
+        return selection
 
     @contextlib.contextmanager
     def _mlflow_run(self, run_id: str | None) -> Iterator[mlflow.ActiveRun]:
