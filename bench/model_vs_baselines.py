@@ -10,8 +10,10 @@ Datasets (each trained with its shipped config's model and training sections):
 - ``emodb``: EmoDB speech, speaker-independent, the audio encoder of configs/emodb.yaml or ``--emodb-audio``
   (``compare``, ``whisper``, ``whisper:{"window": "clip"}``: a name and optional JSON parameters). Each
   speaker's clips form one session (a "dialogue" of that speaker's utterances); fold k reports on speaker k,
-  selects on speaker k+1 and trains on the other six; every one of the 8 folds runs every seed. The summary
-  holds the encoder's extraction seconds per clip when this invocation encoded the clips.
+  selects on speaker k+1 and trains on the other six; every one of the 8 folds runs every seed. Each trained
+  variant is also scored on single clips (``<variant>_single_clip``: every test clip alone, no session to
+  normalise over, as a caller with one utterance has it). The summary holds the encoder's extraction seconds per
+  clip when this invocation encoded the clips.
 - ``demo``: a generated corpus (default 400 dialogues, ~3,400 clips: 322 dev utterances select, 671 test
   utterances are reported, a standard error of about 1.7 points; 200 dialogues leave 179 and 309), all three
   modalities, its own train/dev/test.
@@ -51,6 +53,7 @@ import numpy as np
 import pandas as pd
 import torch
 from meld_splits import selection_resplit, training_half, write_resplit  # bench/ is the script's folder
+from torch.utils.data import DataLoader
 
 from spikemo.config import ModelConfig, SpikEmoConfig, load_config, with_overrides
 from spikemo.data.demo import DemoCorpusSettings, make_demo_corpus
@@ -58,9 +61,9 @@ from spikemo.data.ingest import ingest
 from spikemo.data.schema import read_manifest
 from spikemo.features.extract import load_features
 from spikemo.stages import preprocess
-from spikemo.training import build_dialogue_data, train_on_dialogue_data
+from spikemo.training import build_dialogue_data, collate_dialogues, predict, train_on_dialogue_data
 from spikemo.training.baseline import fit_linear_probe
-from spikemo.training.metrics import bootstrap_weights, interval, weighted_scores
+from spikemo.training.metrics import bootstrap_weights, classification_metrics, interval, weighted_scores
 from spikemo.training.text_finetune import finetune_text_encoder, finetuned_text_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -296,7 +299,27 @@ def run_fold(
                 epochs_run=len(result.history),
             )
         )
+        if fold.resample_utterances:
+            alone = single_clip_predictions(result.model, fold, test.utterance_keys[labelled])
+            reported.by_run[(f"{variant}_single_clip", seed)] = alone
+            scores = classification_metrics(test.labels[labelled], alone, fold.labels)
+            records.append(_record(dataset, fold.name, f"{variant}_single_clip", seed, scores, result.dev_metrics, 0.0))
     return records
+
+
+def single_clip_predictions(model: torch.nn.Module, fold: Fold, keys: np.ndarray) -> np.ndarray:
+    """The trained model's predicted label of each test clip scored alone (its own one-clip session), in the
+    order of ``keys``."""
+    test_rows = fold.manifest["split"] == "test"
+    alone = fold.manifest.assign(
+        dialogue_id=fold.manifest["dialogue_id"].where(~test_rows, fold.manifest["utterance_key"]),
+        turn=fold.manifest["turn"].where(~test_rows, 0),
+    )
+    clips = build_dialogue_data(alone, fold.features, len(fold.labels)).splits["test"]
+    batches = DataLoader(clips, batch_size=64, collate_fn=collate_dialogues)
+    _, predicted = predict(model, batches)
+    by_key = dict(zip(clips.utterance_keys[clips.labels >= 0], predicted, strict=True))
+    return np.array([by_key[key] for key in keys])
 
 
 def _record(
