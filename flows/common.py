@@ -50,7 +50,8 @@ def resolve_config(
 
 
 def config_payload(config: SpikEmoConfig) -> dict[str, Any]:
-    """The config as task input: plain JSON, so Prefect can hash it and store results as JSON."""
+    """The config as a flow parameter (plain JSON, as deployments and the UI hold parameters); tasks take the
+    resolved ``SpikEmoConfig`` itself."""
     return config.model_dump(mode="json")
 
 
@@ -61,6 +62,8 @@ def artifact_key(config: SpikEmoConfig, stage: str) -> str:
 
 
 def _dataset_name(parameters: dict[str, Any]) -> str:
+    if isinstance(parameters.get("config"), SpikEmoConfig):  # a task's resolved config
+        return parameters["config"].data.dataset_name
     try:
         config = resolve_config(parameters.get("config_path"), parameters.get("overrides"), parameters.get("config"))
     except SpikemoError:

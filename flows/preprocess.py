@@ -20,9 +20,8 @@ from spikemo.training.text_finetune import finetune_text_encoder, finetuned_text
 
 
 @task(name="ingest", task_run_name=task_run_name("ingest"), retries=1, cache_policy=NONE)
-def ingest_task(config: dict[str, Any]) -> dict[str, Any]:
-    resolved = SpikEmoConfig.model_validate(config)
-    result = ingest(resolved.data, resolved.manifest_path)
+def ingest_task(config: SpikEmoConfig) -> dict[str, Any]:
+    result = ingest(config.data, config.manifest_path)
     summary = result.summary()
     summary["problems_by_reason"] = (
         result.problems.assign(kind=result.problems["reason"].map(reason_kind))
@@ -36,10 +35,10 @@ def ingest_task(config: dict[str, Any]) -> dict[str, Any]:
 
 
 @task(name="finetune-text", task_run_name=task_run_name("finetune-text"), retries=1, cache_policy=NONE)
-def finetune_text_task(config: dict[str, Any], manifest: str) -> dict[str, Any]:
+def finetune_text_task(config: SpikEmoConfig, manifest: str) -> dict[str, Any]:
     """Fine-tune the text encoder, or reuse the finished fine-tune of the same settings and data (its folder is
     keyed by their digest, as the feature caches are by the encoder's fingerprint); a retry resumes it."""
-    result = finetune_text_encoder(SpikEmoConfig.model_validate(config), Path(manifest))
+    result = finetune_text_encoder(config, Path(manifest))
     get_run_logger().info(
         "text encoder %s: %s (dev weighted-F1 %.2f)",
         "reused" if result.reused else "fine-tuned",
@@ -50,9 +49,8 @@ def finetune_text_task(config: dict[str, Any], manifest: str) -> dict[str, Any]:
 
 
 @task(name="plan-shards", task_run_name="plan-{modality}-shards", cache_policy=NONE)
-def plan_task(manifest: str, modality: str, config: dict[str, Any]) -> list[dict[str, Any]]:
-    resolved = SpikEmoConfig.model_validate(config)
-    plans = plan_shards(Path(manifest), modality, resolved.features, resolved.cache)
+def plan_task(manifest: str, modality: str, config: SpikEmoConfig) -> list[dict[str, Any]]:
+    plans = plan_shards(Path(manifest), modality, config.features, config.cache)
     return [{"index": plan.index, "rows": plan.rows, "pending": len(plan.pending_keys)} for plan in plans]
 
 
@@ -63,18 +61,16 @@ def plan_task(manifest: str, modality: str, config: dict[str, Any]) -> list[dict
     retry_delay_seconds=10,
     cache_policy=NONE,
 )
-def extract_shard_task(manifest: str, modality: str, shard: int, config: dict[str, Any]) -> dict[str, Any]:
-    resolved = SpikEmoConfig.model_validate(config)
-    return extract_modality(Path(manifest), modality, resolved.features, resolved.cache, shard_filter=[shard]).summary()
+def extract_shard_task(manifest: str, modality: str, shard: int, config: SpikEmoConfig) -> dict[str, Any]:
+    return extract_modality(Path(manifest), modality, config.features, config.cache, shard_filter=[shard]).summary()
 
 
 @task(name="summarise-cache", task_run_name="summarise-{modality}-cache", cache_policy=NONE)
 def summarise_task(
-    manifest: str, modality: str, config: dict[str, Any], shard_results: list[dict[str, Any]]
+    manifest: str, modality: str, config: SpikEmoConfig, shard_results: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """The modality's cache after this run: encoded here, reused from earlier runs, failed."""
-    resolved = SpikEmoConfig.model_validate(config)
-    final = extract_modality(Path(manifest), modality, resolved.features, resolved.cache).summary()
+    final = extract_modality(Path(manifest), modality, config.features, config.cache).summary()
     final["encoded"] = sum(result["encoded"] for result in shard_results)
     final["failed"] = sum(result["failed"] for result in shard_results)
     final["missing_media"] = sum(result["missing_media"] for result in shard_results)
@@ -88,10 +84,10 @@ def extract_flow(config: dict[str, Any], manifest: str) -> dict[str, dict[str, A
     resolved = SpikEmoConfig.model_validate(config)
     summaries = {}
     for modality in resolved.features.modalities:
-        plans = plan_task(manifest, modality, config)
-        futures = [extract_shard_task.submit(manifest, modality, plan["index"], config) for plan in plans]
+        plans = plan_task(manifest, modality, resolved)
+        futures = [extract_shard_task.submit(manifest, modality, plan["index"], resolved) for plan in plans]
         wait(futures)
-        summaries[modality] = summarise_task(manifest, modality, config, [future.result() for future in futures])
+        summaries[modality] = summarise_task(manifest, modality, resolved, [future.result() for future in futures])
     return summaries
 
 
@@ -101,17 +97,18 @@ def preprocess_flow(
 ) -> dict[str, Any]:
     """Ingest a dataset and extract its features; a summary artifact lists counts and rejected rows."""
     resolved = resolve_config(config_path, overrides, config)
-    payload = config_payload(resolved)
-    ingested = ingest_task(payload)
+    ingested = ingest_task(resolved)
     summary: dict[str, Any] = {
         "manifest": ingested["manifest"],
         "utterances": ingested["utterances"],
         "rejected": ingested["rejected"],
     }
     if resolved.fine_tunes_text:
-        summary["text_finetune"] = finetune_text_task(payload, ingested["manifest"])
-        payload = config_payload(finetuned_text_config(resolved, Path(ingested["manifest"])))
-    modalities = extract_flow.with_options(task_runner=task_runner(resolved))(payload, ingested["manifest"])
+        summary["text_finetune"] = finetune_text_task(resolved, ingested["manifest"])
+    extracting = finetuned_text_config(resolved, Path(ingested["manifest"]))  # the fine-tuned encoder, if any
+    modalities = extract_flow.with_options(task_runner=task_runner(resolved))(
+        config_payload(extracting), ingested["manifest"]
+    )
     summary["modalities"] = modalities
     create_markdown_artifact(
         key=artifact_key(resolved, "preprocess"),

@@ -15,11 +15,10 @@ from spikemo.tracking import connect
 
 
 @task(name="score-dataset", task_run_name=task_run_name("score"), retries=1, cache_policy=NONE)
-def score_task(model_uri: str, config: dict[str, Any], out: str, newest: int = 0) -> dict[str, Any]:
-    resolved = SpikEmoConfig.model_validate(config)
-    connect(resolved)
+def score_task(model_uri: str, config: SpikEmoConfig, out: str, newest: int = 0) -> dict[str, Any]:
+    connect(config)
     predictor = Predictor.from_uri(model_uri)
-    predictions = predictor.predict_dataset(resolved.data, resolved.cache)
+    predictions = predictor.predict_dataset(config.data, config.cache)
     if newest > 0:  # conversations so far: the label of each one's newest turn(s)
         predictions = newest_turns(predictions, newest)
     return write_predictions(predictions, Path(out))
@@ -39,4 +38,4 @@ def score_flow(
     resolved = resolve_config(config_path, overrides, config)
     if not out.endswith(".parquet"):
         out = f"{out}.parquet"
-    return score_task(model_uri, resolved.model_dump(mode="json"), out, newest)
+    return score_task(model_uri, resolved, out, newest)

@@ -29,12 +29,12 @@ def _training_inputs(context: Any, parameters: dict[str, Any]) -> str:
     """Same config, manifest content, encoders and library code → the finished run is reused, not retrained."""
     manifest, _ = read_manifest(Path(parameters["preprocessed"]["manifest"]))
     encoders = {m: s["fingerprint"] for m, s in parameters["preprocessed"]["modalities"].items()}
-    return training_cache_key(parameters["config"], manifest, encoders)
+    return training_cache_key(config_payload(parameters["config"]), manifest, encoders)
 
 
 @task(name="extract-missing", task_run_name=task_run_name("extract-missing"), retries=1, cache_policy=NONE)
-def extract_missing_task(config: dict[str, Any]) -> dict[str, Any]:
-    return preprocess(SpikEmoConfig.model_validate(config))
+def extract_missing_task(config: SpikEmoConfig) -> dict[str, Any]:
+    return preprocess(config)
 
 
 @task(
@@ -44,10 +44,9 @@ def extract_missing_task(config: dict[str, Any]) -> dict[str, Any]:
     persist_result=True,
     result_serializer="json",
 )
-def train_task(config: dict[str, Any], preprocessed: dict[str, Any]) -> dict[str, Any]:
-    resolved = SpikEmoConfig.model_validate(config)
-    data = load_prepared(resolved, Path(preprocessed["manifest"]), preprocessed)
-    trained = train_and_log(resolved, data)
+def train_task(config: SpikEmoConfig, preprocessed: dict[str, Any]) -> dict[str, Any]:
+    data = load_prepared(config, Path(preprocessed["manifest"]), preprocessed)
+    trained = train_and_log(config, data)
     get_run_logger().info("MLflow run %s: dev weighted-F1 %.2f", trained.run_id, trained.summary["dev_weighted_f1"])
     return {
         "run_id": trained.run_id,
@@ -66,8 +65,7 @@ def train_task(config: dict[str, Any], preprocessed: dict[str, Any]) -> dict[str
     persist_result=True,
     result_serializer="json",
 )
-def register_task(config: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
-    resolved = SpikEmoConfig.model_validate(config)
+def register_task(config: SpikEmoConfig, trained: dict[str, Any]) -> dict[str, Any]:
     run = TrainedRun(
         trained["run_id"],
         Path(trained["bundle"]),
@@ -76,7 +74,7 @@ def register_task(config: dict[str, Any], trained: dict[str, Any]) -> dict[str, 
         trained["baseline_gating_score"],
         trained["model_id"],
     )
-    return register(resolved, run).summary()  # register() logs the registry decision
+    return register(config, run).summary()  # register() logs the registry decision
 
 
 @flow(name="spikemo-train", flow_run_name=flow_run_name("train"), log_prints=True)
@@ -89,10 +87,9 @@ def train_flow(
 ) -> dict[str, Any]:
     """Train and register; without ``preprocessed`` it first extracts whatever the cache lacks."""
     resolved = resolve_config(config_path, overrides, config)
-    payload = config_payload(resolved)
-    preprocessed = preprocessed or extract_missing_task(payload)
-    trained = train_task.with_options(refresh_cache=force)(payload, preprocessed)
-    registration = register_task(payload, trained)
+    preprocessed = preprocessed or extract_missing_task(resolved)
+    trained = train_task.with_options(refresh_cache=force)(resolved, preprocessed)
+    registration = register_task(resolved, trained)
     summary = {**trained["summary"], **registration}
     create_markdown_artifact(
         key=artifact_key(resolved, "train"), markdown=_markdown(resolved, summary), description="spikemo training run"

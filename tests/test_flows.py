@@ -169,7 +169,7 @@ def test_training_cache_key_follows_the_library_code(tmp_path, monkeypatch, meld
     from spikemo.stages import preprocess
 
     config = tiny_config(meld_conversations, tmp_path / "work", tmp_path / "cache")
-    parameters = {"config": config.model_dump(mode="json"), "preprocessed": preprocess(config)}
+    parameters = {"config": config, "preprocessed": preprocess(config)}
     before = train._training_inputs(None, parameters)
     assert train._training_inputs(None, parameters) == before
     monkeypatch.setattr(identity, "code_digest", lambda: "another version of spikemo")
