@@ -29,7 +29,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -49,7 +48,7 @@ from spikemo.features.base import build_encoder
 from spikemo.incremental import IncrementalScorer
 from spikemo.model.spikemo import SpikEmo
 from spikemo.predict import Predictor
-from spikemo.servers import stop_process_group
+from spikemo.servers import model_server_command, stop_process_group
 from spikemo.tracking import INPUT_EXAMPLE, PYFUNC_MODEL_FILE, prediction_signature
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,21 +168,7 @@ def free_port() -> int:
 
 
 def start_model_server(model: Path, port: int, threads: int) -> subprocess.Popen:
-    command = [
-        str(Path(sys.executable).with_name("mlflow")),
-        "models",
-        "serve",
-        "-m",
-        str(model),
-        "--env-manager",
-        "local",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
+    command = model_server_command(str(model), "127.0.0.1", port)
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     server = subprocess.Popen(
         command, env=environment, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

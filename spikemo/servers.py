@@ -1,11 +1,14 @@
-"""Child servers (``mlflow ui``, ``prefect server start``) that stop with the command that started them."""
+"""Child servers (``mlflow ui``, ``prefect server start``, ``mlflow models serve``) that stop with the command that
+started them."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 STOP_GRACE_SECONDS = 15.0
 
@@ -45,3 +48,24 @@ def stop_process_group(child: subprocess.Popen) -> int:
         except subprocess.TimeoutExpired:
             continue
     return child.wait()
+
+
+def model_server_command(model_uri: str, host: str, port: int) -> list[str]:
+    """``mlflow models serve`` of ``model_uri`` in this Python environment (no new one is built), one worker
+    process: the scoring server answers concurrent requests from its thread pool."""
+    mlflow = str(Path(sys.executable).with_name("mlflow"))
+    return [
+        mlflow,
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]

@@ -6,11 +6,9 @@ import json
 import logging
 import os
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -24,7 +22,7 @@ from spikemo.config import DataConfig
 from spikemo.data.ingest import file_sha256, ingest
 from spikemo.incremental import IncrementalScorer
 from spikemo.predict import Predictor
-from spikemo.servers import stop_process_group
+from spikemo.servers import model_server_command, stop_process_group
 from spikemo.tracking import connect, tracking_uri
 
 MODEL_URI = "models:/spikemo-livetext@champion"
@@ -187,21 +185,7 @@ def test_mlflow_models_serve_answers_every_good_request_and_refuses_bad_ones_und
     bad_bodies = [b"not json", json.dumps({"dataframe_split": {"columns": ["dialogue_id"], "data": [["7"]]}}).encode()]
     port = free_port()
     server = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("mlflow")),
-            "models",
-            "serve",
-            "-m",
-            MODEL_URI,
-            "--env-manager",
-            "local",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
+        model_server_command(MODEL_URI, "127.0.0.1", port),
         env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(config)},
         start_new_session=True,
         stdout=subprocess.DEVNULL,
