@@ -241,7 +241,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=["in-process", "served"], default="in-process")
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "meld-causal.yaml")
-    parser.add_argument("--dialogues", type=int, default=10, help="MELD dialogues of 20+ turns to replay")
+    parser.add_argument("--dialogues", type=int, default=7, help="MELD dialogues of 20+ turns to replay (dev has 7)")
     parser.add_argument("--clients", type=int, default=8, help="callers at once (--part served)")
     parser.add_argument("--meld", type=Path, default=MELD)
     parser.add_argument("--threads", type=int, default=2)
