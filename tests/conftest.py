@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +17,7 @@ import transformers
 
 from spikemo.config import SpikEmoConfig, load_config
 from spikemo.data.demo import DemoCorpusSettings, make_demo_corpus, plan_demo_corpus, write_annotations
+from spikemo.servers import stop_process_group
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -45,13 +48,39 @@ def answer_of(url: str) -> bytes | None:
         return None
 
 
-def wait_for_answer(url: str, seconds: float = 180) -> bytes:
+def wait_for_answer(
+    url: str, seconds: float = 180, server: subprocess.Popen | None = None, log: Path | None = None
+) -> bytes:
+    """The first answer at ``url``; fails when ``seconds`` pass or ``server`` exits first, quoting ``log``'s end."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and (server is None or server.poll() is None):
         if (answer := answer_of(url)) is not None:
             return answer
         time.sleep(1)
-    raise AssertionError(f"{url} did not answer within {seconds:.0f} s")
+    tail = log.read_text(errors="replace")[-3000:] if log is not None and log.is_file() else ""
+    state = f"the server exited with {server.returncode}" if server is not None and server.poll() is not None else ""
+    raise AssertionError(f"{url} did not answer within {seconds:.0f} s {state}\n{tail}")
+
+
+def serve_on_a_free_port(
+    command: Callable[[int], list[str]], ready_path: str, env: dict[str, str], log: Path, seconds: float = 300
+) -> tuple[subprocess.Popen, int]:
+    """Start ``command(port)`` until its server answers at ``ready_path``; a server that exits first (the free
+    port taken by another process in between) is started again on another port."""
+    attempts = 3
+    for attempt in range(attempts):
+        port = free_port()
+        server = subprocess.Popen(
+            command(port), env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=log.open("wb")
+        )
+        try:
+            wait_for_answer(f"http://127.0.0.1:{port}{ready_path}", seconds, server, log)
+            return server, port
+        except AssertionError:
+            if server.poll() is None or attempt + 1 == attempts:
+                stop_process_group(server)
+                raise
+    raise AssertionError("unreachable")
 
 
 TINY_MODEL = {

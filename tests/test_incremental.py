@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +13,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import free_port, wait_for_answer
+from conftest import serve_on_a_free_port
 
 from spikemo import experiment
 from spikemo.cli import main
@@ -174,7 +173,9 @@ def _newest_turn_body(turns: pd.DataFrame) -> bytes:
     ).encode()
 
 
-def test_mlflow_models_serve_answers_every_good_request_and_refuses_bad_ones_under_concurrent_clients(causal_model):
+def test_mlflow_models_serve_answers_every_good_request_and_refuses_bad_ones_under_concurrent_clients(
+    causal_model, tmp_path
+):
     config, _, dev = causal_model
     dialogues = [turns.sort_values("utterance_index") for _, turns in list(dev.groupby("dialogue_id"))[:8]]
     alone = mlflow.pyfunc.load_model(MODEL_URI)
@@ -183,13 +184,11 @@ def test_mlflow_models_serve_answers_every_good_request_and_refuses_bad_ones_und
         for dialogue in dialogues
     ]
     bad_bodies = [b"not json", json.dumps({"dataframe_split": {"columns": ["dialogue_id"], "data": [["7"]]}}).encode()]
-    port = free_port()
-    server = subprocess.Popen(
-        model_server_command(MODEL_URI, "127.0.0.1", port),
-        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(config)},
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    server, port = serve_on_a_free_port(
+        lambda port: model_server_command(MODEL_URI, "127.0.0.1", port),
+        "/ping",
+        {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(config)},
+        tmp_path / "server.log",
     )
     url = f"http://127.0.0.1:{port}/invocations"
 
@@ -201,7 +200,6 @@ def test_mlflow_models_serve_answers_every_good_request_and_refuses_bad_ones_und
         ]
 
     try:
-        wait_for_answer(f"http://127.0.0.1:{port}/ping")
         with ThreadPoolExecutor(max_workers=len(dialogues)) as pool:
             answers = list(pool.map(client, dialogues))
     finally:
