@@ -21,7 +21,7 @@ class LearningRateSchedule:
 
     ``cosine``: from 1% of ``lr`` up to ``lr`` over ``warmup_epochs``, then a cosine down to 0 at ``epochs``
     (early stopping usually ends training before). ``plateau``: the same warm-up, then ReduceLROnPlateau
-    on the dev score.
+    on the dev score. ``linear`` (``LearningRateSchedule.linear``): from 0 up to ``lr``, then down to 0.
     """
 
     def __init__(
