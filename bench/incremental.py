@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import subprocess
 import tempfile
@@ -48,7 +47,7 @@ from spikemo.features.base import build_encoder
 from spikemo.incremental import IncrementalScorer
 from spikemo.model.spikemo import SpikEmo
 from spikemo.predict import Predictor
-from spikemo.servers import model_server_command, stop_process_group
+from spikemo.servers import model_server_command, model_server_environment, stop_process_group
 from spikemo.tracking import INPUT_EXAMPLE, PYFUNC_MODEL_FILE, prediction_signature
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,7 +168,7 @@ def free_port() -> int:
 
 def start_model_server(model: Path, port: int, threads: int) -> subprocess.Popen:
     command = model_server_command(str(model), "127.0.0.1", port)
-    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    environment = model_server_environment(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     server = subprocess.Popen(
         command, env=environment, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

@@ -26,7 +26,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from spikemo.data.demo import DemoCorpusSettings, plan_demo_corpus, write_annotations
-from spikemo.servers import stop_process_group
+from spikemo.servers import model_server_environment, stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 SPIKEMO = [sys.executable, "-m", "spikemo.cli"]
@@ -43,7 +43,13 @@ def start_tracking_server(folder: Path) -> tuple[subprocess.Popen, str]:
     command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port)]
     command += ["--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination"]
     command += [str(folder / "artifacts")]
-    server = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        command,
+        env=model_server_environment(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

@@ -69,3 +69,10 @@ def model_server_command(model_uri: str, host: str, port: int) -> list[str]:
         "--workers",
         "1",
     ]
+
+
+def model_server_environment(**variables: str) -> dict[str, str]:
+    """This process's environment plus ``variables``, with this Python's bin folder first on PATH:
+    ``mlflow models serve`` starts ``uvicorn`` by name, which an unactivated virtualenv does not put on PATH."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {**os.environ, "PATH": path, **variables}

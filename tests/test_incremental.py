@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ from spikemo.config import DataConfig
 from spikemo.data.ingest import file_sha256, ingest
 from spikemo.incremental import IncrementalScorer
 from spikemo.predict import Predictor
-from spikemo.servers import model_server_command, stop_process_group
+from spikemo.servers import model_server_command, model_server_environment, stop_process_group
 from spikemo.tracking import connect, tracking_uri
 
 MODEL_URI = "models:/spikemo-livetext@champion"
@@ -187,7 +186,7 @@ def test_mlflow_models_serve_answers_every_good_request_and_refuses_bad_ones_und
     server, port = serve_on_a_free_port(
         lambda port: model_server_command(MODEL_URI, "127.0.0.1", port),
         "/ping",
-        {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(config)},
+        model_server_environment(MLFLOW_TRACKING_URI=tracking_uri(config)),
         tmp_path / "server.log",
     )
     url = f"http://127.0.0.1:{port}/invocations"
