@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import tempfile
 import time
@@ -47,7 +46,7 @@ from spikemo.features.base import build_encoder
 from spikemo.incremental import IncrementalScorer
 from spikemo.model.spikemo import SpikEmo
 from spikemo.predict import Predictor
-from spikemo.servers import model_server_command, model_server_environment, stop_process_group
+from spikemo.servers import free_port, model_server_command, model_server_environment, stop_process_group
 from spikemo.tracking import INPUT_EXAMPLE, PYFUNC_MODEL_FILE, prediction_signature
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,12 +157,6 @@ def saved_pyfunc(predictor: Predictor, folder: Path) -> Path:
         input_example=INPUT_EXAMPLE,
     )
     return folder / "pyfunc"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_model_server(model: Path, port: int, threads: int) -> subprocess.Popen:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,16 +25,10 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from spikemo.data.demo import DemoCorpusSettings, plan_demo_corpus, write_annotations
-from spikemo.servers import model_server_environment, stop_process_group
+from spikemo.servers import free_port, model_server_environment, stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 SPIKEMO = [sys.executable, "-m", "spikemo.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_tracking_server(folder: Path) -> tuple[subprocess.Popen, str]:

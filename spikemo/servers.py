@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -48,6 +49,13 @@ def stop_process_group(child: subprocess.Popen) -> int:
         except subprocess.TimeoutExpired:
             continue
     return child.wait()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (another process may still take it before a server binds it)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
 
 
 def model_server_command(model_uri: str, host: str, port: int) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 import urllib.request
@@ -17,7 +16,7 @@ import transformers
 
 from spikemo.config import SpikEmoConfig, load_config
 from spikemo.data.demo import DemoCorpusSettings, make_demo_corpus, plan_demo_corpus, write_annotations
-from spikemo.servers import stop_process_group
+from spikemo.servers import free_port, stop_process_group
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -31,12 +30,6 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if XDIST_WORKERS > 1:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // XDIST_WORKERS))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def answer_of(url: str) -> bytes | None:
