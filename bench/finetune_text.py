@@ -113,7 +113,7 @@ def speed_worker(args: argparse.Namespace) -> dict[str, Any]:
             started = time.perf_counter()
         tokens = encoder.tokenize([items[row] for row in batch])
         with autocast():
-            logits = model(tokens)
+            logits = model(model.encode(tokens))
         loss = torch.nn.functional.cross_entropy(logits.float(), labels[batch])
         loss.backward()
         optimizer.step()

@@ -153,16 +153,16 @@ def cmd_finetune_text(args: argparse.Namespace, config: SpikEmoConfig) -> dict[s
     Settings: features.text.finetune (defaults when unset). A killed run resumes after its last epoch.
     """
     from spikemo.data.ingest import ingest
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError(
-            "finetune-text runs in one process: start it without torchrun (spikemo train under torchrun "
-            "then reuses the finished fine-tune)"
-        )
+    from spikemo.training.distributed import barrier, distributed_context
     from spikemo.training.text_finetune import finetune_text_encoder
 
-    ingest(config.data, config.manifest_path)
-    result = finetune_text_encoder(config, config.manifest_path)
+    with distributed_context(config.features.device) as context:  # under torchrun: one fine-tune over all ranks
+        if context.is_main:
+            ingest(config.data, config.manifest_path)
+        barrier(context)
+        result = finetune_text_encoder(config, config.manifest_path, context)
+    if not context.is_main:
+        return {"command": "finetune-text", "dataset": config.data.dataset_name, "rank": context.rank}
     print(
         f"fine-tuned text encoder {'reused' if result.reused else 'saved'}: {result.model_path} (dev weighted-F1 "
         f"{result.dev_weighted_f1:.2f}, test {_percent(result.test_weighted_f1)}, best epoch {result.best_epoch} of "

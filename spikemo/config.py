@@ -68,6 +68,14 @@ class EncoderConfig(Section):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class PrototypicalContrastiveConfig(Section):
+    """SPCL's supervised prototypical contrastive loss on the fine-tune's pooled utterance vectors."""
+
+    weight: float = Field(0.5, gt=0, description="Its weight, added to the head's loss.")
+    temperature: float = Field(0.1, gt=0, description="Softmax temperature over cosine similarities.")
+    memory: int = Field(64, ge=1, description="Recent train vectors kept per class; their mean is its prototype.")
+
+
 class TextFinetuneConfig(Section):
     """Fine-tuning the text encoder as an emotion classifier on train before extraction (EmoBERTa's recipe)."""
 
@@ -85,6 +93,9 @@ class TextFinetuneConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="Autocast: auto | fp32 | bf16.")
     patience: int = Field(2, ge=1, description="Early-stopping patience (epochs).")
     seed: int = 0
+    contrastive: PrototypicalContrastiveConfig | None = Field(
+        None, description="SPCL's prototypical contrastive loss beside the head's (null: off)."
+    )
 
 
 class TextEncoderConfig(EncoderConfig):

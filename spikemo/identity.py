@@ -28,7 +28,7 @@ TRAINING_COLUMNS = ["utterance_key", "split", "label_id", "text", "media_fingerp
 FINETUNE_COLUMNS = ["utterance_key", "split", "dialogue_id", "turn", "speaker", "text", "label_id"]  # the fine-tune's
 # fine-tune settings added after fine-tunes were made: at these defaults they are left out of the key, so those
 # fine-tunes are found again
-FINETUNE_SETTINGS_ADDED = {"head": "utterance", "head_lr": None}
+FINETUNE_SETTINGS_ADDED = {"head": "utterance", "head_lr": None, "contrastive": None}
 
 
 def stable_digest(*parts: Any) -> str:

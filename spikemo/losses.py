@@ -15,6 +15,8 @@
   over the batch (per dimension). Then |E[f . g]| <= 1 and 0 <= tr(cov(f) cov(g)) <= 1, so the loss
   lies in [-1, 1.5]: -1 + 1/(2H) at best (f = g, spread evenly over the H directions), about 0 for
   unrelated features, against cross-entropy's ln(C) ~ 1.9 at the start for C = 7 classes.
+Beside them, for the text fine-tune: ``PrototypicalContrastiveLoss``, SPCL's supervised prototypical contrastive loss
+(Song et al. 2022) on the pooled utterance vectors.
 A weight of 0 disables a term: it is neither computed nor reported. ``LossBreakdown.terms`` holds the
 unweighted terms, ``weighted_terms`` what each adds to the total.
 """
@@ -110,3 +112,51 @@ def class_weights_from_counts(counts: torch.Tensor, scheme: str) -> torch.Tensor
     counts = counts.double()
     balanced = torch.where(counts > 0, counts.sum() / (len(counts) * counts.clamp(min=1)), torch.zeros_like(counts))
     return (balanced.sqrt() if scheme == "sqrt_balanced" else balanced).float()
+
+
+class PrototypicalContrastiveLoss(nn.Module):
+    """Supervised contrastive loss over a batch's labelled vectors and one prototype per class (SPCL, Song et al.
+    2022), so that every class takes part in every batch, however small.
+
+    Vectors are L2-normalised; a class's prototype is the normalised mean of its last ``memory`` vectors from
+    earlier batches (a class not seen yet has none). For anchor i with label y, over the candidates a (the batch's
+    other vectors and the prototypes) and the positives P (those of label y):
+    loss_i = -1/|P| sum_{p in P} log(exp(s_ip / t) / sum_a exp(s_ia / t)), s the cosine similarity, t
+    ``temperature``; averaged over the anchors with a positive. Each call then stores the batch's vectors (detached)
+    in the memory, which is part of the module's state (a resumed run continues with it)."""
+
+    def __init__(self, num_classes: int, dim: int, memory: int, temperature: float):
+        super().__init__()
+        self.temperature = temperature
+        self.register_buffer("memory", torch.zeros(num_classes, memory, dim))
+        self.register_buffer("stored", torch.zeros(num_classes, dtype=torch.long))  # vectors stored so far per class
+
+    def prototypes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalised prototypes [K, H] of the K classes with stored vectors, and those classes' ids [K]."""
+        filled = self.stored.clamp(max=self.memory.shape[1])
+        classes = torch.nonzero(filled).squeeze(1)
+        means = self.memory[classes].sum(1) / filled[classes, None]
+        return F.normalize(means, dim=-1), classes
+
+    def forward(self, vectors: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        anchors = F.normalize(vectors.float(), dim=-1)
+        prototypes, classes = self.prototypes()
+        candidates = torch.cat([anchors, prototypes])
+        candidate_labels = torch.cat([targets, classes])
+        itself = torch.eye(len(anchors), len(candidates), dtype=torch.bool, device=anchors.device)
+        logits = (anchors @ candidates.T / self.temperature).masked_fill(itself, float("-inf"))
+        positive = (targets[:, None] == candidate_labels[None, :]) & ~itself
+        log_probability = (logits - logits.logsumexp(1, keepdim=True)).masked_fill(~positive, 0.0)
+        counts = positive.sum(1)
+        per_anchor = -log_probability.sum(1)[counts > 0] / counts[counts > 0]
+        self._remember(anchors.detach(), targets)
+        return per_anchor.mean() if len(per_anchor) else anchors.sum() * 0.0
+
+    @torch.no_grad()
+    def _remember(self, anchors: torch.Tensor, targets: torch.Tensor) -> None:
+        size = self.memory.shape[1]
+        for label in targets.unique():
+            rows = anchors[targets == label][-size:]
+            slots = (self.stored[label] + torch.arange(len(rows), device=rows.device)) % size
+            self.memory[label, slots] = rows
+            self.stored[label] += len(rows)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import transformers
+import yaml
 from mlflow import MlflowClient
 from safetensors.torch import load_file
 
@@ -126,12 +130,12 @@ def test_finetune_loss_falls_and_no_test_utterance_reaches_the_optimizer(
     manifest_path = tmp_path / "cache" / "manifest.parquet"
     manifest = ingest(config.data, manifest_path).manifest
     trained_on: list[torch.Tensor] = []
-    forward = UtteranceClassifier.forward
+    encode = UtteranceClassifier.encode
 
-    def recording_forward(self, tokens):
+    def recording_encode(self, tokens):
         if self.training:
             trained_on.append(tokens["input_ids"].clone())
-        return forward(self, tokens)
+        return encode(self, tokens)
 
     losses: list[float] = []
     train_epoch = _FinetuneRun.train_epoch
@@ -141,7 +145,7 @@ def test_finetune_loss_falls_and_no_test_utterance_reaches_the_optimizer(
         losses.append(metrics["train_loss"])
         return metrics
 
-    monkeypatch.setattr(UtteranceClassifier, "forward", recording_forward)
+    monkeypatch.setattr(UtteranceClassifier, "encode", recording_encode)
     monkeypatch.setattr(_FinetuneRun, "train_epoch", recording_epoch)
     finetune_text_encoder(config, manifest_path)
     assert losses[-1] < losses[0]
@@ -207,6 +211,17 @@ def test_a_dialogue_head_trains_with_the_encoder_on_whole_train_dialogues(
         update={"model": config.model.model_copy(update={"model_dim": 2 * config.model.model_dim})}
     )
     assert finetune_folder(wider, manifest) != finetune_folder(config, manifest)  # the head shapes the encoder
+    contrastive = tiny_finetune_config(
+        tiny_config,
+        meld_conversations,
+        tmp_path,
+        tiny_models["bert"],
+        epochs=3,
+        head="dialogue",
+        head_lr=3e-3,
+        contrastive={"weight": 0.5},
+    )
+    assert finetune_folder(contrastive, manifest) != finetune_folder(config, manifest)
     assert finetune_folder(utterance_config.model_copy(update={"model": wider.model}), manifest) == finetune_folder(
         utterance_config, manifest
     )
@@ -218,16 +233,20 @@ def _utterance_ids(ids: tuple[int, ...], sep: int) -> list[int]:
     return list(ids[first + 1 : ids.index(sep, first + 1)])
 
 
-@pytest.mark.parametrize("head", ["utterance", "dialogue"])
+@pytest.mark.parametrize(
+    "recipe",
+    [{"head": "utterance"}, {"head": "dialogue"}, {"head": "dialogue", "contrastive": {"memory": 8}}],
+    ids=["utterance", "dialogue", "dialogue-contrastive"],
+)
 def test_a_killed_finetune_resumes_after_its_last_epoch_and_ends_as_an_uninterrupted_one(
-    tiny_config, meld_conversations: Path, tiny_models: dict[str, Path], tmp_path: Path, monkeypatch, head: str
+    tiny_config, meld_conversations: Path, tiny_models: dict[str, Path], tmp_path: Path, monkeypatch, recipe: dict
 ) -> None:
     uninterrupted = finetune_text_encoder(
-        tiny_finetune_config(tiny_config, meld_conversations, tmp_path / "a", tiny_models["bert"], epochs=3, head=head),
+        tiny_finetune_config(tiny_config, meld_conversations, tmp_path / "a", tiny_models["bert"], epochs=3, **recipe),
         _ingested(tiny_config, meld_conversations, tmp_path / "a"),
     )
     config = tiny_finetune_config(
-        tiny_config, meld_conversations, tmp_path / "b", tiny_models["bert"], epochs=3, head=head
+        tiny_config, meld_conversations, tmp_path / "b", tiny_models["bert"], epochs=3, **recipe
     )
     manifest_path = _ingested(tiny_config, meld_conversations, tmp_path / "b")
     evaluate = _FinetuneRun._evaluate
@@ -376,3 +395,33 @@ def test_mask_pooling_reads_the_state_of_a_speaker_query_before_the_utterance_an
     assert torch.allclose(pooled, states[torch.arange(4), positions])
     result = finetune_text_encoder(config, manifest_path)
     assert result.epochs_run == 1 and np.isfinite(result.dev_weighted_f1)
+
+
+def test_finetune_text_under_torchrun_is_one_finetune_over_both_ranks_with_one_run(
+    tiny_config, meld_conversations: Path, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    config = tiny_finetune_config(
+        tiny_config, meld_conversations, tmp_path, tiny_models["bert"], epochs=2, head="dialogue", head_lr=3e-3
+    )
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    command = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "spikemo.cli", "finetune-text"]
+    result = subprocess.run(
+        [*command, "--config", str(config_file)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert sorted(line.get("rank", 0) for line in lines) == [0, 1]
+    (summary,) = [line for line in lines if "model_path" in line]
+    assert summary["epochs_run"] == 2 and (Path(summary["model_path"]) / SUMMARY_FILE).is_file()
+    client = MlflowClient(tracking_uri(config))
+    runs = client.search_runs([client.get_experiment_by_name(config.tracking.experiment).experiment_id])
+    assert [run.info.run_id for run in runs] == [summary["run_id"]] and runs[0].info.status == "FINISHED"
+    assert len(client.get_metric_history(summary["run_id"], "train/loss")) == 2
+    manifest = pd.read_parquet(config.manifest_path)
+    assert finetune_folder(config, manifest) / "model" == Path(summary["model_path"])

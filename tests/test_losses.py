@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from spikemo.config import LossWeights
-from spikemo.losses import SpikEmoLoss, class_weights_from_counts, self_adjusting_dice_loss, soft_hgr_loss
+from spikemo.losses import (
+    PrototypicalContrastiveLoss,
+    SpikEmoLoss,
+    class_weights_from_counts,
+    self_adjusting_dice_loss,
+    soft_hgr_loss,
+)
 from spikemo.model.batch import IGNORE_INDEX, DialogueBatch
 from spikemo.model.spikemo import SpikEmoOutput
 
@@ -132,3 +138,33 @@ def test_batch_without_labels_gives_zero_loss():
     output, batch = single_dialogue([[0.0, 0.0]], [IGNORE_INDEX], {"text": [[0.0]]})
     breakdown = SpikEmoLoss(LossWeights(), 2)(output, batch)
     assert breakdown.total.item() == 0.0
+
+
+def test_prototypical_contrastive_loss_pulls_same_class_vectors_and_prototypes_from_earlier_batches():
+    loss = PrototypicalContrastiveLoss(num_classes=2, dim=2, memory=4, temperature=1.0)
+    first = torch.tensor([[2.0, 0.0], [1.0, 0.0], [0.0, 3.0]], requires_grad=True)
+    value = loss(first, torch.tensor([0, 0, 1]))
+    # no prototypes yet; each class-0 vector: positive the other (cos 1) against the class-1 one (cos 0); the
+    # class-1 vector has no positive and is left out
+    assert value.item() == pytest.approx(math.log(1 + math.exp(-1)))
+    value.backward()
+    assert first.grad is not None
+    prototypes, classes = loss.prototypes()
+    assert classes.tolist() == [0, 1] and torch.allclose(prototypes, torch.eye(2))
+
+    loss.temperature = 0.5
+    # a lone anchor of class 0 still has a positive and a negative: the prototypes (cos 0.6 and 0.8)
+    second = loss(torch.tensor([[0.6, 0.8]]), torch.tensor([0]))
+    assert second.item() == pytest.approx(math.log(1 + math.exp((0.8 - 0.6) / 0.5)))
+
+
+def test_a_prototype_is_the_mean_of_its_class_latest_vectors():
+    loss = PrototypicalContrastiveLoss(num_classes=3, dim=2, memory=2, temperature=0.1)
+    loss(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), torch.tensor([0, 0, 0]))
+    prototypes, classes = loss.prototypes()
+    diagonal = torch.tensor([1.0, 1.0]) / math.sqrt(2)
+    assert classes.tolist() == [0]  # the first vector did not fit in a memory of two
+    assert torch.allclose(prototypes[0], torch.nn.functional.normalize(torch.tensor([0.0, 1.0]) + diagonal, dim=0))
+    loss(torch.tensor([[-2.0, 0.0]]), torch.tensor([0]))  # replaces the oldest
+    prototypes, _ = loss.prototypes()
+    assert torch.allclose(prototypes[0], torch.nn.functional.normalize(torch.tensor([-1.0, 0.0]) + diagonal, dim=0))

@@ -36,7 +36,7 @@ class DistributedContext:
 def resolve_device(preference: str) -> torch.device:
     """``auto`` picks CUDA when available; under torchrun each process takes the GPU ``LOCAL_RANK``."""
     if preference == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is 'cuda' but no CUDA device is available; use train.device=auto or cpu")
+        raise ConfigError("the device is 'cuda' but no CUDA device is available; set the device to auto or cpu")
     if preference == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -96,6 +96,32 @@ def broadcast_from_main(value: Any, context: DistributedContext) -> Any:
     holder = [value if context.is_main else None]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def broadcast_module(module: torch.nn.Module, context: DistributedContext) -> None:
+    """Rank 0's parameters and buffers copied into ``module`` on every rank (what DistributedDataParallel does
+    when it wraps a module)."""
+    if context.is_distributed:
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, src=0)
+
+
+def average_gradients(parameters: list[torch.nn.Parameter], context: DistributedContext) -> None:
+    """Each gradient replaced by its mean over ranks, as DistributedDataParallel averages them; a parameter that
+    got no gradient on some rank counts zero there, and one that got none anywhere keeps none."""
+    if not context.is_distributed:
+        return
+    received = torch.tensor([parameter.grad is not None for parameter in parameters], dtype=torch.int64)
+    received = all_reduce_sum(received, context) > 0
+    updated = [parameter for parameter, anywhere in zip(parameters, received.tolist()) if anywhere]
+    gradients = [p.grad if p.grad is not None else torch.zeros_like(p) for p in updated]
+    if not gradients:
+        return
+    flat = torch._utils._flatten_dense_tensors(gradients)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= context.world_size
+    for parameter, mean in zip(updated, torch._utils._unflatten_dense_tensors(flat, gradients)):
+        parameter.grad = mean
 
 
 def barrier(context: DistributedContext) -> None:

@@ -10,7 +10,8 @@ the head's input standardisation set once from the base encoder's pooled train u
 labelled train rows update weights; dev weighted-F1 picks the epoch and stops training early; test is
 scored once, with the picked weights, at the end. AdamW (fused on CPU and CUDA) with linear warm-up and decay,
 optional layer-wise lr decay and a separate head lr, gradient clipping and accumulation, frozen lower layers on
-request, and bf16 autocast on CUDA and on CPUs with native bf16 (``precision``).
+request, and bf16 autocast on CUDA and on CPUs with native bf16 (``precision``). With ``contrastive`` set, SPCL's
+supervised prototypical contrastive loss on the pooled train vectors is added to the head's loss.
 
 Everything lives in ``<workdir>/text-encoders/<dataset>-<digest>/``, the digest covering the base model's
 files, the text and fine-tuning settings (with a dialogue head, the model and loss settings too) and the
@@ -21,7 +22,8 @@ manifest's content:
     checkpoint/   ``last.safetensors`` after every epoch (training/checkpoint.py: weights, optimizer, schedule, RNG
                   states, selection state; no pickle) and ``best/`` (the picked weights so far): a killed run resumes
                   after its last epoch.
-The run is logged to MLflow as its own run (tag ``spikemo.stage`` = ``finetune-text``).
+The run is logged to MLflow as its own run (tag ``spikemo.stage`` = ``finetune-text``). ``spikemo finetune-text``
+under ``torchrun`` runs one fine-tune over all ranks (``finetune_text_encoder``).
 """
 
 from __future__ import annotations
@@ -49,13 +51,19 @@ from torch import nn
 from tqdm import tqdm
 
 from spikemo import reports, tracking
-from spikemo.config import FeaturesConfig, ModelConfig, SpikEmoConfig, TextFinetuneConfig
+from spikemo.config import (
+    FeaturesConfig,
+    ModelConfig,
+    PrototypicalContrastiveConfig,
+    SpikEmoConfig,
+    TextFinetuneConfig,
+)
 from spikemo.data.schema import read_manifest
 from spikemo.errors import ConfigError, DataError
 from spikemo.features.base import EncoderRuntime, build_encoder
 from spikemo.features.text import HFTextEncoder, TextItem
 from spikemo.identity import finetune_key
-from spikemo.losses import SpikEmoLoss, class_weights_from_counts
+from spikemo.losses import PrototypicalContrastiveLoss, SpikEmoLoss, class_weights_from_counts
 from spikemo.model.batch import IGNORE_INDEX, DialogueBatch, scatter_to_padded
 from spikemo.model.spikemo import SpikEmo, SpikEmoOutput
 from spikemo.training.checkpoint import (
@@ -63,6 +71,13 @@ from spikemo.training.checkpoint import (
     checkpoint_progress,
     load_training_checkpoint,
     save_training_checkpoint,
+)
+from spikemo.training.distributed import (
+    DistributedContext,
+    all_reduce_sum,
+    average_gradients,
+    broadcast_from_main,
+    broadcast_module,
 )
 from spikemo.training.epochs import EpochPlan, run_epochs
 from spikemo.training.loop import FUSED_OPTIMIZER_DEVICES, seed_everything
@@ -94,28 +109,56 @@ class FinetuneResult:
         return asdict(self)
 
 
+def contrastive_loss(
+    settings: PrototypicalContrastiveConfig | None, num_labels: int, dim: int
+) -> PrototypicalContrastiveLoss | None:
+    """The fine-tune's prototypical contrastive loss on pooled vectors of width ``dim`` (None when off)."""
+    if settings is None:
+        return None
+    return PrototypicalContrastiveLoss(num_labels, dim, settings.memory, settings.temperature)
+
+
 class UtteranceClassifier(nn.Module):
     """The text encoder, pooled as the feature extractor pools it, then dropout and a linear head."""
 
-    def __init__(self, encoder: HFTextEncoder, num_labels: int, dropout: float):
+    def __init__(
+        self,
+        encoder: HFTextEncoder,
+        num_labels: int,
+        dropout: float,
+        contrastive: PrototypicalContrastiveConfig | None = None,
+    ):
         super().__init__()
         self.pooled = encoder.pooled
         self.encoder = encoder.from_model_folder(transformers.AutoModel)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.encoder.config.hidden_size, num_labels)
+        self.contrastive = contrastive_loss(contrastive, num_labels, self.encoder.config.hidden_size)
 
-    def forward(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.head(self.dropout(self.pooled(self.encoder, tokens).float()))
+    def encode(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Pooled vectors [N, H] (fp32) of the inputs."""
+        return self.pooled(self.encoder, tokens).float()
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Logits [N, C] of pooled vectors."""
+        return self.head(self.dropout(pooled))
 
 
 class DialogueClassifier(nn.Module):
     """The text encoder, pooled as the feature extractor pools it, then SpikEmo over each dialogue's utterances."""
 
-    def __init__(self, encoder: HFTextEncoder, num_labels: int, model_config: ModelConfig):
+    def __init__(
+        self,
+        encoder: HFTextEncoder,
+        num_labels: int,
+        model_config: ModelConfig,
+        contrastive: PrototypicalContrastiveConfig | None = None,
+    ):
         super().__init__()
         self.pooled = encoder.pooled
         self.encoder = encoder.from_model_folder(transformers.AutoModel)
         self.head = SpikEmo(model_config, {"text": self.encoder.config.hidden_size}, num_labels)
+        self.contrastive = contrastive_loss(contrastive, num_labels, self.encoder.config.hidden_size)
 
     def encode(self, chunks: list[dict[str, torch.Tensor]]) -> torch.Tensor:
         """Pooled vectors [N, H] (fp32) of the chunks' inputs, in chunk order."""
@@ -124,6 +167,13 @@ class DialogueClassifier(nn.Module):
     def forward(self, batch: DialogueBatch) -> SpikEmoOutput:
         """``batch.features["text"]`` holds the pooled vectors in the dialogues' padded layout."""
         return self.head(batch)
+
+
+@dataclass
+class _BatchOutput:
+    logits: torch.Tensor  # [N, C] fp32, the batch's positions concatenated in order
+    pooled: torch.Tensor  # [N, H] fp32, the encoder's pooled vectors of those positions
+    head_loss: torch.Tensor | None  # the dialogue head's training loss (None for the utterance head)
 
 
 @dataclass
@@ -182,9 +232,15 @@ def dialogue_head_weights(config: SpikEmoConfig, features: FeaturesConfig) -> di
     return load_file(Path(features.text.params["model"]) / HEAD_FILE)
 
 
-def finetune_text_encoder(config: SpikEmoConfig, manifest_path: Path) -> FinetuneResult:
+def finetune_text_encoder(
+    config: SpikEmoConfig, manifest_path: Path, context: DistributedContext | None = None
+) -> FinetuneResult:
     """Fine-tune ``features.text`` on the manifest's train split (default settings when ``finetune`` is
-    unset), or return the finished fine-tune of the same inputs; resumes a killed one."""
+    unset), or return the finished fine-tune of the same inputs; resumes a killed one.
+
+    With a ``context`` of several ranks (``torchrun``) it is one fine-tune over all of them: each rank trains on
+    its share of every epoch's batches, gradients averaged over ranks; rank 0 alone writes checkpoints and the
+    model folder and logs the MLflow run; every rank returns rank 0's result."""
     if config.features.text.finetune is None:
         text = config.features.text.model_copy(update={"finetune": TextFinetuneConfig()})
         config = config.model_copy(update={"features": config.features.model_copy(update={"text": text})})
@@ -193,7 +249,8 @@ def finetune_text_encoder(config: SpikEmoConfig, manifest_path: Path) -> Finetun
     summary_path = folder / "model" / SUMMARY_FILE
     if summary_path.is_file():
         return FinetuneResult(**{**json.loads(summary_path.read_text(encoding="utf-8")), "reused": True})
-    return _FinetuneRun(config, manifest, list(metadata["labels"]), folder).execute()
+    run = _FinetuneRun(config, manifest, list(metadata["labels"]), folder, context)
+    return broadcast_from_main(run.execute(), run.context)
 
 
 def freeze_lower_layers(encoder: nn.Module, count: int) -> None:
@@ -260,7 +317,14 @@ def _base_encoder(config: SpikEmoConfig) -> HFTextEncoder:
 
 
 class _FinetuneRun:
-    def __init__(self, config: SpikEmoConfig, manifest: pd.DataFrame, labels: list[str], folder: Path):
+    def __init__(
+        self,
+        config: SpikEmoConfig,
+        manifest: pd.DataFrame,
+        labels: list[str],
+        folder: Path,
+        context: DistributedContext | None = None,
+    ):
         assert config.features.text.finetune is not None
         self.config = config
         self.settings = config.features.text.finetune
@@ -269,6 +333,8 @@ class _FinetuneRun:
         self.checkpoints = folder / "checkpoint"
         self.encoder = _base_encoder(config)
         self.runtime: EncoderRuntime = self.encoder.runtime
+        self.context = context or DistributedContext(rank=0, world_size=1, device=self.runtime.device)
+        self.device = self.context.device
         items = self.encoder.build_inputs(manifest)  # context never crosses a dialogue (nor a split)
         self.splits: dict[str, _SplitInputs] = {}
         for split in ("train", "dev", "test"):
@@ -283,7 +349,7 @@ class _FinetuneRun:
         self.dialogue_head = self.settings.head == "dialogue"
         self.model: UtteranceClassifier | DialogueClassifier
         if self.dialogue_head:
-            self.model = DialogueClassifier(self.encoder, len(labels), config.model).to(self.runtime.device)
+            self.model = DialogueClassifier(self.encoder, len(labels), config.model, self.settings.contrastive)
             train = config.train
             counts = torch.bincount(
                 torch.from_numpy(self.splits["train"].labels[self.splits["train"].labelled]), minlength=len(labels)
@@ -293,11 +359,15 @@ class _FinetuneRun:
                 len(labels),
                 class_weights_from_counts(counts, train.class_weighting),
                 train.label_smoothing,
-            ).to(self.runtime.device)
+            ).to(self.device)
         else:
-            self.model = UtteranceClassifier(self.encoder, len(labels), self.settings.dropout).to(self.runtime.device)
+            self.model = UtteranceClassifier(
+                self.encoder, len(labels), self.settings.dropout, self.settings.contrastive
+            )
+        self.model.to(self.device)
+        broadcast_module(self.model, self.context)
         freeze_lower_layers(self.model.encoder, self.settings.freeze_layers)
-        self.autocast = finetune_autocast(self.settings.precision, self.runtime.device)
+        self.autocast = finetune_autocast(self.settings.precision, self.device)
         if self.dialogue_head:
             self._set_head_statistics()
         accumulation = self.settings.gradient_accumulation
@@ -307,7 +377,7 @@ class _FinetuneRun:
         self.optimizer = torch.optim.AdamW(
             layerwise_lr_groups(self.model, self.settings.lr, self.settings.layer_lr_decay, self.settings.head_lr),
             weight_decay=self.settings.weight_decay,
-            fused=self.runtime.device.type in FUSED_OPTIMIZER_DEVICES,
+            fused=self.device.type in FUSED_OPTIMIZER_DEVICES,
         )
         self.scheduler = LearningRateSchedule.linear(
             self.optimizer, round(self.settings.warmup_ratio * total_steps), total_steps
@@ -317,14 +387,22 @@ class _FinetuneRun:
         self.earlier_seconds = 0.0  # spent by the runs this one resumes
         self.resumed = self._restore()
 
-    def execute(self) -> FinetuneResult:
+    def execute(self) -> FinetuneResult | None:
+        """The finished fine-tune's result (None on a rank other than 0, which only trains)."""
+        if not self.context.is_main:
+            run_epochs(self, self._epoch_plan())
+            return None
         tracking.connect(self.config)
         with self._mlflow_run(self.run_id) as run:
             self.run_id = run.info.run_id
-            plan = EpochPlan(self.settings.epochs, self.settings.patience, label="fine-tune epoch")
-            result = self._finish(run_epochs(self, plan, tracking.log_epoch))
+            result = self._finish(run_epochs(self, self._epoch_plan(), tracking.log_epoch))
         shutil.rmtree(self.checkpoints, ignore_errors=True)
         return result
+
+    def _epoch_plan(self) -> EpochPlan:
+        return EpochPlan(
+            self.settings.epochs, self.settings.patience, label="fine-tune epoch", is_main=self.context.is_main
+        )
 
     def load_last(self) -> SelectionState | None:
         return self.resumed
@@ -334,10 +412,12 @@ class _FinetuneRun:
         return {f"dev_{name}": float(dev[name]) for name in ("weighted_f1", "accuracy", "loss")}
 
     def save_best(self, epoch: int, metrics: dict[str, float]) -> None:
-        self._save_weights(self.checkpoints / "best")
+        if self.context.is_main:
+            self._save_weights(self.checkpoints / "best")
 
     def end_epoch(self, selection: SelectionState) -> None:
-        self._save_checkpoint(selection)
+        if self.context.is_main:
+            self._save_checkpoint(selection)
 
     def _seconds(self) -> float:
         """Training and evaluation time so far, the runs this one resumes included."""
@@ -347,19 +427,26 @@ class _FinetuneRun:
         """Shuffled batches, each a list of position arrays into the train split: with the utterance head one array
         of similar-length inputs (a random permutation is cut into pools of ``BUCKET_BATCHES`` batches, each pool
         sorted by length and cut into batches, and the batches shuffled); with the dialogue head whole dialogues
-        in random order, packed up to ``batch_size`` utterances."""
+        in random order, packed up to ``batch_size`` utterances. Over several ranks, this rank's share: every
+        ``world_size``-th batch from its rank on, all ranks the same number (the last few batches left out)."""
         rng = np.random.default_rng([self.settings.seed, epoch])
         size = self.settings.batch_size
         train = self.splits["train"]
         if self.dialogue_head:
-            return self._dialogue_batches(train, size, rng.permutation(len(train.dialogues)))
+            return self._rank_share(self._dialogue_batches(train, size, rng.permutation(len(train.dialogues))))
         labelled = train.labelled
         order = labelled[rng.permutation(len(labelled))]
         batches = []
         for begin in range(0, len(order), size * BUCKET_BATCHES):
             pool = sorted(order[begin : begin + size * BUCKET_BATCHES], key=lambda position: len(train.items[position]))
             batches += [[np.asarray(pool[start : start + size])] for start in range(0, len(pool), size)]
-        return [batches[index] for index in rng.permutation(len(batches))]
+        return self._rank_share([batches[index] for index in rng.permutation(len(batches))])
+
+    def _rank_share(self, batches: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+        world = self.context.world_size
+        if len(batches) < world:
+            raise DataError(f"the text fine-tune has {len(batches)} training batches for {world} ranks: use fewer")
+        return batches[self.context.rank : len(batches) // world * world : world]
 
     @staticmethod
     def _dialogue_batches(inputs: _SplitInputs, size: int, order: np.ndarray) -> list[list[np.ndarray]]:
@@ -381,18 +468,21 @@ class _FinetuneRun:
         longest_first = sorted(inputs.labelled, key=lambda position: len(inputs.items[position]), reverse=True)
         return [[np.asarray(longest_first[begin : begin + size])] for begin in range(0, len(longest_first), size)]
 
-    def _logits(self, inputs: _SplitInputs, batch: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits [N, C] (fp32) of the batch's positions, concatenated in order, and the dialogue head's training
-        loss (None for the utterance head)."""
+    def _forward(self, inputs: _SplitInputs, batch: list[np.ndarray]) -> _BatchOutput:
+        """The batch's positions through the encoder and the head."""
         if not self.dialogue_head:
-            tokens = self.encoder.tokenize([inputs.items[position] for position in batch[0]]).to(self.runtime.device)
+            tokens = self.encoder.tokenize([inputs.items[position] for position in batch[0]]).to(self.device)
             with self.autocast():
-                return self.model(tokens).float(), None
+                pooled = self.model.encode(tokens)
+                return _BatchOutput(logits=self.model(pooled).float(), pooled=pooled, head_loss=None)
         assert isinstance(self.model, DialogueClassifier)
         layout = self._dialogue_layout(inputs, batch)
-        layout.features["text"] = scatter_to_padded(self._pooled(inputs, np.concatenate(batch)), layout.utterance_mask)
+        pooled = self._pooled(inputs, np.concatenate(batch))
+        layout.features["text"] = scatter_to_padded(pooled, layout.utterance_mask)
         output = self.model(layout)
-        return output.logits[layout.utterance_mask], self.loss(output, layout).total
+        return _BatchOutput(
+            logits=output.logits[layout.utterance_mask], pooled=pooled, head_loss=self.loss(output, layout).total
+        )
 
     def _pooled(self, inputs: _SplitInputs, positions: np.ndarray) -> torch.Tensor:
         """The dialogue classifier's pooled vectors [N, H] of ``positions``, encoded ``ENCODER_CHUNK`` at a time by
@@ -401,7 +491,7 @@ class _FinetuneRun:
         by_length = sorted(range(len(positions)), key=lambda index: len(inputs.items[positions[index]]))
         chunks = [by_length[begin : begin + ENCODER_CHUNK] for begin in range(0, len(by_length), ENCODER_CHUNK)]
         tokens = [
-            self.encoder.tokenize([inputs.items[positions[index]] for index in chunk]).to(self.runtime.device)
+            self.encoder.tokenize([inputs.items[positions[index]] for index in chunk]).to(self.device)
             for chunk in chunks
         ]
         with self.autocast():
@@ -419,7 +509,7 @@ class _FinetuneRun:
             labels[row, : len(dialogue)] = torch.from_numpy(
                 np.where(inputs.labels[dialogue] >= 0, inputs.labels[dialogue], IGNORE_INDEX)
             )
-        device = self.runtime.device
+        device = self.device
         mask = mask.to(device)
         return DialogueBatch(
             features={},
@@ -445,15 +535,22 @@ class _FinetuneRun:
         accumulation = self.settings.gradient_accumulation
         batches = self._training_batches(epoch)
         total, seen = 0.0, 0
-        progress = tqdm(batches, desc=f"fine-tune epoch {epoch}", unit="batch", mininterval=1.0, disable=None)
+        quiet = None if self.context.is_main else True  # None: no bar when stderr is not a terminal
+        progress = tqdm(batches, desc=f"fine-tune epoch {epoch}", unit="batch", mininterval=1.0, disable=quiet)
         for step, batch in enumerate(progress):
-            logits, loss = self._logits(train, batch)
+            output = self._forward(train, batch)
             labels = train.labels[np.concatenate(batch)]
             labelled = labels >= 0
+            loss = output.head_loss
             if loss is None:
-                loss = nn.functional.cross_entropy(logits, torch.from_numpy(labels).to(logits.device))
+                loss = nn.functional.cross_entropy(output.logits, torch.from_numpy(labels).to(output.logits.device))
+            if self.model.contrastive is not None and self.settings.contrastive is not None:
+                rows = torch.from_numpy(np.flatnonzero(labelled)).to(output.pooled.device)
+                targets = torch.from_numpy(labels[labelled]).to(output.pooled.device)
+                loss = loss + self.settings.contrastive.weight * self.model.contrastive(output.pooled[rows], targets)
             (loss / accumulation).backward()
             if (step + 1) % accumulation == 0 or step + 1 == len(batches):
+                average_gradients(list(self.model.parameters()), self.context)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), MAX_GRAD_NORM)
                 self.optimizer.step()
                 self.scheduler.after_step()
@@ -461,6 +558,7 @@ class _FinetuneRun:
             total += float(loss.detach()) * int(labelled.sum())
             seen += int(labelled.sum())
             progress.set_postfix(loss=f"{total / max(seen, 1):.4f}", refresh=False)
+        total, seen = all_reduce_sum(torch.tensor([total, float(seen)], dtype=torch.float64), self.context).tolist()
         return {"train_loss": total / max(seen, 1)}
 
     @torch.inference_mode()
@@ -471,7 +569,7 @@ class _FinetuneRun:
         predictions = np.full(len(inputs.labels), -1, dtype=np.int64)
         total = 0.0
         for batch in self._evaluation_batches(split):
-            logits, _ = self._logits(inputs, batch)
+            logits = self._forward(inputs, batch).logits
             positions = np.concatenate(batch)
             labelled = inputs.labels[positions] >= 0
             target = torch.from_numpy(inputs.labels[positions][labelled]).to(logits.device)
