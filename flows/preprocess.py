@@ -1,5 +1,5 @@
-"""The preprocess flow: ingest → [text encoder fine-tune] → one extraction task per modality and shard → Parquet
-feature cache."""
+"""The preprocess flow: ``spikemo.stages.preprocess`` with each stage a task: ingest → [text encoder fine-tune] →
+one extraction task per modality and shard → Parquet feature cache."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from flows.common import artifact_key, config_payload, flow_run_name, resolve_co
 from spikemo.config import SpikEmoConfig
 from spikemo.data.ingest import ingest, reason_kind
 from spikemo.features.extract import extract_modality, plan_shards
-from spikemo.training.text_finetune import finetune_text_encoder, finetuned_text_config
+from spikemo.stages import PreprocessStages, preprocess
+from spikemo.training.text_finetune import finetune_text_encoder
 
 
 @task(name="ingest", task_run_name=task_run_name("ingest"), retries=1, cache_policy=NONE)
@@ -91,28 +92,35 @@ def extract_flow(config: dict[str, Any], manifest: str) -> dict[str, dict[str, A
     return summaries
 
 
+class TaskStages(PreprocessStages):
+    """The preprocessing stages as this flow's tasks; extraction as a subflow on the configured task runner."""
+
+    def __init__(self) -> None:
+        self.ingested: dict[str, Any] = {}  # the ingest task's summary, for the flow's artifact
+
+    def ingest(self, config: SpikEmoConfig) -> dict[str, Any]:
+        self.ingested = ingest_task(config)
+        return self.ingested
+
+    def finetune(self, config: SpikEmoConfig, manifest_path: Path) -> dict[str, Any]:
+        return finetune_text_task(config, str(manifest_path))
+
+    def extract(self, config: SpikEmoConfig, manifest_path: Path) -> dict[str, dict[str, Any]]:
+        run_extraction = extract_flow.with_options(task_runner=task_runner(config))
+        return run_extraction(config_payload(config), str(manifest_path))
+
+
 @flow(name="spikemo-preprocess", flow_run_name=flow_run_name("preprocess"), log_prints=True)
 def preprocess_flow(
     config_path: str | None = None, overrides: dict[str, Any] | None = None, config: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Ingest a dataset and extract its features; a summary artifact lists counts and rejected rows."""
     resolved = resolve_config(config_path, overrides, config)
-    ingested = ingest_task(resolved)
-    summary: dict[str, Any] = {
-        "manifest": ingested["manifest"],
-        "utterances": ingested["utterances"],
-        "rejected": ingested["rejected"],
-    }
-    if resolved.fine_tunes_text:
-        summary["text_finetune"] = finetune_text_task(resolved, ingested["manifest"])
-    extracting = finetuned_text_config(resolved, Path(ingested["manifest"]))  # the fine-tuned encoder, if any
-    modalities = extract_flow.with_options(task_runner=task_runner(resolved))(
-        config_payload(extracting), ingested["manifest"]
-    )
-    summary["modalities"] = modalities
+    stages = TaskStages()
+    summary = preprocess(resolved, stages)
     create_markdown_artifact(
         key=artifact_key(resolved, "preprocess"),
-        markdown=_markdown(resolved, ingested, modalities),
+        markdown=_markdown(resolved, stages.ingested, summary["modalities"]),
         description="spikemo preprocess summary",
     )
     return summary

@@ -1,8 +1,9 @@
 """The pipeline's stages, in order: ingest → text fine-tune (when configured) → extract → train → register.
 
 The CLI, the Prefect flows and ``spikemo demo`` run these stages; each takes the config resolved once by its
-command or flow run. ``preprocess`` runs the first three; ``spikemo.experiment.run_experiment`` the rest
-(calling ``preprocess`` first). The Prefect preprocess flow runs the same stage functions as separate tasks.
+command or flow run. ``preprocess`` runs the first three, in this process (``PreprocessStages``) or each as a
+Prefect task (the preprocess flow hands its own ``PreprocessStages``); ``spikemo.experiment.run_experiment`` runs
+the rest, calling ``preprocess`` first.
 """
 
 from __future__ import annotations
@@ -16,31 +17,33 @@ from spikemo.features.extract import extract_modality
 from spikemo.training.text_finetune import finetune_text_encoder, finetuned_text_config
 
 
-def finetune_stage(config: SpikEmoConfig, manifest_path: Path) -> tuple[dict[str, Any] | None, SpikEmoConfig]:
-    """The text fine-tune's summary (None when the config fine-tunes nothing) and the config whose text encoder
-    is the fine-tuned one, which extraction then uses."""
-    if not config.fine_tunes_text:
-        return None, config
-    summary = finetune_text_encoder(config, manifest_path).summary()
-    return summary, finetuned_text_config(config, manifest_path)
+class PreprocessStages:
+    """How each preprocessing stage is carried out: here, in this process, one after the other."""
+
+    def ingest(self, config: SpikEmoConfig) -> dict[str, Any]:
+        """Ingest ``config.data`` to ``config.manifest_path``; the summary names the manifest."""
+        return ingest(config.data, config.manifest_path).summary()
+
+    def finetune(self, config: SpikEmoConfig, manifest_path: Path) -> dict[str, Any]:
+        """Fine-tune the text encoder (or find the finished fine-tune of the same inputs)."""
+        return finetune_text_encoder(config, manifest_path).summary()
+
+    def extract(self, config: SpikEmoConfig, manifest_path: Path) -> dict[str, dict[str, Any]]:
+        """Each configured modality's cache, encoding what it lacks."""
+        return {
+            modality: extract_modality(manifest_path, modality, config.features, config.cache).summary()
+            for modality in config.features.modalities
+        }
 
 
-def preprocess(config: SpikEmoConfig) -> dict[str, Any]:
-    """Ingest ``config.data`` to ``<cache>/<dataset>/manifest.parquet``, fine-tune the text encoder if
-    ``features.text.finetune`` asks for it (or reuse the finished fine-tune), then extract each configured
-    modality."""
-    manifest_path = config.manifest_path
-    ingested = ingest(config.data, manifest_path)
-    summary: dict[str, Any] = {
-        "manifest": str(manifest_path),
-        "utterances": int(len(ingested.manifest)),
-        "rejected": ingested.summary()["rejected"],
-    }
-    finetune_summary, config = finetune_stage(config, manifest_path)
-    if finetune_summary is not None:
-        summary["text_finetune"] = finetune_summary
-    summary["modalities"] = {
-        modality: extract_modality(manifest_path, modality, config.features, config.cache).summary()
-        for modality in config.features.modalities
-    }
+def preprocess(config: SpikEmoConfig, stages: PreprocessStages | None = None) -> dict[str, Any]:
+    """Ingest ``config.data``, fine-tune the text encoder if ``features.text.finetune`` asks for it (or reuse
+    the finished fine-tune), then extract each configured modality (text with the fine-tuned encoder)."""
+    stages = stages or PreprocessStages()
+    ingested = stages.ingest(config)
+    manifest_path = Path(ingested["manifest"])
+    summary: dict[str, Any] = {key: ingested[key] for key in ("manifest", "utterances", "rejected")}
+    if config.fine_tunes_text:
+        summary["text_finetune"] = stages.finetune(config, manifest_path)
+    summary["modalities"] = stages.extract(finetuned_text_config(config, manifest_path), manifest_path)
     return summary
