@@ -339,9 +339,11 @@ def test_text_features_can_pool_a_lower_layer(tiny_models: dict[str, Path]) -> N
     with torch.inference_mode():
         states = model(**tokens, output_hidden_states=True).hidden_states
     mask = tokens["attention_mask"].unsqueeze(-1).float()
-    for layer, expected in ((1, states[1]), (-1, states[2]), (0, states[0])):
+    for layer, expected, layers_run in ((1, states[1], 1), (-2, states[1], 1), (-1, states[2], 2), (0, states[0], 1)):
         pooled = (expected * mask).sum(1) / mask.sum(1)
-        np.testing.assert_allclose(text_encoder(layer).encode(inputs).embeddings, pooled.numpy(), rtol=1e-5, atol=1e-5)
+        encoder = text_encoder(layer)
+        np.testing.assert_allclose(encoder.encode(inputs).embeddings, pooled.numpy(), rtol=1e-5, atol=1e-5)
+        assert len(encoder.model.encoder.layer) == layers_run  # the layers above the one read are not run
     with pytest.raises(ConfigError, match="layer=3: .* has layers 0 \\(embeddings\\) to 2"):
         text_encoder(3).encode(inputs)
 

@@ -19,6 +19,10 @@ from spikemo.errors import ConfigError, DataError
 from spikemo.features.base import EncodedBatch, Encoder, EncoderParams, batches, register_encoder
 from spikemo.features.hf import PretrainedModelFolder, masked_mean
 
+# model families whose hidden state k is the plain output of layer k of ``model.encoder.layer`` (no norm after the
+# stack): extraction drops the layers above the one it reads
+PLAIN_LAYER_STACKS = {"bert", "roberta", "xlm-roberta", "mpnet", "electra"}
+
 
 @dataclass(frozen=True)
 class TextItem:
@@ -161,7 +165,24 @@ class HFTextEncoder(PretrainedModelFolder, TextEncoder):
 
     @functools.cached_property
     def model(self) -> Any:
-        return self.model_on_device()
+        """The encoder for extraction, without the transformer layers above the one read (they never change its
+        states), for the families whose state at layer k is the plain output of their k-th layer."""
+        model = self.model_on_device()
+        read = self._read_layer(model)
+        stack = getattr(getattr(model, "encoder", None), "layer", None)
+        if model.config.model_type in PLAIN_LAYER_STACKS and isinstance(stack, torch.nn.ModuleList):
+            model.encoder.layer = stack[: max(read, 1)]  # hidden states are recorded around layers: keep one
+        return model
+
+    def _read_layer(self, model: Any) -> int:
+        """The layer ``params.layer`` reads, counted from 0 (the embeddings) to the model's depth."""
+        layers = model.config.num_hidden_layers
+        if not -(layers + 1) <= self.params.layer <= layers:
+            raise ConfigError(
+                f"features.text.params.layer={self.params.layer}: {self.model_dir} has layers 0 (embeddings) "
+                f"to {layers}; choose one of them or count from the top (-1 the last)"
+            )
+        return self.params.layer % (layers + 1)
 
     @property
     def dim(self) -> int:
@@ -206,16 +227,11 @@ class HFTextEncoder(PretrainedModelFolder, TextEncoder):
 
     def pooled(self, model: Any, tokens: Any) -> torch.Tensor:
         """``model``'s states at ``params.layer`` for the tokens, pooled per input."""
-        layers = model.config.num_hidden_layers
-        if not -(layers + 1) <= self.params.layer <= layers:
-            raise ConfigError(
-                f"features.text.params.layer={self.params.layer}: {self.model_dir} has layers 0 (embeddings) "
-                f"to {layers}; choose one of them or count from the top (-1 the last)"
-            )
+        read = self._read_layer(model)
         if self.params.layer == -1:
             states = model(**tokens).last_hidden_state
         else:
-            states = model(**tokens, output_hidden_states=True).hidden_states[self.params.layer]
+            states = model(**tokens, output_hidden_states=True).hidden_states[read]
         if self.params.pooling == "mask":
             masks = tokens["input_ids"] == self.tokenizer.mask_token_id
             if not bool((masks.sum(1) == 1).all()):
