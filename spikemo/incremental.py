@@ -3,8 +3,8 @@
 A request holds one conversation so far; the answer holds the label and class probabilities of its newest turn(s).
 The scorer keeps the encoders loaded and remembers every turn's encoding (keyed by exactly what the encoder read:
 the text with its context window, or the media file's sha256 and segment: the manifest's media fingerprint), so
-each request encodes only the turns it has not seen; the SpikEmo pass over the dialogue is recomputed
-(milliseconds). A scorer answers one request at a time (a lock): its memo, encoders (tokenizer, MediaPipe graphs)
+each request encodes only the turns it has not seen; the SpikEmo pass over the dialogue is recomputed from the
+remembered vectors (milliseconds). A scorer answers one request at a time (a lock): its memo, encoders (tokenizer, MediaPipe graphs)
 and model are shared by every thread that calls it. With a ``model.causal`` model a turn's answer is final: later
 turns never change it. A bidirectional model reads later turns too, so an earlier turn's label may still change;
 every answer says which (``causal``, and ``final`` per turn).
@@ -38,14 +38,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from spikemo.data.ingest import file_sha256
 from spikemo.errors import DataError
 from spikemo.features.base import build_encoder
-from spikemo.features.cache import FAILED, MISSING_MEDIA, OK
 from spikemo.features.extract import MediaSource, decode_input, encode_decoded, input_decoder
 from spikemo.features.text import TextEncoder
+from spikemo.model.batch import IGNORE_INDEX
 from spikemo.predict import Predictor
+from spikemo.training.data import Dialogue, collate_dialogues
 
 MEMO_SIZE = 100_000  # remembered encodings (about 1.5 KB each for a 384-d text encoder)
 
@@ -81,23 +83,21 @@ class IncrementalScorer:
         started = time.perf_counter()
         manifest, newest = _request_manifest(request)
         counts = {"encoded": 0, "reused": 0}
-        features = {
-            modality: self._features(modality, encoder, manifest, counts) for modality, encoder in self.encoders.items()
+        vectors = {
+            modality: self._vectors(modality, encoder, manifest, counts) for modality, encoder in self.encoders.items()
         }
-        predictions = self.predictor.predict_features(manifest, features, warn_isolated=False).sort_values(
-            "utterance_index"
-        )
+        probabilities = self._probabilities(manifest, vectors)
         labels = self.predictor.spec.labels
-        answered = predictions.tail(newest)
+        first = len(manifest) - newest
         turns = [
             {
-                "utterance_index": int(row["utterance_index"]),
-                "speaker": row["speaker"],
-                "label": row["label"],
+                "utterance_index": index,
+                "speaker": manifest["speaker"].iat[index],
+                "label": labels[int(row.argmax())],
                 "final": self.causal,
-                "probabilities": {label: round(float(row[f"prob_{label}"]), 6) for label in labels},
+                "probabilities": {label: round(float(p), 6) for label, p in zip(labels, row)},
             }
-            for _, row in answered.iterrows()
+            for index, row in enumerate(probabilities[first:], start=first)
         ]
         milliseconds = round(1000 * (time.perf_counter() - started), 2)
         return {
@@ -124,8 +124,10 @@ class IncrementalScorer:
             except DataError as error:
                 yield {"line": number, "error": str(error)}
 
-    def _features(self, modality: str, encoder: Any, manifest: pd.DataFrame, counts: dict[str, int]) -> pd.DataFrame:
-        """The feature table ``load_features`` would give, from the memo or encoded now."""
+    def _vectors(
+        self, modality: str, encoder: Any, manifest: pd.DataFrame, counts: dict[str, int]
+    ) -> list[np.ndarray | None]:
+        """Each turn's encoding for the modality, from the memo or encoded now; None where it has none."""
         if isinstance(encoder, TextEncoder):
             sources: list[Any] = encoder.build_inputs(manifest)
             keys: list[Any] = [item.fingerprint if item.text.strip() else None for item in sources]
@@ -145,16 +147,32 @@ class IncrementalScorer:
             )
         counts["encoded"] += len(todo)
         counts["reused"] += sum(key is not None for key in keys) - len(todo)
-        status, reason, embedding = [], [], []
-        for key in keys:
-            value = None if key is None else known[key]
-            ok = isinstance(value, np.ndarray)
-            status.append(OK if ok else FAILED if value is not None else MISSING_MEDIA)
-            reason.append(None if ok else value or "no input for this modality")
-            embedding.append(value if ok else None)
-        return pd.DataFrame(
-            {"utterance_key": manifest["utterance_key"], "status": status, "reason": reason, "embedding": embedding}
+        return [value if isinstance(value := known.get(key), np.ndarray) else None for key in keys]
+
+    @torch.inference_mode()
+    def _probabilities(self, manifest: pd.DataFrame, vectors: dict[str, list[np.ndarray | None]]) -> np.ndarray:
+        """Class probabilities [turns, classes]: the conversation as one dialogue through the model, each modality
+        masked where a turn has no encoding (as ``Predictor.predict_features`` scores it, without the tables)."""
+        if not any(vector is not None for column in vectors.values() for vector in column):
+            raise DataError(
+                "no utterance has usable features for any of the model's modalities; check the input's text and media"
+            )
+        features, masks = {}, {}
+        for modality, column in vectors.items():
+            present = np.array([vector is not None for vector in column])
+            matrix = np.zeros((len(column), self.predictor.spec.input_dims[modality]), dtype=np.float32)
+            if present.any():
+                matrix[present] = np.stack([vector for vector in column if vector is not None])
+            features[modality], masks[modality] = torch.from_numpy(matrix), torch.from_numpy(present)
+        dialogue = Dialogue(
+            features=features,
+            modality_mask=masks,
+            party=torch.from_numpy(manifest["party"].to_numpy(dtype=np.int64)),
+            labels=torch.full((len(manifest),), IGNORE_INDEX, dtype=torch.long),
         )
+        model = self.predictor.model
+        batch = collate_dialogues([dialogue]).to(next(model.parameters()).device)
+        return torch.softmax(model(batch).logits.float(), dim=-1)[0].cpu().numpy()
 
     def _media_sources(self, manifest: pd.DataFrame) -> tuple[list[Any], list[Any]]:
         sources, keys = [], []
@@ -193,13 +211,23 @@ class IncrementalScorer:
                 ready.append(key)
             else:
                 outcomes[key] = failure
+        dim = self.predictor.spec.input_dims[modality]
         for key, outcome in zip(ready, encode_decoded(encoder, inputs)):
-            outcomes[key] = outcome if isinstance(outcome, str) else outcome.copy()
+            outcomes[key] = outcome if isinstance(outcome, str) else _usable(outcome, dim)
         for key, outcome in outcomes.items():
             self.memo[(modality, key)] = outcome
         while len(self.memo) > self.memo_size:
             self.memo.popitem(last=False)
         return outcomes
+
+
+def _usable(embedding: np.ndarray, dim: int) -> np.ndarray | str:
+    """A copy of the embedding as the model's input, or why it cannot be one (the turn is masked, as for a failed
+    encoding)."""
+    vector = np.array(embedding, dtype=np.float32).reshape(-1)
+    if vector.size != dim:
+        return f"embedding has {vector.size} values where the model expects {dim}"
+    return vector if np.isfinite(vector).all() else "embedding contains NaN or inf"
 
 
 def _request_manifest(request: Any) -> tuple[pd.DataFrame, int]:
