@@ -55,7 +55,7 @@ import torch
 from meld_splits import selection_resplit, training_half, write_resplit  # bench/ is the script's folder
 from torch.utils.data import DataLoader
 
-from spikemo.config import ModelConfig, SpikEmoConfig, load_config, with_overrides
+from spikemo.config import ModelConfig, SpikEmoConfig, load_config, parse_override, with_overrides
 from spikemo.data.demo import DemoCorpusSettings, make_demo_corpus
 from spikemo.data.ingest import ingest
 from spikemo.data.schema import read_manifest
@@ -217,6 +217,7 @@ def _seeded(config: SpikEmoConfig, seed: int) -> SpikEmoConfig:
 
 def _config(name: str, args: argparse.Namespace, overrides: dict[str, Any]) -> SpikEmoConfig:
     extra = {"train.epochs": args.epochs} if args.epochs else {}
+    extra.update(parse_override(item) for item in args.overrides)
     return load_config(REPO / "configs" / name, {"cache": str(args.cache), **overrides, **extra})
 
 
@@ -406,6 +407,9 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, default=3, help="seeds per dataset (EmoDB: per fold)")
     parser.add_argument("--epochs", type=int, help="override each config's train.epochs")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override each config's KEY"
+    )
     parser.add_argument("--demo-dialogues", type=int, default=400, help="size of the generated corpus (also its seed)")
     parser.add_argument("--meld-root", type=Path, default=SHARED_DATA / "meld")
     parser.add_argument(
