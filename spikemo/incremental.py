@@ -4,10 +4,11 @@ A request holds one conversation so far; the answer holds the label and class pr
 The scorer keeps the encoders loaded and remembers every turn's encoding (keyed by exactly what the encoder read:
 the text with its context window, or the media file's sha256 and segment: the manifest's media fingerprint), so
 each request encodes only the turns it has not seen; the SpikEmo pass over the dialogue is recomputed from the
-remembered vectors (milliseconds). A scorer answers one request at a time (a lock): its memo, encoders (tokenizer, MediaPipe graphs)
-and model are shared by every thread that calls it. With a ``model.causal`` model a turn's answer is final: later
-turns never change it. A bidirectional model reads later turns too, so an earlier turn's label may still change;
-every answer says which (``causal``, and ``final`` per turn).
+remembered vectors (milliseconds). A scorer answers one group of requests at a time (a lock): requests that arrive
+together are encoded and scored together, and its memo, encoders (tokenizer, MediaPipe graphs) and model, shared by
+every thread that calls it, are used by one thread at a time. With a ``model.causal`` model a turn's answer is
+final: later turns never change it. A bidirectional model reads later turns too, so an earlier turn's label may still
+change; every answer says which (``causal``, and ``final`` per turn).
 
 Request (JSON; ``spikemo predict --incremental``, one request per line)::
 
@@ -33,6 +34,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +54,37 @@ from spikemo.training.data import Dialogue, collate_dialogues
 MEMO_SIZE = 100_000  # remembered encodings (about 1.5 KB each for a 384-d text encoder)
 
 
+@dataclass
+class _Waiting:
+    """A request waiting for its answer (or its error)."""
+
+    request: Any
+    received: float = field(default_factory=time.perf_counter)
+    answer: dict[str, Any] | None = None
+    error: Exception | None = None
+    done: bool = False
+
+    def fail(self, error: Exception) -> None:
+        self.error, self.done = error, True
+
+
+@dataclass
+class _Conversation:
+    """A parsed request in a group being answered: its turns and, per modality, their encodings."""
+
+    waiting: _Waiting
+    manifest: pd.DataFrame
+    newest: int
+    vectors: dict[str, list[np.ndarray | None]] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=lambda: {"encoded": 0, "reused": 0})
+
+
 class IncrementalScorer:
-    """Answers requests (module docstring) with one loaded model; encodings persist across requests."""
+    """Answers requests (module docstring) with one loaded model; encodings persist across requests.
+
+    Requests that arrive while another group is being answered wait together; the first of them to get the lock
+    answers them all at once: their new turns encoded in one batch per modality, their conversations through the
+    model in one padded batch (padding is masked, so each answer is the one it would get alone)."""
 
     def __init__(self, predictor: Predictor, media_root: Path | None = None, memo_size: int = MEMO_SIZE) -> None:
         predictor.check_encoders()
@@ -64,7 +95,9 @@ class IncrementalScorer:
         }
         self.memo: OrderedDict[tuple[str, Any], np.ndarray | str] = OrderedDict()  # vector, or the reason it failed
         self.memo_size = memo_size
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # held by the thread answering a group
+        self.waiting: list[_Waiting] = []
+        self.waiting_lock = threading.Lock()
         self.digests: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256 of the file
 
     def forget(self) -> None:
@@ -76,37 +109,18 @@ class IncrementalScorer:
         return self.predictor.spec.model.causal
 
     def score(self, request: dict[str, Any]) -> dict[str, Any]:
+        waiting = _Waiting(request)
+        with self.waiting_lock:
+            self.waiting.append(waiting)
         with self.lock:
-            return self._score(request)
-
-    def _score(self, request: dict[str, Any]) -> dict[str, Any]:
-        started = time.perf_counter()
-        manifest, newest = _request_manifest(request)
-        counts = {"encoded": 0, "reused": 0}
-        vectors = {
-            modality: self._vectors(modality, encoder, manifest, counts) for modality, encoder in self.encoders.items()
-        }
-        probabilities = self._probabilities(manifest, vectors)
-        labels = self.predictor.spec.labels
-        first = len(manifest) - newest
-        turns = [
-            {
-                "utterance_index": index,
-                "speaker": manifest["speaker"].iat[index],
-                "label": labels[int(row.argmax())],
-                "final": self.causal,
-                "probabilities": {label: round(float(p), 6) for label, p in zip(labels, row)},
-            }
-            for index, row in enumerate(probabilities[first:], start=first)
-        ]
-        milliseconds = round(1000 * (time.perf_counter() - started), 2)
-        return {
-            "dialogue_id": str(request["dialogue_id"]),
-            "causal": self.causal,
-            **counts,
-            "milliseconds": milliseconds,
-            "turns": turns,
-        }
+            if not waiting.done:
+                with self.waiting_lock:
+                    group, self.waiting = self.waiting, []
+                self._answer_all(group)
+        if waiting.error is not None:
+            raise waiting.error
+        assert waiting.answer is not None
+        return waiting.answer
 
     def score_lines(self, lines: Iterable[str]) -> Iterator[dict[str, Any]]:
         """One answer per non-empty JSON line; a line that is not a valid request is answered with
@@ -124,55 +138,127 @@ class IncrementalScorer:
             except DataError as error:
                 yield {"line": number, "error": str(error)}
 
-    def _vectors(
-        self, modality: str, encoder: Any, manifest: pd.DataFrame, counts: dict[str, int]
-    ) -> list[np.ndarray | None]:
-        """Each turn's encoding for the modality, from the memo or encoded now; None where it has none."""
-        if isinstance(encoder, TextEncoder):
-            sources: list[Any] = encoder.build_inputs(manifest)
-            keys: list[Any] = [item.fingerprint if item.text.strip() else None for item in sources]
-        else:
-            sources, keys = self._media_sources(manifest)
-        known = {}  # this request's encodings, held here: storing new ones may evict the memo's oldest
-        for key in keys:
-            if key is not None and (modality, key) in self.memo:
-                self.memo.move_to_end((modality, key))
-                known[key] = self.memo[(modality, key)]
-        todo = [position for position, key in enumerate(keys) if key is not None and key not in known]
+    def _answer_all(self, group: list[_Waiting]) -> None:
+        """Answer every request of the group (a bad one gets its DataError; the others are answered)."""
+        try:
+            conversations = []
+            for waiting in group:
+                try:
+                    conversations.append(_Conversation(waiting, *_request_manifest(waiting.request)))
+                except DataError as error:
+                    waiting.fail(error)
+            for modality, encoder in self.encoders.items():
+                self._encode_turns(modality, encoder, [c for c in conversations if not c.waiting.done])
+            usable = []
+            for conversation in conversations:
+                if conversation.waiting.done:
+                    continue
+                if any(vector is not None for column in conversation.vectors.values() for vector in column):
+                    usable.append(conversation)
+                else:
+                    conversation.waiting.fail(
+                        DataError(
+                            "no utterance has usable features for any of the model's modalities; check the input's "
+                            "text and media"
+                        )
+                    )
+            for conversation, probabilities in zip(usable, self._probabilities(usable)):
+                conversation.waiting.answer = self._answer(conversation, probabilities)
+                conversation.waiting.done = True
+        except Exception as error:  # answered to every request of the group still waiting, not to one alone
+            for waiting in group:
+                if not waiting.done:
+                    waiting.fail(error)
+
+    def _answer(self, conversation: _Conversation, probabilities: np.ndarray) -> dict[str, Any]:
+        labels = self.predictor.spec.labels
+        manifest = conversation.manifest
+        first = len(manifest) - conversation.newest
+        turns = [
+            {
+                "utterance_index": index,
+                "speaker": manifest["speaker"].iat[index],
+                "label": labels[int(row.argmax())],
+                "final": self.causal,
+                "probabilities": {label: round(float(p), 6) for label, p in zip(labels, row)},
+            }
+            for index, row in enumerate(probabilities[first:], start=first)
+        ]
+        return {
+            "dialogue_id": str(conversation.waiting.request["dialogue_id"]),
+            "causal": self.causal,
+            **conversation.counts,
+            "milliseconds": round(1000 * (time.perf_counter() - conversation.waiting.received), 2),
+            "turns": turns,
+        }
+
+    def _encode_turns(self, modality: str, encoder: Any, conversations: list[_Conversation]) -> None:
+        """Each conversation's encodings for the modality, from the memo or, for every turn of the group not seen
+        before, encoded now in one batch; None where a turn has none."""
+        known: dict[Any, np.ndarray | str] = {}  # the group's encodings, held here: storing may evict the memo's oldest
+        todo: dict[Any, Any] = {}  # key -> source
+        turn_keys = []
+        for conversation in conversations:
+            try:
+                sources, keys = self._inputs(modality, encoder, conversation.manifest)
+            except DataError as error:
+                conversation.waiting.fail(error)
+                sources, keys = [], []
+            turn_keys.append(keys)
+            for source, key in zip(sources, keys):
+                if key is None or key in known or key in todo:
+                    continue
+                if (modality, key) in self.memo:
+                    self.memo.move_to_end((modality, key))
+                    known[key] = self.memo[(modality, key)]
+                else:
+                    todo[key] = source
         if todo:
-            known.update(
-                self._encode(
-                    modality, encoder, [sources[position] for position in todo], [keys[position] for position in todo]
-                )
-            )
-        counts["encoded"] += len(todo)
-        counts["reused"] += sum(key is not None for key in keys) - len(todo)
-        return [value if isinstance(value := known.get(key), np.ndarray) else None for key in keys]
+            known.update(self._encode(modality, encoder, list(todo.values()), list(todo)))
+        for conversation, keys in zip(conversations, turn_keys):
+            present = [key for key in keys if key is not None]
+            conversation.counts["encoded"] += sum(key in todo for key in present)
+            conversation.counts["reused"] += sum(key not in todo for key in present)
+            conversation.vectors[modality] = [
+                value if isinstance(value := known.get(key), np.ndarray) else None for key in keys
+            ]
+
+    def _inputs(self, modality: str, encoder: Any, manifest: pd.DataFrame) -> tuple[list[Any], list[Any]]:
+        """What the encoder reads for each turn, and its memo key (None where the turn has nothing to read)."""
+        if isinstance(encoder, TextEncoder):
+            items = encoder.build_inputs(manifest)
+            return items, [item.fingerprint if item.text.strip() else None for item in items]
+        return self._media_sources(manifest)
 
     @torch.inference_mode()
-    def _probabilities(self, manifest: pd.DataFrame, vectors: dict[str, list[np.ndarray | None]]) -> np.ndarray:
-        """Class probabilities [turns, classes]: the conversation as one dialogue through the model, each modality
-        masked where a turn has no encoding (as ``Predictor.predict_features`` scores it, without the tables)."""
-        if not any(vector is not None for column in vectors.values() for vector in column):
-            raise DataError(
-                "no utterance has usable features for any of the model's modalities; check the input's text and media"
+    def _probabilities(self, conversations: list[_Conversation]) -> list[np.ndarray]:
+        """Class probabilities [turns, classes] of each conversation: all of them through the model as one padded
+        batch of dialogues, each modality masked where a turn has no encoding (as ``Predictor.predict_features``
+        scores them, without the feature tables)."""
+        if not conversations:
+            return []
+        dialogues = []
+        for conversation in conversations:
+            features, masks = {}, {}
+            for modality, column in conversation.vectors.items():
+                present = np.array([vector is not None for vector in column])
+                matrix = np.zeros((len(column), self.predictor.spec.input_dims[modality]), dtype=np.float32)
+                if present.any():
+                    matrix[present] = np.stack([vector for vector in column if vector is not None])
+                features[modality], masks[modality] = torch.from_numpy(matrix), torch.from_numpy(present)
+            turns = len(conversation.manifest)
+            dialogues.append(
+                Dialogue(
+                    features=features,
+                    modality_mask=masks,
+                    party=torch.from_numpy(conversation.manifest["party"].to_numpy(dtype=np.int64)),
+                    labels=torch.full((turns,), IGNORE_INDEX, dtype=torch.long),
+                )
             )
-        features, masks = {}, {}
-        for modality, column in vectors.items():
-            present = np.array([vector is not None for vector in column])
-            matrix = np.zeros((len(column), self.predictor.spec.input_dims[modality]), dtype=np.float32)
-            if present.any():
-                matrix[present] = np.stack([vector for vector in column if vector is not None])
-            features[modality], masks[modality] = torch.from_numpy(matrix), torch.from_numpy(present)
-        dialogue = Dialogue(
-            features=features,
-            modality_mask=masks,
-            party=torch.from_numpy(manifest["party"].to_numpy(dtype=np.int64)),
-            labels=torch.full((len(manifest),), IGNORE_INDEX, dtype=torch.long),
-        )
         model = self.predictor.model
-        batch = collate_dialogues([dialogue]).to(next(model.parameters()).device)
-        return torch.softmax(model(batch).logits.float(), dim=-1)[0].cpu().numpy()
+        batch = collate_dialogues(dialogues).to(next(model.parameters()).device)
+        probabilities = torch.softmax(model(batch).logits.float(), dim=-1).cpu().numpy()
+        return [probabilities[row, : len(dialogue)] for row, dialogue in enumerate(dialogues)]
 
     def _media_sources(self, manifest: pd.DataFrame) -> tuple[list[Any], list[Any]]:
         sources, keys = [], []

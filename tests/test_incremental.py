@@ -18,7 +18,8 @@ from spikemo import experiment
 from spikemo.cli import main
 from spikemo.config import DataConfig
 from spikemo.data.ingest import file_sha256, ingest
-from spikemo.incremental import IncrementalScorer
+from spikemo.errors import DataError
+from spikemo.incremental import IncrementalScorer, _Waiting
 from spikemo.predict import Predictor
 from spikemo.servers import model_server_command, model_server_environment, stop_process_group
 from spikemo.tracking import connect, tracking_uri
@@ -124,6 +125,32 @@ def test_a_memo_smaller_than_one_conversation_still_answers_every_turn(causal_mo
                 list(ours["probabilities"].values()), list(reference["probabilities"].values()), atol=1e-4
             )
     assert len(tight.memo) == 2
+
+
+def test_requests_answered_as_one_group_get_the_answers_each_gets_alone_and_a_bad_one_its_error(causal_model):
+    _, predictor, dev = causal_model
+    first, second = [turns.sort_values("utterance_index") for _, turns in list(dev.groupby("dialogue_id"))[:2]]
+    requests = [
+        _request(first, newest=len(first)),
+        {"dialogue_id": "empty", "turns": []},
+        _request(second.iloc[:3], newest=3),
+        _request(first.iloc[:2].assign(dialogue_id="again"), newest=2),  # turns the first request also encodes
+    ]
+    alone = [None if not r["turns"] else IncrementalScorer(predictor).score(r) for r in requests]
+    scorer = IncrementalScorer(predictor)
+    group = [_Waiting(request) for request in requests]
+    scorer._answer_all(group)  # as the thread holding the lock answers every request waiting for it
+    assert all(waiting.done for waiting in group) and isinstance(group[1].error, DataError)
+    for waiting, reference in zip(group, alone):
+        if reference is None:
+            continue
+        answer = waiting.answer
+        assert [t["label"] for t in answer["turns"]] == [t["label"] for t in reference["turns"]]
+        for ours, theirs in zip(answer["turns"], reference["turns"], strict=True):
+            np.testing.assert_allclose(
+                list(ours["probabilities"].values()), list(theirs["probabilities"].values()), atol=1e-5
+            )
+    assert len(scorer.memo) == len(first) + 3  # a turn two requests share is encoded once
 
 
 def test_pyfunc_newest_turns_match_the_full_prediction(causal_model):
