@@ -15,8 +15,8 @@ the ratios of the rescoring ways to the incremental one.
 scoring server answers requests from a thread pool). ``--clients`` callers at once, each replaying its own
 dialogue turn by turn over HTTP, first with the ``newest`` parameter (1: only the new turn is encoded and
 answered), then without (the server re-scores the whole conversation so far), and once more with one caller
-alone (what the scorer's lock costs: the scorer answers one request at a time). Prints new turns answered per
-second and p50/p95 request latency per way.
+alone (the scorer answers the requests that wait together as one group, one group at a time). Prints new turns
+answered per second and p50/p95 request latency per way.
 
     .venv/bin/python bench/incremental.py
     .venv/bin/python bench/incremental.py --part served --clients 8

@@ -8,8 +8,8 @@ with the predicted ``label`` and ``prob_<label>`` for every class.
 With the ``newest`` parameter n > 0 each dialogue is a conversation so far: only its n newest turns are
 answered, by the live scorer (spikemo/incremental.py) that the loaded model keeps for each media root, so a
 served model (``mlflow models serve``) encodes only the turns a conversation's earlier requests did not already
-bring. The scoring server calls ``predict`` from several threads: scorers are made under a lock and each scores
-one request at a time.
+bring. The scoring server calls ``predict`` from several threads: scorers are made under a lock, and requests that
+reach a scorer together are answered together, one group at a time.
 """
 
 from __future__ import annotations
