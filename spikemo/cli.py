@@ -150,7 +150,8 @@ def cmd_finetune_text(args: argparse.Namespace, config: SpikEmoConfig) -> dict[s
     Fine-tune features.text's Hugging Face encoder on the train split with its dialogue context
     (features.text.params: speaker_names, context_turns, future_turns, max_length), pick the epoch on dev
     weighted-F1, score test once, save it with save_pretrained under the work directory and log an MLflow run.
-    Settings: features.text.finetune (defaults when unset). A killed run resumes after its last epoch.
+    Settings: features.text.finetune (defaults when unset). A killed run resumes after its last epoch. Under
+    torchrun it is one fine-tune over all ranks; rank 0 saves and logs it.
     """
     from spikemo.data.ingest import ingest
     from spikemo.training.distributed import barrier, distributed_context
