@@ -46,7 +46,13 @@ from spikemo.features.base import build_encoder
 from spikemo.incremental import IncrementalScorer
 from spikemo.model.spikemo import SpikEmo
 from spikemo.predict import Predictor
-from spikemo.servers import free_port, model_server_command, model_server_environment, stop_process_group
+from spikemo.servers import (
+    free_port,
+    model_server_command,
+    model_server_environment,
+    start_server,
+    stop_process_group,
+)
 from spikemo.tracking import INPUT_EXAMPLE, PYFUNC_MODEL_FILE, prediction_signature
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,19 +168,7 @@ def saved_pyfunc(predictor: Predictor, folder: Path) -> Path:
 def start_model_server(model: Path, port: int, threads: int) -> subprocess.Popen:
     command = model_server_command(str(model), "127.0.0.1", port)
     environment = model_server_environment(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    server = subprocess.Popen(
-        command, env=environment, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        assert server.poll() is None, "mlflow models serve exited before answering"
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-            return server
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(1)
-    stop_process_group(server)
-    raise TimeoutError("mlflow models serve did not answer /ping within 300 s")
+    return start_server(command, f"http://127.0.0.1:{port}/ping", environment)
 
 
 def post(url: str, turns: pd.DataFrame, newest: int) -> float:

@@ -18,14 +18,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from mlflow import MlflowClient
 
 from spikemo.data.demo import DemoCorpusSettings, plan_demo_corpus, write_annotations
-from spikemo.servers import free_port, model_server_environment, stop_process_group
+from spikemo.servers import free_port, model_server_environment, start_server, stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 SPIKEMO = [sys.executable, "-m", "spikemo.cli"]
@@ -36,23 +34,8 @@ def start_tracking_server(folder: Path) -> tuple[subprocess.Popen, str]:
     command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port)]
     command += ["--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination"]
     command += [str(folder / "artifacts")]
-    server = subprocess.Popen(
-        command,
-        env=model_server_environment(),
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            return server, url
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(1)
-    stop_process_group(server)
-    raise TimeoutError("mlflow server did not answer within 180 s")
+    return start_server(command, f"{url}/health", model_server_environment(), seconds=180), url
 
 
 def main() -> None:

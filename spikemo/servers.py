@@ -8,6 +8,9 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -49,6 +52,24 @@ def stop_process_group(child: subprocess.Popen) -> int:
         except subprocess.TimeoutExpired:
             continue
     return child.wait()
+
+
+def start_server(command: list[str], ready_url: str, env: Mapping[str, str], seconds: float = 300) -> subprocess.Popen:
+    """``command`` started in its own process group, returned once ``ready_url`` answers; stopped, and an error
+    raised, when it exits first or ``seconds`` pass."""
+    server = subprocess.Popen(
+        command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            urllib.request.urlopen(ready_url, timeout=2)
+            return server
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(1)
+    state = f"exited with {server.returncode}" if server.poll() is not None else f"gave no answer in {seconds:.0f} s"
+    stop_process_group(server)
+    raise RuntimeError(f"{command[0]} {command[1]}: {state} at {ready_url}")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
