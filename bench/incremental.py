@@ -15,8 +15,9 @@ the ratios of the rescoring ways to the incremental one.
 scoring server answers requests from a thread pool). ``--clients`` callers at once, each replaying its own
 dialogue turn by turn over HTTP, first with the ``newest`` parameter (1: only the new turn is encoded and
 answered), then without (the server re-scores the whole conversation so far), and once more with one caller
-alone (the scorer answers the requests that wait together as one group, one group at a time). Prints new turns
-answered per second and p50/p95 request latency per way.
+alone (the scorer answers the requests that wait together as one group, one group at a time). After one warm-up
+round of every caller, each way is replayed ``--rounds`` times on conversation ids the server has not seen. Prints
+new turns answered per second and p50/p95 request latency per way.
 
     .venv/bin/python bench/incremental.py
     .venv/bin/python bench/incremental.py --part served --clients 8
@@ -182,34 +183,45 @@ def post(url: str, turns: pd.DataFrame, newest: int) -> float:
     return 1000 * (time.perf_counter() - started)
 
 
-def replay_at_once(url: str, dialogues: list[pd.DataFrame], newest: int) -> dict[str, Any]:
-    """Every dialogue replayed turn by turn by its own client, all clients at once."""
+def replay_at_once(url: str, dialogues: list[pd.DataFrame], newest: int, rounds: int, prefix: str) -> dict[str, Any]:
+    """Every dialogue replayed turn by turn by its own client, all clients at once; ``rounds`` times, each round
+    on conversation ids the server has not seen."""
 
     def replay(dialogue: pd.DataFrame) -> list[float]:
         return [post(url, dialogue.iloc[: k + 1], newest) for k in range(len(dialogue))]
 
     started = time.perf_counter()
+    spent = []
     with ThreadPoolExecutor(max_workers=len(dialogues)) as pool:
-        spent = np.asarray(list(pool.map(replay, dialogues)))  # [clients, turns]
+        for round_index in range(rounds):
+            spent += list(pool.map(replay, renamed(dialogues, f"{prefix}{round_index}")))  # [clients, turns] each
     seconds = time.perf_counter() - started
-    return {"clients": len(dialogues), "new_turns_per_s": round(spent.size / seconds, 1), **latency_summary(spent)}
+    spent_ms = np.asarray(spent)
+    return {
+        "clients": len(dialogues),
+        "rounds": rounds,
+        "new_turns_per_s": round(spent_ms.size / seconds, 1),
+        **latency_summary(spent_ms),
+    }
 
 
 def renamed(dialogues: list[pd.DataFrame], prefix: str) -> list[pd.DataFrame]:
     return [dialogue.assign(dialogue_id=f"{prefix}-{dialogue['dialogue_id'].iloc[0]}") for dialogue in dialogues]
 
 
-def served(predictor: Predictor, dialogues: list[pd.DataFrame], clients: int, threads: int) -> dict[str, Any]:
+def served(
+    predictor: Predictor, dialogues: list[pd.DataFrame], clients: int, threads: int, rounds: int
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         port = free_port()
         server = start_model_server(saved_pyfunc(predictor, Path(folder)), port, threads)
         url = f"http://127.0.0.1:{port}/invocations"
         try:
-            post(url, dialogues[0].head(2).assign(dialogue_id="warm-up"), newest=1)
-            summary = {  # each way on conversations the server has not seen
-                "incremental": replay_at_once(url, renamed(dialogues[:clients], "many"), newest=1),
-                "rescore": replay_at_once(url, dialogues[:clients], newest=0),
-                "incremental_one_client": replay_at_once(url, renamed(dialogues[:1], "alone"), newest=1),
+            replay_at_once(url, dialogues[:clients], newest=1, rounds=1, prefix="warm-up")  # every server thread
+            summary = {
+                "incremental": replay_at_once(url, dialogues[:clients], newest=1, rounds=rounds, prefix="many"),
+                "rescore": replay_at_once(url, dialogues[:clients], newest=0, rounds=rounds, prefix="whole"),
+                "incremental_one_client": replay_at_once(url, dialogues[:1], newest=1, rounds=rounds, prefix="alone"),
             }
         finally:
             stop_process_group(server)
@@ -229,6 +241,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "meld-causal.yaml")
     parser.add_argument("--dialogues", type=int, default=7, help="MELD dialogues of 20+ turns to replay (dev has 7)")
     parser.add_argument("--clients", type=int, default=8, help="callers at once (--part served)")
+    parser.add_argument("--rounds", type=int, default=3, help="times each way is replayed (--part served)")
     parser.add_argument("--meld", type=Path, default=MELD)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -241,7 +254,7 @@ def main() -> None:
             f"{args.meld}: {len(dialogues)} dev dialogues of {TURNS}+ turns, fewer than the {wanted} asked for"
         )
     if args.part == "served":
-        summary = served(predictor, dialogues, args.clients, args.threads)
+        summary = served(predictor, dialogues, args.clients, args.threads, args.rounds)
     else:
         summary = in_process(predictor, dialogues)
     print(

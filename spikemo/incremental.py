@@ -331,34 +331,32 @@ def _request_manifest(request: Any) -> tuple[pd.DataFrame, int]:
     newest = request.get("newest", 1)
     if not isinstance(newest, int) or newest < 1:
         raise DataError(f"newest {newest!r}: give how many of the last turns to answer (1 or more)")
-    rows = []
+    columns: dict[str, list[Any]] = {name: [] for name in ("speaker", "text", "media_path", "media_start", "media_end")}
     for index, turn in enumerate(request["turns"]):
         if not isinstance(turn, dict):
             raise DataError(f"turn {index}: a turn is an object with speaker, text and optionally media_path")
         text, media_path = str(_given(turn.get("text")) or "").strip(), _given(turn.get("media_path"))
         if not (text or media_path):
             raise DataError(f"turn {index}: give its text and/or media_path")
-        rows.append(
-            {
-                "speaker": " ".join(str(_given(turn.get("speaker")) or "").split()),
-                "text": text,
-                "media_path": media_path,
-                "media_start": _seconds(turn.get("media_start"), index),
-                "media_end": _seconds(turn.get("media_end"), index),
-            }
-        )
-    frame = pd.DataFrame(rows)
+        columns["speaker"].append(" ".join(str(_given(turn.get("speaker")) or "").split()))
+        columns["text"].append(text)
+        columns["media_path"].append(media_path)
+        columns["media_start"].append(_seconds(turn.get("media_start"), index))
+        columns["media_end"].append(_seconds(turn.get("media_end"), index))
     dialogue = str(request["dialogue_id"])
-    count = len(frame)
-    frame = frame.assign(
-        utterance_key=[f"live/{dialogue}/{index}" for index in range(count)],
-        dataset="live",
-        split="test",
-        dialogue_id=dialogue,
-        utterance_index=np.arange(count),
-        turn=np.arange(count),
-        party=pd.factorize(frame["speaker"])[0],
-        label_id=-1,
+    count = len(columns["text"])
+    frame = pd.DataFrame(  # one construction (assigning columns one by one copies the frame each time)
+        {
+            **columns,
+            "utterance_key": [f"live/{dialogue}/{index}" for index in range(count)],
+            "dataset": "live",
+            "split": "test",
+            "dialogue_id": dialogue,
+            "utterance_index": np.arange(count),
+            "turn": np.arange(count),
+            "party": pd.factorize(np.asarray(columns["speaker"], dtype=object))[0],
+            "label_id": -1,
+        }
     )
     return frame, min(newest, count)
 
