@@ -55,9 +55,9 @@ from spikemo.features.base import build_encoder
 from spikemo.features.extract import extract_modality, load_features
 from spikemo.training import build_dialogue_data, train_model
 from spikemo.training.baseline import fit_linear_probe
+from spikemo.training.precision import autocast
 from spikemo.training.text_finetune import (
     UtteranceClassifier,
-    finetune_autocast,
     finetune_text_encoder,
     finetuned_text_config,
     freeze_lower_layers,
@@ -102,7 +102,6 @@ def speed_worker(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     model = UtteranceClassifier(encoder, 7, dropout=0.1)
     freeze_lower_layers(model.encoder, freeze_layers)
-    autocast = finetune_autocast(precision, torch.device("cpu"))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-5)
     rows = np.random.default_rng(0).permutation(len(items))
     batches = [rows[i : i + args.batch_size] for i in range(0, (args.steps + 2) * args.batch_size, args.batch_size)]
@@ -112,7 +111,7 @@ def speed_worker(args: argparse.Namespace) -> dict[str, Any]:
         if step == 2:
             started = time.perf_counter()
         tokens = encoder.tokenize([items[row] for row in batch])
-        with autocast():
+        with autocast(precision, torch.device("cpu")):
             logits = model(model.encode(tokens))
         loss = torch.nn.functional.cross_entropy(logits.float(), labels[batch])
         loss.backward()

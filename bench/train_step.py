@@ -32,7 +32,7 @@ from spikemo.config import MELD_LABELS, load_config
 from spikemo.losses import SpikEmoLoss
 from spikemo.model.batch import IGNORE_INDEX, DialogueBatch
 from spikemo.model.spikemo import SpikEmo
-from spikemo.training.evaluation import autocast_for
+from spikemo.training.precision import autocast
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_CONFIG = REPO / "configs" / "meld-paper.yaml"
@@ -84,7 +84,7 @@ def measure(modalities: list[str], steps: int, compile_neurons: bool, precision:
     for _ in range(steps + 1):  # the first step warms up (and compiles the neurons)
         start, cpu_start = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
-        with autocast_for(torch.device("cpu"), precision):
+        with autocast(precision, torch.device("cpu")):
             output = model(batch)
         loss = criterion(output, batch).total
         loss.backward()

@@ -10,7 +10,7 @@ from spikemo.config import LossWeights
 from spikemo.losses import SpikEmoLoss
 from spikemo.model.neuron import MultiStepLIF
 from spikemo.model.spikemo import SpikEmo
-from spikemo.training.evaluation import autocast_for
+from spikemo.training.precision import autocast
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -39,7 +39,7 @@ def test_tiny_model_trains_on_cuda_with_bf16_autocast(compile_neurons):
     losses = []
     for _ in range(40):
         optimizer.zero_grad()
-        with autocast_for(device):
+        with autocast("auto", device):
             output = model(batch)
         assert output.logits.dtype == torch.bfloat16
         loss = criterion(output, batch).total

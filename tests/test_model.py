@@ -16,7 +16,7 @@ from spikemo.model.neuron import MultiStepLIF, is_fused_lif
 from spikemo.model.snn_stats import SpikeMonitor
 from spikemo.model.spikemo import SPEAKER_VARIANCE_FLOOR, SpikEmo, _speaker_means, _speaker_peers, speaker_relative
 from spikemo.model.spikformer import LinearNormLIF, Spikformer
-from spikemo.training.evaluation import autocast_for
+from spikemo.training.precision import autocast
 
 DIMS = {"text": 6, "audio": 5, "visual": 4}
 NUM_CLASSES = 3
@@ -287,6 +287,16 @@ def test_gradient_flows_through_the_surrogate():
         assert torch.isfinite(projection.weight.grad).all() and projection.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_precision_auto_means_bf16_only_where_the_device_computes_it_natively(monkeypatch, native) -> None:
+    monkeypatch.setattr("spikemo.training.precision.cpu_has_native_bf16", lambda: native)
+    layer = torch.nn.Linear(4, 4)
+    for precision, expected in [("bf16", torch.bfloat16), ("fp32", torch.float32), ("auto", None)]:
+        with autocast(precision, torch.device("cpu")):
+            dtype = layer(torch.ones(1, 4)).dtype
+        assert dtype == (expected or (torch.bfloat16 if native else torch.float32))
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_tiny_model_overfits_a_tiny_batch(precision):
     torch.manual_seed(0)
@@ -297,7 +307,7 @@ def test_tiny_model_overfits_a_tiny_batch(precision):
     losses = []
     for _ in range(40):
         optimizer.zero_grad()
-        with autocast_for(torch.device("cpu"), precision):
+        with autocast(precision, torch.device("cpu")):
             output = model(batch)
         assert output.logits.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
         loss = criterion(output, batch).total

@@ -18,7 +18,7 @@ from spikemo.errors import ConfigError
 from spikemo.features import packaged
 from spikemo.features.base import build_encoder
 from spikemo.features.hf import resolve_model_dir
-from spikemo.training.text_finetune import UtteranceClassifier, finetune_autocast, layerwise_lr_groups
+from spikemo.training.text_finetune import UtteranceClassifier, layerwise_lr_groups
 
 FOLDER = "all-mpnet-base-v2"
 
@@ -137,14 +137,3 @@ def test_layerwise_lr_decay_gives_lower_layers_smaller_steps(tiny_models: dict[s
         head_group == {"params": [classifier.head.weight, classifier.head.bias], "lr": 1e-2}
         and encoder_group["lr"] == 1e-3
     )
-
-
-def test_finetune_precision_autocasts_only_where_asked(monkeypatch) -> None:
-    layer = torch.nn.Linear(4, 4)
-    with finetune_autocast("bf16", torch.device("cpu"))():
-        assert layer(torch.ones(1, 4)).dtype == torch.bfloat16
-    with finetune_autocast("fp32", torch.device("cpu"))():
-        assert layer(torch.ones(1, 4)).dtype == torch.float32
-    monkeypatch.setattr("spikemo.training.text_finetune.cpu_has_native_bf16", lambda: False)
-    with finetune_autocast("auto", torch.device("cpu"))():
-        assert layer(torch.ones(1, 4)).dtype == torch.float32

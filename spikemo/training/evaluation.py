@@ -28,26 +28,20 @@ class LossTally:
             self.count += labelled
 
 
-def autocast_for(device: torch.device, precision: str = "auto") -> torch.autocast:
-    """bf16 autocast for ``precision`` bf16, or auto on CUDA; a disabled autocast otherwise."""
-    enabled = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
 @torch.no_grad()
 def predict(
-    model: torch.nn.Module, batches: Iterable[DialogueBatch], tally: LossTally | None = None, precision: str = "auto"
+    model: torch.nn.Module, batches: Iterable[DialogueBatch], tally: LossTally | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """True and predicted label ids of every labelled utterance, dialogue by dialogue, turn by turn; with
-    ``tally``, the loss of every batch is added to it as well. ``precision`` as in ``autocast_for``."""
+    ``tally``, the loss of every batch is added to it as well. In fp32 whatever precision trained the model: the
+    scores are those that ``spikemo predict`` and the served model give."""
     device = next(model.parameters()).device
     model.eval()
     labels: list[torch.Tensor] = []
     predictions: list[torch.Tensor] = []
     for batch in batches:
         batch = batch.to(device, non_blocking=True)
-        with autocast_for(device, precision):
-            output = model(batch)
+        output = model(batch)
         logits = output.logits
         labelled = batch.labels != IGNORE_INDEX
         if tally is not None:

@@ -54,8 +54,9 @@ from spikemo.training.distributed import (
     gather_predictions,
 )
 from spikemo.training.epochs import SELECTION_KEY, EpochCallback, EpochPlan, run_epochs
-from spikemo.training.evaluation import LossTally, autocast_for, predict
+from spikemo.training.evaluation import LossTally, predict
 from spikemo.training.metrics import classification_metrics, firing_rates_by_group
+from spikemo.training.precision import autocast
 from spikemo.training.schedule import LearningRateSchedule
 
 log = logging.getLogger(__name__)
@@ -259,7 +260,7 @@ class _TrainingRun:
         )
         for step, batch in enumerate(progress):
             batch = batch.to(device, non_blocking=True)
-            with autocast_for(device, self.train_config.precision):
+            with autocast(self.train_config.precision, device):
                 output = self.network(batch)
             breakdown = self.loss(output, batch)
             self._require_finite(breakdown.total, breakdown.terms, epoch, step)
@@ -330,11 +331,11 @@ class _TrainingRun:
         tally = LossTally(lambda output, batch: self.loss(output, batch).total)
         if monitored:
             with SpikeMonitor(model) as monitor:
-                _, predictions = predict(model, loader, tally, self.train_config.precision)
+                _, predictions = predict(model, loader, tally)
             if batches:
                 firing_rates, energy = monitor.firing_rates(), monitor.energy()
         else:
-            _, predictions = predict(model, loader, tally, self.train_config.precision)
+            _, predictions = predict(model, loader, tally)
         everywhere = gather_predictions(rows, predictions, len(dataset.labels), self.context)
         labelled = dataset.labels >= 0
         metrics = classification_metrics(dataset.labels[labelled], everywhere[labelled], self.label_names)

@@ -10,7 +10,7 @@ the head's input standardisation set once from the base encoder's pooled train u
 labelled train rows update weights; dev weighted-F1 picks the epoch and stops training early; test is
 scored once, with the picked weights, at the end. AdamW (fused on CPU and CUDA) with linear warm-up and decay,
 optional layer-wise lr decay and a separate head lr, gradient clipping and accumulation, frozen lower layers on
-request, and bf16 autocast on CUDA and on CPUs with native bf16 (``precision``). With ``contrastive`` set, SPCL's
+request, and ``precision`` as in training/precision.py. With ``contrastive`` set, SPCL's
 supervised prototypical contrastive loss on the pooled train vectors is added to the head's loss.
 
 Everything lives in ``<workdir>/text-encoders/<dataset>-<digest>/``, the digest covering the base model's
@@ -35,7 +35,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,7 @@ from spikemo.training.distributed import (
 from spikemo.training.epochs import EpochPlan, run_epochs
 from spikemo.training.loop import FUSED_OPTIMIZER_DEVICES, seed_everything
 from spikemo.training.metrics import classification_metrics
+from spikemo.training.precision import autocast
 from spikemo.training.schedule import LearningRateSchedule
 
 HEAD_FILE = "classifier_head.safetensors"
@@ -293,20 +294,6 @@ def layerwise_lr_groups(
     return [*({"params": params, "lr": lr * decay ** (top - level)} for level, params in sorted(groups.items())), *head]
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX), where bf16 autocast pays."""
-    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return any(check() for check in checks if check is not None)
-
-
-def finetune_autocast(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """A factory of the fine-tune's autocast context for ``precision`` (auto | fp32 | bf16) on ``device``."""
-    bf16 = precision == "bf16" or (precision == "auto" and (device.type == "cuda" or cpu_has_native_bf16()))
-    if not bf16:
-        return contextlib.nullcontext
-    return functools.partial(torch.autocast, device.type, dtype=torch.bfloat16)
-
-
 def _base_encoder(config: SpikEmoConfig) -> HFTextEncoder:
     encoder = build_encoder("text", config.features)
     if not isinstance(encoder, HFTextEncoder):
@@ -367,7 +354,7 @@ class _FinetuneRun:
         self.model.to(self.device)
         broadcast_module(self.model, self.context)
         freeze_lower_layers(self.model.encoder, self.settings.freeze_layers)
-        self.autocast = finetune_autocast(self.settings.precision, self.device)
+        self.autocast = functools.partial(autocast, self.settings.precision, self.device)
         if self.dialogue_head:
             self._set_head_statistics()
         accumulation = self.settings.gradient_accumulation
