@@ -16,7 +16,7 @@ from flows.common import artifact_key, config_payload, flow_run_name, resolve_co
 from spikemo.config import SpikEmoConfig
 from spikemo.data.ingest import ingest, reason_kind
 from spikemo.features.extract import extract_modality, plan_shards
-from spikemo.stages import PreprocessStages, preprocess
+from spikemo.stages import Stages, preprocess
 from spikemo.training.text_finetune import finetune_text_encoder
 
 
@@ -92,7 +92,7 @@ def extract_flow(config: dict[str, Any], manifest: str) -> dict[str, dict[str, A
     return summaries
 
 
-class TaskStages(PreprocessStages):
+class TaskStages(Stages):
     """The preprocessing stages as this flow's tasks; extraction as a subflow on the configured task runner."""
 
     def __init__(self) -> None:

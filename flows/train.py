@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,9 @@ from flows.common import (
 from spikemo import tracking
 from spikemo.config import SpikEmoConfig
 from spikemo.data.schema import read_manifest
-from spikemo.experiment import TrainedRun, load_prepared, register, train_and_log
+from spikemo.experiment import TrainedRun
 from spikemo.identity import stable_digest, training_cache_key
-from spikemo.stages import preprocess
+from spikemo.stages import Stages, preprocess, train_and_register
 
 
 def _training_inputs(context: Any, parameters: dict[str, Any]) -> str:
@@ -45,17 +46,9 @@ def extract_missing_task(config: SpikEmoConfig) -> dict[str, Any]:
     result_serializer="json",
 )
 def train_task(config: SpikEmoConfig, preprocessed: dict[str, Any]) -> dict[str, Any]:
-    data = load_prepared(config, Path(preprocessed["manifest"]), preprocessed)
-    trained = train_and_log(config, data)
+    trained = Stages().train(config, preprocessed)
     get_run_logger().info("MLflow run %s: dev weighted-F1 %.2f", trained.run_id, trained.summary["dev_weighted_f1"])
-    return {
-        "run_id": trained.run_id,
-        "bundle": str(trained.bundle),
-        "gating_score": trained.gating_score,
-        "baseline_gating_score": trained.baseline_gating_score,
-        "model_id": trained.model_id,
-        "summary": trained.summary,
-    }
+    return {**asdict(trained), "bundle": str(trained.bundle)}
 
 
 @task(
@@ -66,15 +59,24 @@ def train_task(config: SpikEmoConfig, preprocessed: dict[str, Any]) -> dict[str,
     result_serializer="json",
 )
 def register_task(config: SpikEmoConfig, trained: dict[str, Any]) -> dict[str, Any]:
-    run = TrainedRun(
-        trained["run_id"],
-        Path(trained["bundle"]),
-        trained["gating_score"],
-        trained["summary"],
-        trained["baseline_gating_score"],
-        trained["model_id"],
-    )
-    return register(config, run).summary()  # register() logs the registry decision
+    return Stages().register(config, _trained_run(trained))  # register() logs the registry decision
+
+
+class TaskStages(Stages):
+    """The train and register stages as this flow's tasks (their results persisted as JSON)."""
+
+    def __init__(self, force: bool) -> None:
+        self.force = force  # retrain even when the training task's inputs are unchanged
+
+    def train(self, config: SpikEmoConfig, preprocessed: dict[str, Any]) -> TrainedRun:
+        return _trained_run(train_task.with_options(refresh_cache=self.force)(config, preprocessed))
+
+    def register(self, config: SpikEmoConfig, trained: TrainedRun) -> dict[str, Any]:
+        return register_task(config, {**asdict(trained), "bundle": str(trained.bundle)})
+
+
+def _trained_run(payload: dict[str, Any]) -> TrainedRun:
+    return TrainedRun(**{**payload, "bundle": Path(payload["bundle"])})
 
 
 @flow(name="spikemo-train", flow_run_name=flow_run_name("train"), log_prints=True)
@@ -88,9 +90,7 @@ def train_flow(
     """Train and register; without ``preprocessed`` it first extracts whatever the cache lacks."""
     resolved = resolve_config(config_path, overrides, config)
     preprocessed = preprocessed or extract_missing_task(resolved)
-    trained = train_task.with_options(refresh_cache=force)(resolved, preprocessed)
-    registration = register_task(resolved, trained)
-    summary = {**trained["summary"], **registration}
+    summary = train_and_register(resolved, preprocessed, TaskStages(force))
     create_markdown_artifact(
         key=artifact_key(resolved, "train"), markdown=_markdown(resolved, summary), description="spikemo training run"
     )

@@ -178,8 +178,8 @@ def cmd_train(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, Any]
     Train on the train split, select the epoch on dev weighted-F1, evaluate the selected weights once on test,
     log the run to MLflow and register a model version with champion gating.
     """
-    from spikemo.experiment import run_experiment
     from spikemo.reports import score_with_interval, verdict_line
+    from spikemo.stages import run_experiment
 
     if config.features.task_runner == "dask":  # extract on Dask first; training then finds every feature cached
         _preprocessed(config)

@@ -1,8 +1,8 @@
-"""One training experiment end to end: features → train/select on dev → test once → MLflow run → registry.
+"""One training experiment: features → train/select on dev → test once → MLflow run → registry.
 
-Used by ``spikemo train`` and by the Prefect ``train`` flow. A run that raises is marked FAILED in MLflow
-and never registered. A killed run resumes from its last checkpoint when re-run with the same config
-and data: its work folder is keyed by a digest of both.
+The train and register stages of spikemo/stages.py (``spikemo train``, the Prefect ``train`` flow) are these
+functions. A run that raises is marked FAILED in MLflow and never registered. A killed run resumes from its last
+checkpoint when re-run with the same config and data: its work folder is keyed by a digest of both.
 """
 
 from __future__ import annotations
@@ -27,11 +27,9 @@ from spikemo.errors import SpikemoError
 from spikemo.features.extract import load_features
 from spikemo.identity import training_run_key
 from spikemo.predict import Predictor, evaluate_predictions
-from spikemo.stages import preprocess
 from spikemo.training import TrainResult, build_dialogue_data, train_on_dialogue_data
 from spikemo.training.baseline import fit_linear_probe
 from spikemo.training.data import DialogueData
-from spikemo.training.distributed import broadcast_from_main, distributed_context
 from spikemo.training.loop import result_with_weights
 from spikemo.training.metrics import BootstrapReport, dialogue_bootstrap
 from spikemo.training.text_finetune import dialogue_head_weights, finetuned_text_config
@@ -65,13 +63,6 @@ class TrainedRun:
     summary: dict[str, Any]
     baseline_gating_score: float | None = None  # the linear probe's weighted-F1 on the gating split
     model_id: str | None = None  # the MLflow logged model the run linked its final scores to
-
-
-def prepare_data(config: SpikEmoConfig) -> PreparedData:
-    """Ingest and extract whatever the cache lacks, then load every configured modality's features."""
-    summary = preprocess(config)
-    manifest_path = Path(summary["manifest"])
-    return load_prepared(config, manifest_path, summary)
 
 
 def load_prepared(config: SpikEmoConfig, manifest_path: Path, summary: dict[str, Any]) -> PreparedData:
@@ -260,25 +251,9 @@ def rescore_champion(config: SpikEmoConfig, version: str) -> float | None:
     return float(scores["weighted_f1"])
 
 
-def run_experiment(config: SpikEmoConfig) -> dict[str, Any]:
-    """Everything ``spikemo train`` does: prepare data, train and log, register; the summary of it all.
-
-    Under ``torchrun`` it is one training over all ranks: rank 0 prepares the data while the others wait, then
-    every rank trains its share; rank 0 alone opens the MLflow store, logs the run, fits the probe and registers
-    the version. The other ranks return ``{"rank": r}``."""
-    with distributed_context(config.train.device) as context:
-        prepared = broadcast_from_main(preprocess(config) if context.is_main else None, context)
-        data = load_prepared(config, Path(prepared["manifest"]), prepared)
-        if not context.is_main:
-            return _train_on_a_follower_rank(config, data, context.rank)
-        trained = train_and_log(config, data)
-    registration = register(config, trained)
-    return {**trained.summary, **registration.summary()}
-
-
-def _train_on_a_follower_rank(config: SpikEmoConfig, data: PreparedData, rank: int) -> dict[str, Any]:
-    """A rank other than 0: the same training and candidate scoring as rank 0's ``train_and_log`` (their collective
-    operations pair up), without MLflow, probe or registration."""
+def train_on_follower_rank(config: SpikEmoConfig, data: PreparedData, rank: int) -> dict[str, Any]:
+    """Under ``torchrun``, a rank other than 0: the same training and candidate scoring as rank 0's
+    ``train_and_log`` (their collective operations pair up), without MLflow, probe or registration."""
     dialogue_data = build_dialogue_data(data.manifest, data.features, len(data.labels))
     run_dir = Path(config.workdir) / "runs" / _run_key(config, data)  # rank 0's: it writes the checkpoints
     retrained = train_on_dialogue_data(config, dialogue_data, data.labels, run_dir)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from spikemo import experiment
+from spikemo import stages
 from spikemo.cli import build_parser, configure_logging, main
 from spikemo.config import SpikEmoConfig, load_config, parse_override
 from spikemo.errors import ConfigError
@@ -105,7 +105,7 @@ def test_diverging_training_has_its_own_exit_code(monkeypatch, capsys):
     def diverge(config):
         raise NonFiniteLossError("epoch 0, step 3: training loss is not finite")
 
-    monkeypatch.setattr(experiment, "run_experiment", diverge)
+    monkeypatch.setattr(stages, "run_experiment", diverge)
     assert main(["train", "--format", "meld", "--root", "."]) == 4
     assert capsys.readouterr().err.strip() == "spikemo: error: epoch 0, step 3: training loss is not finite"
 

@@ -19,12 +19,11 @@ from safetensors.torch import load_file
 
 from spikemo.data.ingest import ingest
 from spikemo.errors import ConfigError
-from spikemo.experiment import run_experiment
 from spikemo.features.base import build_encoder
 from spikemo.features.text import dialogue_text_items
 from spikemo.model.batch import IGNORE_INDEX, DialogueBatch
 from spikemo.predict import Predictor
-from spikemo.stages import preprocess
+from spikemo.stages import preprocess, run_experiment
 from spikemo.tracking import tracking_uri
 from spikemo.training.text_finetune import (
     HEAD_FILE,

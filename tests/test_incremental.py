@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from conftest import serve_on_a_free_port
 
-from spikemo import experiment
+from spikemo import stages
 from spikemo.cli import main
 from spikemo.config import DataConfig
 from spikemo.data.ingest import file_sha256, ingest
@@ -44,7 +44,7 @@ def causal_model(tmp_path_factory, generated_text_config):
             "train.epochs": 4,
         },
     )
-    experiment.run_experiment(config)
+    stages.run_experiment(config)
     connect(config)
     dev = pd.read_csv(root / "dev_sent_emo.csv", dtype={"Dialogue_ID": str}).rename(
         columns={

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spikemo import experiment
+from spikemo import stages
 from spikemo.cli import main
 from spikemo.predict import Predictor
 from spikemo.tracking import connect
@@ -33,7 +33,7 @@ def text_model(tmp_path_factory, generated_text_config):
             "train.patience": 5,
         },
     )
-    return config, experiment.run_experiment(config), root
+    return config, stages.run_experiment(config), root
 
 
 def test_predictions_have_the_schema_and_beat_the_majority_class(text_model, tmp_path):
@@ -107,7 +107,7 @@ def test_text_only_input_to_a_multimodal_model(tmp_path, tiny_corpus, tiny_confi
             "train.epochs": 1,
         },
     )
-    experiment.run_experiment(config)
+    stages.run_experiment(config)
     connect(config)
     predictor = Predictor.from_uri("models:/spikemo-tinymm@champion")
     assert predictor.spec.modalities == ["text", "audio", "visual"]

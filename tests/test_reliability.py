@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from spikemo import experiment, tracking
+from spikemo import experiment, stages, tracking
 from spikemo.config import load_config
 from spikemo.features.extract import load_features
 from spikemo.stages import preprocess
@@ -116,7 +116,8 @@ def test_two_concurrent_preprocess_runs_leave_the_cache_consistent(tmp_path, mel
 
 def test_diverging_training_is_marked_failed_and_leaves_the_champion(tmp_path, meld_conversations, tiny_config):
     config = tiny_config(meld_conversations, tmp_path / "work", tmp_path / "cache", **{"train.epochs": 1})
-    data = experiment.prepare_data(config)
+    preprocessed = stages.preprocess(config)
+    data = experiment.load_prepared(config, Path(preprocessed["manifest"]), preprocessed)
     trained = experiment.train_and_log(config, data)
     champion = experiment.register(config, trained)
     assert champion.alias == "champion"

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from spikemo import experiment, reports, tracking
+from spikemo import experiment, reports, stages, tracking
 from spikemo.config import SpikEmoConfig
 from spikemo.errors import ConfigError
 from spikemo.predict import Predictor
@@ -26,7 +26,7 @@ from spikemo.training.loop import NonFiniteLossError
 def store(tmp_path_factory, meld_conversations, tiny_config):
     root = tmp_path_factory.mktemp("tracking")
     config = tiny_config(meld_conversations, root / "work", root / "cache")
-    summary = experiment.run_experiment(config)
+    summary = stages.run_experiment(config)
     return config, summary
 
 
@@ -220,7 +220,7 @@ def test_failed_run_is_marked_failed_and_never_registered(store, monkeypatch):
 
     monkeypatch.setattr(experiment, "train_on_dialogue_data", diverge)
     with pytest.raises(NonFiniteLossError):
-        experiment.run_experiment(config)
+        stages.run_experiment(config)
     runs = client.search_runs(
         [client.get_experiment_by_name(config.tracking.experiment).experiment_id], order_by=["start_time DESC"]
     )
