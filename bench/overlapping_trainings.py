@@ -1,17 +1,21 @@
 """Overlapping trainings on one shared MLflow tracking server: does the champion end on the best version?
 
 A local ``mlflow server`` (sqlite backend) stands in for a team's shared server. The demo corpus's transcripts
-(120 generated dialogues) are preprocessed once; then, ``--repeats`` times, ``--processes`` ``spikemo train``
-commands start at once against the server (each its own ``train.seed``, so their gating scores differ) on a fresh
-registered model name. Per repeat: exit codes, versions registered, their gating scores and whether the champion
-is the best of them. Prints one JSON line per repeat and a summary (repeats where the champion was not the best).
+(120 generated dialogues) are preprocessed once; then, ``--repeats`` times, ``--processes`` trainings start at
+once against the server (each its own ``train.seed``, so their gating scores differ) on a fresh registered model
+name: ``spikemo train`` commands, or with ``--runner flow`` processes that each run the Prefect ``train`` flow
+against one shared ``prefect server``. Per repeat: exit codes, versions registered, their gating scores and
+whether the champion is the best of them. Prints one JSON line per repeat and a summary (repeats where the
+champion was not the best).
 
     .venv/bin/python bench/overlapping_trainings.py --processes 4 --repeats 5
+    .venv/bin/python bench/overlapping_trainings.py --processes 4 --repeats 5 --runner flow
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -19,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from mlflow import MlflowClient
 
@@ -26,7 +31,15 @@ from spikemo.data.demo import DemoCorpusSettings, plan_demo_corpus, write_annota
 from spikemo.servers import free_port, model_server_environment, start_server, stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 SPIKEMO = [sys.executable, "-m", "spikemo.cli"]
+TRAIN_FLOW = [  # the train flow on a config file plus dotted overrides (JSON); its summary as the last line
+    sys.executable,
+    "-c",
+    "import json, sys; from flows.common import config_payload, resolve_config; from flows.train import train_flow; "
+    "config = config_payload(resolve_config(sys.argv[1], json.loads(sys.argv[2]))); "
+    "print(json.dumps(train_flow(config=config)))",
+]
 
 
 def start_tracking_server(folder: Path) -> tuple[subprocess.Popen, str]:
@@ -38,71 +51,93 @@ def start_tracking_server(folder: Path) -> tuple[subprocess.Popen, str]:
     return start_server(command, f"{url}/health", model_server_environment(), seconds=180), url
 
 
+def start_prefect_server(folder: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1"]
+    command += ["--port", str(port)]
+    environment = model_server_environment(PREFECT_HOME=str(folder), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    url = f"http://127.0.0.1:{port}/api"
+    return start_server(command, f"{url}/health", environment, seconds=180), url
+
+
+def spikemo_command(command: str, settings: dict[str, Any]) -> list[str]:
+    """``spikemo COMMAND`` on configs/demo.yaml with ``settings`` (dotted config keys)."""
+    overrides = [f"--set={key}={json.dumps(value)}" for key, value in settings.items()]
+    return [*SPIKEMO, command, "--config", str(DEMO_CONFIG), *overrides]
+
+
+def training_command(runner: str, settings: dict[str, Any]) -> list[str]:
+    """One training with ``settings``, as ``runner`` (cli or flow) starts it."""
+    if runner == "flow":
+        return [*TRAIN_FLOW, str(DEMO_CONFIG), json.dumps(settings)]
+    return spikemo_command("train", settings)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--runner", choices=["cli", "flow"], default="cli", help="spikemo train, or the train flow")
     parser.add_argument("--work", type=Path, default=REPO / ".spikemo" / "bench" / "overlap")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    common = ["--config", str(REPO / "configs" / "demo.yaml"), "--workdir", str(args.work)]
-    common += ["--cache", str(args.work / "cache"), "--set", "features.modalities=[text]"]
-    common += ["--set", f"data.root={args.work / 'corpus'}", "--set", f"train.epochs={args.epochs}"]
+    common = {
+        "workdir": str(args.work),
+        "cache": str(args.work / "cache"),
+        "features.modalities": ["text"],
+        "data.root": str(args.work / "corpus"),
+        "train.epochs": args.epochs,
+    }
     if not (args.work / "corpus" / "train_sent_emo.csv").is_file():  # the demo corpus's transcripts, no media
         write_annotations(plan_demo_corpus(DemoCorpusSettings(dialogues=120, seed=0)), args.work / "corpus")
-    subprocess.run([*SPIKEMO, "preprocess", *common], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(spikemo_command("preprocess", common), check=True, stdout=subprocess.DEVNULL)
     misses = 0
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as servers:
         server, url = start_tracking_server(Path(folder))
+        servers.callback(stop_process_group, server)
         environment = {**os.environ, "MLFLOW_TRACKING_URI": url}
-        try:
-            for repeat in range(args.repeats):
-                name = f"spikemo-overlap-{repeat}"
-                started = time.perf_counter()
-                processes = [
-                    subprocess.Popen(
-                        [
-                            *SPIKEMO,
-                            "train",
-                            *common,
-                            "--set",
-                            f"train.seed={seed}",
-                            "--set",
-                            f"tracking.registered_model={name}",
-                        ],
-                        env=environment,
-                        stdout=subprocess.PIPE,
-                        stderr=subprocess.DEVNULL,
-                        text=True,
-                    )
-                    for seed in range(args.processes)
-                ]
-                outputs = [json.loads(process.communicate()[0].strip().splitlines()[-1]) for process in processes]
-                client = MlflowClient(url, url)
-                versions = {
-                    str(v.version): float(v.tags["gating_dev_weighted_f1"])
-                    for v in client.search_model_versions(f"name='{name}'")
-                }
-                champion = str(client.get_model_version_by_alias(name, "champion").version)
-                record = {
-                    "repeat": repeat,
-                    "exit_codes": [process.returncode for process in processes],
-                    "versions": len(versions),
-                    "gating_scores": sorted(round(score, 2) for score in versions.values()),
-                    "champion_score": round(versions[champion], 2),
-                    "champion_is_best": versions[champion] == max(versions.values()),
-                    "seconds": round(time.perf_counter() - started, 1),
-                    "aliases_reported": sorted(output.get("alias", "?") for output in outputs),
-                }
-                misses += not record["champion_is_best"]
-                print(json.dumps(record), flush=True)
-        finally:
-            stop_process_group(server)
+        if args.runner == "flow":
+            prefect, api_url = start_prefect_server(Path(folder) / "prefect")
+            servers.callback(stop_process_group, prefect)
+            environment["PREFECT_API_URL"] = api_url
+        for repeat in range(args.repeats):
+            name = f"spikemo-overlap-{args.runner}-{repeat}"
+            started = time.perf_counter()
+            processes = [
+                subprocess.Popen(
+                    training_command(args.runner, {**common, "train.seed": seed, "tracking.registered_model": name}),
+                    env=environment,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    text=True,
+                )
+                for seed in range(args.processes)
+            ]
+            outputs = [json.loads(process.communicate()[0].strip().splitlines()[-1]) for process in processes]
+            client = MlflowClient(url, url)
+            versions = {
+                str(v.version): float(v.tags["gating_dev_weighted_f1"])
+                for v in client.search_model_versions(f"name='{name}'")
+            }
+            champion = str(client.get_model_version_by_alias(name, "champion").version)
+            record = {
+                "repeat": repeat,
+                "exit_codes": [process.returncode for process in processes],
+                "versions": len(versions),
+                "gating_scores": sorted(round(score, 2) for score in versions.values()),
+                "champion_score": round(versions[champion], 2),
+                "champion_is_best": versions[champion] == max(versions.values()),
+                "seconds": round(time.perf_counter() - started, 1),
+                "aliases_reported": sorted(output.get("alias", "?") for output in outputs),
+            }
+            misses += not record["champion_is_best"]
+            print(json.dumps(record), flush=True)
     print(
         json.dumps(
             {
                 "benchmark": "overlapping_trainings",
+                "runner": args.runner,
                 "processes": args.processes,
                 "repeats": args.repeats,
                 "champion_not_best": misses,
