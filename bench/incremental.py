@@ -17,7 +17,8 @@ dialogue turn by turn over HTTP, first with the ``newest`` parameter (1: only th
 answered), then without (the server re-scores the whole conversation so far), and once more with one caller
 alone (the scorer answers the requests that wait together as one group, one group at a time). After one warm-up
 round of every caller, each way is replayed ``--rounds`` times on conversation ids the server has not seen. Prints
-new turns answered per second and p50/p95 request latency per way.
+new turns answered per second and p50/p95 request latency per way. ``--workers 2 --threads 1``: two scoring server
+processes of one thread each (each with its own memo of encodings).
 
     .venv/bin/python bench/incremental.py
     .venv/bin/python bench/incremental.py --part served --clients 8
@@ -166,8 +167,8 @@ def saved_pyfunc(predictor: Predictor, folder: Path) -> Path:
     return folder / "pyfunc"
 
 
-def start_model_server(model: Path, port: int, threads: int) -> subprocess.Popen:
-    command = model_server_command(str(model), "127.0.0.1", port)
+def start_model_server(model: Path, port: int, threads: int, workers: int) -> subprocess.Popen:
+    command = model_server_command(str(model), "127.0.0.1", port, workers)
     environment = model_server_environment(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     return start_server(command, f"http://127.0.0.1:{port}/ping", environment)
 
@@ -210,11 +211,11 @@ def renamed(dialogues: list[pd.DataFrame], prefix: str) -> list[pd.DataFrame]:
 
 
 def served(
-    predictor: Predictor, dialogues: list[pd.DataFrame], clients: int, threads: int, rounds: int
+    predictor: Predictor, dialogues: list[pd.DataFrame], clients: int, threads: int, rounds: int, workers: int
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         port = free_port()
-        server = start_model_server(saved_pyfunc(predictor, Path(folder)), port, threads)
+        server = start_model_server(saved_pyfunc(predictor, Path(folder)), port, threads, workers)
         url = f"http://127.0.0.1:{port}/invocations"
         try:
             replay_at_once(url, dialogues[:clients], newest=1, rounds=1, prefix="warm-up")  # every server thread
@@ -244,6 +245,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="times each way is replayed (--part served)")
     parser.add_argument("--meld", type=Path, default=MELD)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1, help="scoring server processes (--part served)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     predictor = causal_predictor(args.config)
@@ -254,7 +256,7 @@ def main() -> None:
             f"{args.meld}: {len(dialogues)} dev dialogues of {TURNS}+ turns, fewer than the {wanted} asked for"
         )
     if args.part == "served":
-        summary = served(predictor, dialogues, args.clients, args.threads, args.rounds)
+        summary = served(predictor, dialogues, args.clients, args.threads, args.rounds, args.workers)
     else:
         summary = in_process(predictor, dialogues)
     print(
@@ -263,6 +265,7 @@ def main() -> None:
                 "benchmark": "incremental",
                 "part": args.part,
                 "threads": args.threads,
+                "workers": args.workers,
                 "dialogues": len(dialogues),
                 "turns": TURNS,
                 **summary,

@@ -79,9 +79,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
-def model_server_command(model_uri: str, host: str, port: int) -> list[str]:
-    """``mlflow models serve`` of ``model_uri`` in this Python environment (no new one is built), one worker
-    process: the scoring server answers concurrent requests from its thread pool."""
+def model_server_command(model_uri: str, host: str, port: int, workers: int = 1) -> list[str]:
+    """``mlflow models serve`` of ``model_uri`` in this Python environment (no new one is built); each worker
+    process answers concurrent requests from its thread pool, and each keeps its own live scorer (a conversation
+    whose requests reach two workers has its turns encoded by both)."""
     mlflow = str(Path(sys.executable).with_name("mlflow"))
     return [
         mlflow,
@@ -96,7 +97,7 @@ def model_server_command(model_uri: str, host: str, port: int) -> list[str]:
         "--port",
         str(port),
         "--workers",
-        "1",
+        str(workers),
     ]
 
 
