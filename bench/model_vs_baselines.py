@@ -90,7 +90,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "text_dialogue_rnn": {"model.dialogue_context": ["text", "audio", "visual"]},
     "input_noise": {"model.input_noise": 0.5},
     "causal": {"model.causal": True},  # reads only the current and earlier turns (live scoring)
-    "fp32": {"train.precision": "fp32"},  # against ``ours`` (auto: bf16 where native), what bf16 training costs
+    "bf16": {"train.precision": "bf16"},  # against ``ours`` (auto: fp32 on CPU), what bf16 training changes
     # speaker evidence fitted on out-of-fold probabilities (training/cross_fit.py) rather than jointly
     "speaker_evidence_cross_fitted": {"model.speaker_evidence_rounds": 2, "train.speaker_evidence_fit": "cross_fitted"},
 }
