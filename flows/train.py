@@ -48,7 +48,7 @@ def extract_missing_task(config: SpikEmoConfig) -> dict[str, Any]:
 def train_task(config: SpikEmoConfig, preprocessed: dict[str, Any]) -> dict[str, Any]:
     trained = Stages().train(config, preprocessed)
     get_run_logger().info("MLflow run %s: dev weighted-F1 %.2f", trained.run_id, trained.summary["dev_weighted_f1"])
-    return {**asdict(trained), "bundle": str(trained.bundle)}
+    return _payload(trained)
 
 
 @task(
@@ -72,7 +72,12 @@ class TaskStages(Stages):
         return _trained_run(train_task.with_options(refresh_cache=self.force)(config, preprocessed))
 
     def register(self, config: SpikEmoConfig, trained: TrainedRun) -> dict[str, Any]:
-        return register_task(config, {**asdict(trained), "bundle": str(trained.bundle)})
+        return register_task(config, _payload(trained))
+
+
+def _payload(trained: TrainedRun) -> dict[str, Any]:
+    """A trained run as a task's JSON result or parameter."""
+    return {**asdict(trained), "bundle": str(trained.bundle)}
 
 
 def _trained_run(payload: dict[str, Any]) -> TrainedRun:
