@@ -201,7 +201,7 @@ def _newest_turn_body(turns: pd.DataFrame) -> bytes:
 
 def test_mlflow_models_serve_answers_every_good_request_and_refuses_bad_ones_under_concurrent_clients(
     causal_model, tmp_path
-):
+):  # two worker processes, each answering from its thread pool with its own memo
     config, _, dev = causal_model
     dialogues = [turns.sort_values("utterance_index") for _, turns in list(dev.groupby("dialogue_id"))[:8]]
     alone = mlflow.pyfunc.load_model(MODEL_URI)
@@ -211,7 +211,7 @@ def test_mlflow_models_serve_answers_every_good_request_and_refuses_bad_ones_und
     ]
     bad_bodies = [b"not json", json.dumps({"dataframe_split": {"columns": ["dialogue_id"], "data": [["7"]]}}).encode()]
     server, port = serve_on_a_free_port(
-        lambda port: model_server_command(MODEL_URI, "127.0.0.1", port),
+        lambda port: model_server_command(MODEL_URI, "127.0.0.1", port, workers=2),
         "/ping",
         model_server_environment(MLFLOW_TRACKING_URI=tracking_uri(config)),
         tmp_path / "server.log",
