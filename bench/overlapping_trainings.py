@@ -104,17 +104,20 @@ def main() -> None:
         for repeat in range(args.repeats):
             name = f"spikemo-overlap-{args.runner}-{repeat}"
             started = time.perf_counter()
+            logs = [Path(folder) / f"repeat-{repeat}-seed-{seed}.log" for seed in range(args.processes)]
             processes = [
                 subprocess.Popen(
                     training_command(args.runner, {**common, "train.seed": seed, "tracking.registered_model": name}),
                     env=environment,
                     stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL,
+                    stderr=log.open("w"),  # a file, not a pipe: a full pipe would stall a training until it is read
                     text=True,
                 )
-                for seed in range(args.processes)
+                for seed, log in enumerate(logs)
             ]
-            outputs = [json.loads(process.communicate()[0].strip().splitlines()[-1]) for process in processes]
+            answers = [process.communicate()[0].strip().splitlines() for process in processes]
+            failures = [log.read_text().strip().splitlines()[-1:] for log, p in zip(logs, processes) if p.returncode]
+            outputs = [json.loads(lines[-1]) if lines else {} for lines in answers]
             client = MlflowClient(url, url)
             versions = {
                 str(v.version): float(v.tags["gating_dev_weighted_f1"])
@@ -130,6 +133,7 @@ def main() -> None:
                 "champion_is_best": versions[champion] == max(versions.values()),
                 "seconds": round(time.perf_counter() - started, 1),
                 "aliases_reported": sorted(output.get("alias", "?") for output in outputs),
+                "failures": failures,  # each failed process's last line of standard error
             }
             misses += not record["champion_is_best"]
             print(json.dumps(record), flush=True)

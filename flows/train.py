@@ -27,10 +27,12 @@ from spikemo.stages import Stages, preprocess, train_and_register
 
 
 def _training_inputs(context: Any, parameters: dict[str, Any]) -> str:
-    """Same config, manifest content, encoders and library code → the finished run is reused, not retrained."""
+    """Same config, manifest content, encoders, library code and MLflow store → the finished run is reused, not
+    retrained (a run in another store, for example another MLFLOW_TRACKING_URI, cannot be registered here)."""
     manifest, _ = read_manifest(Path(parameters["preprocessed"]["manifest"]))
     encoders = {m: s["fingerprint"] for m, s in parameters["preprocessed"]["modalities"].items()}
-    return training_cache_key(config_payload(parameters["config"]), manifest, encoders)
+    config = parameters["config"]
+    return training_cache_key(config_payload(config), manifest, encoders, tracking.tracking_uri(config))
 
 
 @task(name="extract-missing", task_run_name=task_run_name("extract-missing"), retries=1, cache_policy=NONE)

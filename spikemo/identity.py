@@ -7,7 +7,8 @@ data it sees and the encoders that made its features.
 - ``finetune_key``: the text fine-tune's folder, so the same inputs reuse a finished fine-tune: the base
   encoder's spec, the fine-tune settings (with a dialogue head, the model and loss settings too) and the
   manifest's dialogue content.
-- ``training_cache_key``: the Prefect train task's cache: the training run's inputs and the library's code.
+- ``training_cache_key``: the Prefect train task's cache: the training run's inputs, the library's code and the
+  MLflow store.
 """
 
 from __future__ import annotations
@@ -111,8 +112,10 @@ def finetune_key(config: SpikEmoConfig, manifest: pd.DataFrame, encoder_spec: di
     return f"{config.data.dataset_name}-{digest[:16]}"
 
 
-def training_cache_key(config: dict[str, Any], manifest: pd.DataFrame, fingerprints: dict[str, str]) -> str:
-    """Same config (wherever its cache lives), manifest content, encoders and library code → the finished
-    training is reused."""
+def training_cache_key(
+    config: dict[str, Any], manifest: pd.DataFrame, fingerprints: dict[str, str], tracking_uri: str
+) -> str:
+    """Same config (wherever its cache lives), manifest content, encoders, library code and MLflow store (where
+    the finished run lives) → the finished training is reused."""
     stored_anywhere = {key: value for key, value in config.items() if key != "cache"}
-    return stable_digest("train", stored_anywhere, manifest_digest(manifest), fingerprints, code_digest())
+    return stable_digest("train", stored_anywhere, manifest_digest(manifest), fingerprints, code_digest(), tracking_uri)

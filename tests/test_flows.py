@@ -163,7 +163,9 @@ def test_artifact_keys_are_valid_for_any_dataset_name():
     assert artifact_key(config, "train") == "my-data-v2-train"
 
 
-def test_training_cache_key_follows_the_library_code(tmp_path, monkeypatch, meld_conversations, tiny_config):
+def test_training_cache_key_follows_the_library_code_and_the_tracking_store(
+    tmp_path, monkeypatch, meld_conversations, tiny_config
+):
     from flows import train
     from spikemo import identity
     from spikemo.stages import preprocess
@@ -172,6 +174,10 @@ def test_training_cache_key_follows_the_library_code(tmp_path, monkeypatch, meld
     parameters = {"config": config, "preprocessed": preprocess(config)}
     before = train._training_inputs(None, parameters)
     assert train._training_inputs(None, parameters) == before
+    elsewhere = config.model_copy(
+        update={"tracking": config.tracking.model_copy(update={"tracking_uri": "http://127.0.0.1:9"})}
+    )  # its runs live in another store: one finished here cannot be registered there
+    assert train._training_inputs(None, {**parameters, "config": elsewhere}) != before
     monkeypatch.setattr(identity, "code_digest", lambda: "another version of spikemo")
     assert train._training_inputs(None, parameters) != before
 
