@@ -218,7 +218,7 @@ def served(
         server = start_model_server(saved_pyfunc(predictor, Path(folder)), port, threads, workers)
         url = f"http://127.0.0.1:{port}/invocations"
         try:
-            replay_at_once(url, dialogues[:clients], newest=1, rounds=1, prefix="warm-up")  # every server thread
+            replay_at_once(url, dialogues[:clients], newest=1, rounds=1, prefix="warm-up")  # warms every server thread
             summary = {
                 "incremental": replay_at_once(url, dialogues[:clients], newest=1, rounds=rounds, prefix="many"),
                 "rescore": replay_at_once(url, dialogues[:clients], newest=0, rounds=rounds, prefix="whole"),
