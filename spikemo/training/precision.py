@@ -2,7 +2,7 @@
 
 ``precision``: ``fp32``; ``bf16`` (autocast: linears and attention products in bfloat16, the rest in fp32);
 ``auto``: bf16 on a CUDA device that supports it, fp32 elsewhere. On CPUs bf16 pays only for large matrix
-products: on a Xeon with AMX it runs an MPNet fine-tune step 1.9× faster but trains configs/meld.yaml's SpikEmo 2×
+products: on a Xeon with AMX it runs an MPNet fine-tune step 1.9× faster but trains configs/meld.yaml's SpikEmo 1.8×
 slower (docs/benchmarks.md), so a config names ``bf16`` where it was measured to pay. SpikEmo is evaluated in fp32
 whatever trained it (training/evaluation.py), as ``spikemo predict`` and the served model score it.
 """
