@@ -27,7 +27,13 @@ from spikemo.training import (
     train_model,
 )
 from spikemo.training.baseline import C_GRID, as_model_reads, fit_linear_probe
-from spikemo.training.checkpoint import SelectionState, load_model_checkpoint
+from spikemo.training.checkpoint import (
+    SelectionState,
+    load_model_checkpoint,
+    read_safetensors,
+    writable_tensors,
+    write_safetensors_atomic,
+)
 from spikemo.training.cross_fit import out_of_fold_logits
 from spikemo.training.data import LengthBucketBatchSampler
 from spikemo.training.metrics import classification_metrics, firing_rates_by_group
@@ -548,3 +554,13 @@ def test_the_probe_reads_speaker_relative_inputs_as_the_model_does():
     assert (
         fit_linear_probe(data, LABELS, model=ModelConfig()).test_metrics == raw.test_metrics
     )  # no speaker normalisation
+
+
+def test_checkpoint_tensors_are_written_from_their_own_memory_and_shared_ones_are_copied(tmp_path):
+    weight = torch.randn(4, 4)
+    tensors = writable_tensors({"weight": weight, "tied": weight, "rows": weight[:2]})
+    assert tensors["weight"].data_ptr() == weight.data_ptr()  # no copy
+    assert tensors["tied"].data_ptr() != weight.data_ptr() and tensors["rows"].data_ptr() != weight.data_ptr()
+    write_safetensors_atomic(tensors, {"epoch": 0}, tmp_path / "state.safetensors")
+    read, document = read_safetensors(tmp_path / "state.safetensors")
+    assert document == {"epoch": 0} and torch.equal(read["tied"], weight) and torch.equal(read["rows"], weight[:2])

@@ -68,9 +68,25 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     return tensors, json.loads(metadata[METADATA_KEY])
 
 
+def writable_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors on CPU and contiguous, as safetensors writes them: a tensor that shares its storage with another
+    (tied weights) or covers only part of it (a view) is copied, safetensors refusing both; the others are written
+    from their own memory (copying every one doubled a checkpoint's memory: 1.13 GB more for an AdamW model of 100M
+    parameters)."""
+    writable, storages = {}, set()
+    for name, tensor in tensors.items():
+        tensor = tensor.detach().cpu().contiguous()
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() in storages or storage.nbytes() != tensor.nbytes:
+            tensor = tensor.clone()
+        storages.add(tensor.untyped_storage().data_ptr())
+        writable[name] = tensor
+    return writable
+
+
 def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict on CPU, each tensor its own contiguous copy (safetensors refuses shared storage)."""
-    return {name: tensor.detach().cpu().contiguous().clone() for name, tensor in model.state_dict().items()}
+    """The state dict, writable by safetensors (``writable_tensors``)."""
+    return writable_tensors(model.state_dict())
 
 
 def save_model_checkpoint(path: Path, model: torch.nn.Module, spec: dict[str, Any]) -> None:
@@ -95,19 +111,20 @@ def save_training_checkpoint(
 ) -> None:
     """``averaged``: the running average of the weights (``AveragedModel``), when training keeps one;
     ``progress``: what the recipe needs beside the state to go on (e.g. its MLflow run), see ``checkpoint_progress``."""
-    tensors = {MODEL_PREFIX + name: tensor for name, tensor in model_tensors(model).items()}
+    tensors = {MODEL_PREFIX + name: tensor for name, tensor in model.state_dict().items()}
     if averaged is not None:
-        tensors.update({AVERAGED_PREFIX + name: tensor for name, tensor in model_tensors(averaged).items()})
+        tensors.update({AVERAGED_PREFIX + name: tensor for name, tensor in averaged.state_dict().items()})
     optimizer_state = optimizer.state_dict()
     slot_values: dict[str, dict[str, Any]] = {}
     for param_id, slots in optimizer_state["state"].items():
         for slot, value in slots.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"{OPTIMIZER_PREFIX}{param_id}.{slot}"] = value.detach().cpu().contiguous().clone()
+                tensors[f"{OPTIMIZER_PREFIX}{param_id}.{slot}"] = value
             else:
                 slot_values.setdefault(str(param_id), {})[slot] = value
     rng_tensors, rng_document = _capture_rng()
     tensors.update({RNG_PREFIX + name: tensor for name, tensor in rng_tensors.items()})
+    tensors = writable_tensors(tensors)
     document = {
         "run_identity": run_identity,
         "selection": asdict(selection),
