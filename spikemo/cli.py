@@ -526,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     sys.stdout.flush()
-    print(json.dumps(summary, default=str))
+    sys.stdout.write(json.dumps(summary, default=str) + "\n")  # one write: whole even when processes share stdout
+    sys.stdout.flush()
     return 0
 
 

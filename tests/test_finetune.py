@@ -415,7 +415,7 @@ def test_finetune_text_under_torchrun_is_one_finetune_over_both_ranks_with_one_r
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert sorted(line.get("rank", 0) for line in lines) == [0, 1]
+    assert sorted(line.get("rank", 0) for line in lines) == [0, 1], result.stdout[-3000:]
     (summary,) = [line for line in lines if "model_path" in line]
     assert summary["epochs_run"] == 2 and (Path(summary["model_path"]) / SUMMARY_FILE).is_file()
     client = MlflowClient(tracking_uri(config))
