@@ -105,17 +105,20 @@ def main() -> None:
             name = f"spikemo-overlap-{args.runner}-{repeat}"
             started = time.perf_counter()
             logs = [Path(folder) / f"repeat-{repeat}-seed-{seed}.log" for seed in range(args.processes)]
-            processes = [
-                subprocess.Popen(
-                    training_command(args.runner, {**common, "train.seed": seed, "tracking.registered_model": name}),
-                    env=environment,
-                    stdout=subprocess.PIPE,
-                    stderr=log.open("w"),  # a file, not a pipe: a full pipe would stall a training until it is read
-                    text=True,
-                )
-                for seed, log in enumerate(logs)
-            ]
-            answers = [process.communicate()[0].strip().splitlines() for process in processes]
+            with contextlib.ExitStack() as streams:  # files, not pipes: a full pipe would stall a training
+                processes = [
+                    subprocess.Popen(
+                        training_command(
+                            args.runner, {**common, "train.seed": seed, "tracking.registered_model": name}
+                        ),
+                        env=environment,
+                        stdout=subprocess.PIPE,
+                        stderr=streams.enter_context(log.open("w")),
+                        text=True,
+                    )
+                    for seed, log in enumerate(logs)
+                ]
+                answers = [process.communicate()[0].strip().splitlines() for process in processes]
             failures = [log.read_text().strip().splitlines()[-1:] for log, p in zip(logs, processes) if p.returncode]
             outputs = [json.loads(lines[-1]) if lines else {} for lines in answers]
             client = MlflowClient(url, url)

@@ -84,14 +84,9 @@ def writable_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return writable
 
 
-def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict, writable by safetensors (``writable_tensors``)."""
-    return writable_tensors(model.state_dict())
-
-
 def save_model_checkpoint(path: Path, model: torch.nn.Module, spec: dict[str, Any]) -> None:
     """The weights of ``model`` and a JSON ``spec`` (epoch, input dims, labels, model config, metrics)."""
-    write_safetensors_atomic(model_tensors(model), spec, path)
+    write_safetensors_atomic(writable_tensors(model.state_dict()), spec, path)
 
 
 def load_model_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
