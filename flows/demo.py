@@ -6,15 +6,21 @@ under ``<workdir>/prefect``), a sqlite MLflow store and the local feature cache,
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spikemo.config import SpikEmoConfig
 from spikemo.reports import score_with_interval, verdict_line
 from spikemo.servers import run_until_stopped
+
+if TYPE_CHECKING:
+    from prefect.server.api.server import SubprocessASGIServer
 
 PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -38,23 +44,42 @@ def prepare_environment(workdir: Path) -> None:
         os.environ.setdefault(key, value)
 
 
-def start_temporary_prefect_api() -> threading.Thread | None:
-    """Without a configured Prefect API, start the temporary server that the first flow would otherwise start
-    (about 10 s on 2 cores) in the background, so that it comes up while the corpus is generated. The caller
-    joins the thread before running a flow; a failed start is retried, and reported, by that flow."""
+def prepare_pipeline_in_background() -> list[threading.Thread]:
+    """While the corpus renders in worker processes, import the pipeline's modules (torch, transformers, MediaPipe,
+    MLflow, Prefect: about 15 s on 2 cores, longer from a fresh install with no bytecode yet) and, without a
+    configured Prefect API, start the temporary server the first flow would otherwise start (about 10 s). The
+    caller joins the threads before the flow runs; the flow repeats whatever failed here, and reports it."""
+    threads = [
+        threading.Thread(target=_unless_failing, args=(step,), name=f"pipeline-preparation-{index}", daemon=True)
+        for index, step in enumerate([_start_temporary_prefect_api, lambda: importlib.import_module("flows.pipeline")])
+    ]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def _unless_failing(step: Callable[[], object]) -> None:
+    with contextlib.suppress(Exception):  # the flow imports and starts the API itself and reports what fails
+        step()
+
+
+def _start_temporary_prefect_api() -> None:
+    if (server := temporary_prefect_api()) is not None:
+        server.start()
+
+
+def temporary_prefect_api() -> SubprocessASGIServer | None:
+    """The temporary Prefect API a flow starts for itself, or None where an API is configured or none is started."""
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
         return None
-    thread = threading.Thread(target=SubprocessASGIServer().start, name="prefect-api-start", daemon=True)
-    thread.start()
-    return thread
+    return SubprocessASGIServer()
 
 
 def run_demo(config: SpikEmoConfig, data: Path | None, dialogues: int | None) -> dict[str, Any]:
     prepare_environment(config.workdir)
-    from flows.pipeline import pipeline_flow
     from spikemo.data.demo import DemoCorpusSettings, make_demo_corpus
 
     corpus = Path(data) if data else config.workdir / "demo_corpus"
@@ -63,15 +88,17 @@ def run_demo(config: SpikEmoConfig, data: Path | None, dialogues: int | None) ->
             **{**DEMO_RUN_CORPUS, **({"dialogues": dialogues} if dialogues else {})}, overwrite=True
         )
         print(f"generating the demo corpus in {corpus} ...", file=sys.stderr)
-        api_starting = start_temporary_prefect_api()
+        preparing = prepare_pipeline_in_background()
         generated = make_demo_corpus(corpus, settings)
         print(
             f"generated {sum(generated.clips.values())} clips ({generated.media_seconds / 60:.0f} minutes of media) in "
             f"{generated.wall_seconds:.0f} s",
             file=sys.stderr,
         )
-        if api_starting is not None:
-            api_starting.join()
+        for thread in preparing:
+            thread.join()
+    from flows.pipeline import pipeline_flow
+
     config = config.model_copy(
         update={
             "data": config.data.model_copy(

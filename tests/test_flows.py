@@ -412,23 +412,23 @@ def test_a_deployment_run_by_a_real_worker_logs_spikemo_progress(
     assert "gating score" in logs and "Downloading artifacts" not in logs
 
 
-def test_demo_starts_the_temporary_prefect_api_only_without_a_configured_one(tmp_path):
-    """While the demo generates its corpus, Prefect's temporary API comes up in the background and is the one
-    the flows then use; with an API configured nothing is started."""
+def test_demo_prepares_the_pipeline_while_the_corpus_renders(tmp_path):
+    """While the demo generates its corpus, the pipeline's modules are imported and Prefect's temporary API comes
+    up in the background, and that API is the one the flows then use; with an API configured none is started."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.demo import start_temporary_prefect_api
+    from flows.demo import temporary_prefect_api
 
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
-        assert start_temporary_prefect_api() is None
+        assert temporary_prefect_api() is None
     script = (
-        "import httpx\n"
-        "from flows.demo import start_temporary_prefect_api\n"
+        "import sys, httpx\n"
+        "from flows.demo import prepare_pipeline_in_background\n"
         "from prefect.server.api.server import SubprocessASGIServer\n"
-        "starting = start_temporary_prefect_api()\n"
-        "starting.join()\n"
+        "for thread in prepare_pipeline_in_background():\n"
+        "    thread.join()\n"
         "server = SubprocessASGIServer()\n"
-        "print(server.running, httpx.get(server.api_url + '/health').status_code)\n"
+        "print(server.running, httpx.get(server.api_url + '/health').status_code, 'flows.pipeline' in sys.modules)\n"
     )
     environment = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     environment.pop("PREFECT_API_URL", None)
@@ -436,4 +436,4 @@ def test_demo_starts_the_temporary_prefect_api_only_without_a_configured_one(tmp
         [sys.executable, "-c", script], capture_output=True, text=True, env=environment, cwd=REPO, timeout=180
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == ["True", "200"]
+    assert result.stdout.split() == ["True", "200", "True"]
