@@ -117,7 +117,7 @@ def main() -> None:
 def _base_fold(args: argparse.Namespace, audio_encoder: str | None) -> Fold:
     """EmoDB's manifest, features and config with ``audio_encoder`` (None: the config's own)."""
     fold_args = argparse.Namespace(
-        **{**vars(args), "seeds": 1}, emodb_audio=audio_encoder, emodb_session_length=0, epochs=None
+        **{**vars(args), "seeds": 1}, emodb_audio=audio_encoder, emodb_session_length=0, epochs=None, overrides=[]
     )
     return next(emodb_folds(fold_args))
 

@@ -34,6 +34,9 @@ PREFECT_DEFAULTS = {
 # (the visual encoders sample 4 frames a clip), so that generation, extraction and training fit a few minutes
 # on 2 cores. `spikemo make-demo-data` keeps MELD's proportions (70/10/20) and 10 fps by default.
 DEMO_RUN_CORPUS = {"dialogues": 200, "split_fractions": (0.35, 0.1, 0.55), "fps": 5}
+# What the pipeline imports first: its flows (torch, MLflow, Prefect, MediaPipe, openSMILE) and the model loading
+# every Hugging Face encoder goes through (transformers.modeling_utils, about 1,200 modules with torch's compiler).
+PIPELINE_MODULES = ("flows.pipeline", "transformers.modeling_utils")
 
 
 def prepare_environment(workdir: Path) -> None:
@@ -45,13 +48,13 @@ def prepare_environment(workdir: Path) -> None:
 
 
 def prepare_pipeline_in_background() -> list[threading.Thread]:
-    """While the corpus renders in worker processes, import the pipeline's modules (torch, transformers, MediaPipe,
-    MLflow, Prefect: about 15 s on 2 cores, longer from a fresh install with no bytecode yet) and, without a
-    configured Prefect API, start the temporary server the first flow would otherwise start (about 10 s). The
-    caller joins the threads before the flow runs; the flow repeats whatever failed here, and reports it."""
+    """While the corpus renders in worker processes, import ``PIPELINE_MODULES`` (about 15 s on 2 cores, longer from
+    a fresh install with no bytecode yet) and, without a configured Prefect API, start the temporary server the
+    first flow would otherwise start (about 10 s). The caller joins the threads before the flow runs; the flow
+    repeats whatever failed here, and reports it."""
     threads = [
         threading.Thread(target=_unless_failing, args=(step,), name=f"pipeline-preparation-{index}", daemon=True)
-        for index, step in enumerate([_start_temporary_prefect_api, lambda: importlib.import_module("flows.pipeline")])
+        for index, step in enumerate([_start_temporary_prefect_api, _import_pipeline_modules])
     ]
     for thread in threads:
         thread.start()
@@ -61,6 +64,11 @@ def prepare_pipeline_in_background() -> list[threading.Thread]:
 def _unless_failing(step: Callable[[], object]) -> None:
     with contextlib.suppress(Exception):  # the flow imports and starts the API itself and reports what fails
         step()
+
+
+def _import_pipeline_modules() -> None:
+    for name in PIPELINE_MODULES:
+        importlib.import_module(name)
 
 
 def _start_temporary_prefect_api() -> None:
