@@ -33,7 +33,7 @@ PREFECT_DEFAULTS = {
 # the linear probe has a 95% interval of under ±3 points (~910 test clips), and video at 5 frames a second
 # (the visual encoders sample 4 frames a clip), so that generation, extraction and training fit a few minutes
 # on 2 cores. `spikemo make-demo-data` keeps MELD's proportions (70/10/20) and 10 fps by default.
-DEMO_RUN_CORPUS = {"dialogues": 200, "split_fractions": (0.35, 0.1, 0.55), "fps": 5}
+DEMO_RUN_CORPUS = {"dialogues": 160, "split_fractions": (0.35, 0.1, 0.55), "fps": 5}
 # What the pipeline imports first: its flows (torch, MLflow, Prefect, MediaPipe, openSMILE) and the model loading
 # every Hugging Face encoder goes through (transformers.modeling_utils, about 1,200 modules with torch's compiler).
 PIPELINE_MODULES = ("flows.pipeline", "transformers.modeling_utils")
