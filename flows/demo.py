@@ -29,10 +29,10 @@ PREFECT_DEFAULTS = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "PREFECT_LOGGING_EXTRA_LOGGERS": "spikemo",  # the library's own log lines (epochs, counts, gating) in the run logs
 }
-# The corpus `spikemo demo` generates: 55% of its dialogues are test dialogues, so that the verdict against
-# the linear probe has a 95% interval of under ±3 points (~910 test clips), and video at 5 frames a second
-# (the visual encoders sample 4 frames a clip), so that generation, extraction and training fit a few minutes
-# on 2 cores. `spikemo make-demo-data` keeps MELD's proportions (70/10/20) and 10 fps by default.
+# The corpus `spikemo demo` generates: 160 dialogues, so that a fresh clone's `make demo` (install included) fits
+# 3 minutes on 2 cores; 55% of them test dialogues (~750 clips), so that the difference from the linear probe has
+# a 95% interval of about ±3 points; video at 5 frames a second (the visual encoders sample 4 frames a clip).
+# `spikemo make-demo-data` keeps MELD's proportions (70/10/20) and 10 fps by default.
 DEMO_RUN_CORPUS = {"dialogues": 160, "split_fractions": (0.35, 0.1, 0.55), "fps": 5}
 # What the pipeline imports first: its flows (torch, MLflow, Prefect, MediaPipe, openSMILE) and the model loading
 # every Hugging Face encoder goes through (transformers.modeling_utils, about 1,200 modules with torch's compiler).
