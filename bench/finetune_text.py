@@ -1,9 +1,9 @@
 """Fine-tuning the text encoder on MELD or EmoryNLP (EmoBERTa's recipe): its speed and memory here, and what it buys.
 
 ``--part speed``: for each setting (encoder, max_length, past and future context turns, frozen lower layers,
-fp32 or bf16 autocast, torch's or the bit-mask dropout) a fresh process trains ``--steps`` batches of 16 MELD
-train inputs (plain AdamW, after two warm-up steps) and reports training samples/s, the inputs' mean token count
-and the process's peak RSS; the estimated epoch time follows.
+fp32 or bf16 autocast) a fresh process trains ``--steps`` batches of 16 MELD train inputs (plain AdamW, after
+two warm-up steps) and reports training samples/s, the inputs' mean token count and the process's peak RSS;
+the estimated epoch time follows.
 
 ``--part accuracy``: ``--dataset`` (MELD or EmoryNLP) with a fixed 10% of the train dialogues as the selection split
 and the dataset's dev split reported (the shared copies hold no test split). Per recipe (``--configs``, default
@@ -55,7 +55,6 @@ from spikemo.features.base import build_encoder
 from spikemo.features.extract import extract_modality, load_features
 from spikemo.training import build_dialogue_data, train_model
 from spikemo.training.baseline import fit_linear_probe
-from spikemo.training.dropout import use_bit_mask_dropout
 from spikemo.training.precision import autocast
 from spikemo.training.text_finetune import (
     UtteranceClassifier,
@@ -66,20 +65,19 @@ from spikemo.training.text_finetune import (
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-SPEED_SETTINGS = [  # (model, max_length, context_turns, future_turns, freeze_layers, precision, dropout)
-    ("minilm", 128, 2, 0, 0, "fp32", "bit-mask"),
-    ("minilm", 128, 2, 0, 0, "bf16", "bit-mask"),
-    ("mpnet", 128, 2, 1, 0, "fp32", "bit-mask"),
-    ("mpnet", 128, 2, 1, 0, "bf16", "torch"),  # torch's Bernoulli dropout: the anchor of the next row
-    ("mpnet", 128, 2, 1, 0, "bf16", "bit-mask"),  # what the fine-tune runs on CPUs
-    ("mpnet", 128, 2, 1, 2, "bf16", "bit-mask"),  # configs/meld-mpnet.yaml
-    ("mpnet", 128, 2, 1, 6, "bf16", "bit-mask"),
+SPEED_SETTINGS = [  # (model, max_length, context_turns, future_turns, freeze_layers, precision)
+    ("minilm", 128, 2, 0, 0, "fp32"),
+    ("minilm", 128, 2, 0, 0, "bf16"),
+    ("mpnet", 128, 2, 1, 0, "fp32"),
+    ("mpnet", 128, 2, 1, 0, "bf16"),
+    ("mpnet", 128, 2, 1, 2, "bf16"),  # configs/meld-mpnet.yaml
+    ("mpnet", 128, 2, 1, 6, "bf16"),
 ]
 
 
 def speed_worker(args: argparse.Namespace) -> dict[str, Any]:
     """One setting, in this (fresh) process."""
-    model_name, max_length, context_turns, future_turns, freeze_layers, precision, dropout = args.setting
+    model_name, max_length, context_turns, future_turns, freeze_layers, precision = args.setting
     max_length, context_turns, future_turns, freeze_layers = map(
         int, (max_length, context_turns, future_turns, freeze_layers)
     )
@@ -103,8 +101,6 @@ def speed_worker(args: argparse.Namespace) -> dict[str, Any]:
     labels = torch.from_numpy(train["label_id"].to_numpy(dtype=np.int64))
     torch.manual_seed(0)
     model = UtteranceClassifier(encoder, 7, dropout=0.1)
-    if dropout == "bit-mask":
-        use_bit_mask_dropout(model)
     freeze_lower_layers(model.encoder, freeze_layers)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-5)
     rows = np.random.default_rng(0).permutation(len(items))
@@ -132,7 +128,6 @@ def speed_worker(args: argparse.Namespace) -> dict[str, Any]:
         "future_turns": future_turns,
         "freeze_layers": freeze_layers,
         "precision": precision,
-        "dropout": dropout,
         "samples_per_s": round(samples / seconds, 2),
         "mean_tokens": round(tokens_seen / samples, 1),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
@@ -411,8 +406,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--setting",
-        nargs=7,
-        metavar=("MODEL", "MAX_LENGTH", "CONTEXT_TURNS", "FUTURE_TURNS", "FREEZE_LAYERS", "PRECISION", "DROPOUT"),
+        nargs=6,
+        metavar=("MODEL", "MAX_LENGTH", "CONTEXT_TURNS", "FUTURE_TURNS", "FREEZE_LAYERS", "PRECISION"),
     )
     parser.add_argument("--steps", type=int, default=12, help="speed: timed training steps per setting")
     parser.add_argument("--batch-size", type=int, default=16)

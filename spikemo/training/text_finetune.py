@@ -79,7 +79,6 @@ from spikemo.training.distributed import (
     broadcast_from_main,
     broadcast_module,
 )
-from spikemo.training.dropout import use_bit_mask_dropout
 from spikemo.training.epochs import EpochPlan, run_epochs
 from spikemo.training.loop import FUSED_OPTIMIZER_DEVICES, seed_everything
 from spikemo.training.metrics import classification_metrics
@@ -353,8 +352,6 @@ class _FinetuneRun:
                 self.encoder, len(labels), self.settings.dropout, self.settings.contrastive
             )
         self.model.to(self.device)
-        if self.device.type == "cpu":
-            use_bit_mask_dropout(self.model)
         broadcast_module(self.model, self.context)
         freeze_lower_layers(self.model.encoder, self.settings.freeze_layers)
         self.autocast = functools.partial(autocast, self.settings.precision, self.device)
