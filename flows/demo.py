@@ -77,7 +77,7 @@ def _start_temporary_prefect_api() -> None:
 
 
 def temporary_prefect_api() -> SubprocessASGIServer | None:
-    """The temporary Prefect API a flow starts for itself, or None where an API is configured or none is started."""
+    """The temporary Prefect API a flow starts for itself; None where an API is configured or that server is off."""
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
