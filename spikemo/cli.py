@@ -503,6 +503,9 @@ def _spikemo_info_or_any_warning(record: logging.LogRecord) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # every line reaches stdout in one write, whole when processes (torchrun's ranks) share it; PYTHONUNBUFFERED
+    # would otherwise let print write a line's text and its newline apart
+    sys.stdout.reconfigure(line_buffering=True, write_through=False)
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.debug)
@@ -525,9 +528,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    sys.stdout.flush()
-    sys.stdout.write(json.dumps(summary, default=str) + "\n")  # one write: whole even when processes share stdout
-    sys.stdout.flush()
+    print(json.dumps(summary, default=str))
     return 0
 
 
