@@ -2,15 +2,18 @@
 
 For each reported speaker k (the test speaker of ``model_vs_baselines.py``'s fold k), speaker k is dropped; the
 other seven take turns as inner test speaker, the next of them selects, the remaining five train. Every inner
-fold trains each candidate: ``configs/emodb.yaml`` with the candidate's overrides, on each ``--audio-encoder``
-(default: the config's own). Per reported speaker the summary gives the inner test speakers' mean weighted-F1 of
-each choice (encoder and candidate) and the choice a nested protocol would pick for that fold, never having
-looked at speaker k; ``overall_choice`` is the best mean over all eight (what the config ships: the shared
-speakers only). Each line printed is one inner run; the last line is the summary.
+fold trains each candidate: ``configs/emodb.yaml`` with the candidate's overrides (named in ``--candidates`` or
+given by ``--candidate NAME:JSON``), on each ``--audio-encoder`` (default: the config's own). Per reported speaker
+the summary gives the inner test speakers' mean weighted-F1 of each choice (encoder and candidate) and the choice
+a nested protocol would pick for that fold, never having looked at speaker k; ``overall_choice`` is the best mean
+over all eight (what the config ships: the shared speakers only). Each line printed is one inner run; the last
+line is the summary.
 
     .venv/bin/python bench/emodb_nested_choice.py --candidates feature_gate_last,softmax_gate_last --seeds 3
     .venv/bin/python bench/emodb_nested_choice.py --candidates softmax_gate_last \\
         --audio-encoder egemaps --audio-encoder compare --audio-encoder whisper
+    .venv/bin/python bench/emodb_nested_choice.py --candidates softmax_gate_last \\
+        --candidate 'input_noise_0.5:{"model.input_noise": 0.5}'
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from model_vs_baselines import REPO, SHARED_DATA, VARIANTS, Fold, emodb_folds
+from model_vs_baselines import REPO, SHARED_DATA, VARIANTS, Fold, emodb_folds, fold_arguments
 
 from spikemo.config import with_overrides
 from spikemo.training import build_dialogue_data, train_on_dialogue_data
@@ -46,6 +49,13 @@ def main() -> None:
         help=f"comma-separated subset of {list(CANDIDATES)}",
     )
     parser.add_argument(
+        "--candidate",
+        action="append",
+        default=[],
+        metavar="NAME:JSON",
+        help="a further candidate: a name and its overrides, e.g. 'noise:{\"model.input_noise\": 0.5}' (repeatable)",
+    )
+    parser.add_argument(
         "--audio-encoder",
         action="append",
         help="an audio encoder to choose among, NAME or NAME:JSON-PARAMS; repeat for several (default: the config's)",
@@ -56,11 +66,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / ".spikemo" / "bench")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    candidates = args.candidates.split(",")
-    if set(candidates) - set(CANDIDATES):
-        parser.error(
-            f"unknown candidate(s) {sorted(set(candidates) - set(CANDIDATES))}; choose from {list(CANDIDATES)}"
-        )
+    candidates = {name: CANDIDATES.get(name) for name in args.candidates.split(",") if name}
+    if None in candidates.values():
+        unknown = sorted(name for name, overrides in candidates.items() if overrides is None)
+        parser.error(f"unknown candidate(s) {unknown}; choose from {list(CANDIDATES)} or give --candidate NAME:JSON")
+    for item in args.candidate:
+        name, _, overrides = item.partition(":")
+        candidates[name] = json.loads(overrides or "{}")
     torch.set_num_threads(args.threads)
     encoders = args.audio_encoder or [None]
     bases = {encoder: _base_fold(args, encoder) for encoder in encoders}
@@ -81,7 +93,7 @@ def main() -> None:
                 data = build_dialogue_data(manifest.assign(split=split), base.features, len(base.labels))
                 for seed in range(args.seeds):
                     for candidate in candidates:
-                        config = with_overrides(base.config, {**CANDIDATES[candidate], "train.seed": seed})
+                        config = with_overrides(base.config, {**candidates[candidate], "train.seed": seed})
                         with tempfile.TemporaryDirectory() as run_dir:
                             result = train_on_dialogue_data(config, data, base.labels, Path(run_dir), resume=False)
                         record = {
@@ -116,10 +128,9 @@ def main() -> None:
 
 def _base_fold(args: argparse.Namespace, audio_encoder: str | None) -> Fold:
     """EmoDB's manifest, features and config with ``audio_encoder`` (None: the config's own)."""
-    fold_args = argparse.Namespace(
-        **{**vars(args), "seeds": 1}, emodb_audio=audio_encoder, emodb_session_length=0, epochs=None, overrides=[]
-    )
-    return next(emodb_folds(fold_args))
+    paths = {"--emodb-root": args.emodb_root, "--cache": args.cache, "--work": args.work}
+    encoder = {"--emodb-audio": audio_encoder} if audio_encoder else {}
+    return next(emodb_folds(fold_arguments({"--seeds": 1, **paths, **encoder})))
 
 
 def _choice(encoder: str | None, candidate: str, encoders: int) -> str:

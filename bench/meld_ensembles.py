@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from model_vs_baselines import REPO, SHARED_DATA, meld_folds  # bench/ is the script's folder
+from model_vs_baselines import REPO, SHARED_DATA, fold_arguments, meld_folds  # bench/ is the script's folder
 from torch.utils.data import DataLoader
 
 from spikemo.model.batch import IGNORE_INDEX
@@ -73,16 +73,8 @@ def main() -> None:
     labels: dict[str, np.ndarray] = {}
     units = None
     for name in args.configs.split(","):
-        fold_args = argparse.Namespace(
-            meld_config=name,
-            meld_root=args.meld_root,
-            seeds=args.seeds,
-            epochs=None,
-            cache=args.cache,
-            work=args.work,
-            meld_stacking="all",
-        )
-        for fold in meld_folds(fold_args):
+        fold_args = {"--meld-config": name, "--meld-root": args.meld_root, "--seeds": args.seeds}
+        for fold in meld_folds(fold_arguments({**fold_args, "--cache": args.cache, "--work": args.work})):
             seed = fold.config.train.seed
             data = build_dialogue_data(fold.manifest, fold.features, len(fold.labels))
             labels = {split: data.splits[key].labels[data.splits[key].labels >= 0] for split, key in SPLITS.items()}

@@ -400,7 +400,8 @@ def summarise(
     return summary
 
 
-def main() -> None:
+def argument_parser() -> argparse.ArgumentParser:
+    """This script's arguments; other benches build their folds' arguments with it (``fold_arguments``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="meld,emodb,demo", help="comma-separated subset of meld,emodb,demo")
     parser.add_argument(
@@ -445,6 +446,17 @@ def main() -> None:
     parser.add_argument(
         "--bootstrap-draws", type=int, default=1000, help="resamples behind the summary's 95%% intervals"
     )
+    return parser
+
+
+def fold_arguments(options: dict[str, Any]) -> argparse.Namespace:
+    """This script's arguments with ``options`` (``{"--seeds": 1}``) given and its defaults elsewhere: what
+    ``meld_folds``, ``emodb_folds`` and ``demo_folds`` read."""
+    return argument_parser().parse_args([str(part) for option in options.items() for part in option])
+
+
+def main() -> None:
+    parser = argument_parser()
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     variants = args.variants.split(",")
