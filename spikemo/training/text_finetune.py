@@ -653,6 +653,9 @@ class _FinetuneRun:
         best = self.checkpoints / "best"
         if not best.is_dir():
             raise DataError("the text fine-tune finished no epoch; nothing to save")
+        # training is over: AdamW's moments (twice the trainable weights) are freed before the best weights load,
+        # so the finishing phase does not raise the fine-tune's peak memory
+        self.optimizer.state.clear()
         self._load_weights(best)
         scores = {"dev": self._evaluate("dev")}
         if len(self.splits["test"].labelled):
