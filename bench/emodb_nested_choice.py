@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from model_vs_baselines import REPO, SHARED_DATA, VARIANTS, Fold, emodb_folds, fold_arguments
+from model_vs_baselines import REPO, SHARED_DATA, VARIANTS, Fold, emodb_folds, fold_arguments, named_json
 
 from spikemo.config import with_overrides
 from spikemo.training import build_dialogue_data, train_on_dialogue_data
@@ -66,13 +66,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / ".spikemo" / "bench")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    candidates = {name: CANDIDATES.get(name) for name in args.candidates.split(",") if name}
-    if None in candidates.values():
-        unknown = sorted(name for name, overrides in candidates.items() if overrides is None)
+    named = [name for name in args.candidates.split(",") if name]
+    unknown = sorted(set(named) - set(CANDIDATES))
+    if unknown:
         parser.error(f"unknown candidate(s) {unknown}; choose from {list(CANDIDATES)} or give --candidate NAME:JSON")
-    for item in args.candidate:
-        name, _, overrides = item.partition(":")
-        candidates[name] = json.loads(overrides or "{}")
+    candidates = {name: CANDIDATES[name] for name in named} | dict(map(named_json, args.candidate))
     torch.set_num_threads(args.threads)
     encoders = args.audio_encoder or [None]
     bases = {encoder: _base_fold(args, encoder) for encoder in encoders}

@@ -164,8 +164,8 @@ def emodb_folds(args: argparse.Namespace) -> Iterator[Fold]:
     labels = sorted(table["emotion"].unique())
     audio = {}
     if args.emodb_audio:
-        name, _, params = args.emodb_audio.partition(":")
-        audio = {"features.audio": {"name": name, "params": json.loads(params or "{}")}}
+        name, params = named_json(args.emodb_audio)
+        audio = {"features.audio": {"name": name, "params": params}}
     config = _config(
         "emodb.yaml",
         args,
@@ -193,6 +193,12 @@ def emodb_folds(args: argparse.Namespace) -> Iterator[Fold]:
                 name=f"speaker{test_speaker}",
                 resample_utterances=True,
             )
+
+
+def named_json(item: str) -> tuple[str, dict[str, Any]]:
+    """``NAME:JSON`` (or ``NAME``) as the name and its parsed object (empty without one)."""
+    name, _, text = item.partition(":")
+    return name, json.loads(text or "{}")
 
 
 def demo_folds(args: argparse.Namespace) -> Iterator[Fold]:
