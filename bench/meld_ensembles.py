@@ -73,8 +73,13 @@ def main() -> None:
     labels: dict[str, np.ndarray] = {}
     units = None
     for name in args.configs.split(","):
-        options = {"--meld-config": name, "--meld-root": args.meld_root, "--seeds": args.seeds}
-        options.update({"--cache": args.cache, "--work": args.work})
+        options = {
+            "--meld-config": name,
+            "--meld-root": args.meld_root,
+            "--seeds": args.seeds,
+            "--cache": args.cache,
+            "--work": args.work,
+        }
         for fold in meld_folds(fold_arguments(options)):
             seed = fold.config.train.seed
             data = build_dialogue_data(fold.manifest, fold.features, len(fold.labels))
