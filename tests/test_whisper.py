@@ -57,10 +57,11 @@ def clips(*seconds: float) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize(
-    ("backend", "window"), [("transformers", "full"), ("ctranslate2", "full"), ("ctranslate2", "clip")]
+    ("backend", "window"),
+    [("transformers", "full"), ("ctranslate2", "full"), ("ctranslate2", "clip"), ("ctranslate2", 2.5)],
 )
 def test_a_clips_whisper_vector_pools_its_own_frames_and_does_not_depend_on_its_batch(
-    tiny_whisper, backend: str, window: str
+    tiny_whisper, backend: str, window: str | float
 ) -> None:
     encoder = build_encoder("audio", whisper_features(tiny_whisper[backend], window=window))
     batch = clips(2.0, 3.0, 2.0, 1.37)
@@ -88,13 +89,28 @@ def test_both_backends_give_the_same_states_and_only_transformers_selects_a_laye
     assert not np.allclose(lower, original, atol=1e-3)
     with pytest.raises(ConfigError, match="last layer only"):
         build_encoder("audio", whisper_features(tiny_whisper["ctranslate2"], layer=1)).encode(clips(1.0))
-    with pytest.raises(ConfigError, match="window=clip needs a CTranslate2"):
-        build_encoder("audio", whisper_features(tiny_whisper["transformers"], window="clip")).encode(clips(1.0))
+    for window in ("clip", 10.0):
+        with pytest.raises(ConfigError, match=f"window={window} needs a CTranslate2"):
+            build_encoder("audio", whisper_features(tiny_whisper["transformers"], window=window)).encode(clips(1.0))
     fingerprints = {
         build_encoder("audio", whisper_features(tiny_whisper["ctranslate2"], window=w)).fingerprint
-        for w in ("full", "clip")
+        for w in ("full", "clip", 10.0)
     }
-    assert len(fingerprints) == 2
+    assert len(fingerprints) == 3
+
+
+def test_a_window_in_seconds_pads_shorter_clips_to_it_and_leaves_longer_ones_their_own(tiny_whisper) -> None:
+    """Under a 2.5-s window a 3-s clip is encoded as under the clip window; a 2-s clip hears 0.5 s of silence more."""
+    short, long = clips(2.0, 3.0)
+    by_window = {
+        window: build_encoder("audio", whisper_features(tiny_whisper["ctranslate2"], window=window))
+        .encode([short, long])
+        .embeddings
+        for window in ("clip", 2.5, "full")
+    }
+    np.testing.assert_allclose(by_window[2.5][1], by_window["clip"][1], rtol=1e-5, atol=1e-5)
+    for other in ("clip", "full"):
+        assert not np.allclose(by_window[2.5][0], by_window[other][0], atol=1e-4)
 
 
 def test_the_packaged_whisper_joins_its_pieces_checks_them_and_assembles_once(

@@ -7,7 +7,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import opensmile
@@ -308,10 +308,11 @@ class WhisperParams(EncoderParams):
     layer: int = Field(
         -1, description="Encoder layer whose states are pooled (-1 the last; others need a transformers folder)."
     )
-    window: Literal["full", "clip"] = Field(
+    window: Literal["full", "clip"] | Annotated[float, Field(gt=0, lt=30)] = Field(
         "full",
-        description="full: Whisper's own 30-s window, the clip padded with silence; clip: a window of the clip's own "
-        "length (CTranslate2 only; many times faster, shorter than the windows Whisper was trained on).",
+        description="full: Whisper's own 30-s window, the clip padded with silence; a number of seconds: a shorter "
+        "window, the clip padded to it (a longer clip fills its own); clip: a window of the clip's own length. All but "
+        "full need CTranslate2: the encoder's cost grows with the window, and Whisper was trained on 30-s windows.",
     )
     max_seconds: float = Field(30.0, gt=0, le=30, description="Longer utterances are cut to their first max_seconds.")
 
@@ -324,7 +325,6 @@ class WhisperEncoder(PretrainedModelFolder, AudioEncoder):
     Params = WhisperParams
     params: WhisperParams
     SAMPLES_PER_STATE = 320  # a 10-ms mel hop, then a stride-2 convolution
-    WINDOW_MEL_FRAMES = 3000
 
     @functools.cached_property
     def _backend(self) -> tuple[str, Any]:
@@ -347,10 +347,10 @@ class WhisperEncoder(PretrainedModelFolder, AudioEncoder):
                 compute_type="float16" if cuda else "float32",
                 intra_threads=torch.get_num_threads(),
             )
-        if self.params.window == "clip":
+        if self.params.window != "full":
             raise ConfigError(
-                "features.audio.params.window=clip needs a CTranslate2 Whisper model; transformers' encoder "
-                "reads 30-s windows only (use window: full)"
+                f"features.audio.params.window={self.params.window} needs a CTranslate2 Whisper model; "
+                "transformers' encoder reads 30-s windows only (use window: full)"
             )
         return "transformers", self.from_model_folder(transformers.WhisperModel).get_encoder().to(
             self.runtime.device
@@ -380,6 +380,12 @@ class WhisperEncoder(PretrainedModelFolder, AudioEncoder):
     def decoding(self) -> dict[str, Any]:
         return {**super().decoding(), "window": self.params.window}
 
+    @property
+    def _window_states(self) -> int:
+        """Encoder states in the configured window: 1,500 for the full 30 s, none for the clip's own length."""
+        seconds = {"full": 30.0, "clip": 0.0}.get(self.params.window, self.params.window)
+        return round(seconds * self.runtime.sample_rate / self.SAMPLES_PER_STATE)
+
     def _states(self, mel: np.ndarray) -> np.ndarray:
         """Encoder states ``[B, T, D]`` (fp32) of log-mel windows ``[B, mels, frames]``."""
         kind, model = self._backend
@@ -403,16 +409,16 @@ class WhisperEncoder(PretrainedModelFolder, AudioEncoder):
         out = np.zeros((len(clips), self.dim), dtype=np.float32)
         failures = {index: "empty audio" for index, clip in enumerate(clips) if not len(clip)}
         usable = [index for index in range(len(clips)) if index not in failures]
-        # a full window pads every clip alike; a clip window only batches clips of one window length
-        window = (lambda index: 0) if self.params.window == "full" else states.__getitem__
-        for _, group in itertools.groupby(sorted(usable, key=window), key=window):
+        # a clip is encoded in a window of its own length or the configured one, whichever is longer; only clips of
+        # one window length share a batch, so padding never reaches a clip that a window alone would not give it
+        window = {index: max(states[index], self._window_states) for index in usable}
+        for length, group in itertools.groupby(sorted(usable, key=window.__getitem__), key=window.__getitem__):
             group = list(group)
             for chunk in batches(len(group), self.runtime.batch_size, group):
                 mel = self._extractor(
                     [clips[i] for i in chunk], sampling_rate=16000, return_tensors="np"
                 ).input_features
-                frames = self.WINDOW_MEL_FRAMES if self.params.window == "full" else 2 * states[chunk[0]]
-                hidden = self._states(mel[:, :, :frames].astype(np.float32))
+                hidden = self._states(mel[:, :, : 2 * length].astype(np.float32))
                 for row, index in enumerate(chunk):
                     own = hidden[row, : states[index]]
                     out[index] = np.concatenate([own.mean(0), own.std(0)])
