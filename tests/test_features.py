@@ -397,6 +397,28 @@ def test_audio_too_short_for_a_spectrogram_is_a_failed_item() -> None:
     assert np.isfinite(encoded.embeddings[1]).all()
 
 
+def test_concat_joins_its_encoders_vectors_in_order_fails_a_clip_any_part_fails_and_keys_on_the_parts() -> None:
+    parts = [EncoderConfig(name="egemaps"), EncoderConfig(name="prosody")]
+    features = FeaturesConfig(audio=EncoderConfig(name="concat", params={"encoders": parts}))
+    joined = build_encoder("audio", features)
+    clips = [voice(120, 1.0, 0.1), voice(220, 0.5, 0.3), voice(120, 0.01, 0.1)]
+    encoded = joined.encode(clips)
+    alone = [build_encoder("audio", FeaturesConfig(audio=part)).encode(clips[:2]).embeddings for part in parts]
+    np.testing.assert_allclose(encoded.embeddings[:2], np.concatenate(alone, axis=1), rtol=1e-6)
+    assert joined.dim == 88 + alone[1].shape[1] and list(encoded.failures) == [2]
+    assert encoded.failures[2].startswith("prosody: audio too short")
+    fingerprints = [  # the parts' validated parameters: a default spelt out keys the same cache
+        build_encoder(
+            "audio",
+            FeaturesConfig(
+                audio=EncoderConfig(name="concat", params={"encoders": [parts[0], {"name": "prosody", "params": p}]})
+            ),
+        ).fingerprint
+        for p in ({"max_pitch": 500}, {"max_pitch": 400})
+    ]
+    assert fingerprints[0] == joined.fingerprint != fingerprints[1]
+
+
 def test_shard_filter_and_crash_lose_at_most_the_shard_in_flight(
     demo_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -503,6 +525,11 @@ def test_preprocess_ingests_then_extracts_each_modality(media_dataset: tuple[Pat
             "params.max_pitch: Value error, must be above min_pitch",
         ),
         (EncoderConfig(name="hf-audio", params={"model": "/nonexistent/model"}), "not a local model folder"),
+        (EncoderConfig(name="concat", params={"encoders": [{"name": "egemaps"}]}), "params.encoders: List should"),
+        (
+            EncoderConfig(name="concat", params={"encoders": [{"name": "egemaps"}, {"name": "minilm"}]}),
+            r"features.audio.params.encoders.1.name 'minilm' is not a registered audio encoder",
+        ),
     ],
 )
 def test_bad_encoder_settings_are_config_errors(section: EncoderConfig, message: str) -> None:

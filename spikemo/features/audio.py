@@ -16,6 +16,7 @@ import torchaudio
 import transformers
 from pydantic import Field, ValidationInfo, field_validator
 
+from spikemo.config import EncoderConfig
 from spikemo.errors import ConfigError
 from spikemo.features.base import (
     EncodedBatch,
@@ -23,6 +24,7 @@ from spikemo.features.base import (
     EncoderParams,
     FeatureFailure,
     batches,
+    encoder_from_config,
     per_item,
     register_encoder,
 )
@@ -423,3 +425,43 @@ class WhisperEncoder(PretrainedModelFolder, AudioEncoder):
                     own = hidden[row, : states[index]]
                     out[index] = np.concatenate([own.mean(0), own.std(0)])
         return EncodedBatch(out, failures)
+
+
+class ConcatParams(EncoderParams):
+    encoders: list[EncoderConfig] = Field(
+        min_length=2, description="Audio encoders whose vectors are joined, in this order, e.g. compare and whisper."
+    )
+
+
+@register_encoder
+class ConcatEncoder(AudioEncoder):
+    """Several audio encoders' vectors side by side (a clip fails if any of them fails on it)."""
+
+    name = "concat"
+    Params = ConcatParams
+    params: ConcatParams
+
+    @functools.cached_property
+    def parts(self) -> list[Encoder]:
+        return [
+            encoder_from_config("audio", chosen, self.runtime, f"features.audio.params.encoders.{index}")
+            for index, chosen in enumerate(self.params.encoders)
+        ]
+
+    @property
+    def dim(self) -> int:
+        return sum(part.dim for part in self.parts)
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name, "encoders": [part.spec() for part in self.parts]}
+
+    def library_versions(self) -> dict[str, str]:
+        return {name: version for part in self.parts for name, version in part.library_versions().items()}
+
+    def encode(self, inputs: Sequence[np.ndarray]) -> EncodedBatch:
+        encoded = [part.encode(inputs) for part in self.parts]
+        failures: dict[int, str] = {}
+        for part, batch in zip(self.parts, encoded, strict=True):
+            for index, reason in batch.failures.items():
+                failures.setdefault(index, f"{part.name}: {reason}")
+        return EncodedBatch(np.concatenate([batch.embeddings for batch in encoded], axis=1), failures)

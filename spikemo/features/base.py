@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from spikemo.config import FeaturesConfig
+from spikemo.config import EncoderConfig, FeaturesConfig
 from spikemo.errors import ConfigError
 
 Modality = Literal["text", "audio", "visual"]
@@ -130,20 +130,26 @@ def register_encoder(cls: type[Encoder]) -> type[Encoder]:
 
 def build_encoder(modality: Modality, features: FeaturesConfig) -> Encoder:
     """The encoder configured for ``modality`` (``features.<modality>``), with validated parameters."""
-    chosen = getattr(features, modality)
+    return encoder_from_config(
+        modality, getattr(features, modality), EncoderRuntime.from_config(features), f"features.{modality}"
+    )
+
+
+def encoder_from_config(modality: Modality, chosen: EncoderConfig, runtime: EncoderRuntime, where: str) -> Encoder:
+    """The registered ``modality`` encoder ``chosen`` names, its parameters validated; errors name ``where``."""
     cls = ENCODERS.get(chosen.name)
     if cls is None or cls.modality != modality:
         known = ", ".join(sorted(name for name, enc in ENCODERS.items() if enc.modality == modality))
         raise ConfigError(
-            f"features.{modality}.name {chosen.name!r} is not a registered {modality} encoder; choose one of: {known}"
+            f"{where}.name {chosen.name!r} is not a registered {modality} encoder; choose one of: {known}"
         )
     try:
         params = cls.Params.model_validate(chosen.params)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise ConfigError(f"features.{modality}.params.{where}: {first['msg']} (encoder {chosen.name})") from None
-    return cls(params, EncoderRuntime.from_config(features))
+        field = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(f"{where}.params.{field}: {first['msg']} (encoder {chosen.name})") from None
+    return cls(params, runtime)
 
 
 def file_sha256(path: Path) -> str:
