@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+from model_vs_baselines import named_json
 
 from spikemo.config import EncoderConfig, load_config
 from spikemo.data.ingest import ingest
@@ -26,13 +27,13 @@ from spikemo.features import extract_modality
 
 REPO = Path(__file__).resolve().parents[1]
 ANCHOR = 'whisper:{"window": "full"}'
-DEFAULT_ENCODERS = ['whisper:{"window": 10}', 'whisper:{"window": 5}', 'whisper:{"window": "clip"}', "compare"]
-
-
-def encoder_config(item: str) -> EncoderConfig:
-    """``NAME`` or ``NAME:JSON-PARAMS`` as an audio encoder's config."""
-    name, _, params = item.partition(":")
-    return EncoderConfig(name=name, params=json.loads(params or "{}"))
+DEFAULT_ENCODERS = [
+    'whisper:{"window": 10}',
+    'whisper:{"window": 5}',
+    'whisper:{"window": "clip"}',
+    "compare",
+    'concat:{"encoders": [{"name": "compare"}, {"name": "whisper"}]}',  # configs/emodb.yaml's
+]
 
 
 def sample_manifest(emodb_root: Path, clips: int, work: Path) -> Path:
@@ -64,7 +65,9 @@ def sample_manifest(emodb_root: Path, clips: int, work: Path) -> Path:
 
 
 def seconds_per_clip(manifest: Path, item: str, clips: int, cache: Path) -> dict[str, Any]:
-    features = load_config(REPO / "configs" / "emodb.yaml").features.model_copy(update={"audio": encoder_config(item)})
+    name, params = named_json(item)
+    audio = EncoderConfig(name=name, params=params)
+    features = load_config(REPO / "configs" / "emodb.yaml").features.model_copy(update={"audio": audio})
     started = time.perf_counter()
     result = extract_modality(manifest, "audio", features, cache)
     wall = time.perf_counter() - started
