@@ -5,6 +5,8 @@
 anchor, Whisper's 30-s window, runs before and after the others (averaged, so load drift on a shared machine
 cancels); each encoder's ``ratio`` is its seconds per clip over the anchor's. Prints one JSON line.
 
+By default: Whisper's shorter windows, ComParE, the two side by side and configs/emodb.yaml's own encoder.
+
     python bench/speech_encoders.py [--clips 96] [--threads 2] [--encoder 'whisper:{"window": 10}' ...]
 """
 
@@ -31,8 +33,14 @@ DEFAULT_ENCODERS = [
     'whisper:{"window": 5}',
     'whisper:{"window": "clip"}',
     "compare",
-    'concat:{"encoders": [{"name": "compare"}, {"name": "whisper"}]}',  # configs/emodb.yaml's
+    'concat:{"encoders": [{"name": "compare"}, {"name": "whisper"}]}',
 ]
+
+
+def shipped_encoder() -> str:
+    """configs/emodb.yaml's audio encoder as ``NAME:JSON-PARAMS``."""
+    audio = load_config(REPO / "configs" / "emodb.yaml").features.audio
+    return f"{audio.name}:{json.dumps(audio.params)}"
 
 
 def sample_manifest(emodb_root: Path, clips: int, work: Path) -> Path:
@@ -81,7 +89,7 @@ def main() -> None:
     parser.add_argument("--encoder", action="append", help="NAME or NAME:JSON-PARAMS (repeatable)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    encoders = args.encoder or DEFAULT_ENCODERS
+    encoders = args.encoder or list(dict.fromkeys([*DEFAULT_ENCODERS, shipped_encoder()]))
     results: dict[str, Any] = {"benchmark": "speech_encoders", "clips": args.clips, "threads": args.threads}
     with tempfile.TemporaryDirectory(prefix="spikemo-bench-") as scratch:
         work = Path(scratch)

@@ -13,6 +13,7 @@ from spikemo import stages
 from spikemo.cli import build_parser, configure_logging, main
 from spikemo.config import SpikEmoConfig, load_config, parse_override
 from spikemo.errors import ConfigError
+from spikemo.features import build_encoder
 from spikemo.training import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,9 +28,12 @@ def test_yaml_then_overrides(tmp_path):
     assert config.flat()["train.loss_weights.dice"] == 0.5
 
 
-def test_every_shipped_config_validates():
+def test_every_shipped_config_validates_with_its_encoders_parameters():
     for path in sorted((REPO / "configs").glob("*.yaml")):
-        assert isinstance(load_config(path), SpikEmoConfig), path
+        config = load_config(path)
+        assert isinstance(config, SpikEmoConfig), path
+        for modality in config.features.modalities:  # an unknown encoder or parameter raises ConfigError
+            build_encoder(modality, config.features)
 
 
 @pytest.mark.parametrize(

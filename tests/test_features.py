@@ -537,6 +537,12 @@ def test_bad_encoder_settings_are_config_errors(section: EncoderConfig, message:
         _ = build_encoder("audio", FeaturesConfig(audio=section)).fingerprint
 
 
+def test_concat_checks_its_parts_parameters_when_it_is_built() -> None:
+    parts = [{"name": "compare"}, {"name": "whisper", "params": {"windw": 5}}]
+    with pytest.raises(ConfigError, match=r"features.audio.params.encoders.1.params.windw: Extra inputs"):
+        build_encoder("audio", FeaturesConfig(audio=EncoderConfig(name="concat", params={"encoders": parts})))
+
+
 def test_loaded_encoders_are_reused_within_a_thread_and_never_shared_across_threads():
     features = FeaturesConfig(modalities=["visual"])
     first, again = loaded_encoder("visual", features), loaded_encoder("visual", features)

@@ -22,6 +22,7 @@ from spikemo.features.base import (
     EncodedBatch,
     Encoder,
     EncoderParams,
+    EncoderRuntime,
     FeatureFailure,
     batches,
     encoder_from_config,
@@ -441,11 +442,12 @@ class ConcatEncoder(AudioEncoder):
     Params = ConcatParams
     params: ConcatParams
 
-    @functools.cached_property
-    def parts(self) -> list[Encoder]:
-        return [
-            encoder_from_config("audio", chosen, self.runtime, f"features.audio.params.encoders.{index}")
-            for index, chosen in enumerate(self.params.encoders)
+    def __init__(self, params: ConcatParams, runtime: EncoderRuntime) -> None:
+        super().__init__(params, runtime)
+        # built (so validated) with the encoder: a bad part fails before any clip is read
+        self.parts: list[Encoder] = [
+            encoder_from_config("audio", chosen, runtime, f"features.audio.params.encoders.{index}")
+            for index, chosen in enumerate(params.encoders)
         ]
 
     @property
