@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import mlflow
 import numpy as np
@@ -121,6 +122,32 @@ def test_text_only_input_to_a_multimodal_model(tmp_path, tiny_corpus, tiny_confi
     )
     predictions = predictor.predict_frame(conversation)
     assert predictions["label"].notna().all() and len(predictions) == 3
+
+
+def test_an_audio_only_model_is_logged_without_a_text_example_it_cannot_score(
+    tmp_path, tiny_corpus, tiny_config, capfd
+):
+    config = tiny_config(
+        tmp_path / "unused.csv",
+        tmp_path / "work",
+        tmp_path / "cache",
+        **{
+            "data.format": "meld",
+            "data.root": str(tiny_corpus),
+            "data.manifest": None,
+            "data.name": "tinyaudio",
+            "features.modalities": ["audio"],
+            "train.epochs": 1,
+        },
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stages.run_experiment(config)
+    assert "Failed to validate serving input example" not in capfd.readouterr().err
+    assert not [str(w.message) for w in caught if "input example" in str(w.message)]
+    connect(config)
+    logged = mlflow.models.get_model_info("models:/spikemo-tinyaudio@champion")
+    assert logged.saved_input_example_info is None and logged.signature is not None
 
 
 def test_cli_unknown_alias_is_one_line(text_model, capsys):

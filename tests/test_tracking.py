@@ -145,6 +145,7 @@ def test_logged_model_and_version_describe_the_selected_model(store):
     assert "dev/weighted_f1" not in metrics and "train/loss" not in metrics  # no epoch-0 (or any epoch) curve point
     assert metrics["test/baseline_weighted_f1"].dataset_name == "meldsmall-test"
     assert logged.status == "READY"
+    assert mlflow.models.get_model_info(logged.model_uri).saved_input_example_info is not None  # a text model's
 
 
 def _empty_versions(store, name: str, count: int) -> tuple[MlflowClient, list[str]]:

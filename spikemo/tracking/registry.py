@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -94,7 +95,9 @@ def _spikemo_warnings_only() -> Iterator[None]:
     level = logger.level
     logger.setLevel(logging.WARNING)
     try:
-        yield
+        with warnings.catch_warnings():  # a model without text gets no example on purpose; its signature stays
+            warnings.filterwarnings("ignore", message=".*An input example was not provided", category=UserWarning)
+            yield
     finally:
         logger.setLevel(level)
 
@@ -111,9 +114,9 @@ def log_and_register(
     """Log a saved bundle as the active run's pyfunc model, register a version and apply champion gating.
 
     The logged model (``model_id``: the one the run initialised and linked its final scores to, see
-    ``FinalMetrics``) is named after the dataset and modalities and gets an input example; the version gets
-    a description from ``summary`` (the run's JSON summary). With ``tracking.require_beating_baseline``, a version
-    whose gating score does not beat ``baseline_score`` (its own linear probe's on the same split) is never
+    ``FinalMetrics``) is named after the dataset and modalities and, if it reads text, gets an input example; the
+    version gets a description from ``summary`` (the run's JSON summary). With ``tracking.require_beating_baseline``,
+    a version whose gating score does not beat ``baseline_score`` (its own linear probe's on the same split) is never
     champion. ``champion_rescore(version)`` re-scores the current champion on the new run's data (see
     ``gate_champion``)."""
     name = registered_model_name(config)
@@ -123,7 +126,8 @@ def log_and_register(
         info = mlflow.pyfunc.log_model(
             name=logged_model_name(config),
             model_id=model_id,
-            input_example=INPUT_EXAMPLE,
+            # the example is text only, which a model without text cannot score
+            input_example=INPUT_EXAMPLE if "text" in config.features.modalities else None,
             step=-1,  # link no per-epoch metric: the final ones were linked through model_id when logged
             python_model=str(PYFUNC_MODEL_FILE),
             artifacts={"bundle": str(bundle)},
