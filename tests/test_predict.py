@@ -12,6 +12,7 @@ import pytest
 
 from spikemo import stages
 from spikemo.cli import main
+from spikemo.config import SpikEmoConfig
 from spikemo.predict import Predictor
 from spikemo.tracking import connect
 
@@ -93,8 +94,9 @@ def test_python_api_and_pyfunc_agree(text_model):
     pd.testing.assert_frame_equal(direct.reset_index(drop=True), through_mlflow.reset_index(drop=True))
 
 
-def test_text_only_input_to_a_multimodal_model(tmp_path, tiny_corpus, tiny_config):
-    config = tiny_config(
+def _tiny_corpus_config(tmp_path, tiny_corpus, tiny_config, name: str, modalities: list[str]) -> SpikEmoConfig:
+    """A one-epoch SpikEmo named ``name`` on the generated multimodal corpus, reading ``modalities``."""
+    return tiny_config(
         tmp_path / "unused.csv",
         tmp_path / "work",
         tmp_path / "cache",
@@ -102,12 +104,16 @@ def test_text_only_input_to_a_multimodal_model(tmp_path, tiny_corpus, tiny_confi
             "data.format": "meld",
             "data.root": str(tiny_corpus),
             "data.manifest": None,
-            "data.name": "tinymm",
-            "features.modalities": ["text", "audio", "visual"],
+            "data.name": name,
+            "features.modalities": modalities,
             "features.frames_per_clip": 2,
             "train.epochs": 1,
         },
     )
+
+
+def test_text_only_input_to_a_multimodal_model(tmp_path, tiny_corpus, tiny_config):
+    config = _tiny_corpus_config(tmp_path, tiny_corpus, tiny_config, "tinymm", ["text", "audio", "visual"])
     stages.run_experiment(config)
     connect(config)
     predictor = Predictor.from_uri("models:/spikemo-tinymm@champion")
@@ -127,19 +133,7 @@ def test_text_only_input_to_a_multimodal_model(tmp_path, tiny_corpus, tiny_confi
 def test_an_audio_only_model_is_logged_without_a_text_example_it_cannot_score(
     tmp_path, tiny_corpus, tiny_config, capfd
 ):
-    config = tiny_config(
-        tmp_path / "unused.csv",
-        tmp_path / "work",
-        tmp_path / "cache",
-        **{
-            "data.format": "meld",
-            "data.root": str(tiny_corpus),
-            "data.manifest": None,
-            "data.name": "tinyaudio",
-            "features.modalities": ["audio"],
-            "train.epochs": 1,
-        },
-    )
+    config = _tiny_corpus_config(tmp_path, tiny_corpus, tiny_config, "tinyaudio", ["audio"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         stages.run_experiment(config)
