@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from model_vs_baselines import named_json
 
-from spikemo.config import EncoderConfig, load_config
+from spikemo.config import EncoderConfig, FeaturesConfig, load_config
 from spikemo.data.ingest import ingest
 from spikemo.features import extract_modality
 
@@ -37,9 +37,8 @@ DEFAULT_ENCODERS = [
 ]
 
 
-def shipped_encoder() -> str:
-    """configs/emodb.yaml's audio encoder as ``NAME:JSON-PARAMS``."""
-    audio = load_config(REPO / "configs" / "emodb.yaml").features.audio
+def named_encoder(audio: EncoderConfig) -> str:
+    """An audio encoder's config as ``NAME:JSON-PARAMS``."""
     return f"{audio.name}:{json.dumps(audio.params)}"
 
 
@@ -71,10 +70,9 @@ def sample_manifest(emodb_root: Path, clips: int, work: Path) -> Path:
     return work / "manifest.parquet"
 
 
-def seconds_per_clip(manifest: Path, item: str, clips: int, cache: Path) -> dict[str, Any]:
+def seconds_per_clip(manifest: Path, item: str, clips: int, shipped: FeaturesConfig, cache: Path) -> dict[str, Any]:
     name, params = named_json(item)
-    audio = EncoderConfig(name=name, params=params)
-    features = load_config(REPO / "configs" / "emodb.yaml").features.model_copy(update={"audio": audio})
+    features = shipped.model_copy(update={"audio": EncoderConfig(name=name, params=params)})
     result = extract_modality(manifest, "audio", features, cache)  # its seconds include the survey and model load
     if result.encoded != clips:
         raise SystemExit(f"{item}: encoded {result.encoded} of {clips} clips ({result.failed} failed)")
@@ -89,17 +87,18 @@ def main() -> None:
     parser.add_argument("--encoder", action="append", help="NAME or NAME:JSON-PARAMS (repeatable)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    encoders = args.encoder or list(dict.fromkeys([*DEFAULT_ENCODERS, shipped_encoder()]))
+    shipped = load_config(REPO / "configs" / "emodb.yaml").features
+    encoders = args.encoder or list(dict.fromkeys([*DEFAULT_ENCODERS, named_encoder(shipped.audio)]))
     results: dict[str, Any] = {"benchmark": "speech_encoders", "clips": args.clips, "threads": args.threads}
     with tempfile.TemporaryDirectory(prefix="spikemo-bench-") as scratch:
         work = Path(scratch)
         manifest = sample_manifest(args.emodb_root, args.clips, work)
-        before = seconds_per_clip(manifest, ANCHOR, args.clips, work / "anchor-before")
+        before = seconds_per_clip(manifest, ANCHOR, args.clips, shipped, work / "anchor-before")
         timed = {
-            item: seconds_per_clip(manifest, item, args.clips, work / f"cache{index}")
+            item: seconds_per_clip(manifest, item, args.clips, shipped, work / f"cache{index}")
             for index, item in enumerate(encoders)
         }
-        after = seconds_per_clip(manifest, ANCHOR, args.clips, work / "anchor-after")
+        after = seconds_per_clip(manifest, ANCHOR, args.clips, shipped, work / "anchor-after")
     anchor = (before["s_per_clip"] + after["s_per_clip"]) / 2
     results["anchor"] = {ANCHOR: round(anchor, 4), "before_after": [before["s_per_clip"], after["s_per_clip"]]}
     results["encoders"] = {

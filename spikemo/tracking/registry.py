@@ -90,12 +90,14 @@ INPUT_EXAMPLE = pd.DataFrame(
 
 
 @contextmanager
-def _spikemo_warnings_only() -> Iterator[None]:
+def _quiet_model_logging() -> Iterator[None]:
+    """spikemo's warnings only (MLflow predicts the input example: its extraction lines are not news), and no
+    MLflow warning that a model has no example (a model without text gets none on purpose; its signature stays)."""
     logger = logging.getLogger("spikemo")
     level = logger.level
     logger.setLevel(logging.WARNING)
     try:
-        with warnings.catch_warnings():  # a model without text gets no example on purpose; its signature stays
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*An input example was not provided", category=UserWarning)
             yield
     finally:
@@ -122,7 +124,7 @@ def log_and_register(
     name = registered_model_name(config)
     summary = summary or {}
     labels = ModelSpec.model_validate_json((bundle / SPEC_FILE).read_text(encoding="utf-8")).labels
-    with _spikemo_warnings_only():  # MLflow predicts the input example: its extraction lines are not news
+    with _quiet_model_logging():
         info = mlflow.pyfunc.log_model(
             name=logged_model_name(config),
             model_id=model_id,
