@@ -46,7 +46,7 @@ from spikemo.bundle import EncoderSpec, ModelSpec, save_bundle
 from spikemo.config import load_config
 from spikemo.features.base import build_encoder
 from spikemo.incremental import IncrementalScorer
-from spikemo.model.spikemo import SpikEmo
+from spikemo.model.ensemble import build_model
 from spikemo.predict import Predictor
 from spikemo.servers import (
     free_port,
@@ -73,7 +73,7 @@ def causal_predictor(config_path: Path) -> Predictor:
         encoders={"text": EncoderSpec(encoder=config.features.text, fingerprint=encoder.fingerprint, dim=encoder.dim)},
     )
     torch.manual_seed(0)
-    return Predictor(SpikEmo(spec.model, spec.input_dims, len(spec.labels)), spec)
+    return Predictor(build_model(spec.model, spec.input_dims, len(spec.labels)), spec)
 
 
 def long_dialogues(meld: Path, limit: int) -> list[pd.DataFrame]:

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from spikemo.config import EncoderConfig, FeaturesConfig, ModelConfig
 from spikemo.errors import DataError
-from spikemo.model.spikemo import SpikEmo
+from spikemo.model.ensemble import EmotionModel, build_model
 
 WEIGHTS_FILE = "model.safetensors"
 SPEC_FILE = "spec.json"
@@ -46,7 +46,7 @@ class ModelSpec(BaseModel):
         return {modality: spec.dim for modality, spec in self.encoders.items()}
 
 
-def save_bundle(model: SpikEmo, spec: ModelSpec, directory: Path) -> Path:
+def save_bundle(model: EmotionModel, spec: ModelSpec, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     save_file(state, directory / WEIGHTS_FILE)
@@ -54,11 +54,11 @@ def save_bundle(model: SpikEmo, spec: ModelSpec, directory: Path) -> Path:
     return directory
 
 
-def load_bundle(directory: Path, device: torch.device | str = "cpu") -> tuple[SpikEmo, ModelSpec]:
+def load_bundle(directory: Path, device: torch.device | str = "cpu") -> tuple[EmotionModel, ModelSpec]:
     spec_path = Path(directory) / SPEC_FILE
     if not spec_path.is_file():
         raise DataError(f"{directory}: not a spikemo model bundle (no {SPEC_FILE})")
     spec = ModelSpec.model_validate(json.loads(spec_path.read_text(encoding="utf-8")))
-    model = SpikEmo(spec.model, spec.input_dims, len(spec.labels))
+    model = build_model(spec.model, spec.input_dims, len(spec.labels))
     model.load_state_dict(load_file(Path(directory) / WEIGHTS_FILE, device=str(device)))
     return model.to(device).eval(), spec

@@ -165,6 +165,7 @@ class ModelConfig(Section):
     causal: bool = Field(False, description="Read only current and earlier turns (live scoring).")
     speaker_min_utterances: int = Field(2, ge=1, description="Fewest utterances for a speaker's own statistics.")
     input_noise: float = Field(0.0, ge=0, description="Training input noise std (0: off).")
+    members: int = Field(1, ge=1, description="Networks trained apart, class probabilities averaged (1: one).")
     compile_neurons: bool = Field(False, description="torch.compile each LIF neuron.")
 
     @field_validator("speaker_relative_inputs", mode="before")
@@ -247,6 +248,16 @@ class SpikEmoConfig(Section):
             raise ValueError(
                 "train.speaker_evidence_fit cross_fitted is not out-of-fold over a text encoder fine-tuned on every "
                 "training label: set it to joint, or drop features.text.finetune"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _ensemble_has_no_single_finetune_head(self) -> SpikEmoConfig:
+        finetune = self.features.text.finetune
+        if self.model.members > 1 and self.fine_tunes_text and finetune is not None and finetune.head == "dialogue":
+            raise ValueError(
+                "model.members > 1 averages networks trained apart, but a dialogue-head fine-tune trains one "
+                "SpikEmo head: set model.members to 1, or features.text.finetune.head to utterance"
             )
         return self
 

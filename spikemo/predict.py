@@ -25,7 +25,7 @@ from spikemo.data.schema import read_manifest
 from spikemo.errors import ConfigError, DataError
 from spikemo.features.base import build_encoder
 from spikemo.features.extract import extract_modality, load_features
-from spikemo.model.spikemo import SpikEmo
+from spikemo.model.ensemble import EmotionModel
 from spikemo.tracking import resolve_model_uri
 from spikemo.training.data import build_dialogue_data, collate_dialogues
 from spikemo.training.metrics import classification_metrics, dialogue_bootstrap
@@ -37,7 +37,7 @@ KEY_COLUMNS = ["dialogue_id", "utterance_index"]
 class Predictor:
     """A loaded model and the recipe for its inputs."""
 
-    def __init__(self, model: SpikEmo, spec: ModelSpec, batch_dialogues: int = 32) -> None:
+    def __init__(self, model: EmotionModel, spec: ModelSpec, batch_dialogues: int = 32) -> None:
         self.model = model.eval()
         self.spec = spec
         self.batch_dialogues = batch_dialogues

@@ -38,7 +38,12 @@ def test_every_shipped_config_validates_with_its_encoders_parameters():
 
 @pytest.mark.parametrize(
     ("yaml_text", "message"),
-    [("train:\n  epochs: 0\n", "train.epochs"), ("train:\n  epoch: 3\n", "train.epoch"), ("- a\n", "YAML mapping")],
+    [
+        ("train:\n  epochs: 0\n", "train.epochs"),
+        ("train:\n  epoch: 3\n", "train.epoch"),
+        ("- a\n", "YAML mapping"),
+        ("model:\n  members: 2\nfeatures:\n  text:\n    finetune: {head: dialogue}\n", "set model.members to 1"),
+    ],
 )
 def test_bad_config_is_one_line(tmp_path, yaml_text, message):
     path = tmp_path / "bad.yaml"

@@ -11,6 +11,7 @@ from spikingjelly.activation_based import neuron, surrogate
 from spikemo.config import LossWeights, ModelConfig, NeuronConfig
 from spikemo.losses import SpikEmoLoss
 from spikemo.model.batch import IGNORE_INDEX, DialogueBatch
+from spikemo.model.ensemble import SpikEmoEnsemble, build_model
 from spikemo.model.fusion import CrossAttention
 from spikemo.model.neuron import MultiStepLIF, is_fused_lif
 from spikemo.model.snn_stats import SpikeMonitor
@@ -529,3 +530,20 @@ def test_a_lone_utterance_is_z_scored_against_the_training_population_not_itself
         logits[minimum] = model(clips).logits[:, 0]
     assert torch.allclose(logits[1], logits[1][:1].expand_as(logits[1]))  # own statistics: every clip looks the same
     assert not torch.allclose(logits[2], logits[2][:1].expand_as(logits[2]))  # population statistics: clips differ
+
+
+def test_a_seed_ensemble_averages_its_members_probabilities():
+    torch.manual_seed(0)
+    ensemble = build_model(tiny_config(members=3), DIMS, NUM_CLASSES).eval()
+    batch = make_batch([5, 2])
+    assert isinstance(ensemble, SpikEmoEnsemble) and len(ensemble.members) == 3
+    assert all(member.config.members == 1 for member in ensemble.members)
+
+    output = ensemble(batch)
+    members = [member(batch) for member in ensemble.members]
+    mean = torch.stack([m.logits.softmax(-1) for m in members]).mean(0)
+    real = batch.utterance_mask
+    assert torch.allclose(output.logits.softmax(-1)[real], mean[real], atol=1e-6)
+    assert not torch.allclose(members[0].logits[real], members[1].logits[real])  # members start apart
+    assert (output.logits[~real] == 0).all()
+    assert output.modality_features["text"].shape == (2, 5, 3 * 8)

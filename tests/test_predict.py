@@ -12,7 +12,7 @@ import pytest
 
 from spikemo import stages
 from spikemo.cli import main
-from spikemo.config import SpikEmoConfig
+from spikemo.config import SpikEmoConfig, with_overrides
 from spikemo.predict import Predictor
 from spikemo.tracking import connect
 
@@ -142,6 +142,38 @@ def test_an_audio_only_model_is_logged_without_a_text_example_it_cannot_score(
     connect(config)
     logged = mlflow.models.get_model_info("models:/spikemo-tinyaudio@champion")
     assert logged.saved_input_example_info is None and logged.signature is not None
+
+
+def test_a_seed_ensemble_registers_and_evaluates_to_its_training_runs_test_score(
+    tmp_path, tiny_corpus, tiny_config, capsys
+):
+    config = _tiny_corpus_config(tmp_path, tiny_corpus, tiny_config, "tinyensemble", ["audio"])
+    summary = stages.run_experiment(with_overrides(config, {"model.members": 2}))
+    connect(config)
+    logged = mlflow.get_run(summary["run_id"]).data.metrics
+    assert "dev/weighted_f1" in logged and "member1.dev_weighted_f1" in logged
+    code = main(
+        [
+            "evaluate",
+            "--workdir",
+            str(config.workdir),
+            "--cache",
+            str(config.cache),
+            "--model",
+            "models:/spikemo-tinyensemble@champion",
+            "--split",
+            "test",
+            "--format",
+            "meld",
+            "--root",
+            str(tiny_corpus),
+            "--name",
+            "tinyensemble",
+        ]
+    )
+    assert code == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert scores["weighted_f1"] == pytest.approx(summary["test_weighted_f1"], abs=1e-6)
 
 
 def test_cli_unknown_alias_is_one_line(text_model, capsys):

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from spikemo.config import LossWeights, ModelConfig, SpikEmoConfig, TrainConfig
 from spikemo.errors import DataError
 from spikemo.model.batch import IGNORE_INDEX
+from spikemo.model.ensemble import build_model
 from spikemo.model.spikemo import SpikEmo, speaker_relative
 from spikemo.training import (
     NonFiniteLossError,
@@ -382,6 +383,37 @@ def test_cross_fitted_evidence_sits_on_the_model_trained_on_all_dialogues(corpus
     test = build_dialogue_data(manifest, features, len(LABELS)).splits["test"]
     batches = [collate_dialogues([test[i] for i in range(len(test))])]
     assert evaluate(reloaded, batches, LABELS)["weighted_f1"] == pytest.approx(result.test_metrics["weighted_f1"])
+
+
+def test_a_seed_ensemble_is_its_members_trained_alone(corpus, tmp_path):
+    manifest, features = corpus
+    single = tiny_config(epochs=3)
+    config = single.model_copy(update={"model": single.model.model_copy(update={"members": 2})})
+    logged: list[tuple[int, list[str]]] = []
+    result = train_model(
+        config, manifest, features, LABELS, tmp_path, on_epoch_end=lambda e, m: logged.append((e, sorted(m)))
+    )
+    members = [
+        train_model(tiny_config(epochs=3, seed=seed), manifest, features, LABELS, tmp_path / f"seed{seed}")
+        for seed in (0, 1)
+    ]
+
+    weights, spec = load_model_checkpoint(result.checkpoint_path)
+    for index, member in enumerate(members):
+        for name, tensor in member.model.state_dict().items():
+            assert torch.equal(weights[f"members.{index}.{name}"], tensor), name
+    assert result.history == members[0].history and result.best_epoch == members[0].best_epoch
+    assert [epoch for epoch, _ in logged] == [0, 1, 2, 0, 1, 2]
+    assert "dev_weighted_f1" in logged[0][1] and "member1.dev_weighted_f1" in logged[3][1]
+    reloaded = build_model(ModelConfig(**spec["model"]), spec["input_dims"], len(LABELS))
+    reloaded.load_state_dict(weights)
+    test = build_dialogue_data(manifest, features, len(LABELS)).splits["test"]
+    batch = collate_dialogues([test[i] for i in range(len(test))])
+    real = batch.utterance_mask
+    with torch.no_grad():
+        averaged = torch.stack([member.model(batch).logits.softmax(-1)[real] for member in members]).mean(0)
+        assert torch.allclose(reloaded.eval()(batch).logits.softmax(-1)[real], averaged, atol=1e-6)
+    assert evaluate(reloaded, [batch], LABELS)["weighted_f1"] == pytest.approx(result.test_metrics["weighted_f1"])
 
 
 def test_non_finite_loss_raises(corpus, tmp_path):

@@ -30,8 +30,8 @@ from spikemo.config import SpikEmoConfig
 from spikemo.errors import DataError, SpikemoError
 from spikemo.identity import checkpoint_identity
 from spikemo.losses import SpikEmoLoss, class_weights_from_counts
+from spikemo.model.ensemble import EmotionModel, build_model
 from spikemo.model.snn_stats import SpikeMonitor
-from spikemo.model.spikemo import SpikEmo
 from spikemo.training.checkpoint import (
     SelectionState,
     load_model_checkpoint,
@@ -74,7 +74,7 @@ class NonFiniteLossError(SpikemoError):
 
 @dataclass
 class TrainResult:
-    model: SpikEmo  # on the training device, in eval mode, with the weights selected on dev
+    model: EmotionModel  # on the training device, in eval mode, with the weights selected on dev
     history: list[dict[str, float]]
     best_epoch: int  # 0-based
     dev_metrics: dict[str, Any]
@@ -142,7 +142,7 @@ class _TrainingRun:
         self.context = context
         self.checkpoint_dir = run_dir / "checkpoints"
         seed_everything(self.train_config.seed)
-        self.model = SpikEmo(config.model, data.input_dims, len(label_names))
+        self.model = build_model(config.model, data.input_dims, len(label_names))
         self.model.set_input_statistics(data.splits["train"].feature_statistics())
         self.model.to(context.device)
         self.network: torch.nn.Module = (
@@ -301,12 +301,12 @@ class _TrainingRun:
             f"total={total.item():.4g}, {shown}); lower train.lr or check the features for extreme values"
         )
 
-    def _selected_model(self) -> SpikEmo:
+    def _selected_model(self) -> EmotionModel:
         """What is evaluated, selected and kept: the moving average of the weights, or the weights themselves."""
         return self.averaged.module if self.averaged is not None else self.model
 
     def _evaluate_split(
-        self, model: SpikEmo, dataset: DialogueDataset, monitor_spikes: bool
+        self, model: EmotionModel, dataset: DialogueDataset, monitor_spikes: bool
     ) -> tuple[dict[str, Any], np.ndarray, dict[str, float], dict[str, float]]:
         """Metrics over the whole split, the predicted label of each labelled utterance (storage order) and, if
         asked and the model spikes, SpikeMonitor's firing rates and energy estimate (empty dicts otherwise).
@@ -314,7 +314,7 @@ class _TrainingRun:
         Ranks predict their share of the batches and the predictions are all-reduced. A monitored pass runs
         on rank 0 alone, over the whole split, so its statistics are exact; they exist on rank 0 only.
         """
-        monitored = monitor_spikes and model.spikformer is not None
+        monitored = monitor_spikes and model.config.use_spiking
         sharded = not (monitored and self.context.is_distributed)
         sampler = LengthBucketBatchSampler(
             dataset.dialogue_lengths,
