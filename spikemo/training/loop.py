@@ -99,6 +99,8 @@ def train_once(
 ) -> TrainResult:
     """One SpikEmo trained on dialogue data (``training.recipe.train_on_dialogue_data``'s contract), every layer
     trained jointly."""
+    if config.model.members > 1:
+        raise ValueError("train_once trains one network; train_on_dialogue_data trains a seed ensemble's members")
     for split in ("train", "dev"):
         if split not in data.splits:
             raise DataError(f"the manifest has no {split!r} split; training needs train and dev (selection uses dev)")
