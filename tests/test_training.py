@@ -414,6 +414,8 @@ def test_a_seed_ensemble_is_its_members_trained_alone(corpus, tmp_path):
         averaged = torch.stack([member.model(batch).logits.softmax(-1)[real] for member in members]).mean(0)
         assert torch.allclose(reloaded.eval()(batch).logits.softmax(-1)[real], averaged, atol=1e-6)
     assert evaluate(reloaded, [batch], LABELS)["weighted_f1"] == pytest.approx(result.test_metrics["weighted_f1"])
+    with pytest.raises(ValueError, match="seed ensemble"):  # one training loop would fit the average, not members
+        loop.train_once(config, build_dialogue_data(manifest, features, len(LABELS)), LABELS, tmp_path / "joint")
 
 
 def test_non_finite_loss_raises(corpus, tmp_path):
