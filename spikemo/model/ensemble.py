@@ -2,8 +2,8 @@
 
 On a few hundred training utterances (EmoDB) one network's score moves by points from seed to seed; the average
 of networks trained independently (a deep ensemble, Lakshminarayanan et al. 2017) keeps what they agree on.
-Member i is the SpikEmo that ``members: 1`` trains with seed ``train.seed + i`` (training/recipe.py), so the
-ensemble is exactly the average of those networks:
+Member i is the SpikEmo that ``members: 1`` trains with seed ``train.seed * members + i`` (training/recipe.py;
+ensembles of different seeds share no member), so the ensemble is exactly the average of those networks:
     logits = log(mean_i softmax(logits_i))                 zero at padding, as a single network's
 Each modality's fused features are the members' side by side (``[B, L, members * model_dim]``).
 """

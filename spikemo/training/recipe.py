@@ -61,9 +61,9 @@ def train_seed_ensemble(
     resume: bool,
 ) -> TrainResult:
     """``train_on_dialogue_data`` for a seed ensemble: member i is trained alone as ``model.members: 1`` with seed
-    ``train.seed + i`` trains it (dev picks its epoch), in ``run_dir/member<i>``, without seeing test; the averaged
-    model is then scored on dev and, once, on test. The result keeps member 0's history and kept epoch; each
-    member's epochs reach ``on_epoch_end``, member i > 0's metric names prefixed ``member<i>.``."""
+    ``train.seed * members + i`` trains it (dev picks its epoch), in ``run_dir/member<i>``, without seeing test;
+    the averaged model is then scored on dev and, once, on test. The result keeps member 0's history and kept
+    epoch; each member's epochs reach ``on_epoch_end``, member i > 0's metric names prefixed ``member<i>.``."""
     without_test = DialogueData(
         splits={name: split for name, split in data.splits.items() if name != "test"}, input_dims=data.input_dims
     )
@@ -72,7 +72,7 @@ def train_seed_ensemble(
         member_config = config.model_copy(
             update={
                 "model": config.model.model_copy(update={"members": 1}),
-                "train": config.train.model_copy(update={"seed": config.train.seed + index}),
+                "train": config.train.model_copy(update={"seed": config.train.seed * config.model.members + index}),
             }
         )
         member_dir = run_dir / f"member{index}"
