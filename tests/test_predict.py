@@ -152,27 +152,7 @@ def test_a_seed_ensemble_registers_and_evaluates_to_its_training_runs_test_score
     connect(config)
     logged = mlflow.get_run(summary["run_id"]).data.metrics
     assert "dev/weighted_f1" in logged and "member1.dev_weighted_f1" in logged
-    code = main(
-        [
-            "evaluate",
-            "--workdir",
-            str(config.workdir),
-            "--cache",
-            str(config.cache),
-            "--model",
-            "models:/spikemo-tinyensemble@champion",
-            "--split",
-            "test",
-            "--format",
-            "meld",
-            "--root",
-            str(tiny_corpus),
-            "--name",
-            "tinyensemble",
-        ]
-    )
-    assert code == 0
-    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    scores = _evaluate_test_split(config, "tinyensemble", tiny_corpus, capsys)
     assert scores["weighted_f1"] == pytest.approx(summary["test_weighted_f1"], abs=1e-6)
 
 
@@ -197,29 +177,18 @@ def test_cli_unknown_alias_is_one_line(text_model, capsys):
 
 def test_evaluate_reproduces_the_training_runs_test_score(text_model, tmp_path, capsys):
     config, summary, root = text_model
-    code = main(
-        [
-            "evaluate",
-            "--workdir",
-            str(config.workdir),
-            "--cache",
-            str(config.cache),
-            "--model",
-            "models:/spikemo-gentext@champion",
-            "--split",
-            "test",
-            "--format",
-            "meld",
-            "--root",
-            str(root),
-            "--name",
-            "gentext",
-        ]
-    )
-    assert code == 0
-    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    scores = _evaluate_test_split(config, "gentext", root, capsys)
     assert scores["weighted_f1"] == pytest.approx(summary["test_weighted_f1"], abs=1e-6)
     assert scores["weighted_f1_ci"] == summary["test_weighted_f1_ci"]  # same dialogues, same seed, same resamples
+
+
+def _evaluate_test_split(config: SpikEmoConfig, name: str, root, capsys) -> dict:
+    """``spikemo evaluate`` of the champion ``spikemo-<name>`` on the test split of the MELD-layout corpus at
+    ``root``: the scores it prints."""
+    arguments = ["--workdir", str(config.workdir), "--cache", str(config.cache), "--split", "test"]
+    model = ["--model", f"models:/spikemo-{name}@champion", "--format", "meld", "--root", str(root), "--name", name]
+    assert main(["evaluate", *arguments, *model]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 def _as_manifest(root, out):

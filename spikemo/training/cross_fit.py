@@ -49,9 +49,7 @@ def train_with_cross_fitted_evidence(
     """``training.recipe.train_on_dialogue_data`` for a model with speaker evidence fitted out of fold (module
     docstring)."""
     base_config = config.model_copy(update={"model": config.model.model_copy(update={"speaker_evidence_rounds": 0})})
-    without_test = DialogueData(  # test is scored once, on the stacked model
-        splits={name: split for name, split in data.splits.items() if name != "test"}, input_dims=data.input_dims
-    )
+    without_test = data.without_test()  # test is scored once, on the stacked model
     base = train_once(base_config, without_test, label_names, run_dir / "base", on_epoch_end, resume)
     logits = out_of_fold_logits(base_config, data, label_names, run_dir / "folds", resume)
     train_set = data.splits["train"]

@@ -163,6 +163,10 @@ class DialogueData:
     def modalities(self) -> list[str]:
         return list(self.input_dims)
 
+    def without_test(self) -> DialogueData:
+        """The same data without its test split, for trainings whose result is scored on test once, later."""
+        return DialogueData({name: split for name, split in self.splits.items() if name != "test"}, self.input_dims)
+
 
 def build_dialogue_data(
     manifest: pd.DataFrame,

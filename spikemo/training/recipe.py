@@ -64,9 +64,6 @@ def train_seed_ensemble(
     ``train.seed * members + i`` trains it (dev picks its epoch), in ``run_dir/member<i>``, without seeing test;
     the averaged model is then scored on dev and, once, on test. The result keeps member 0's history and kept
     epoch; each member's epochs reach ``on_epoch_end``, member i > 0's metric names prefixed ``member<i>.``."""
-    without_test = DialogueData(
-        splits={name: split for name, split in data.splits.items() if name != "test"}, input_dims=data.input_dims
-    )
     members = []
     for index in range(config.model.members):
         member_config = config.model_copy(
@@ -77,7 +74,9 @@ def train_seed_ensemble(
         )
         member_dir = run_dir / f"member{index}"
         callback = _member_epochs(on_epoch_end, index)
-        members.append(train_on_dialogue_data(member_config, without_test, label_names, member_dir, callback, resume))
+        members.append(
+            train_on_dialogue_data(member_config, data.without_test(), label_names, member_dir, callback, resume)
+        )
     weights = {
         f"members.{index}.{name}": tensor.cpu()
         for index, member in enumerate(members)
