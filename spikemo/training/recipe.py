@@ -4,6 +4,7 @@ of the seed ensemble (model/ensemble.py) trained so, then the ensemble scored.""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from spikemo.training.cross_fit import train_with_cross_fitted_evidence
 from spikemo.training.data import DialogueData, build_dialogue_data
 from spikemo.training.epochs import EpochCallback
 from spikemo.training.loop import TrainResult, result_with_weights, train_once
+
+log = logging.getLogger(__name__)
 
 
 def train_model(
@@ -72,6 +75,7 @@ def train_seed_ensemble(
                 "train": config.train.model_copy(update={"seed": config.train.seed * config.model.members + index}),
             }
         )
+        log.info("seed ensemble: member %d of %d, seed %d", index + 1, config.model.members, member_config.train.seed)
         member_dir = run_dir / f"member{index}"
         callback = _member_epochs(on_epoch_end, index)
         members.append(
