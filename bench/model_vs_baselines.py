@@ -81,6 +81,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "model.dialogue_context_residual": False,
         "model.speaker_evidence_rounds": 0,
         "model.neuron.tau": 10.0,
+        "model.members": 1,  # one network, as the paper trains
         "train.loss_weights": {"ce": 0.4, "dice": 1.0, "soft_hgr": 0.3},
         "train.optimizer": "adam",
         "train.weight_decay": 1e-5,
