@@ -474,14 +474,16 @@ def resolve_config(args: argparse.Namespace) -> SpikEmoConfig:
 
 def configure_logging(debug: bool) -> None:
     """spikemo's own messages at INFO (everything at DEBUG with ``--debug``); other libraries' — including
-    records that their loggers pass on to ours (Prefect's run loggers) — at WARNING."""
+    records that their loggers pass on to ours (Prefect's run loggers) — at WARNING. Under ``torchrun`` only
+    rank 0 logs spikemo's INFO messages (the ranks run the same steps); every rank logs its warnings."""
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
         format="spikemo: %(levelname)s: %(message)s",
         stream=sys.stderr,
         force=True,
     )
-    log.setLevel(logging.DEBUG if debug else logging.INFO)
+    main_process = os.environ.get("RANK", "0") == "0"
+    log.setLevel(logging.DEBUG if debug else logging.INFO if main_process else logging.WARNING)
     if not debug:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_spikemo_info_or_any_warning)

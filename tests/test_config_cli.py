@@ -85,6 +85,19 @@ def test_only_spikemo_logs_at_info_unless_debug(capsys):
     configure_logging(debug=False)
 
 
+def test_under_torchrun_only_rank_0_logs_info(capsys, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    configure_logging(debug=False)
+    logging.getLogger("spikemo.training").info("epoch 0 of 0-3")
+    logging.getLogger("spikemo.training").warning("rank 1 is short of memory")
+    err = capsys.readouterr().err
+    assert "epoch 0 of 0-3" not in err and "rank 1 is short of memory" in err
+    monkeypatch.setenv("RANK", "0")
+    configure_logging(debug=False)
+    logging.getLogger("spikemo.training").info("epoch 0 of 0-3")
+    assert "epoch 0 of 0-3" in capsys.readouterr().err
+
+
 def test_make_demo_data_offers_only_its_own_options(tmp_path):
     parser = build_parser()
     for option in ("--config", "--cache", "--workdir", "--set"):

@@ -337,7 +337,8 @@ def test_overlapping_processes_on_a_new_store_all_register_and_the_best_is_champ
 def test_train_under_torchrun_is_one_training_one_run_and_one_version_on_a_new_store(
     tmp_path, meld_conversations, tiny_config
 ):
-    config = tiny_config(meld_conversations, tmp_path / "work", tmp_path / "cache", **{"train.epochs": 2})
+    overrides = {"train.epochs": 2, "model.members": 2}
+    config = tiny_config(meld_conversations, tmp_path / "work", tmp_path / "cache", **overrides)
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     torchrun = str(Path(sys.executable).with_name("torchrun"))
@@ -365,3 +366,4 @@ def test_train_under_torchrun_is_one_training_one_run_and_one_version_on_a_new_s
     versions = client.search_model_versions(f"name = '{summary['registered_model']}'")
     assert [str(version.version) for version in versions] == ["1"] and summary["alias"] == "champion"
     assert summary["epochs_run"] == 2 and summary["dev_weighted_f1"] is not None
+    assert result.stderr.count("seed ensemble: member 2 of 2") == 1  # rank 0's log only
