@@ -213,7 +213,7 @@ def cmd_evaluate(args: argparse.Namespace, config: SpikEmoConfig) -> dict[str, A
     print(
         f"{args.model} on {args.split}: weighted-F1 {score_with_interval(metrics, 'weighted_f1')}, macro-F1 "
         f"{score_with_interval(metrics, 'macro_f1')}, accuracy {score_with_interval(metrics, 'accuracy')} "
-        "(95% intervals over dialogues)"
+        f"(95% intervals over {metrics['interval_unit']}s)"
     )
     return {"command": "evaluate", "model": args.model, "split": args.split, **metrics}
 

@@ -102,13 +102,15 @@ class Interval:
 
 @dataclass(frozen=True)
 class BootstrapReport:
-    """Headline scores with 95% intervals from resampling whole dialogues; with a baseline scored on the same
-    utterances, its scores and the paired difference (model - baseline) per draw."""
+    """Headline scores with 95% intervals from resampling whole dialogues (``unit``: "dialogue"; "utterance" for a
+    split of one dialogue); with a baseline scored on the same utterances, its scores and the paired difference
+    (model - baseline) per draw."""
 
     scores: dict[str, Interval]
     baseline: dict[str, Interval] | None = None
     difference: dict[str, Interval] | None = None
     draws: int = 0
+    unit: str = "dialogue"
 
     @property
     def verdict(self) -> str | None:
@@ -119,9 +121,11 @@ class BootstrapReport:
         return "better" if gap.low > 0 else "worse" if gap.high < 0 else "no significant difference"
 
     def summary(self, prefix: str = "") -> dict[str, Any]:
-        """Flat entries for a JSON summary: ``<prefix><metric>_ci`` = [low, high]; with a baseline also
-        ``baseline_<prefix><metric>_ci``, ``<prefix><metric>_minus_baseline`` = [value, low, high] and the verdict."""
+        """Flat entries for a JSON summary: ``<prefix><metric>_ci`` = [low, high] and ``<prefix>interval_unit`` (what
+        was resampled); with a baseline also ``baseline_<prefix><metric>_ci``, ``<prefix><metric>_minus_baseline`` =
+        [value, low, high] and the verdict."""
         entries: dict[str, Any] = {f"{prefix}{name}_ci": score.as_list()[1:] for name, score in self.scores.items()}
+        entries[f"{prefix}interval_unit"] = self.unit
         if self.baseline is not None and self.difference is not None:
             entries.update(
                 {f"baseline_{prefix}{name}_ci": score.as_list()[1:] for name, score in self.baseline.items()}

@@ -70,3 +70,19 @@ def test_paired_difference_verdicts_and_determinism_under_a_seed() -> None:
         difference.value, 2
     )
     assert str(report.scores["accuracy"]).count("[") == 1
+
+
+def test_a_split_of_one_dialogue_resamples_its_utterances() -> None:
+    """One speaker's session as the whole test split: resampling whole dialogues would draw that one dialogue every
+    time (an interval of zero width); its utterances are resampled instead, as if each were its own dialogue."""
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 7, 60)
+    model = np.where(rng.random(60) < 0.8, labels, (labels + 1) % 7)
+    probe = np.where(rng.random(60) < 0.7, labels, (labels + 1) % 7)
+    one_session = dialogue_bootstrap(labels, model, np.zeros(60), 7, baseline_predictions=probe, seed=4)
+    as_turns = dialogue_bootstrap(labels, model, np.arange(60), 7, baseline_predictions=probe, seed=4)
+    assert one_session.unit == "utterance" and as_turns.unit == "dialogue"
+    assert one_session.summary("test_")["test_interval_unit"] == "utterance"
+    assert one_session.scores == as_turns.scores and one_session.difference == as_turns.difference
+    weighted_f1 = one_session.scores["weighted_f1"]
+    assert weighted_f1.high - weighted_f1.low > 5

@@ -160,7 +160,7 @@ def _version_description(config: SpikEmoConfig, summary: dict[str, Any], alias: 
         f"SpikEmo on {config.data.dataset_name} ({', '.join(config.features.modalities)}){_source_note(summary)}. "
         f"Test weighted-F1 {reports.score_with_interval(summary, 'test_weighted_f1')} (linear probe "
         f"{reports.score_with_interval(summary, 'baseline_test_weighted_f1')}{verdict}; "
-        "95% intervals over test dialogues), "
+        f"95% intervals over test {summary.get('test_interval_unit', 'dialogue')}s), "
         f"dev {score('dev_weighted_f1')}, accuracy {score('test_accuracy')}; "
         f"best epoch {summary.get('best_epoch', 'n/a')} "
         f"of {summary.get('epochs_run', 'n/a')}. Alias {alias}: {decision}."

@@ -241,7 +241,7 @@ def log_baseline(
         gap = intervals.difference["weighted_f1"]
         description = (
             f"test weighted-F1 {intervals.scores['weighted_f1']} vs linear probe {intervals.baseline['weighted_f1']}: "
-            f"difference {gap}, {verdict} (95% intervals, {intervals.draws} dialogue resamples)"
+            f"difference {gap}, {verdict} (95% intervals, {intervals.draws} {intervals.unit} resamples)"
         )
         mlflow.set_tag("spikemo.verdict_vs_baseline", verdict)
     comparison = BaselineComparison(split=split, beats=ours > probe, description=description, verdict=verdict)

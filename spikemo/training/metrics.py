@@ -69,16 +69,19 @@ def dialogue_bootstrap(
 ) -> BootstrapReport:
     """Percentile intervals of weighted-F1, macro-F1 and accuracy (as ``classification_metrics`` computes them)
     over ``draws`` resamples of whole dialogues with replacement (utterances of one dialogue are not independent).
-    With ``baseline_predictions`` each draw scores both on the same resample: a paired difference."""
-    weights = bootstrap_weights(dialogues, draws, seed)
+    A split of one dialogue (e.g. one speaker's session of clips) resamples its utterances instead, which takes them
+    as independent; whole dialogues would give every draw the same score. With ``baseline_predictions`` each draw
+    scores both on the same resample: a paired difference."""
+    unit = "dialogue" if len(np.unique(dialogues)) > 1 else "utterance"
+    weights = bootstrap_weights(dialogues if unit == "dialogue" else np.arange(len(labels)), draws, seed)
     model = weighted_scores(labels, predictions, weights, num_classes)
     scores = {name: interval(values) for name, values in model.items()}
     if baseline_predictions is None:
-        return BootstrapReport(scores, draws=draws)
+        return BootstrapReport(scores, draws=draws, unit=unit)
     other = weighted_scores(labels, baseline_predictions, weights, num_classes)
     baseline = {name: interval(values) for name, values in other.items()}
     difference = {name: interval(model[name] - other[name]) for name in model}
-    return BootstrapReport(scores, baseline, difference, draws)
+    return BootstrapReport(scores, baseline, difference, draws, unit)
 
 
 def bootstrap_weights(units: np.ndarray, draws: int, seed: int) -> np.ndarray:
